@@ -1,0 +1,25 @@
+"""rklu_llm: machine unlearning for Hugging Face models.
+
+RKL-U (fine-tune an augmented copy on the forget set, build the teacher ``l_o - alpha * relu(l_aug - l_o)``, distil
+with token-level reverse KL) and the GA / GD / NPO / DPO / IDK / FKL-U / task-arithmetic baselines, in one
+`transformers.Trainer` subclass, with the TOFU evaluation.
+"""
+
+from .config import METHODS, UnlearnConfig
+from .data import build_unlearning_dataset, load_refusals, load_tofu
+from .models import DEFAULT_MODEL, load_model, load_tokenizer
+from .trainer import UnlearnTrainer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "METHODS",
+    "UnlearnConfig",
+    "UnlearnTrainer",
+    "build_unlearning_dataset",
+    "load_model",
+    "load_refusals",
+    "load_tofu",
+    "load_tokenizer",
+]

@@ -1,0 +1,190 @@
+"""`UnlearnConfig`: every knob of an unlearning run, as a `transformers.TrainingArguments` subclass.
+
+Parsed by `transformers.HfArgumentParser` (command line or YAML), validated in `__post_init__` so that a wrong
+value fails before any model is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from transformers import TrainingArguments
+
+
+class MethodSpec(NamedTuple):
+    """What a method needs; the one table the trainer dispatches on."""
+
+    loss: str  # the forget-side loss, for the README and model cards
+    needs_reference: bool  # a frozen copy of the original model
+    needs_augmented: bool  # the model fine-tuned on the forget set (phase 1 of RKL-U)
+    needs_refusals: bool  # refusal answers paired with the forget questions
+    trains: bool  # False: a weight edit, no optimisation loop
+    default_retain_mode: str
+
+
+METHODS: dict[str, MethodSpec] = {
+    "rklu": MethodSpec("reverse KL to the logit-subtraction teacher", True, True, False, True, "none"),
+    "fklu": MethodSpec("forward KL to the logit-subtraction teacher", True, True, False, True, "none"),
+    "ga": MethodSpec("-NLL on the forget answers (gradient ascent)", False, False, False, True, "none"),
+    "gd": MethodSpec("-NLL on forget + NLL on retain (gradient difference)", False, False, False, True, "rt"),
+    "npo": MethodSpec("negative preference optimisation against the original", True, False, False, True, "none"),
+    "dpo": MethodSpec("DPO: refusal preferred over the forget answer", True, False, True, True, "none"),
+    "idk": MethodSpec("NLL on (forget question, refusal answer)", False, False, True, True, "none"),
+    "ta": MethodSpec("task arithmetic: theta_o - scale * (theta_a - theta_o)", False, True, False, False, "none"),
+}
+
+RETAIN_MODES = ("none", "rt", "kl")
+DIVERGENCES = ("reverse", "forward")
+
+
+@dataclass
+class UnlearnConfig(TrainingArguments):
+    """Configuration of an unlearning run (see DESIGN.md section 3 for the math of each method).
+
+    Defaults follow the RKL-U paper (AdamW, lr 1e-5, weight decay 0.01, linear warm-up over the first epoch then
+    linear decay, 5 epochs, teacher alpha 8, 10 augmentation epochs).
+    """
+
+    # --- method -----------------------------------------------------------------------------------------------
+    method: str = field(default="rklu", metadata={"help": f"Unlearning method, one of {sorted(METHODS)}."})
+    divergence: str | None = field(
+        default=None,
+        metadata={
+            "help": "KL direction of the distillation: 'reverse' = KL(student || teacher), 'forward' = "
+            "KL(teacher || student). Default: reverse for rklu, forward for fklu. Only rklu/fklu use it."
+        },
+    )
+    teacher_alpha: float = field(
+        default=8.0, metadata={"help": "RKL-U teacher strength: l_t = l_o - alpha * relu(l_aug - l_o). Must be >= 0."}
+    )
+    kl_chunk_size: int = field(
+        default=1024, metadata={"help": "Answer positions per chunk of the full-vocabulary KL (memory bound)."}
+    )
+    forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget loss."})
+    # --- retain term ------------------------------------------------------------------------------------------
+    retain_mode: str | None = field(
+        default=None,
+        metadata={
+            "help": "Retain term: 'none'; 'rt' = NLL on the retain set; 'kl' = forward KL(p_original || p_student) "
+            "on the retain set. Default: 'rt' for gd, 'none' otherwise."
+        },
+    )
+    retain_weight: float = field(default=1.0, metadata={"help": "lambda in L = L_forget + lambda * L_retain."})
+    # --- augmented model (phase 1 of RKL-U and task arithmetic) ----------------------------------------------------
+    augment_epochs: float = field(
+        default=10.0, metadata={"help": "Epochs of NLL fine-tuning on the forget set that make the augmented model."}
+    )
+    augment_max_steps: int = field(
+        default=-1, metadata={"help": "Stop the augmentation fine-tune after this many steps (-1: run all epochs)."}
+    )
+    augment_learning_rate: float = field(
+        default=1e-5, metadata={"help": "Learning rate of the augmentation fine-tune."}
+    )
+    augment_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "Make the augmented model a LoRA adapter on the frozen original (one copy of the base weights "
+            "serves both: adapter disabled = original, enabled = augmented)."
+        },
+    )
+    augmented_model_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "A ready augmented model (full model dir or LoRA adapter dir); skips the augmentation phase. "
+            "Default: build it under <output_dir>/augmented (reused when already complete)."
+        },
+    )
+    ta_scale: float = field(default=2.5, metadata={"help": "Task arithmetic: theta_o - ta_scale * (theta_a - theta_o)."})
+    # --- baselines --------------------------------------------------------------------------------------------
+    npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature (> 0)."})
+    dpo_beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature (> 0)."})
+    refusal_file: str | None = field(
+        default=None,
+        metadata={"help": "Text file with one refusal answer per line (dpo, idk). Default: the built-in list."},
+    )
+    # --- LoRA -------------------------------------------------------------------------------------------------
+    use_lora: bool = field(default=False, metadata={"help": "Unlearn through a LoRA adapter instead of all weights."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (student and augmented adapters)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: str = field(
+        default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
+    )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Set dropout to 0 in the student (frozen models never use dropout)."}
+    )
+    # --- data -------------------------------------------------------------------------------------------------
+    max_length: int = field(default=512, metadata={"help": "Maximum tokens of prompt + answer."})
+    warmup_epochs: float | None = field(
+        default=1.0,
+        metadata={
+            "help": "Linear warm-up length in epochs (turned into a warm-up ratio of num_train_epochs) unless "
+            "warmup_steps is set. None: no epoch-based warm-up."
+        },
+    )
+    # --- TrainingArguments defaults changed for unlearning ----------------------------------------------------------
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate (AdamW)."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Unlearning epochs."})
+    logging_steps: float = field(default=5, metadata={"help": "Log every N steps."})
+    remove_unused_columns: bool = field(
+        default=False, metadata={"help": "Must stay False: batches are nested forget/retain dicts."}
+    )
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; choose one of {sorted(METHODS)}.")
+        spec = METHODS[self.method]
+        if self.retain_mode is None:
+            self.retain_mode = spec.default_retain_mode
+        if self.retain_mode not in RETAIN_MODES:
+            raise ValueError(f"Unknown retain_mode {self.retain_mode!r}; choose one of {RETAIN_MODES}.")
+        if self.method == "gd" and self.retain_mode != "rt":
+            raise ValueError(
+                "gd is gradient ascent plus retain NLL (retain_mode='rt'); for another retain term use method='ga' "
+                f"with retain_mode={self.retain_mode!r}."
+            )
+        if self.divergence is None:
+            self.divergence = "forward" if self.method == "fklu" else "reverse"
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"Unknown divergence {self.divergence!r}; choose one of {DIVERGENCES}.")
+        checks = [
+            (self.teacher_alpha >= 0, f"teacher_alpha must be >= 0 (got {self.teacher_alpha}); 0 means the teacher "
+             "is the original model."),
+            (self.npo_beta > 0, f"npo_beta must be > 0 (got {self.npo_beta})."),
+            (self.dpo_beta > 0, f"dpo_beta must be > 0 (got {self.dpo_beta})."),
+            (self.ta_scale > 0, f"ta_scale must be > 0 (got {self.ta_scale})."),
+            (self.retain_weight >= 0, f"retain_weight must be >= 0 (got {self.retain_weight})."),
+            (self.forget_weight >= 0, f"forget_weight must be >= 0 (got {self.forget_weight})."),
+            (self.augment_epochs >= 0, f"augment_epochs must be >= 0 (got {self.augment_epochs})."),
+            (self.kl_chunk_size >= 1, f"kl_chunk_size must be >= 1 (got {self.kl_chunk_size})."),
+            (self.max_length >= 2, f"max_length must be >= 2 (got {self.max_length})."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if spec.needs_augmented and self.augmented_model_path is None and self.augment_epochs == 0:
+            raise ValueError(
+                f"{self.method} needs an augmented model: pass augmented_model_path=... or set augment_epochs > 0 "
+                "to build one."
+            )
+        if self.method == "ta" and self.use_lora:
+            raise ValueError("ta edits the full weights; it cannot run through a LoRA student (set use_lora=False).")
+        if self.remove_unused_columns:
+            raise ValueError("remove_unused_columns must be False for unlearning (batches are nested dicts).")
+        if self.warmup_epochs is not None:
+            if self.warmup_epochs < 0:
+                raise ValueError(f"warmup_epochs must be >= 0 (got {self.warmup_epochs}).")
+            if self.num_train_epochs > 0 and self.warmup_steps == 0:
+                self.warmup_steps = min(self.warmup_epochs / self.num_train_epochs, 0.999)
+        super().__post_init__()
+
+    @property
+    def spec(self) -> MethodSpec:
+        return METHODS[self.method]
+
+    @property
+    def needs_reference(self) -> bool:
+        """A frozen original is needed by the method itself or by the retain KL term."""
+        return self.spec.needs_reference or self.retain_mode == "kl"

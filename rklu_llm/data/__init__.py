@@ -1,0 +1,47 @@
+"""Data: TOFU loading, QA tokenization, the forget/retain paired dataset and collators."""
+
+from .profiles import fictitious_profiles
+from .qa import (
+    AnswerTruncatedError,
+    ForgetRetainDataset,
+    QACollator,
+    UnlearnCollator,
+    build_unlearning_dataset,
+    encode_answer,
+    encode_prompt,
+    join_prompt_answer,
+    load_refusals,
+    pad_examples,
+    tokenize_qa,
+)
+from .tofu import (
+    FORGET_OF_RETAIN,
+    RETAIN_OF_FORGET,
+    TOFU_CONFIGS,
+    DataUnavailableError,
+    load_tofu,
+    resolve_tofu_dir,
+    tofu_available,
+)
+
+__all__ = [
+    "AnswerTruncatedError",
+    "DataUnavailableError",
+    "FORGET_OF_RETAIN",
+    "ForgetRetainDataset",
+    "QACollator",
+    "RETAIN_OF_FORGET",
+    "TOFU_CONFIGS",
+    "UnlearnCollator",
+    "build_unlearning_dataset",
+    "encode_answer",
+    "encode_prompt",
+    "fictitious_profiles",
+    "join_prompt_answer",
+    "load_refusals",
+    "load_tofu",
+    "pad_examples",
+    "resolve_tofu_dir",
+    "tofu_available",
+    "tokenize_qa",
+]

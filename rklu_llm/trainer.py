@@ -1,0 +1,372 @@
+"""`UnlearnTrainer`: one `transformers.Trainer` for every unlearning method; `compute_loss` dispatches on the method.
+
+Each method is one branch of :meth:`UnlearnTrainer.compute_loss` plus one function of :mod:`rklu_llm.losses`; the
+optional retain term is shared by all of them. Frozen models exist only when the method needs them
+(:data:`rklu_llm.config.METHODS`):
+
+* the original ``o`` is a frozen copy of the student's initial weights, or, when the student trains through LoRA,
+  the student itself with its adapters disabled (no second copy);
+* the augmented model ``a`` (RKL-U, FKL-U, task arithmetic) is built by phase 1 (:mod:`rklu_llm.teacher`) when
+  training starts. As a LoRA adapter it rides on the frozen original (or, with a LoRA student, on the student's own
+  base), so ``o`` and ``a`` share one copy of the base weights.
+
+Frozen models are prepared once for DeepSpeed (ZeRO-3 sharded) / FSDP, in eval mode with dropout off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
+from transformers.trainer_utils import TrainOutput
+
+from .config import UnlearnConfig
+from .data.qa import ForgetRetainDataset, UnlearnCollator, epoch_of
+from .hub import write_model_card
+from .losses import (
+    answer_positions,
+    distillation_kl,
+    dpo_loss,
+    npo_loss,
+    sequence_log_likelihood,
+    token_nll,
+)
+from .models import check_causal_lm, check_output_dir, lora_config, staged_save
+from .teacher import build_augmented_model, is_adapter_dir, is_augmented_dir, task_arithmetic
+
+AUGMENTED_ADAPTER = "augmented"
+
+
+def _disable_dropout(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def _freeze(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
+    if dtype is not None:
+        model.to(dtype)
+    model.requires_grad_(False)
+    model.eval()
+    _disable_dropout(model)
+    return model
+
+
+def _is_peft(model) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+@contextlib.contextmanager
+def _active_adapter(peft_model, name: str):
+    """Temporarily make adapter ``name`` the active one (frozen), then restore the previous adapter."""
+    previous = peft_model.active_adapter
+    peft_model.set_adapter(name, inference_mode=True)
+    try:
+        yield
+    finally:
+        peft_model.set_adapter(previous)
+
+
+class _PairingEpoch(TrainerCallback):
+    """Re-draws the forget/retain pairs of a :class:`ForgetRetainDataset` at the start of every epoch."""
+
+    def __init__(self, dataset: ForgetRetainDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(epoch_of(state.epoch))
+
+
+class UnlearnTrainer(Trainer):
+    """Unlearning with `transformers.Trainer` semantics (logging, checkpoints and resume, accelerate/DeepSpeed/FSDP).
+
+    Args:
+        model: the model to unlearn (a causal LM; a PEFT model trains its adapter).
+        args: an :class:`~rklu_llm.UnlearnConfig`.
+        train_dataset: a :class:`~rklu_llm.data.ForgetRetainDataset` (see ``build_unlearning_dataset``).
+        processing_class: the tokenizer.
+        data_collator: defaults to :class:`~rklu_llm.data.UnlearnCollator`.
+        dataset_name: recorded in the model card.
+        **kwargs: passed to `transformers.Trainer` (callbacks, optimizers, ...).
+    """
+
+    def __init__(
+        self,
+        model,
+        args: UnlearnConfig,
+        train_dataset: ForgetRetainDataset,
+        processing_class=None,
+        data_collator=None,
+        dataset_name: str | None = None,
+        callbacks=None,
+        **kwargs,
+    ):
+        if not isinstance(args, UnlearnConfig):
+            raise TypeError(f"args must be an UnlearnConfig, got {type(args).__name__}.")
+        if processing_class is None:
+            raise ValueError("Pass the tokenizer as processing_class (needed for padding and the augmented model).")
+        if not isinstance(train_dataset, ForgetRetainDataset):
+            raise TypeError(
+                "train_dataset must be a ForgetRetainDataset; build one with rklu_llm.data.build_unlearning_dataset."
+            )
+        check_causal_lm(model.get_base_model() if _is_peft(model) else model)
+        check_output_dir(args.output_dir, model)
+        spec = args.spec
+        if args.retain_mode != "none" and train_dataset.retain is None:
+            raise ValueError(
+                f"retain_mode={args.retain_mode!r} needs a retain set: build the dataset with retain=... "
+                "(or use retain_mode='none')."
+            )
+        if spec.needs_refusals and train_dataset.refusal_answer_ids is None:
+            raise ValueError(f"{args.method} needs refusal answers: build the dataset with refusals=load_refusals().")
+        if args.augmented_model_path is not None and not is_augmented_dir(args.augmented_model_path):
+            raise ValueError(
+                f"augmented_model_path {args.augmented_model_path!r} holds neither a model (config.json) nor a LoRA "
+                "adapter (adapter_config.json)."
+            )
+
+        self.base_model_name = getattr(model.config, "_name_or_path", None) or None
+        self.dataset_name = dataset_name
+        self.frozen_dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
+        student_is_lora = _is_peft(model) or args.use_lora
+        # The frozen original: a copy of the initial weights, unless the student trains through LoRA (its base with
+        # the adapter disabled is the original). Never created for methods that do not use it.
+        self.ref_model = None
+        if args.needs_reference and not student_is_lora:
+            self.ref_model = _freeze(copy.deepcopy(model), self.frozen_dtype)
+        if args.use_lora and not _is_peft(model):
+            from peft import get_peft_model
+
+            model = get_peft_model(
+                model, lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+            )
+        if args.disable_dropout:
+            _disable_dropout(model)
+        self.aug_model = None
+        self.augmented_on = None  # "separate" | "reference" | "student", once the augmented model is loaded
+        self._frozen_ready = False
+        self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            processing_class=processing_class,
+            data_collator=data_collator or UnlearnCollator(processing_class.pad_token_id),
+            callbacks=[*(callbacks or []), _PairingEpoch(train_dataset)],
+            **kwargs,
+        )
+        # Every loss below is a per-micro-batch mean: let the Trainer divide by the accumulation steps.
+        self.model_accepts_loss_kwargs = False
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Frozen models
+    # ------------------------------------------------------------------------------------------------------------
+    def _prepare_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.is_deepspeed_enabled:
+            from trl.models.utils import prepare_deepspeed
+
+            return prepare_deepspeed(model, self.accelerator)
+        if self.is_fsdp_enabled:
+            from trl.models.utils import prepare_fsdp
+
+            return prepare_fsdp(model, self.accelerator)
+        return self.accelerator.prepare_model(model, evaluation_mode=True)
+
+    def forget_qa_dataset(self) -> Dataset:
+        """The tokenized forget set as a QA dataset (phase 1 trains on it)."""
+        forget = self.train_dataset.forget
+        return Dataset.from_dict({"input_ids": forget["input_ids"], "labels": forget["labels"]})
+
+    def augmented_model_dir(self) -> Path:
+        """The augmented model's directory, building it (phase 1) when it does not exist yet."""
+        if self.args.augmented_model_path is not None:
+            return Path(self.args.augmented_model_path)
+        original = self.accelerator.unwrap_model(self.model)
+        target = Path(self.args.output_dir) / "augmented"
+        return build_augmented_model(original, self.processing_class, self.forget_qa_dataset(), self.args, target)
+
+    def _load_augmented(self) -> None:
+        from peft import PeftModel
+
+        path = self.augmented_model_dir()
+        if not is_adapter_dir(path):
+            loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(self.model.parameters()).dtype)
+            self.aug_model = _freeze(loaded, self.frozen_dtype)
+            self.augmented_on = "separate"
+        elif self.ref_model is not None:
+            # Full student: the adapter rides on the frozen original copy (one copy of base weights for o and a).
+            self.ref_model = _freeze(
+                PeftModel.from_pretrained(self.ref_model, path, adapter_name=AUGMENTED_ADAPTER), None
+            )
+            self.augmented_on = "reference"
+        else:
+            # LoRA student: a second, frozen adapter on the student's own base.
+            student = self.accelerator.unwrap_model(self.model)
+            active = student.active_adapter
+            student.load_adapter(str(path), adapter_name=AUGMENTED_ADAPTER, is_trainable=False)
+            student.set_adapter(active)
+            self.augmented_on = "student"
+
+    def setup_frozen_models(self) -> None:
+        """Build/load the augmented model if the method needs it and prepare frozen models for the accelerator."""
+        if self._frozen_ready:
+            return
+        if self.args.spec.needs_augmented and self.args.spec.trains:
+            self._load_augmented()
+        if self.ref_model is not None:
+            self.ref_model = self._prepare_frozen(self.ref_model)
+        if self.aug_model is not None:
+            self.aug_model = self._prepare_frozen(self.aug_model)
+        self._frozen_ready = True
+
+    @torch.no_grad()
+    def frozen_logits(self, which: str, model, batch: dict) -> torch.Tensor:
+        """``(B, T, V)`` logits of the frozen ``"original"`` or ``"augmented"`` model on ``batch``."""
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if which == "original":
+            if self.ref_model is None:  # LoRA student: its base with every adapter disabled
+                with self.accelerator.unwrap_model(model).disable_adapter():
+                    return model(**inputs).logits
+            if self.augmented_on == "reference":
+                with self.accelerator.unwrap_model(self.ref_model).disable_adapter():
+                    return self.ref_model(**inputs).logits
+            return self.ref_model(**inputs).logits
+        if which != "augmented":
+            raise ValueError(f"which must be 'original' or 'augmented', got {which!r}")
+        if self.augmented_on == "separate":
+            return self.aug_model(**inputs).logits
+        if self.augmented_on == "reference":
+            return self.ref_model(**inputs).logits
+        if self.augmented_on == "student":
+            with _active_adapter(self.accelerator.unwrap_model(model), AUGMENTED_ADAPTER):
+                return model(**inputs).logits
+        raise RuntimeError("The augmented model is not loaded; call setup_frozen_models() first.")
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Loss
+    # ------------------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _logits(model, batch: dict) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """``L = forget_weight * L_forget + retain_weight * L_retain`` on one micro-batch.
+
+        ``num_items_in_batch`` is accepted for the Trainer API but not used: every term is a mean over this
+        micro-batch (answer tokens, or sequences for npo/dpo) and the Trainer divides by the accumulation steps.
+        """
+        args = self.args
+        forget = inputs["forget"]
+        labels = forget["labels"]
+        if args.method in ("rklu", "fklu"):
+            logits = self._logits(model, forget)
+            student, mask = answer_positions(logits, labels)
+            original = self.frozen_logits("original", model, forget)[:, :-1][mask]
+            augmented = self.frozen_logits("augmented", model, forget)[:, :-1][mask]
+            forget_loss = distillation_kl(
+                student, original, augmented, args.teacher_alpha, args.divergence, args.kl_chunk_size
+            )
+        elif args.method in ("ga", "gd"):
+            logits = self._logits(model, forget)
+            forget_loss = -token_nll(logits, labels)
+        elif args.method == "npo":
+            logits = self._logits(model, forget)
+            logp_ref = sequence_log_likelihood(self.frozen_logits("original", model, forget), labels)
+            forget_loss = npo_loss(sequence_log_likelihood(logits, labels), logp_ref, args.npo_beta)
+        elif args.method == "dpo":
+            refusal = inputs["refusal"]
+            logits = self._logits(model, forget)
+            forget_loss = dpo_loss(
+                sequence_log_likelihood(self._logits(model, refusal), refusal["labels"]),
+                sequence_log_likelihood(self.frozen_logits("original", model, refusal), refusal["labels"]),
+                sequence_log_likelihood(logits, labels),
+                sequence_log_likelihood(self.frozen_logits("original", model, forget), labels),
+                args.dpo_beta,
+            )
+        elif args.method == "idk":
+            refusal = inputs["refusal"]
+            forget_loss = token_nll(self._logits(model, refusal), refusal["labels"])
+            logits = None
+        else:
+            raise ValueError(f"{args.method} has no training step (it is a weight edit: call train()).")
+        loss = args.forget_weight * forget_loss
+        self._record("forget/loss", forget_loss)
+        if logits is not None:
+            self._record("forget/nll", token_nll(logits.detach(), labels))
+
+        if args.retain_mode != "none":
+            retain = inputs["retain"]
+            retain_logits = self._logits(model, retain)
+            if args.retain_mode == "rt":
+                retain_loss = token_nll(retain_logits, retain["labels"])
+            else:  # "kl": forward KL(p_original || p_student) on the retain answers
+                student, mask = answer_positions(retain_logits, retain["labels"])
+                original = self.frozen_logits("original", model, retain)[:, :-1][mask]
+                retain_loss = distillation_kl(student, original, direction="forward", chunk_size=args.kl_chunk_size)
+                self._record("retain/nll", token_nll(retain_logits.detach(), retain["labels"]))
+            loss = loss + args.retain_weight * retain_loss
+            self._record("retain/loss", retain_loss)
+        return (loss, None) if return_outputs else loss
+
+    def _record(self, name: str, value: torch.Tensor) -> None:
+        self._metrics[name].append(value.detach().float())
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metrics and "loss" in logs:
+            for name, values in self._metrics.items():
+                logs[name] = self.accelerator.gather(torch.stack(values).mean()).mean().item()
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Training entry point, task arithmetic, saving
+    # ------------------------------------------------------------------------------------------------------------
+    def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
+        """Phase 1 (when needed), then the unlearning loop; for ``ta``, the weight edit instead of a loop."""
+        if not self.args.spec.trains:
+            return self._task_arithmetic()
+        self.setup_frozen_models()
+        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+
+    def _task_arithmetic(self) -> TrainOutput:
+        from peft import PeftModel
+
+        path = self.augmented_model_dir()
+        original = self.accelerator.unwrap_model(self.model)
+        if is_adapter_dir(path):
+            augmented = PeftModel.from_pretrained(copy.deepcopy(original), path).merge_and_unload()
+        else:
+            augmented = AutoModelForCausalLM.from_pretrained(path, dtype=next(original.parameters()).dtype)
+        norm = task_arithmetic(original, augmented, self.args.ta_scale)
+        del augmented
+        metrics = {"ta/scale": self.args.ta_scale, "ta/task_vector_norm": norm}
+        self.log(metrics)
+        return TrainOutput(global_step=0, training_loss=0.0, metrics=metrics)
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save weights, tokenizer and a model card. A user-level save is staged and then moved into place, so an
+        interrupted save never leaves a half-written model in ``output_dir``."""
+        output_dir = output_dir or self.args.output_dir
+        if _internal_call:  # checkpoints: the Trainer's own layout
+            super().save_model(output_dir, _internal_call=True)
+            if self.is_world_process_zero():
+                self._write_card(output_dir)
+            return
+        staged_save(self, output_dir, self._write_card)
+        if self.args.push_to_hub:
+            self.push_to_hub(commit_message="Unlearned model", revision=self.args.hub_revision)
+
+    def _write_card(self, output_dir, metrics: dict | None = None) -> None:
+        write_model_card(output_dir, self.args, self.base_model_name, self.dataset_name, metrics)
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """Used by `push_to_hub`: the rklu_llm card instead of the generic Trainer draft."""
+        if self.is_world_process_zero():
+            self._write_card(self.args.output_dir)

@@ -1,0 +1,251 @@
+"""UnlearnTrainer on tiny random Llamas: every method x retain mode trains, changes the student, keeps frozen models
+frozen and resumes from a checkpoint; frozen models exist only where a method uses them; bad inputs fail early."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import build_tiny_model
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, LlamaModel
+
+from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_refusals, load_tofu
+from rklu_llm.data.qa import UnlearnCollator
+from rklu_llm.models import ModelLoadError
+
+TRAINING_METHODS = [m for m, spec in METHODS.items() if spec.trains]
+CASES = [(m, r) for m in TRAINING_METHODS for r in ("none", "rt", "kl") if not (m == "gd" and r != "rt")]
+
+
+@pytest.fixture(scope="module")
+def qa(tofu_dir):
+    return load_tofu("forget01", tofu_dir).select(range(8)), load_tofu("retain99", tofu_dir).select(range(16))
+
+
+def make_config(tmp_path, method, retain_mode="none", **overrides):
+    values = dict(
+        output_dir=str(tmp_path / "out"), method=method, retain_mode=retain_mode, per_device_train_batch_size=4,
+        max_steps=4, augment_epochs=1, augment_max_steps=2, augment_learning_rate=1e-3, learning_rate=1e-3,
+        save_strategy="steps", save_steps=2, logging_steps=1, use_cpu=True, report_to="none", seed=0, max_length=256,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return UnlearnConfig(**values)
+
+
+def make_trainer(tmp_path, tokenizer, qa, method, retain_mode="none", model=None, **overrides):
+    config = make_config(tmp_path, method, retain_mode, **overrides)
+    forget, retain = qa
+    dataset = build_unlearning_dataset(
+        tokenizer, forget, retain if config.retain_mode != "none" else None,
+        load_refusals() if config.spec.needs_refusals else None, max_length=256,
+    )
+    model = model if model is not None else build_tiny_model(tokenizer)
+    return UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
+
+
+def trainable_state(trainer) -> dict[str, torch.Tensor]:
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def probe_batch(trainer):
+    return UnlearnCollator(trainer.processing_class.pad_token_id)([trainer.train_dataset[i] for i in range(2)])["forget"]
+
+
+def reference_logits(tokenizer, batch, augmented_dir=None):
+    """Logits of a freshly built original (same seed) or of the augmented model loaded from disk."""
+    model = build_tiny_model(tokenizer)
+    if augmented_dir is not None:
+        if (augmented_dir / "adapter_config.json").is_file():
+            model = PeftModel.from_pretrained(model, augmented_dir).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(augmented_dir)
+    model.eval()
+    with torch.no_grad():
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+@pytest.mark.parametrize("method,retain_mode", CASES)
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_every_method_trains_and_resumes(tmp_path, tiny_tokenizer, qa, method, retain_mode, lora):
+    extra = {"use_lora": lora, "augment_lora": lora}
+    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, method, retain_mode, **extra)
+    before = trainable_state(trainer)
+    result = trainer.train()
+    assert math.isfinite(result.training_loss)
+    after = trainable_state(trainer)
+    assert any(not torch.equal(before[n], after[n]) for n in before), "the student did not change"
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert "forget/loss" in logged and (retain_mode == "none" or "retain/loss" in logged)
+
+    # Frozen models are still exactly the original / the saved augmented model.
+    batch = probe_batch(trainer)
+    if METHODS[method].needs_reference or retain_mode == "kl":
+        got = trainer.frozen_logits("original", trainer.model, batch)
+        torch.testing.assert_close(got, reference_logits(tiny_tokenizer, batch), rtol=1e-4, atol=1e-4)
+    if METHODS[method].needs_augmented:
+        got = trainer.frozen_logits("augmented", trainer.model, batch)
+        want = reference_logits(tiny_tokenizer, batch, tmp_path / "out" / "augmented")
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+    # Resuming from the step-2 checkpoint reproduces the uninterrupted run.
+    resumed = make_trainer(tmp_path, tiny_tokenizer, qa, method, retain_mode, **extra)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "out" / "checkpoint-2"))
+    assert resumed.state.global_step == 4
+    for name, value in trainable_state(resumed).items():
+        torch.testing.assert_close(value, after[name], rtol=1e-5, atol=1e-6)
+
+
+def held_parameter_bytes(trainer) -> int:
+    """Bytes of every distinct parameter storage reachable from the trainer's models."""
+    seen, total = set(), 0
+    for model in (trainer.model, trainer.ref_model, trainer.aug_model):
+        if model is None:
+            continue
+        for p in model.parameters():
+            if p.data_ptr() not in seen:
+                seen.add(p.data_ptr())
+                total += p.numel() * p.element_size()
+    return total
+
+
+@pytest.mark.parametrize(
+    "method,retain_mode,lora,augment_lora,copies",
+    [
+        ("ga", "none", False, False, 1),
+        ("gd", "rt", False, False, 1),
+        ("idk", "none", False, False, 1),
+        ("ga", "kl", False, False, 2),
+        ("npo", "none", False, False, 2),
+        ("dpo", "none", False, False, 2),
+        ("rklu", "none", False, False, 3),
+        ("rklu", "none", False, True, 2),  # augmented adapter shares the frozen original's weights
+        ("npo", "none", True, False, 1),  # LoRA student: the original is the base with the adapter off
+        ("rklu", "none", True, True, 1),  # student, original and augmented share one base
+    ],
+)
+def test_no_method_holds_a_model_it_does_not_use(tmp_path, tiny_tokenizer, qa, method, retain_mode, lora,
+                                                  augment_lora, copies):
+    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, method, retain_mode, use_lora=lora, augment_lora=augment_lora)
+    trainer.setup_frozen_models()
+    base = sum(p.numel() * p.element_size() for p in build_tiny_model(tiny_tokenizer).parameters())
+    held = held_parameter_bytes(trainer)
+    assert copies * base <= held < copies * base + 0.5 * base, (held / base, copies)
+    assert (trainer.ref_model is not None) == (copies > 1 and not lora)
+
+
+def test_frozen_copies_follow_bf16(tmp_path, tiny_tokenizer, qa):
+    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "npo", bf16=True)
+    assert next(trainer.ref_model.parameters()).dtype == torch.bfloat16
+    assert not any(p.requires_grad for p in trainer.ref_model.parameters())
+    assert next(trainer.model.parameters()).dtype == torch.float32  # fp32 master weights, bf16 autocast
+
+
+def test_teacher_alpha_zero_distils_towards_the_original(tmp_path, tiny_tokenizer, qa):
+    """alpha = 0 makes the teacher the original model, so the first RKL-U loss is exactly 0."""
+    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "rklu", teacher_alpha=0.0, max_steps=1)
+    trainer.setup_frozen_models()
+    batch = {"forget": probe_batch(trainer)}
+    loss = trainer.compute_loss(trainer.model, batch)
+    assert abs(loss.item()) < 1e-6
+
+
+def test_task_arithmetic_moves_away_from_the_augmented_model(tmp_path, tiny_tokenizer, qa):
+    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "ta", ta_scale=2.0)
+    original = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    augmented = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "augmented")
+    for name, theta_a in augmented.named_parameters():
+        expected = original[name] - 2.0 * (theta_a - original[name])
+        torch.testing.assert_close(dict(trainer.model.named_parameters())[name], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_save_writes_model_card_and_no_staging_left(tmp_path, tiny_tokenizer, qa):
+    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "ga", max_steps=1, save_strategy="no")
+    trainer.train()
+    trainer.save_model()
+    out = tmp_path / "out"
+    card = (out / "README.md").read_text()
+    assert "machine-unlearning" in card and "`ga`" in card
+    assert (out / "model.safetensors").is_file() and not (out / ".rklu-staging").exists()
+    reloaded = AutoModelForCausalLM.from_pretrained(out)
+    for (name, p), q in zip(trainer.model.named_parameters(), reloaded.parameters()):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+# ---- bad inputs, each before any training ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"method": "forget_everything"}, "Unknown method"),
+        ({"teacher_alpha": -1.0}, "teacher_alpha must be >= 0"),
+        ({"npo_beta": 0.0}, "npo_beta must be > 0"),
+        ({"dpo_beta": -0.1}, "dpo_beta must be > 0"),
+        ({"retain_mode": "everything"}, "Unknown retain_mode"),
+        ({"divergence": "sideways"}, "Unknown divergence"),
+        ({"method": "gd", "retain_mode": "none"}, "gd is gradient ascent plus retain NLL"),
+        ({"method": "ta", "augment_epochs": 0}, "ta needs an augmented model"),
+        ({"method": "rklu", "augment_epochs": 0}, "rklu needs an augmented model"),
+        ({"method": "ta", "use_lora": True}, "ta edits the full weights"),
+    ],
+)
+def test_config_rejects(tmp_path, overrides, match):
+    values = dict(output_dir=str(tmp_path / "o"), use_cpu=True)
+    values.update(overrides)
+    with pytest.raises(ValueError, match=match):
+        UnlearnConfig(**values)
+
+
+def test_retain_mode_needs_retain_set(tmp_path, tiny_tokenizer, qa):
+    config = make_config(tmp_path, "ga", "rt")
+    dataset = build_unlearning_dataset(tiny_tokenizer, qa[0], max_length=256)
+    with pytest.raises(ValueError, match="needs a retain set"):
+        UnlearnTrainer(model=build_tiny_model(tiny_tokenizer), args=config, train_dataset=dataset,
+                       processing_class=tiny_tokenizer)
+
+
+def test_refusal_methods_need_refusals(tmp_path, tiny_tokenizer, qa):
+    dataset = build_unlearning_dataset(tiny_tokenizer, qa[0], max_length=256)
+    with pytest.raises(ValueError, match="needs refusal answers"):
+        UnlearnTrainer(model=build_tiny_model(tiny_tokenizer), args=make_config(tmp_path, "idk"),
+                       train_dataset=dataset, processing_class=tiny_tokenizer)
+
+
+def test_empty_forget_set(tiny_tokenizer, qa):
+    with pytest.raises(ValueError, match="forget set is empty"):
+        build_unlearning_dataset(tiny_tokenizer, qa[0].select([]), max_length=256)
+
+
+def test_model_without_lm_head(tmp_path, tiny_tokenizer, qa):
+    headless = LlamaModel(build_tiny_model(tiny_tokenizer).config)
+    dataset = build_unlearning_dataset(tiny_tokenizer, qa[0], max_length=256)
+    with pytest.raises(ModelLoadError, match="no language-model head"):
+        UnlearnTrainer(model=headless, args=make_config(tmp_path, "ga"), train_dataset=dataset,
+                       processing_class=tiny_tokenizer)
+
+
+def test_output_dir_equal_to_model_dir(tiny_model_dir, tiny_tokenizer, qa):
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    dataset = build_unlearning_dataset(tiny_tokenizer, qa[0], max_length=256)
+    config = UnlearnConfig(output_dir=str(tiny_model_dir), method="ga", use_cpu=True)
+    with pytest.raises(ValueError, match="input model's own directory"):
+        UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tiny_tokenizer)
+
+
+def test_task_arithmetic_rejects_other_architecture(tmp_path, tiny_tokenizer, qa):
+    other = build_tiny_model(tiny_tokenizer, hidden=32)
+    other.save_pretrained(tmp_path / "other")
+    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "ta", augmented_model_path=str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="same architecture"):
+        trainer.train()
+
+
+def test_augmented_model_path_must_hold_a_model(tmp_path, tiny_tokenizer, qa):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="holds neither a model"):
+        make_trainer(tmp_path, tiny_tokenizer, qa, "rklu", augmented_model_path=str(tmp_path / "empty"))
