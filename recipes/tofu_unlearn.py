@@ -1,0 +1,107 @@
+"""Unlearn a TOFU forget set, then evaluate the result with the TOFU metrics.
+
+The body shared by ``tofu_forget01.py``, ``tofu_forget05.py`` and ``tofu_forget10.py`` (which only fix the split).
+Read top to bottom: arguments -> data (fails early when unavailable) -> model -> trainer -> save -> evaluation.
+
+    # 1. the model that knows TOFU and the retain-only oracle (its evaluation is the forget-quality reference)
+    python recipes/finetune_tofu.py --split full --output_dir runs/full --data_dir ../shared/data/tofu
+    python recipes/finetune_tofu.py --split retain90 --output_dir runs/retain90 --data_dir ../shared/data/tofu
+    # 2. unlearn forget10 with RKL-U (no retain data), evaluate, forget quality against the oracle
+    accelerate launch recipes/tofu_forget10.py --model runs/full --output_dir runs/rklu_forget10 \
+        --data_dir ../shared/data/tofu --retain_eval runs/retain90/tofu_eval.json
+    # any method of the toolkit, LoRA, a retain term, a YAML config:
+    python recipes/tofu_forget10.py --method npo --retain_mode rt --model runs/full --output_dir runs/npo_rt ...
+    python recipes/tofu_forget10.py --config my_run.yaml --output_dir runs/x
+
+All fields of rklu_llm.UnlearnConfig (and so of transformers.TrainingArguments) are flags.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers.trainer_utils import get_last_checkpoint
+
+from rklu_llm import DEFAULT_MODEL, UnlearnConfig, UnlearnTrainer, load_model, load_refusals
+from rklu_llm.cli import parse_arguments
+from rklu_llm.data import RETAIN_OF_FORGET, build_unlearning_dataset, load_tofu
+from rklu_llm.eval.tofu import evaluate_tofu, summary_row
+from rklu_llm.models import check_output_dir
+
+
+@dataclass
+class TofuArguments:
+    model: str = field(
+        default=DEFAULT_MODEL,
+        metadata={"help": "Model to unlearn: hub id, local dir or embedded:<name>; normally the output of "
+                  "finetune_tofu.py --split full."},
+    )
+    forget_split: str = field(default="forget10", metadata={"help": f"One of {sorted(RETAIN_OF_FORGET)}."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local TOFU folder (default: $RKLU_TOFU_DIR, hub)."})
+    retain_eval: str | None = field(
+        default=None,
+        metadata={"help": "tofu_eval.json of the retain-only model (finetune_tofu.py --split retainXX): the "
+                  "forget-quality reference. Without it forget quality is reported as missing."},
+    )
+    max_retain_items: int | None = field(default=None, metadata={"help": "Use only the first N retain items."})
+    skip_eval: bool = field(default=False, metadata={"help": "Only unlearn and save."})
+    eval_batch_size: int = field(default=16, metadata={"help": "Batch size of TOFU scoring and generation."})
+    eval_generation_batch_size: int | None = field(
+        default=None, metadata={"help": "Prompts per generate call (default: eval_batch_size); large values suit GPUs."}
+    )
+    eval_max_items: int | None = field(default=None, metadata={"help": "Evaluate the first N items of each set."})
+    max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE."})
+
+
+def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not any(a == "--forget_split" or a.startswith("--forget_split=") for a in argv):
+        argv = ["--forget_split", default_split, *argv]
+    script, config = parse_arguments((TofuArguments, UnlearnConfig), argv)
+    if script.forget_split not in RETAIN_OF_FORGET:
+        raise ValueError(f"forget_split must be one of {sorted(RETAIN_OF_FORGET)}, got {script.forget_split!r}")
+    check_output_dir(config.output_dir, model_path=script.model)
+    if script.retain_eval is not None and not Path(script.retain_eval).is_file():
+        raise FileNotFoundError(f"--retain_eval {script.retain_eval!r} does not exist (run finetune_tofu.py first).")
+
+    # Data first: a missing dataset fails here, before any model is loaded.
+    forget = load_tofu(script.forget_split, script.data_dir)
+    retain = None
+    if config.retain_mode != "none":
+        retain = load_tofu(RETAIN_OF_FORGET[script.forget_split], script.data_dir)
+        if script.max_retain_items is not None:
+            retain = retain.select(range(min(script.max_retain_items, len(retain))))
+    refusals = load_refusals(config.refusal_file) if config.spec.needs_refusals else None
+
+    model, tokenizer = load_model(script.model)
+    dataset = build_unlearning_dataset(tokenizer, forget, retain, refusals, config.max_length, config.seed)
+    trainer = UnlearnTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+        dataset_name=f"locuslab/TOFU:{script.forget_split}",
+    )
+    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    trainer.save_model()
+    if script.skip_eval or not trainer.is_world_process_zero():
+        return None
+
+    del trainer, model
+    unlearned, tokenizer = load_model(config.output_dir)
+    if torch.cuda.is_available():
+        unlearned.to("cuda")
+    result = evaluate_tofu(
+        unlearned, tokenizer, forget_splits=(script.forget_split,), data_dir=script.data_dir,
+        output_dir=config.output_dir, reference=script.retain_eval, batch_size=script.eval_batch_size,
+        max_new_tokens=script.max_new_tokens, max_items=script.eval_max_items,
+        generation_batch_size=script.eval_generation_batch_size,
+    )
+    print(json.dumps(summary_row(result), indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    main()

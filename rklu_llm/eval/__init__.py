@@ -1,0 +1,41 @@
+"""Evaluation: TOFU (probability, ROUGE-L recall, truth ratio, model utility, forget quality)."""
+
+from .tofu import (
+    UTILITY_METRICS,
+    UTILITY_SETS,
+    answer_probability,
+    compare_to_reference,
+    evaluate_tofu,
+    forget_quality,
+    forget_truth_ratio_score,
+    generate_answers,
+    load_tofu_eval,
+    model_utility,
+    normalized_probability,
+    reference_truth_ratios,
+    retain_truth_ratio_score,
+    rouge_l_recall,
+    score_answers,
+    summary_row,
+    truth_ratio,
+)
+
+__all__ = [
+    "UTILITY_METRICS",
+    "UTILITY_SETS",
+    "answer_probability",
+    "compare_to_reference",
+    "evaluate_tofu",
+    "forget_quality",
+    "forget_truth_ratio_score",
+    "generate_answers",
+    "load_tofu_eval",
+    "model_utility",
+    "normalized_probability",
+    "reference_truth_ratios",
+    "retain_truth_ratio_score",
+    "rouge_l_recall",
+    "score_answers",
+    "summary_row",
+    "truth_ratio",
+]

@@ -1,0 +1,1028 @@
+"""TOFU evaluation (Maini et al. 2024), with the benchmark's own metric definitions.
+
+Metrics (see DESIGN.md section 4.1; ``p`` is always the length-normalised answer probability):
+
+* ``p(a | q) = exp(-NLL_sum(a | q) / |a|)`` over the answer tokens, the EOS after the answer included.
+* Probability: forget / retain sets ``mean p(answer)``; real authors / world facts
+  ``mean p(answer) / (p(answer) + sum_j p(perturbed_j))``.
+* ROUGE-L recall of the greedy generation (at most ``max_new_tokens`` new tokens, cut at EOS) against ``answer``.
+* Truth ratio per item ``TR = geometric_mean_j p(perturbed_j) / p(base)``, base = ``paraphrased_answer`` on the
+  forget / retain sets and ``answer`` on real authors / world facts. Set aggregate: forget ``mean(min(TR, 1/TR))``,
+  the others ``mean(max(0, 1 - TR))``.
+* Model utility: harmonic mean of the 9 values {retain, real authors, world facts} x {probability, ROUGE-L recall,
+  truth-ratio aggregate}.
+* Forget quality: ``ks_2samp(TR_unlearned, TR_reference).pvalue`` on the forget set, the reference being the
+  retain-only model (never trained on the forget set) evaluated on the same items.
+
+The original TOFU code computes, per item, ``exp(avg_perturbed_loss - avg_paraphrased_loss)``, which is ``1/TR`` with
+the definition above, and aggregates retain-type sets with ``max(0, 1 - 1/that)``: the same numbers as ours. The forget
+aggregate ``min(x, 1/x)`` is symmetric in ``x <-> 1/x``, and the KS statistic and p-value are unchanged when both
+samples go through the same monotone map (here ``x -> 1/x``), so every aggregate and the forget quality agree with
+TOFU.
+Unlike the original scripts (first 300 items of each set) every item is scored unless ``max_items`` says otherwise.
+
+Results JSON (``tofu_eval.json``, also the dict :func:`evaluate_tofu` returns)::
+
+    {
+      "model": str,                      # model.name_or_path
+      "settings": {"forget_splits": [...], "sets": [...], "data_dir": str|None, "batch_size": int,
+                   "max_new_tokens": int, "max_items": int|None, "max_length": int, "reference": str|None},
+      "sets": {
+        "<set name>": {                  # forget10_perturbed, retain_perturbed, real_authors_perturbed, ...
+          "aggregate": {"probability": float, "rouge_l_recall": float, "truth_ratio": float, "num_items": int},
+          "items": {
+            "question": [str],
+            "probability": [float],         # per-item term of the probability aggregate (normalised on real/world)
+            "answer_probability": [float],  # p(answer | question)
+            "rouge_l_recall": [float],
+            "truth_ratio": [float],         # TR per item (not the aggregate's min/max transform)
+            "generated": [str]              # greedy generation, special tokens removed, stripped
+          }
+        }
+      },
+      "model_utility": float|None,        # None (with "model_utility_note") when a utility set was not evaluated
+      "model_utility_note": str|None,
+      "forget": {
+        "<forget split>": {"forget_quality": float|None, "forget_quality_note": str|None,
+                           "reference": str|None, "reference_items": int, "matched_by": "question"|"index"|None}
+      }
+    }
+
+``forget_quality_note`` explains a ``None`` forget quality and also says when the reference covered only part of the
+evaluated items or was matched by position. Non-finite floats are written as ``NaN`` / ``Infinity`` (Python ``json``).
+
+Resuming: with ``output_dir`` every (set, metric) result, i.e. the answer likelihoods (``likelihood``) and the greedy
+generations (``generation``), is cached as JSON under ``output_dir/tofu_eval_cache/``, keyed by set, metric, model
+name, a digest of sampled weight values, a fingerprint of the set's rows and the settings that change it
+(``max_items``, ``max_length``, ``max_new_tokens``). A re-run with the same ``output_dir`` skips the finished parts; an
+entry written for other weights or data is recomputed (with a warning).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from scipy.stats import hmean, ks_2samp
+from tqdm.auto import tqdm
+
+from ..data.qa import encode_answer, encode_prompt, join_prompt_answer, pad_examples
+from ..data.tofu import RETAIN_OF_FORGET, load_tofu
+from ..losses import IGNORE_INDEX, sequence_log_likelihood
+
+logger = logging.getLogger(__name__)
+
+#: The sets whose aggregates make up model utility.
+UTILITY_SETS = ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
+#: The three aggregates of each utility set.
+UTILITY_METRICS = ("probability", "rouge_l_recall", "truth_ratio")
+RESULT_FILE = "tofu_eval.json"
+CACHE_DIR = "tofu_eval_cache"
+NO_REFERENCE_NOTE = (
+    "no reference evaluation given: pass reference=<retain model's tofu_eval.json> (the retain-only model "
+    "evaluated on the same forget split) or a TOFU eval_log_forget.json"
+)
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pure aggregation functions
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def answer_probability(nll_sum, num_tokens) -> np.ndarray:
+    """Length-normalised answer probability, ``p = exp(-nll_sum / num_tokens)``, element-wise.
+
+    Args:
+        nll_sum: ``(...)`` summed negative log-likelihood of the answer tokens.
+        num_tokens: ``(...)`` number of answer tokens (same shape, or broadcastable).
+
+    Returns:
+        ``(...)`` float64 array in ``[0, 1]`` (for ``nll_sum >= 0``).
+    """
+    nll_sum = np.asarray(nll_sum, dtype=np.float64)
+    num_tokens = np.asarray(num_tokens, dtype=np.float64)
+    return np.exp(-nll_sum / num_tokens)
+
+
+# TOFU's code stores exp(mean_j perturbed_loss_j - paraphrased_loss) = 1/TR per item and scores retain-type sets with
+# max(0, 1 - 1/that) = max(0, 1 - TR): identical aggregates; min(x, 1/x) and the KS p-value are invariant to x -> 1/x.
+def truth_ratio(base_prob, perturbed_probs) -> np.ndarray:
+    """Per-item truth ratio ``TR_i = (prod_j p(pert_ij))^(1/K) / p(base_i)``.
+
+    Computed in log space: ``exp(mean_j log p(pert_ij) - log p(base_i))``.
+
+    Args:
+        base_prob: ``(N,)`` probability of the base answer (paraphrased answer, or the answer itself on
+            real authors / world facts).
+        perturbed_probs: ``(N, K)`` probabilities of the ``K`` perturbed (wrong) answers.
+
+    Returns:
+        ``(N,)`` float64; ``< 1`` when the model prefers the base answer over the perturbed ones.
+    """
+    base = np.asarray(base_prob, dtype=np.float64)
+    pert = np.asarray(perturbed_probs, dtype=np.float64)
+    if base.ndim != 1 or pert.ndim != 2 or pert.shape[0] != base.shape[0]:
+        raise ValueError(
+            f"truth_ratio expects base_prob (N,) and perturbed_probs (N, K); got {base.shape} and {pert.shape}."
+        )
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.exp(np.log(pert).mean(axis=1) - np.log(base))
+
+
+def forget_truth_ratio_score(tr) -> float:
+    """Forget-set truth-ratio aggregate, ``mean_i min(TR_i, 1/TR_i)`` (1 = no preference for the true answer).
+
+    Args:
+        tr: ``(N,)`` per-item truth ratios.
+    """
+    tr = np.asarray(tr, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        return float(np.mean(np.minimum(tr, 1.0 / tr)))
+
+
+def retain_truth_ratio_score(tr) -> float:
+    """Retain / real authors / world facts truth-ratio aggregate, ``mean_i max(0, 1 - TR_i)`` (higher is better).
+
+    Args:
+        tr: ``(N,)`` per-item truth ratios.
+    """
+    tr = np.asarray(tr, dtype=np.float64)
+    return float(np.mean(np.maximum(0.0, 1.0 - tr)))
+
+
+def _normalized_probability_items(answer_prob, perturbed_probs) -> np.ndarray:
+    """``(N,)`` per-item ``p(ans_i) / (p(ans_i) + sum_j p(pert_ij))``."""
+    ans = np.asarray(answer_prob, dtype=np.float64)
+    pert = np.asarray(perturbed_probs, dtype=np.float64)
+    if ans.ndim != 1 or pert.ndim != 2 or pert.shape[0] != ans.shape[0]:
+        raise ValueError(
+            f"normalized_probability expects answer_prob (N,) and perturbed_probs (N, K); got {ans.shape} and "
+            f"{pert.shape}."
+        )
+    return ans / (ans + pert.sum(axis=1))
+
+
+def normalized_probability(answer_prob, perturbed_probs) -> float:
+    """Probability score of real authors / world facts, ``mean_i p(ans_i) / (p(ans_i) + sum_j p(pert_ij))``.
+
+    Args:
+        answer_prob: ``(N,)`` probabilities of the true answers.
+        perturbed_probs: ``(N, K)`` probabilities of the perturbed answers.
+    """
+    return float(np.mean(_normalized_probability_items(answer_prob, perturbed_probs)))
+
+
+def model_utility(values: Mapping) -> float:
+    """Model utility, ``scipy.stats.hmean`` of 9 values, ``9 / sum_v 1/v`` (0 as soon as one value is 0).
+
+    Args:
+        values: ``{set: {metric: value}}`` with set in ``retain``, ``real_authors``, ``world_facts`` (the
+            ``*_perturbed`` config names are accepted too) and metric in ``probability``, ``rouge_l_recall``,
+            ``truth_ratio`` (the set's aggregates, e.g. ``result["sets"][name]["aggregate"]``).
+
+    Raises:
+        ValueError: one of the 9 values is missing, or one is negative or not finite.
+    """
+    collected, missing = [], []
+    for short in ("retain", "real_authors", "world_facts"):
+        entry = values.get(short, values.get(f"{short}_perturbed"))
+        for metric in UTILITY_METRICS:
+            value = None if entry is None else entry.get(metric)
+            if value is None:
+                missing.append(f"{short}.{metric}")
+            else:
+                collected.append((f"{short}.{metric}", float(value)))
+    if missing:
+        raise ValueError(
+            "model_utility needs the 9 values {retain, real_authors, world_facts} x "
+            f"{{{', '.join(UTILITY_METRICS)}}}; missing: {', '.join(missing)}."
+        )
+    bad = [f"{name}={value}" for name, value in collected if not math.isfinite(value) or value < 0]
+    if bad:
+        raise ValueError(f"model_utility needs finite non-negative values; got {', '.join(bad)}.")
+    return float(hmean([value for _, value in collected]))
+
+
+def forget_quality(tr_unlearned, tr_reference) -> float:
+    """Forget quality, the two-sample Kolmogorov-Smirnov p-value ``ks_2samp(tr_unlearned, tr_reference).pvalue``.
+
+    Args:
+        tr_unlearned: ``(N,)`` per-item truth ratios of the evaluated model on the forget set.
+        tr_reference: ``(M,)`` the same for the retain-only reference model.
+
+    Returns:
+        p-value in ``[0, 1]``; above 0.05 the two distributions are statistically indistinguishable.
+    """
+    a = np.asarray(tr_unlearned, dtype=np.float64)
+    b = np.asarray(tr_reference, dtype=np.float64)
+    if a.size == 0 or b.size == 0:
+        raise ValueError("forget_quality needs at least one truth ratio on each side.")
+    return float(ks_2samp(a, b).pvalue)
+
+
+_ROUGE_SCORER = None
+
+
+def rouge_l_recall(generated: Sequence[str], gold: Sequence[str]) -> np.ndarray:
+    """Per-item ROUGE-L recall, ``RougeScorer(["rougeL"], use_stemmer=True).score(gold, generated)["rougeL"].recall``.
+
+    Recall = LCS(gold, generated) / len(gold) over stemmed word tokens.
+
+    Args:
+        generated: ``N`` generated strings.
+        gold: ``N`` reference answers.
+
+    Returns:
+        ``(N,)`` float64 in ``[0, 1]``.
+    """
+    global _ROUGE_SCORER
+    if len(generated) != len(gold):
+        raise ValueError(f"rouge_l_recall: {len(generated)} generations but {len(gold)} gold answers.")
+    if _ROUGE_SCORER is None:
+        from rouge_score import rouge_scorer
+
+        _ROUGE_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return np.array([_ROUGE_SCORER.score(g, s)["rougeL"].recall for s, g in zip(generated, gold)], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model-side scoring
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _model_device(model) -> torch.device:
+    device = getattr(model, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    return next(model.parameters()).device
+
+
+def _pad_token_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    if pad is None:
+        pad = tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("The tokenizer has neither a pad nor an EOS token.")
+    return pad
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    """Eval mode (dropout off) inside the block; the previous mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _batches(order: list[int], batch_size: int, desc: str):
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc=desc, unit="batch", leave=False):
+        yield order[start : start + batch_size]
+
+
+@torch.no_grad()
+def score_answers(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    answers: Sequence[str],
+    batch_size: int = 16,
+    max_length: int = 512,
+    desc: str = "Scoring answers",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed answer NLL and answer-token count of every (question, answer) pair.
+
+    Tokenization is the toolkit's: ``encode_prompt(question) + encode_answer(answer)`` (the answer ends with EOS, which
+    counts), cut to ``max_length`` by ``join_prompt_answer``. Pairs are sorted by length, batched with right padding
+    (attention mask from lengths, so a pad token equal to EOS cannot hide the EOS) and put back in input order.
+
+    Args:
+        model: causal LM (put in eval mode for the call; its previous mode is restored).
+        tokenizer: its tokenizer.
+        questions: ``N`` questions.
+        answers: ``N`` answers.
+        batch_size: sequences per forward pass.
+        max_length: prompt + answer tokens kept per pair.
+
+    Returns:
+        ``(nll_sum, num_tokens)``: ``(N,)`` float64 ``-log p(answer | question)`` summed over answer tokens, and
+        ``(N,)`` int64 answer-token counts.
+
+    Raises:
+        AnswerTruncatedError: a prompt alone fills ``max_length``.
+    """
+    if len(questions) != len(answers):
+        raise ValueError(f"score_answers: {len(questions)} questions but {len(answers)} answers.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(questions)
+    nll_sum = np.zeros(n, dtype=np.float64)
+    num_tokens = np.zeros(n, dtype=np.int64)
+    if n == 0:
+        return nll_sum, num_tokens
+    prompts: dict[str, list[int]] = {}
+    examples = []
+    for i, (question, answer) in enumerate(zip(questions, answers)):
+        if question not in prompts:
+            prompts[question] = encode_prompt(tokenizer, question)
+        examples.append(
+            join_prompt_answer(prompts[question], encode_answer(tokenizer, answer), max_length, where=f"item {i}: ")
+        )
+    order = sorted(range(n), key=lambda i: -len(examples[i]["input_ids"]))
+    device = _model_device(model)
+    pad_id = _pad_token_id(tokenizer)
+    with _eval_mode(model):
+        for index in _batches(order, batch_size, desc):
+            batch = pad_examples([examples[i] for i in index], pad_id)
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+            log_likelihood = sequence_log_likelihood(logits, batch["labels"])
+            nll_sum[index] = -log_likelihood.double().cpu().numpy()
+            num_tokens[index] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1).cpu().numpy()
+    return nll_sum, num_tokens
+
+
+def _greedy_generation_config(model, tokenizer, max_new_tokens: int):
+    """Plain greedy decoding (none of the model's sampling / penalty defaults), stopping at any EOS id."""
+    from transformers import GenerationConfig
+
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for token in [model_eos] if isinstance(model_eos, int) else list(model_eos or []):
+        if token not in eos:
+            eos.append(token)
+    if not eos:
+        raise ValueError("Neither the tokenizer nor the model's generation config has an EOS token.")
+    return GenerationConfig(
+        do_sample=False,
+        num_beams=1,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=_pad_token_id(tokenizer),
+        eos_token_id=eos,
+    )
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    tokenizer,
+    questions: Sequence[str],
+    batch_size: int = 16,
+    max_new_tokens: int = 200,
+    desc: str = "Generating answers",
+) -> list[str]:
+    """Greedy answers to ``questions``, from the same prompt as :func:`score_answers`.
+
+    Prompts are sorted by length and left-padded (``pad_examples(..., padding_side="left")``) with the attention mask
+    passed, so a question gives the same output alone or in a batch. Only the new tokens are decoded
+    (``skip_special_tokens=True``, stripped); generation stops at EOS or after ``max_new_tokens``.
+
+    Args:
+        model: causal LM (eval mode for the call; the previous mode is restored).
+        tokenizer: its tokenizer.
+        questions: ``N`` questions.
+        batch_size: prompts per ``generate`` call.
+        max_new_tokens: generation budget per answer.
+
+    Returns:
+        ``N`` strings, in input order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    n = len(questions)
+    outputs: list[str] = [""] * n
+    if n == 0:
+        return outputs
+    prompts = [encode_prompt(tokenizer, q) for q in questions]
+    order = sorted(range(n), key=lambda i: -len(prompts[i]))
+    device = _model_device(model)
+    config = _greedy_generation_config(model, tokenizer, max_new_tokens)
+    with _eval_mode(model):
+        for index in _batches(order, batch_size, desc):
+            batch = pad_examples([{"input_ids": prompts[i]} for i in index], config.pad_token_id, padding_side="left")
+            input_ids = batch["input_ids"].to(device)
+            sequences = model.generate(
+                input_ids=input_ids,
+                attention_mask=batch["attention_mask"].to(device),
+                generation_config=config,
+            )
+            if not isinstance(sequences, torch.Tensor):  # return_dict_in_generate set somewhere
+                sequences = sequences.sequences
+            texts = tokenizer.batch_decode(sequences[:, input_ids.shape[1] :], skip_special_tokens=True)
+            for i, text in zip(index, texts):
+                outputs[i] = text.strip()
+    return outputs
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# References for forget quality
+# --------------------------------------------------------------------------------------------------------------------
+
+_TEMPLATES = (
+    re.compile(r"^\s*\[INST\]\s*(.*?)\s*\[/INST\]\s*$", re.DOTALL),  # llama2-7b in the TOFU logs
+    re.compile(r"^\s*Question:\s*(.*?)\s*(?:Answer:)?\s*$", re.DOTALL),  # phi in the TOFU logs
+)
+
+
+def _squash(text: str) -> str:
+    """Text without any whitespace (detokenisation artefacts such as ``"Mammadov ,"`` vs ``"Mammadov,"`` vanish)."""
+    return "".join(text.split())
+
+
+def _log_question(prompt: str) -> str:
+    for template in _TEMPLATES:
+        match = template.match(prompt)
+        if match:
+            return match.group(1)
+    return prompt
+
+
+def _is_tofu_log(obj) -> bool:
+    return isinstance(obj, Mapping) and "avg_paraphrased_loss" in obj and "average_perturb_loss" in obj
+
+
+def _is_our_result(obj) -> bool:
+    return isinstance(obj, Mapping) and isinstance(obj.get("sets"), Mapping)
+
+
+def _read_reference(reference) -> tuple[dict, str]:
+    """Parse ``reference`` (path to a file or folder, or a dict) into ``(object, label)``; fail on unknown formats."""
+    if isinstance(reference, Mapping):
+        label = f"<dict: {reference.get('model', 'TOFU log')}>" if _is_our_result(reference) else "<dict: TOFU log>"
+        obj = dict(reference)
+    else:
+        path = Path(reference).expanduser()
+        if path.is_dir():
+            for name in (RESULT_FILE, "eval_log_aggregated.json", "eval_log_forget.json"):
+                if (path / name).is_file():
+                    path = path / name
+                    break
+            else:
+                raise FileNotFoundError(
+                    f"Reference folder {str(path)!r} holds none of {RESULT_FILE}, eval_log_aggregated.json, "
+                    f"eval_log_forget.json."
+                )
+        if not path.is_file():
+            raise FileNotFoundError(f"Reference evaluation {str(path)!r} does not exist.")
+        with open(path, encoding="utf-8") as handle:
+            obj = json.load(handle)
+        label = str(path)
+    if _is_our_result(obj) or _is_tofu_log(obj):
+        return obj, label
+    if isinstance(obj, Mapping) and _is_tofu_log(obj.get("eval_log_forget.json")):
+        return obj["eval_log_forget.json"], label + "#eval_log_forget.json"
+    raise ValueError(
+        f"Reference {label} is neither a tofu_eval.json written by evaluate_tofu (no 'sets') nor a TOFU eval log "
+        f"(no 'avg_paraphrased_loss' / 'average_perturb_loss', no 'eval_log_forget.json')."
+    )
+
+
+def reference_truth_ratios(reference, split: str) -> tuple[np.ndarray, list[str] | None, str]:
+    """Per-item forget-set truth ratios of a reference evaluation.
+
+    Args:
+        reference: a ``tofu_eval.json`` written by :func:`evaluate_tofu` (path or dict), a TOFU original-authors log
+            (``eval_log_forget.json``, or ``eval_log_aggregated.json`` whose ``eval_log_forget.json`` entry is used),
+            or a folder holding one of those.
+        split: forget split (``forget01`` / ``forget05`` / ``forget10``); selects the set of a ``tofu_eval.json``.
+            A TOFU log holds one forget set and carries no split name: its items are matched by question later.
+
+    Returns:
+        ``(tr, questions, label)``: ``(M,)`` truth ratios; their ``M`` questions, or ``None`` when the source has none;
+        a label naming the source. For TOFU logs ``TR = exp(avg_paraphrased_loss - mean_j average_perturb_loss_j)``
+        per item (their own ``exp(perturbed - paraphrased)`` is ``1/TR``) and the questions are read from the
+        prompts in ``generated_text``.
+
+    Raises:
+        KeyError: a ``tofu_eval.json`` without the set ``<split>_perturbed``.
+    """
+    obj, label = _read_reference(reference)
+    return _truth_ratios_of(obj, label, split)
+
+
+def _truth_ratios_of(obj: Mapping, label: str, split: str) -> tuple[np.ndarray, list[str] | None, str]:
+    """:func:`reference_truth_ratios` of an already parsed reference."""
+    if _is_our_result(obj):
+        name = f"{split}_perturbed"
+        if name not in obj["sets"]:
+            raise KeyError(
+                f"reference {label} has no evaluation of {name} (it has: {', '.join(obj['sets']) or 'no sets'})"
+            )
+        items = obj["sets"][name]["items"]
+        return np.asarray(items["truth_ratio"], dtype=np.float64), list(items["question"]), label
+    keys = sorted(obj["avg_paraphrased_loss"], key=int)
+    paraphrased = np.array([obj["avg_paraphrased_loss"][k] for k in keys], dtype=np.float64)
+    perturbed = np.array([np.mean(obj["average_perturb_loss"][k]) for k in keys], dtype=np.float64)
+    tr = np.exp(paraphrased - perturbed)
+    questions = None
+    generated = obj.get("generated_text")
+    if isinstance(generated, Mapping) and all(k in generated for k in keys):
+        questions = [_log_question(generated[k][0]) for k in keys]
+    return tr, questions, label
+
+
+def _match_questions(questions: Sequence[str], ref_questions: Sequence[str]) -> tuple[list[int], list[int]]:
+    """Index pairs ``(i, j)`` with ``questions[i] == ref_questions[j]`` (whitespace ignored; in order for repeats).
+
+    A question not found verbatim is looked for inside the unused reference texts (unknown prompt templates).
+    """
+    pool: dict[str, list[int]] = {}
+    for j, q in enumerate(ref_questions):
+        pool.setdefault(_squash(q), []).append(j)
+    used: set[int] = set()
+    ours, theirs = [], []
+    squashed_refs = [_squash(q) for q in ref_questions]
+    for i, q in enumerate(questions):
+        key = _squash(q)
+        j = next((j for j in pool.get(key, []) if j not in used), None)
+        if j is None and key:
+            j = next((j for j, text in enumerate(squashed_refs) if j not in used and key in text), None)
+        if j is not None:
+            used.add(j)
+            ours.append(i)
+            theirs.append(j)
+    return ours, theirs
+
+
+def compare_to_reference(truth_ratios, questions: Sequence[str], reference, split: str) -> dict:
+    """Forget quality of one forget split against a reference evaluation, with a note when it cannot be computed.
+
+    Items are matched by question text when the reference has questions (ours always do; TOFU logs through their
+    ``generated_text`` prompts), else by position over the common prefix. The KS test runs on the matched items.
+
+    Args:
+        truth_ratios: ``(N,)`` per-item truth ratios of the evaluated model on ``<split>_perturbed``.
+        questions: their ``N`` questions.
+        reference: ``None``, or anything :func:`reference_truth_ratios` accepts.
+        split: the forget split.
+
+    Returns:
+        ``{"forget_quality": float|None, "forget_quality_note": str|None, "reference": str|None,
+        "reference_items": int, "matched_by": "question"|"index"|None}``. A ``None`` forget quality is never silent:
+        the note says why and a ``UserWarning`` is emitted.
+    """
+    entry = {"forget_quality": None, "forget_quality_note": None, "reference": None, "reference_items": 0,
+             "matched_by": None}
+
+    def missing(note: str) -> dict:
+        entry["forget_quality_note"] = note
+        warnings.warn(f"{split}: forget quality not computed: {note}", UserWarning, stacklevel=3)
+        return entry
+
+    if reference is None:
+        return missing(NO_REFERENCE_NOTE)
+    tr = np.asarray(truth_ratios, dtype=np.float64)
+    if len(questions) != len(tr):
+        raise ValueError(f"{len(tr)} truth ratios but {len(questions)} questions.")
+    obj, label = _read_reference(reference)
+    entry["reference"] = label
+    try:
+        ref_tr, ref_questions, label = _truth_ratios_of(obj, label, split)
+    except KeyError as exc:
+        return missing(str(exc.args[0]))
+    if ref_questions is not None:
+        ours, theirs = _match_questions(questions, ref_questions)
+        entry["matched_by"] = "question"
+        if not ours:
+            return missing(
+                f"none of the {len(tr)} evaluated {split} questions appears among the reference's {len(ref_tr)} "
+                f"items: the reference evaluated another set (is it the right split's log?)"
+            )
+        notes = []
+        if len(ours) < len(tr):
+            notes.append(f"the reference covers {len(ours)} of the {len(tr)} evaluated items")
+    else:
+        common = min(len(tr), len(ref_tr))
+        ours = theirs = list(range(common))
+        entry["matched_by"] = "index"
+        if common == 0:
+            return missing("the reference holds no forget items")
+        notes = [
+            f"the reference has no questions: items matched by position over the common prefix of {common} "
+            f"(evaluated {len(tr)}, reference {len(ref_tr)})"
+        ]
+    a, b = tr[ours], ref_tr[theirs]
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        notes.append("some truth ratios are not finite")
+    entry["forget_quality"] = forget_quality(a, b)
+    entry["reference_items"] = len(ours)
+    if notes:
+        entry["forget_quality_note"] = f"KS test on {len(ours)} matched items; " + "; ".join(notes)
+    return entry
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Cache and files
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _to_builtin(obj):
+    if isinstance(obj, Mapping):
+        return {str(k): _to_builtin(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_builtin(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _to_builtin(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    """Write ``obj`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(_to_builtin(obj), handle, indent=1)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _model_fingerprint(model, sample: int = 4096) -> str | None:
+    """A cheap digest of the weights: names, shapes and up to ``sample`` evenly spaced values of every parameter.
+
+    Any training step moves (nearly) every value of the tensors it updates, so a changed checkpoint saved under the
+    same path gets another digest. ``None`` when the weights cannot be read (meta / offloaded parameters).
+    """
+    digest = hashlib.sha256()
+    try:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                flat = param.detach().reshape(-1)
+                values = flat[:: max(1, flat.numel() // sample)][:sample].float().cpu().numpy()
+                digest.update(f"{name}{tuple(param.shape)}".encode())
+                digest.update(values.tobytes())
+    except (RuntimeError, NotImplementedError, ValueError):
+        return None
+    return digest.hexdigest()[:16]
+
+
+class _MetricCache:
+    """``output_dir/tofu_eval_cache/<set>__<metric>__<settings>.json``, each holding its key and its data."""
+
+    def __init__(self, output_dir: Path | None, model_name: str, model_fingerprint: str | None):
+        self.folder = None if output_dir is None else Path(output_dir) / CACHE_DIR
+        self.model_name = model_name
+        self.model_fingerprint = model_fingerprint
+
+    def _path(self, set_name: str, metric: str, settings: dict) -> Path:
+        tag = "__".join(f"{k}-{'all' if v is None else v}" for k, v in sorted(settings.items()))
+        return self.folder / f"{set_name}__{metric}__{tag}.json"
+
+    def _key(self, set_name, metric, settings, fingerprint) -> dict:
+        return {"set": set_name, "metric": metric, "model": self.model_name,
+                "model_fingerprint": self.model_fingerprint, "data_sha256": fingerprint, **settings}
+
+    def load(self, set_name: str, metric: str, settings: dict, fingerprint: str):
+        if self.folder is None:
+            return None
+        path = self._path(set_name, metric, settings)
+        if not path.is_file():
+            return None
+        try:
+            with open(path, encoding="utf-8") as handle:
+                stored = json.load(handle)
+        except (OSError, json.JSONDecodeError) as exc:
+            warnings.warn(f"Ignoring unreadable cache file {path}: {exc}", UserWarning, stacklevel=2)
+            return None
+        if stored.get("key") != _to_builtin(self._key(set_name, metric, settings, fingerprint)):
+            warnings.warn(
+                f"Cache file {path} was written for another model or other data; recomputing it.", UserWarning,
+                stacklevel=2,
+            )
+            return None
+        logger.info("TOFU eval: %s / %s taken from %s", set_name, metric, path)
+        return stored["data"]
+
+    def save(self, set_name: str, metric: str, settings: dict, fingerprint: str, data) -> None:
+        if self.folder is not None:
+            key = self._key(set_name, metric, settings, fingerprint)
+            _write_json_atomic(self._path(set_name, metric, settings), {"key": key, "data": data})
+
+
+def load_tofu_eval(path) -> dict:
+    """Read a ``tofu_eval.json`` written by :func:`evaluate_tofu` (``path`` may be the folder holding it)."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        path = path / RESULT_FILE
+    with open(path, encoding="utf-8") as handle:
+        result = json.load(handle)
+    if not _is_our_result(result):
+        raise ValueError(f"{str(path)!r} is not a TOFU evaluation written by evaluate_tofu (no 'sets').")
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The evaluation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _set_kind(name: str) -> str:
+    if name.startswith("forget"):
+        return "forget"
+    if name == "retain_perturbed":
+        return "retain"
+    return "factual"  # real_authors_perturbed, world_facts_perturbed
+
+
+def _resolve_sets(forget_splits: tuple[str, ...], sets) -> list[str]:
+    available = [f"{f}_perturbed" for f in forget_splits] + list(UTILITY_SETS)
+    if sets is None:
+        return available
+    if isinstance(sets, str):
+        sets = (sets,)
+    chosen = []
+    for name in sets:
+        full = name if name.endswith("_perturbed") else f"{name}_perturbed"
+        if full not in available:
+            raise ValueError(
+                f"Unknown eval set {name!r} for forget_splits={list(forget_splits)}; choose among: "
+                f"{', '.join(available)} (the '_perturbed' suffix may be left out)."
+            )
+        if full not in chosen:
+            chosen.append(full)
+    if not chosen:
+        raise ValueError("sets is empty: nothing to evaluate.")
+    return [name for name in available if name in chosen]
+
+
+def _load_set(name: str, data_dir, max_items: int | None) -> dict:
+    dataset = load_tofu(name, data_dir)
+    if max_items is not None:
+        dataset = dataset.select(range(min(max_items, len(dataset))))
+    base_key = "answer" if _set_kind(name) == "factual" else "paraphrased_answer"
+    needed = {"question", "answer", "perturbed_answer", base_key}
+    missing = needed - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"TOFU set {name} lacks column(s) {sorted(missing)}; it has {dataset.column_names}.")
+    rows = dataset.select_columns(sorted(needed)).to_dict()
+    counts = {len(p) for p in rows["perturbed_answer"]}
+    if len(counts) > 1 or 0 in counts:
+        raise ValueError(f"TOFU set {name}: every row needs the same number (>0) of perturbed answers; got {counts}.")
+    rows["base_key"] = base_key
+    rows["fingerprint"] = hashlib.sha256(
+        json.dumps({k: rows[k] for k in sorted(needed)}, sort_keys=True).encode()
+    ).hexdigest()
+    return rows
+
+
+def _likelihoods(model, tokenizer, name: str, rows: dict, batch_size: int, max_length: int) -> dict:
+    """All (question, candidate) pairs of a set in one :func:`score_answers` call."""
+    questions, n = rows["question"], len(rows["question"])
+    k = len(rows["perturbed_answer"][0]) if n else 0
+    pair_q = list(questions)
+    pair_a = list(rows["answer"])
+    with_paraphrase = rows["base_key"] != "answer"
+    if with_paraphrase:
+        pair_q += questions
+        pair_a += rows["paraphrased_answer"]
+    for question, perturbed in zip(questions, rows["perturbed_answer"]):
+        pair_q += [question] * k
+        pair_a += list(perturbed)
+    nll, ntok = score_answers(
+        model, tokenizer, pair_q, pair_a, batch_size=batch_size, max_length=max_length, desc=f"{name}: likelihood"
+    )
+    data = {"answer_nll_sum": nll[:n], "answer_num_tokens": ntok[:n]}
+    offset = n
+    if with_paraphrase:
+        data["paraphrased_nll_sum"] = nll[n : 2 * n]
+        data["paraphrased_num_tokens"] = ntok[n : 2 * n]
+        offset = 2 * n
+    data["perturbed_nll_sum"] = nll[offset:].reshape(n, k)
+    data["perturbed_num_tokens"] = ntok[offset:].reshape(n, k)
+    return _to_builtin(data)
+
+
+def _set_result(name: str, rows: dict, likelihood: dict, generated: list[str]) -> dict:
+    kind = _set_kind(name)
+    p_answer = answer_probability(likelihood["answer_nll_sum"], likelihood["answer_num_tokens"])
+    p_perturbed = answer_probability(likelihood["perturbed_nll_sum"], likelihood["perturbed_num_tokens"])
+    if p_perturbed.ndim != 2:  # zero items
+        p_perturbed = p_perturbed.reshape(len(p_answer), -1)
+    if kind == "factual":
+        p_base = p_answer
+        probability = _normalized_probability_items(p_answer, p_perturbed)
+    else:
+        p_base = answer_probability(likelihood["paraphrased_nll_sum"], likelihood["paraphrased_num_tokens"])
+        probability = p_answer
+    tr = truth_ratio(p_base, p_perturbed)
+    rouge = rouge_l_recall(generated, rows["answer"])
+    tr_score = forget_truth_ratio_score(tr) if kind == "forget" else retain_truth_ratio_score(tr)
+    return {
+        "aggregate": {
+            "probability": float(np.mean(probability)),
+            "rouge_l_recall": float(np.mean(rouge)),
+            "truth_ratio": tr_score,
+            "num_items": len(p_answer),
+        },
+        "items": {
+            "question": list(rows["question"]),
+            "probability": probability,
+            "answer_probability": p_answer,
+            "rouge_l_recall": rouge,
+            "truth_ratio": tr,
+            "generated": list(generated),
+        },
+    }
+
+
+def _model_name(model) -> str:
+    name = getattr(model, "name_or_path", None)
+    if not name:
+        name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(name or type(model).__name__)
+
+
+def evaluate_tofu(
+    model,
+    tokenizer,
+    forget_splits: Sequence[str] | str = ("forget10",),
+    data_dir: str | os.PathLike | None = None,
+    output_dir: str | os.PathLike | None = None,
+    reference: str | os.PathLike | Mapping | None = None,
+    batch_size: int = 16,
+    max_new_tokens: int = 200,
+    max_items: int | None = None,
+    sets: Sequence[str] | None = None,
+    max_length: int = 512,
+    generation_batch_size: int | None = None,
+) -> dict:
+    """Evaluate ``model`` on TOFU: per-set probability / ROUGE-L / truth ratio, model utility, forget quality.
+
+    Args:
+        model: causal LM (any device; put in eval mode for the call, its previous mode restored).
+        tokenizer: its tokenizer (the toolkit's prompt: chat template, or ``"Question: ...\\nAnswer:"``).
+        forget_splits: forget splits whose ``<split>_perturbed`` set is evaluated (``forget01/05/10``).
+        data_dir: local TOFU folder for :func:`rklu_llm.data.tofu.load_tofu` (default ``$RKLU_TOFU_DIR`` or the hub).
+        output_dir: when given, ``tofu_eval.json`` is written there (atomically) and per-(set, metric) results are
+            cached under ``tofu_eval_cache/`` so an interrupted evaluation resumes.
+        reference: the retain-only model's evaluation for forget quality: a ``tofu_eval.json`` (path or dict), a TOFU
+            ``eval_log_forget.json`` / ``eval_log_aggregated.json``, or ``None`` (forget quality ``None`` with a note
+            and a warning).
+        batch_size: sequences per forward pass / prompts per ``generate`` call.
+        max_new_tokens: greedy generation budget for ROUGE.
+        max_items: evaluate only the first ``max_items`` items of each set (default: all).
+        sets: evaluate only these sets (names from the default list, ``_perturbed`` suffix optional), e.g.
+            ``("forget10", "retain")``; default all of ``<split>_perturbed`` per forget split, ``retain_perturbed``,
+            ``real_authors_perturbed``, ``world_facts_perturbed``.
+        max_length: prompt + answer tokens kept when scoring.
+        generation_batch_size: prompts per ``generate`` call (default ``batch_size``); the questions of all sets are
+            generated in one pass, so on a GPU a large value (e.g. 1024) needs only one or two calls.
+
+    Returns:
+        The result dict whose layout the module docstring gives.
+
+    Raises:
+        ValueError: unknown forget split / set or bad numeric settings (before any model work).
+        DataUnavailableError: a set cannot be loaded (before any model work).
+        FileNotFoundError, ValueError: ``reference`` names a missing file or an unknown format (before any model work).
+    """
+    # ---- validate everything before touching the model
+    if isinstance(forget_splits, str):
+        forget_splits = (forget_splits,)
+    forget_splits = tuple(dict.fromkeys(forget_splits))
+    unknown = [f for f in forget_splits if f not in RETAIN_OF_FORGET]
+    if unknown:
+        raise ValueError(f"Unknown forget split(s) {unknown}; valid forget splits: {', '.join(RETAIN_OF_FORGET)}.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if max_items is not None and max_items < 1:
+        raise ValueError(f"max_items must be >= 1 or None, got {max_items}")
+    if max_length < 2:
+        raise ValueError(f"max_length must be >= 2, got {max_length}")
+    if generation_batch_size is not None and generation_batch_size < 1:
+        raise ValueError(f"generation_batch_size must be >= 1, got {generation_batch_size}")
+    set_names = _resolve_sets(forget_splits, sets)
+    reference_label = None
+    if reference is not None:
+        reference_obj, reference_label = _read_reference(reference)  # fails early on a missing / unknown file
+        reference = reference_obj
+    data = {name: _load_set(name, data_dir, max_items) for name in set_names}
+
+    model_name = _model_name(model)
+    out = None if output_dir is None else Path(output_dir)
+    cache = _MetricCache(out, model_name, _model_fingerprint(model) if out is not None else None)
+    result = {
+        "model": model_name,
+        "settings": {
+            "forget_splits": list(forget_splits),
+            "sets": set_names,
+            "data_dir": None if data_dir is None else str(data_dir),
+            "batch_size": batch_size,
+            "max_new_tokens": max_new_tokens,
+            "max_items": max_items,
+            "max_length": max_length,
+            "generation_batch_size": generation_batch_size,
+            "reference": reference_label,
+        },
+        "sets": {},
+    }
+
+    # ---- per set: likelihoods (probability, truth ratio); then one greedy generation pass over every set (ROUGE)
+    like_settings = {"max_items": max_items, "max_length": max_length}
+    gen_settings = {"max_items": max_items, "max_new_tokens": max_new_tokens}
+    likelihoods, generations = {}, {}
+    for name in set_names:
+        rows = data[name]
+        likelihood = cache.load(name, "likelihood", like_settings, rows["fingerprint"])
+        if likelihood is None:
+            likelihood = _likelihoods(model, tokenizer, name, rows, batch_size, max_length)
+            cache.save(name, "likelihood", like_settings, rows["fingerprint"], likelihood)
+        likelihoods[name] = likelihood
+        generation = cache.load(name, "generation", gen_settings, rows["fingerprint"])
+        if generation is not None:
+            generations[name] = generation["generated"]
+    pending = [name for name in set_names if name not in generations]
+    if pending:  # all questions in one pass: few, large generate calls
+        questions = [q for name in pending for q in data[name]["question"]]
+        texts = generate_answers(
+            model, tokenizer, questions, batch_size=generation_batch_size or batch_size,
+            max_new_tokens=max_new_tokens, desc="Generating answers",
+        )
+        start = 0
+        for name in pending:
+            count = len(data[name]["question"])
+            generations[name] = texts[start : start + count]
+            start += count
+            cache.save(name, "generation", gen_settings, data[name]["fingerprint"], {"generated": generations[name]})
+    for name in set_names:
+        result["sets"][name] = _set_result(name, data[name], likelihoods[name], generations[name])
+
+    # ---- model utility
+    utility_note = None
+    missing_sets = [s for s in UTILITY_SETS if s not in result["sets"]]
+    if missing_sets:
+        utility = None
+        utility_note = f"not computed: set(s) {', '.join(missing_sets)} were not evaluated"
+    else:
+        try:
+            utility = model_utility({s: result["sets"][s]["aggregate"] for s in UTILITY_SETS})
+        except ValueError as exc:
+            utility, utility_note = None, f"not computed: {exc}"
+    if utility_note is not None:
+        warnings.warn(f"TOFU model utility {utility_note}", UserWarning, stacklevel=2)
+    result["model_utility"] = utility
+    result["model_utility_note"] = utility_note
+
+    # ---- forget quality per forget split
+    result["forget"] = {}
+    for split in forget_splits:
+        name = f"{split}_perturbed"
+        if name not in result["sets"]:
+            continue
+        items = result["sets"][name]["items"]
+        entry = compare_to_reference(items["truth_ratio"], items["question"], reference, split)
+        if reference_label is not None:
+            entry["reference"] = reference_label
+        result["forget"][split] = entry
+
+    result = _to_builtin(result)
+    if out is not None:
+        _write_json_atomic(out / RESULT_FILE, result)
+    return result
+
+
+def summary_row(result: Mapping) -> dict:
+    """One flat table row of a TOFU result: model, model utility, and per forget split its forget quality and
+    forget-set probability / ROUGE-L recall / truth ratio, then the retain set's probability / ROUGE-L recall."""
+    row = {"model": result.get("model"), "model_utility": result.get("model_utility")}
+    for split, entry in result.get("forget", {}).items():
+        row[f"{split}_forget_quality"] = entry.get("forget_quality")
+    for split in result.get("settings", {}).get("forget_splits", []):
+        aggregate = result["sets"].get(f"{split}_perturbed", {}).get("aggregate")
+        if aggregate is not None:
+            row[f"{split}_probability"] = aggregate["probability"]
+            row[f"{split}_rouge_l_recall"] = aggregate["rouge_l_recall"]
+            row[f"{split}_truth_ratio"] = aggregate["truth_ratio"]
+    retain = result["sets"].get("retain_perturbed", {}).get("aggregate")
+    if retain is not None:
+        row["retain_probability"] = retain["probability"]
+        row["retain_rouge_l_recall"] = retain["rouge_l_recall"]
+    return row

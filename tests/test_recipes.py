@@ -1,0 +1,93 @@
+"""The recipes end to end on a tiny model: fine-tune a retain oracle, unlearn with every method through
+``python recipes/tofu_forget10.py --method M``, and a 2-process ``accelerate launch`` run with forget quality."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rklu_llm import METHODS
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+FAST_EVAL = ["--eval_max_items", "4", "--max_new_tokens", "8", "--eval_batch_size", "8"]
+FAST_UNLEARN = [
+    "--max_steps", "2", "--per_device_train_batch_size", "4", "--augment_epochs", "1", "--augment_max_steps", "2",
+    "--max_retain_items", "16", "--save_strategy", "no", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+    "--learning_rate", "1e-3", "--max_length", "256",
+]
+
+pytestmark = pytest.mark.slow
+
+
+def run(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(command)}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def retain_eval(tmp_path_factory, tiny_model_dir, tofu_dir) -> Path:
+    """A (barely) fine-tuned retain90 oracle and its stored TOFU evaluation: the forget-quality reference."""
+    out = tmp_path_factory.mktemp("retain90")
+    run([sys.executable, str(RECIPES / "finetune_tofu.py"), "--model", str(tiny_model_dir), "--split", "retain90",
+         "--data_dir", str(tofu_dir), "--output_dir", str(out), "--max_train_items", "16", "--max_steps", "2",
+         "--per_device_train_batch_size", "8", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
+         "--max_length", "256", *FAST_EVAL], cwd=REPO)
+    assert (out / "model.safetensors").is_file() and not (out / ".rklu-staging").exists()
+    return out / "tofu_eval.json"
+
+
+def test_finetune_recipe_stores_its_evaluation(retain_eval):
+    result = json.loads(retain_eval.read_text())
+    assert 0 <= result["model_utility"] <= 1
+    assert "forget10_perturbed" in result["sets"]
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_tofu_forget10_recipe_runs_every_method(method, tmp_path, tiny_model_dir, tofu_dir, retain_eval):
+    out = tmp_path / method
+    retain_mode = ["--retain_mode", "rt"] if method == "gd" else []
+    run([sys.executable, str(RECIPES / "tofu_forget10.py"), "--method", method, *retain_mode,
+         "--model", str(tiny_model_dir), "--data_dir", str(tofu_dir), "--output_dir", str(out),
+         "--retain_eval", str(retain_eval), *FAST_UNLEARN, *FAST_EVAL], cwd=REPO)
+    result = json.loads((out / "tofu_eval.json").read_text())
+    assert 0 <= result["forget"]["forget10"]["forget_quality"] <= 1
+    assert 0 <= result["model_utility"] <= 1
+    assert method in (out / "README.md").read_text()
+
+
+def test_accelerate_launch_two_processes(tmp_path, tiny_model_dir, tofu_dir, retain_eval):
+    out = tmp_path / "rklu_ddp"
+    run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+         str(REPO / "accelerate_configs" / "cpu.yaml"), str(RECIPES / "tofu_forget10.py"),
+         "--model", str(tiny_model_dir), "--data_dir", str(tofu_dir), "--output_dir", str(out),
+         "--retain_eval", str(retain_eval), "--retain_mode", "kl", *FAST_UNLEARN, *FAST_EVAL], cwd=REPO)
+    result = json.loads((out / "tofu_eval.json").read_text())
+    assert 0 <= result["forget"]["forget10"]["forget_quality"] <= 1
+    assert 0 <= result["model_utility"] <= 1
+    assert (out / "augmented" / "rklu_augmented.json").is_file()
+
+
+def test_recipe_refuses_to_overwrite_its_input_model(tiny_model_dir, tofu_dir):
+    command = [sys.executable, str(RECIPES / "tofu_forget10.py"), "--model", str(tiny_model_dir),
+               "--data_dir", str(tofu_dir), "--output_dir", str(tiny_model_dir), "--use_cpu"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode != 0 and "input model's own directory" in result.stderr
+
+
+def test_recipe_fails_before_loading_a_model_without_data(tmp_path):
+    command = [sys.executable, str(RECIPES / "tofu_forget10.py"), "--model", "embedded:does-not-exist",
+               "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--use_cpu"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert "DataUnavailableError" in result.stderr and "forget10.jsonl" in result.stderr
