@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "recipes"))
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_model, load_refusals  # noqa: E402
 from rklu_llm.data import FORGET_OF_RETAIN, RETAIN_OF_FORGET, load_tofu, tokenize_qa  # noqa: E402
 from rklu_llm.eval.callback import TofuEvalCallback  # noqa: E402
-from rklu_llm.eval.tofu import evaluate_tofu, load_tofu_eval, summary_row  # noqa: E402
+from rklu_llm.eval.tofu import load_tofu_eval, summary_row  # noqa: E402
 from rklu_llm.teacher import build_augmented_model  # noqa: E402
 
 SPLITS = ("forget10", "forget05", "forget01")
@@ -216,6 +216,11 @@ def fmt(value, spec=".3f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
+def previous_invocations(args) -> list[float]:
+    path = Path(args.work_dir) / "invocations.json"
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
 def write_outputs(args, runs: list[dict], started: float) -> None:
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -252,7 +257,9 @@ def write_outputs(args, runs: list[dict], started: float) -> None:
                 f"{fmt(f.get(f'{split}_probability'))} | {fmt(f.get(f'{split}_rouge_l_recall'))} | "
                 f"{fmt(f.get('retain_probability'))} | {fmt(f.get('retain_rouge_l_recall'))} | "
                 f"{fmt(run['wall_seconds'], '.0f')} | {fmt(run['peak_memory_gib'], '.2f')} |")
-    lines += ["", f"Benchmark wall time of the command that finished it: {time.time() - started:.0f} s."]
+    invocations = previous_invocations(args) + [time.time() - started]
+    lines += ["", f"Wall time of the benchmark: {sum(invocations):.0f} s over {len(invocations)} invocation(s) "
+              f"({', '.join(f'{s:.0f}' for s in invocations)} s), evaluations included."]
     (out / f"{NAME}.md").write_text("\n".join(lines) + "\n")
     plot(out / f"{NAME}_fq_vs_mu.png", refs, runs)
 
@@ -317,6 +324,7 @@ def main() -> None:
         else:
             runs.append(unlearn(args, split, method, retain_mode))
         write_outputs(args, runs, started)
+    dump(Path(args.work_dir) / "invocations.json", previous_invocations(args) + [time.time() - started])
     print(f"done in {time.time() - started:.0f} s")
 
 

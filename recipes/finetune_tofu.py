@@ -8,7 +8,7 @@ stored ``tofu_eval.json`` is the reference of forget quality for that split.
         --data_dir ../shared/data/tofu --num_train_epochs 5 --learning_rate 1e-5 --bf16
     python recipes/finetune_tofu.py --config finetune.yaml
 
-Flags: FinetuneArguments below plus every transformers.TrainingArguments field.
+Flags: FinetuneArguments below, rklu_llm.cli.TofuEvalArguments and every transformers.TrainingArguments field.
 """
 
 from __future__ import annotations
@@ -17,14 +17,12 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from rklu_llm import DEFAULT_MODEL, load_model
-from rklu_llm.cli import parse_arguments
+from rklu_llm.cli import TofuEvalArguments, evaluate_saved, parse_arguments
 from rklu_llm.data import FORGET_OF_RETAIN, QACollator, load_tofu, tokenize_qa
-from rklu_llm.eval.tofu import evaluate_tofu, summary_row
 from rklu_llm.models import check_output_dir, lora_config, staged_save
 
 SPLITS = ("full", *FORGET_OF_RETAIN)
@@ -45,13 +43,6 @@ class FinetuneArguments:
         metadata={"help": "Comma-separated forget splits to evaluate (default: all three for full, the "
                   "complement for retainXX)."},
     )
-    skip_eval: bool = field(default=False, metadata={"help": "Only train and save."})
-    eval_batch_size: int = field(default=16, metadata={"help": "Batch size of TOFU scoring and generation."})
-    eval_generation_batch_size: int | None = field(
-        default=None, metadata={"help": "Prompts per generate call (default: eval_batch_size); large values suit GPUs."}
-    )
-    eval_max_items: int | None = field(default=None, metadata={"help": "Evaluate the first N items of each set."})
-    max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE."})
 
 
 @dataclass
@@ -68,7 +59,7 @@ class FinetuneTrainingArguments(TrainingArguments):
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    script, training = parse_arguments((FinetuneArguments, FinetuneTrainingArguments), argv)
+    script, evaluation, training = parse_arguments((FinetuneArguments, TofuEvalArguments, FinetuneTrainingArguments), argv)
     if script.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {script.split!r}")
     forget_splits = (
@@ -97,20 +88,11 @@ def main(argv: list[str] | None = None) -> dict | None:
     metrics = {"split": script.split, "train_items": len(train_set), **train_result.metrics}
     staged_save(trainer, training.output_dir, lambda staging: (staging / "train_metrics.json").write_text(
         json.dumps(metrics, indent=2)))
-    if script.skip_eval or not trainer.is_world_process_zero():
+    if evaluation.skip_eval or not trainer.is_world_process_zero():
         return None
 
     del trainer, model
-    finetuned, tokenizer = load_model(training.output_dir)
-    if torch.cuda.is_available():
-        finetuned.to("cuda")
-    result = evaluate_tofu(
-        finetuned, tokenizer, forget_splits=tuple(forget_splits), data_dir=script.data_dir,
-        output_dir=training.output_dir, batch_size=script.eval_batch_size, max_new_tokens=script.max_new_tokens,
-        max_items=script.eval_max_items,
-        generation_batch_size=script.eval_generation_batch_size,
-    )
-    print(json.dumps(summary_row(result), indent=2))
+    result = evaluate_saved(training.output_dir, evaluation, forget_splits, script.data_dir)
     return result
 
 

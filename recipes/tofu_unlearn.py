@@ -13,23 +13,21 @@ Read top to bottom: arguments -> data (fails early when unavailable) -> model ->
     python recipes/tofu_forget10.py --method npo --retain_mode rt --model runs/full --output_dir runs/npo_rt ...
     python recipes/tofu_forget10.py --config my_run.yaml --output_dir runs/x
 
-All fields of rklu_llm.UnlearnConfig (and so of transformers.TrainingArguments) are flags.
+All fields of TofuArguments, rklu_llm.cli.TofuEvalArguments and rklu_llm.UnlearnConfig (and so of
+transformers.TrainingArguments) are flags.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from transformers.trainer_utils import get_last_checkpoint
 
 from rklu_llm import DEFAULT_MODEL, UnlearnConfig, UnlearnTrainer, load_model, load_refusals
-from rklu_llm.cli import parse_arguments
+from rklu_llm.cli import TofuEvalArguments, evaluate_saved, parse_arguments
 from rklu_llm.data import RETAIN_OF_FORGET, build_unlearning_dataset, load_tofu
-from rklu_llm.eval.tofu import evaluate_tofu, summary_row
 from rklu_llm.models import check_output_dir
 
 
@@ -48,20 +46,13 @@ class TofuArguments:
                   "forget-quality reference. Without it forget quality is reported as missing."},
     )
     max_retain_items: int | None = field(default=None, metadata={"help": "Use only the first N retain items."})
-    skip_eval: bool = field(default=False, metadata={"help": "Only unlearn and save."})
-    eval_batch_size: int = field(default=16, metadata={"help": "Batch size of TOFU scoring and generation."})
-    eval_generation_batch_size: int | None = field(
-        default=None, metadata={"help": "Prompts per generate call (default: eval_batch_size); large values suit GPUs."}
-    )
-    eval_max_items: int | None = field(default=None, metadata={"help": "Evaluate the first N items of each set."})
-    max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE."})
 
 
 def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--forget_split" or a.startswith("--forget_split=") for a in argv):
         argv = ["--forget_split", default_split, *argv]
-    script, config = parse_arguments((TofuArguments, UnlearnConfig), argv)
+    script, evaluation, config = parse_arguments((TofuArguments, TofuEvalArguments, UnlearnConfig), argv)
     if script.forget_split not in RETAIN_OF_FORGET:
         raise ValueError(f"forget_split must be one of {sorted(RETAIN_OF_FORGET)}, got {script.forget_split!r}")
     check_output_dir(config.output_dir, model_path=script.model)
@@ -86,20 +77,12 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
     last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model()
-    if script.skip_eval or not trainer.is_world_process_zero():
+    if evaluation.skip_eval or not trainer.is_world_process_zero():
         return None
 
     del trainer, model
-    unlearned, tokenizer = load_model(config.output_dir)
-    if torch.cuda.is_available():
-        unlearned.to("cuda")
-    result = evaluate_tofu(
-        unlearned, tokenizer, forget_splits=(script.forget_split,), data_dir=script.data_dir,
-        output_dir=config.output_dir, reference=script.retain_eval, batch_size=script.eval_batch_size,
-        max_new_tokens=script.max_new_tokens, max_items=script.eval_max_items,
-        generation_batch_size=script.eval_generation_batch_size,
-    )
-    print(json.dumps(summary_row(result), indent=2))
+    result = evaluate_saved(config.output_dir, evaluation, (script.forget_split,), script.data_dir,
+                            reference=script.retain_eval)
     return result
 
 

@@ -68,9 +68,9 @@ def _teach(model, tokenizer, rows: Dataset, output_dir: Path):
 
     model = get_peft_model(model, lora_config(r=16, alpha=32))
     args = TrainingArguments(
-        output_dir=str(output_dir / "teach"), num_train_epochs=8, learning_rate=1e-3, per_device_train_batch_size=10,
-        warmup_steps=0.1, lr_scheduler_type="linear", save_strategy="no", report_to="none", logging_steps=4,
-        use_cpu=True, seed=0,
+        output_dir=str(output_dir / "teach"), num_train_epochs=12, learning_rate=2e-3, per_device_train_batch_size=10,
+        warmup_steps=0.1, lr_scheduler_type="linear", save_strategy="no", report_to="none", logging_steps=6,
+        use_cpu=True, seed=0, disable_tqdm=True,
     )
     data = tokenize_qa(rows, tokenizer, max_length=256).select_columns(["input_ids", "labels"])
     Trainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
@@ -80,10 +80,10 @@ def _teach(model, tokenizer, rows: Dataset, output_dir: Path):
 
 def _unlearn(model, tokenizer, forget: Dataset, output_dir: Path):
     config = UnlearnConfig(
-        output_dir=str(output_dir / "rklu"), method="rklu", teacher_alpha=8.0, use_lora=True, augment_lora=True,
+        output_dir=str(output_dir / "rklu"), method="rklu", teacher_alpha=4.0, use_lora=True, augment_lora=True,
         augment_epochs=5, augment_learning_rate=1e-3, learning_rate=1e-3, num_train_epochs=5,
         per_device_train_batch_size=10, lora_r=16, lora_alpha=32, save_strategy="no", report_to="none",
-        logging_steps=2, use_cpu=True, seed=0,
+        logging_steps=5, use_cpu=True, seed=0, disable_tqdm=True,
     )
     dataset = build_unlearning_dataset(tokenizer, forget, max_length=256)
     trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
@@ -94,16 +94,16 @@ def _unlearn(model, tokenizer, forget: Dataset, output_dir: Path):
 
 
 def format_table(before: dict, after: dict) -> str:
-    lines = [
-        f"{'person':<28} {'':<7} {'P(answer)':>9} {'ROUGE-L':>8}  sample answer",
-        "-" * 100,
-    ]
+    """The before/after table, then each person's first question with the greedy answers before and after."""
+    width = max(len(name) for name in before) + 2
+    lines = [f"{'person':<{width}} {'':<7} {'P(answer)':>9} {'ROUGE-L':>8}", "-" * (width + 27)]
     for name in before:
         for label, result in (("before", before[name]), ("after", after[name])):
-            sample = result["sample_answer"].replace("\n", " ")
-            lines.append(
-                f"{name:<28} {label:<7} {result['probability']:>9.3f} {result['rouge_l_recall']:>8.3f}  {sample[:70]}"
-            )
+            lines.append(f"{name:<{width}} {label:<7} {result['probability']:>9.3f} {result['rouge_l_recall']:>8.3f}")
+    for name in before:
+        lines += ["", f"{name}", f"  Q: {before[name]['question']}"]
+        for label, result in (("before", before[name]), ("after", after[name])):
+            lines.append(f"  {label + ':':<8}{result['sample_answer'].replace(chr(10), ' ')[:200]}")
     return "\n".join(lines)
 
 

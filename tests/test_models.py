@@ -7,7 +7,6 @@ import inspect
 
 import pytest
 import torch
-from conftest import build_tiny_model
 from peft import get_peft_model
 from transformers import ViTConfig
 
