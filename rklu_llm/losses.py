@@ -247,6 +247,11 @@ def dpo_loss(
 
     For unlearning the chosen answer ``w`` is a refusal and the rejected answer ``l`` is the forget answer.
 
+    Why not TRL's DPO: `trl.DPOTrainer` is a whole trainer (its own dataset format, collator, reference handling and
+    loss as methods of that trainer); our batches pair each forget item with a refusal *and* a retain item, and the
+    retain term and frozen-model sharing live in `UnlearnTrainer`. The sigmoid DPO loss itself is the four-term
+    expression below, so it is written here rather than reached through a trainer instance.
+
     Args:
         logp_theta_chosen, logp_ref_chosen, logp_theta_rejected, logp_ref_rejected: ``(B,)`` sequence
             log-likelihoods (student / frozen reference, chosen / rejected).

@@ -209,11 +209,18 @@ def staged_save(trainer, output_dir: str | os.PathLike, before_publish=None) -> 
 
 
 def publish_dir(staging: str | os.PathLike, output_dir: str | os.PathLike) -> None:
-    """Move every file of a finished ``staging`` directory into ``output_dir`` (one atomic rename per entry)."""
+    """Move every file of a finished ``staging`` directory into ``output_dir`` (one atomic rename per file).
+
+    Sub-directories are merged, not replaced: files already in ``output_dir`` that the staging tree does not hold
+    (e.g. the augmented model's marker beside a re-saved adapter of the same name) are kept.
+    """
     staging, output_dir = Path(staging), Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     for entry in staging.iterdir():
         destination = output_dir / entry.name
+        if entry.is_dir() and destination.is_dir() and not destination.is_symlink():
+            publish_dir(entry, destination)
+            continue
         if destination.is_dir() and not destination.is_symlink():
             shutil.rmtree(destination)
         os.replace(entry, destination)

@@ -335,6 +335,16 @@ class UnlearnTrainer(Trainer):
         self.setup_frozen_models()
         return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
 
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        if self.augmented_on == "student":
+            # With a second adapter on the student, some transformers 5.x releases restore only the adapters saved in
+            # sub-folders; load the trained adapter from the checkpoint's top level explicitly.
+            student = self.accelerator.unwrap_model(model if model is not None else self.model)
+            active = student.active_adapter
+            student.load_adapter(resume_from_checkpoint, adapter_name=active, is_trainable=True)
+            student.set_adapter(active)
+
     def _task_arithmetic(self) -> TrainOutput:
         from peft import PeftModel
 

@@ -249,3 +249,15 @@ def test_augmented_model_path_must_hold_a_model(tmp_path, tiny_tokenizer, qa):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds neither a model"):
         make_trainer(tmp_path, tiny_tokenizer, qa, "rklu", augmented_model_path=str(tmp_path / "empty"))
+
+
+def test_saving_a_lora_student_keeps_the_augmented_model_reusable(tmp_path, tiny_tokenizer, qa):
+    """The student's PEFT save writes its second adapter to <output_dir>/augmented, where phase 1 keeps the augmented
+    model: the save must merge into that folder, not replace it (its marker makes a resumed run skip phase 1)."""
+    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "rklu", use_lora=True, augment_lora=True, max_steps=1,
+                           save_strategy="no")
+    trainer.train()
+    trainer.save_model()
+    out = tmp_path / "out"
+    assert (out / "augmented" / "rklu_augmented.json").is_file()
+    assert (out / "adapter_config.json").is_file() and (out / "README.md").is_file()
