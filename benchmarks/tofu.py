@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "recipes"))
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_model, load_refusals  # noqa: E402
 from rklu_llm.data import FORGET_OF_RETAIN, RETAIN_OF_FORGET, load_tofu, tokenize_qa  # noqa: E402
 from rklu_llm.eval.callback import TofuEvalCallback  # noqa: E402
-from rklu_llm.eval.tofu import load_tofu_eval, summary_row  # noqa: E402
+from rklu_llm.eval.tofu import load_tofu_eval, summary_row, write_json_atomic  # noqa: E402
 from rklu_llm.teacher import build_augmented_model  # noqa: E402
 
 SPLITS = ("forget10", "forget05", "forget01")
@@ -66,12 +66,6 @@ def parse() -> argparse.Namespace:
     p.add_argument("--deadline_s", type=float, default=math.inf, help="start no new work after this many seconds")
     p.add_argument("--cpu", action="store_true", help="no GPU: fp32, use_cpu")
     return p.parse_args()
-
-
-def dump(path: Path, obj) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
 
 
 def finetune(args, split: str) -> Path:
@@ -120,7 +114,7 @@ def augmented_model(args, split: str, original, tokenizer) -> tuple[Path, float]
     start = time.perf_counter()
     build_augmented_model(original, tokenizer, forget, config, out)
     seconds = time.perf_counter() - start
-    dump(timing, {"seconds": seconds})
+    write_json_atomic(timing, {"seconds": seconds})
     return out, seconds
 
 
@@ -171,7 +165,7 @@ def unlearn(args, split: str, method: str, retain_mode: str) -> dict:
         "wall_seconds": train_seconds + augment_seconds, "peak_memory_gib": max(peaks) / 2**30 if peaks else None,
         "evaluated_every_epoch": every_epoch, "final": final, "peak": peak, "epochs": epochs,
     }
-    dump(record, result)
+    write_json_atomic(record, result)
     del trainer, model
     gc.collect()
     if torch.cuda.is_available():
@@ -228,7 +222,7 @@ def write_outputs(args, runs: list[dict], started: float) -> None:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     settings = {k: v for k, v in vars(args).items() if k not in ("work_dir", "results_dir", "deadline_s")}
     finetune_seconds = {r["name"]: r["wall_seconds"] for r in refs}
-    dump(out / f"{NAME}.json", {"device": device, "settings": settings, "references": refs, "runs": runs,
+    write_json_atomic(out / f"{NAME}.json", {"device": device, "settings": settings, "references": refs, "runs": runs,
                                 "finetune_train_seconds": finetune_seconds})
 
     lines = [f"# TOFU on SmolLM2-135M-Instruct ({device})", "",
@@ -324,7 +318,7 @@ def main() -> None:
         else:
             runs.append(unlearn(args, split, method, retain_mode))
         write_outputs(args, runs, started)
-    dump(Path(args.work_dir) / "invocations.json", previous_invocations(args) + [time.time() - started])
+    write_json_atomic(Path(args.work_dir) / "invocations.json", previous_invocations(args) + [time.time() - started])
     print(f"done in {time.time() - started:.0f} s")
 
 

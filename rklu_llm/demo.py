@@ -49,7 +49,6 @@ def demo_people(data_dir=None, items: int = ITEMS_PER_PERSON) -> tuple[dict[str,
 
 def measure(model, tokenizer, people: dict[str, Dataset], max_new_tokens: int = 48) -> dict[str, dict]:
     """Mean answer probability, mean ROUGE-L recall and the first generated answer for each person."""
-    model.eval()
     out = {}
     for name, rows in people.items():
         nll, count = score_answers(model, tokenizer, rows["question"], rows["answer"], batch_size=10)

@@ -451,6 +451,6 @@ def test_bad_inputs_fail_before_scoring(tiny_tokenizer, tofu_dir, tmp_path, monk
 
 def test_result_file_is_written_atomically(tmp_path):
     target = tmp_path / "out" / "tofu_eval.json"
-    tofu_eval._write_json_atomic(target, {"a": np.float32(0.5), "b": np.arange(2)})
+    tofu_eval.write_json_atomic(target, {"a": np.float32(0.5), "b": np.arange(2)})
     assert json.loads(target.read_text()) == {"a": 0.5, "b": [0, 1]}
     assert [p.name for p in target.parent.iterdir()] == ["tofu_eval.json"]  # no temporary file left behind

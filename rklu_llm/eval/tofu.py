@@ -647,7 +647,7 @@ def _to_builtin(obj):
     return obj
 
 
-def _write_json_atomic(path: Path, obj) -> None:
+def write_json_atomic(path: Path, obj) -> None:
     """Write ``obj`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -722,7 +722,7 @@ class _MetricCache:
     def save(self, set_name: str, metric: str, settings: dict, fingerprint: str, data) -> None:
         if self.folder is not None:
             key = self._key(set_name, metric, settings, fingerprint)
-            _write_json_atomic(self._path(set_name, metric, settings), {"key": key, "data": data})
+            write_json_atomic(self._path(set_name, metric, settings), {"key": key, "data": data})
 
 
 def load_tofu_eval(path) -> dict:
@@ -1005,7 +1005,7 @@ def evaluate_tofu(
 
     result = _to_builtin(result)
     if out is not None:
-        _write_json_atomic(out / RESULT_FILE, result)
+        write_json_atomic(out / RESULT_FILE, result)
     return result
 
 
