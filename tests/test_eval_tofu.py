@@ -309,6 +309,32 @@ def test_evaluate_tofu_rerun_uses_the_cache(e2e, tiny_tokenizer, tofu_dir, monke
     assert again["sets"] == result["sets"] and again["model_utility"] == result["model_utility"]
 
 
+def test_evaluate_tofu_without_generation(e2e, tiny_tokenizer, tofu_dir, monkeypatch, tmp_path):
+    """generate=False: no generate call, ROUGE-L and utility None, likelihood metrics equal the full run's."""
+    model, _, result = e2e
+
+    def boom(*args, **kwargs):
+        raise AssertionError("generate=False must not generate")
+
+    monkeypatch.setattr(tofu_eval, "generate_answers", boom)
+    out = tmp_path / "no_generation"
+    with pytest.warns(UserWarning, match="generate=False"):
+        cheap = evaluate_tofu(
+            model, tiny_tokenizer, forget_splits=("forget01",), data_dir=tofu_dir, output_dir=out, batch_size=8,
+            max_new_tokens=8, max_items=MAX_ITEMS, generate=False, reference=result,
+        )
+    assert cheap["model_utility"] is None and "generate=False" in cheap["model_utility_note"]
+    assert cheap["forget"]["forget01"]["forget_quality"] == pytest.approx(1.0)  # its own evaluation as reference
+    for name, entry in cheap["sets"].items():
+        full = result["sets"][name]
+        assert entry["aggregate"]["rouge_l_recall"] is None
+        assert set(entry["items"]) == {"question", "probability", "answer_probability", "truth_ratio"}
+        assert entry["aggregate"]["probability"] == pytest.approx(full["aggregate"]["probability"])
+        assert entry["aggregate"]["truth_ratio"] == pytest.approx(full["aggregate"]["truth_ratio"])
+    assert not any("generation" in p.name for p in (out / "tofu_eval_cache").iterdir())
+    assert summary_row(cheap)["forget01_rouge_l_recall"] is None
+
+
 @pytest.mark.filterwarnings("ignore:.*not computed:UserWarning")
 def test_evaluate_tofu_cache_is_keyed_by_the_weights(e2e, tiny_tokenizer, tofu_dir, tmp_path):
     _, out, result = e2e

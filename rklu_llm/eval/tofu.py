@@ -26,15 +26,16 @@ Results JSON (``tofu_eval.json``, also the dict :func:`evaluate_tofu` returns)::
     {
       "model": str,                      # model.name_or_path
       "settings": {"forget_splits": [...], "sets": [...], "data_dir": str|None, "batch_size": int,
-                   "max_new_tokens": int, "max_items": int|None, "max_length": int, "reference": str|None},
+                   "max_new_tokens": int, "max_items": int|None, "max_length": int, "generate": bool,
+                   "reference": str|None},
       "sets": {
         "<set name>": {                  # forget10_perturbed, retain_perturbed, real_authors_perturbed, ...
-          "aggregate": {"probability": float, "rouge_l_recall": float, "truth_ratio": float, "num_items": int},
+          "aggregate": {"probability": float, "rouge_l_recall": float|None, "truth_ratio": float, "num_items": int},
           "items": {
             "question": [str],
             "probability": [float],         # per-item term of the probability aggregate (normalised on real/world)
             "answer_probability": [float],  # p(answer | question)
-            "rouge_l_recall": [float],
+            "rouge_l_recall": [float],      # this key and "generated" only when generate=True
             "truth_ratio": [float],         # TR per item (not the aggregate's min/max transform)
             "generated": [str]              # greedy generation, special tokens removed, stripped
           }
@@ -818,7 +819,7 @@ def _likelihoods(model, tokenizer, name: str, rows: dict, batch_size: int, max_l
     return _to_builtin(data)
 
 
-def _set_result(name: str, rows: dict, likelihood: dict, generated: list[str]) -> dict:
+def _set_result(name: str, rows: dict, likelihood: dict, generated: list[str] | None) -> dict:
     kind = _set_kind(name)
     p_answer = answer_probability(likelihood["answer_nll_sum"], likelihood["answer_num_tokens"])
     p_perturbed = answer_probability(likelihood["perturbed_nll_sum"], likelihood["perturbed_num_tokens"])
@@ -831,23 +832,26 @@ def _set_result(name: str, rows: dict, likelihood: dict, generated: list[str]) -
         p_base = answer_probability(likelihood["paraphrased_nll_sum"], likelihood["paraphrased_num_tokens"])
         probability = p_answer
     tr = truth_ratio(p_base, p_perturbed)
-    rouge = rouge_l_recall(generated, rows["answer"])
     tr_score = forget_truth_ratio_score(tr) if kind == "forget" else retain_truth_ratio_score(tr)
+    items = {
+        "question": list(rows["question"]),
+        "probability": probability,
+        "answer_probability": p_answer,
+        "truth_ratio": tr,
+    }
+    rouge = None
+    if generated is not None:
+        items["rouge_l_recall"] = rouge_l_recall(generated, rows["answer"])
+        items["generated"] = list(generated)
+        rouge = float(np.mean(items["rouge_l_recall"]))
     return {
         "aggregate": {
             "probability": float(np.mean(probability)),
-            "rouge_l_recall": float(np.mean(rouge)),
+            "rouge_l_recall": rouge,
             "truth_ratio": tr_score,
             "num_items": len(p_answer),
         },
-        "items": {
-            "question": list(rows["question"]),
-            "probability": probability,
-            "answer_probability": p_answer,
-            "rouge_l_recall": rouge,
-            "truth_ratio": tr,
-            "generated": list(generated),
-        },
+        "items": items,
     }
 
 
@@ -871,6 +875,7 @@ def evaluate_tofu(
     sets: Sequence[str] | None = None,
     max_length: int = 512,
     generation_batch_size: int | None = None,
+    generate: bool = True,
 ) -> dict:
     """Evaluate ``model`` on TOFU: per-set probability / ROUGE-L / truth ratio, model utility, forget quality.
 
@@ -893,6 +898,9 @@ def evaluate_tofu(
         max_length: prompt + answer tokens kept when scoring.
         generation_batch_size: prompts per ``generate`` call (default ``batch_size``); the questions of all sets are
             generated in one pass, so on a GPU a large value (e.g. 1024) needs only one or two calls.
+        generate: ``False`` skips the greedy generation, by far the costliest part: ROUGE-L is then ``None`` (items
+            without ``rouge_l_recall`` / ``generated``) and so is model utility, while probabilities, truth ratios
+            and forget quality are computed as usual (e.g. to follow forget quality after every epoch).
 
     Returns:
         The result dict whose layout the module docstring gives.
@@ -940,6 +948,7 @@ def evaluate_tofu(
             "max_items": max_items,
             "max_length": max_length,
             "generation_batch_size": generation_batch_size,
+            "generate": generate,
             "reference": reference_label,
         },
         "sets": {},
@@ -956,10 +965,10 @@ def evaluate_tofu(
             likelihood = _likelihoods(model, tokenizer, name, rows, batch_size, max_length)
             cache.save(name, "likelihood", like_settings, rows["fingerprint"], likelihood)
         likelihoods[name] = likelihood
-        generation = cache.load(name, "generation", gen_settings, rows["fingerprint"])
+        generation = cache.load(name, "generation", gen_settings, rows["fingerprint"]) if generate else None
         if generation is not None:
             generations[name] = generation["generated"]
-    pending = [name for name in set_names if name not in generations]
+    pending = [name for name in set_names if name not in generations] if generate else []
     if pending:  # all questions in one pass: few, large generate calls
         questions = [q for name in pending for q in data[name]["question"]]
         texts = generate_answers(
@@ -973,7 +982,7 @@ def evaluate_tofu(
             start += count
             cache.save(name, "generation", gen_settings, data[name]["fingerprint"], {"generated": generations[name]})
     for name in set_names:
-        result["sets"][name] = _set_result(name, data[name], likelihoods[name], generations[name])
+        result["sets"][name] = _set_result(name, data[name], likelihoods[name], generations.get(name))
 
     # ---- model utility
     utility_note = None
@@ -981,6 +990,9 @@ def evaluate_tofu(
     if missing_sets:
         utility = None
         utility_note = f"not computed: set(s) {', '.join(missing_sets)} were not evaluated"
+    elif not generate:
+        utility = None
+        utility_note = "not computed: generate=False, and ROUGE-L needs the generations"
     else:
         try:
             utility = model_utility({s: result["sets"][s]["aggregate"] for s in UTILITY_SETS})
