@@ -108,30 +108,32 @@ def build_augmented(args, forget) -> dict:
 
 
 def end_to_end(args) -> dict:
-    """Wall seconds of a complete RKL-U run on forget10 (10 augmentation + 5 distillation epochs: ``trainer.train()``)
-    and of retraining the retain90 oracle (5 epochs, recipes/finetune_tofu.py's ``train_runtime``), same batch size and
-    device; model loading excluded from both."""
+    """Wall seconds of a complete RKL-U run on forget10 (``--augment_epochs`` augmentation + ``--unlearn_epochs``
+    distillation epochs: ``trainer.train()``) and of retraining the retain90 oracle (``--finetune_epochs``,
+    recipes/finetune_tofu.py's ``train_runtime``), same batch size and device; model loading excluded from both."""
     import finetune_tofu
 
     work = Path(args.work_dir) / "speed"
     finetune_tofu.main([
         "--model", args.base_model, "--split", "retain90", "--data_dir", args.data_dir, "--output_dir",
-        str(work / "retain90"), "--learning_rate", str(args.finetune_lr), "--num_train_epochs", "5",
+        str(work / "retain90"), "--learning_rate", str(args.finetune_lr), "--num_train_epochs", str(args.finetune_epochs),
         "--per_device_train_batch_size", str(args.batch_size), "--bf16", "--tf32", "true", "--save_strategy", "no",
         "--report_to", "none", "--disable_tqdm", "true", "--skip_eval",
     ])
     retrain = json.loads((work / "retain90" / "train_metrics.json").read_text())["train_runtime"]
     model, tokenizer = load_model(args.model)
     model.to("cuda")
-    cfg = config(args, work / "rklu_e2e", method="rklu", num_train_epochs=5, augment_epochs=10,
-                 learning_rate=args.unlearn_lr)
+    cfg = config(args, work / "rklu_e2e", method="rklu", num_train_epochs=args.unlearn_epochs,
+                 augment_epochs=args.augment_epochs, augment_lora=args.augment_lora, learning_rate=args.unlearn_lr)
     dataset = build_unlearning_dataset(tokenizer, load_tofu("forget10", args.data_dir), max_length=512)
     start = time.perf_counter()
     trainer = UnlearnTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     torch.cuda.synchronize()
     rklu = time.perf_counter() - start
-    return {"retrain_retain90_seconds": retrain, "rklu_forget10_seconds": rklu, "ratio": rklu / retrain}
+    return {"retrain_retain90_seconds": retrain, "rklu_forget10_seconds": rklu, "ratio": rklu / retrain,
+            "augment_epochs": args.augment_epochs, "unlearn_epochs": args.unlearn_epochs,
+            "augment_lora": args.augment_lora, "finetune_epochs": args.finetune_epochs}
 
 
 def main() -> None:
@@ -146,6 +148,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--finetune_lr", type=float, default=2e-4)
     p.add_argument("--unlearn_lr", type=float, default=1e-4)
+    p.add_argument("--finetune_epochs", type=float, default=5, help="end to end: epochs of the oracle's retraining")
+    p.add_argument("--augment_epochs", type=float, default=10, help="end to end: RKL-U augmentation epochs")
+    p.add_argument("--unlearn_epochs", type=float, default=5, help="end to end: RKL-U distillation epochs")
+    p.add_argument("--augment_lora", action="store_true", help="end to end: the augmented model as a LoRA adapter")
     p.add_argument("--end_to_end", action="store_true", help="also time RKL-U end to end vs retraining retain90")
     args = p.parse_args()
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -166,15 +172,17 @@ def main() -> None:
     (out / "speed_smollm2.json").write_text(json.dumps(
         {"device": device, "settings": vars(args), "rows": rows, "end_to_end": e2e}, indent=2))
     lines = [f"# Step time and peak memory, SmolLM2-135M, TOFU forget10, batch {args.batch_size} ({device})", "",
-             f"Command: `python benchmarks/speed.py --data_dir <tofu> --model <full model>"
-             f"{' --end_to_end' if e2e else ''}`; median of {args.steps} steps after {args.warmup} warm-up steps, "
+             f"Command: `{' '.join(['python', 'benchmarks/speed.py', *sys.argv[1:]])}`; median of {args.steps} "
+             f"steps after {args.warmup} warm-up steps, "
              "bf16 autocast, fp32 master weights, frozen copies in bf16.", "",
              "| configuration | step ms | × GA | peak GiB | × GA |", "|---|---|---|---|---|"]
     lines += [f"| {r['config']} | {r['step_ms']:.1f} | {r['step_ratio_to_ga']:.2f} | {r['peak_gib']:.2f} | "
               f"{r['memory_ratio_to_ga']:.2f} |" for r in rows]
     if e2e:
-        lines += ["", f"RKL-U end to end on forget10 (10 augmentation + 5 distillation epochs): "
-                      f"{e2e['rklu_forget10_seconds']:.1f} s; retraining the retain90 oracle (5 epochs): "
+        lines += ["", f"RKL-U end to end on forget10 ({args.augment_epochs:g} augmentation"
+                      f"{' (LoRA)' if args.augment_lora else ''} + {args.unlearn_epochs:g} distillation epochs): "
+                      f"{e2e['rklu_forget10_seconds']:.1f} s; retraining the retain90 oracle "
+                      f"({args.finetune_epochs:g} epochs): "
                       f"{e2e['retrain_retain90_seconds']:.1f} s; ratio {e2e['ratio']:.3f}."]
     (out / "speed_smollm2.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

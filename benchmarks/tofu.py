@@ -6,8 +6,10 @@
    recipes/finetune_tofu.py, each evaluated and stored (the oracles' evaluations are the forget-quality references);
 2. unlearns forget01/05/10 with every method and no retain data, and RKL-U, GD, NPO also with the retain NLL term;
    the augmented model of a split is built once and shared by rklu / fklu / ta (its time is counted in each);
-3. evaluates every run after each unlearning epoch on the splits given by ``--every_epoch`` (the others at the end),
-   reports the final epoch and the epoch of peak forget quality;
+3. follows every run's forget quality after each unlearning epoch (forget-set likelihoods only, a fraction of a full
+   evaluation) and fully evaluates the final epoch and the epoch of peak forget quality (whose weights are kept in
+   memory); ``--every_epoch`` splits get a full evaluation after every epoch instead, ``--track_peak none`` leaves
+   only the final one;
 4. writes ``tofu_smollm2.json``, ``tofu_smollm2.md`` and ``tofu_smollm2_fq_vs_mu.png`` into ``--results_dir``.
 
 Resumable: finished fine-tunes and runs (under ``--work_dir``) are not redone. ``--deadline_s`` stops starting new
@@ -33,7 +35,7 @@ from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, build_unlearning_da
 from rklu_llm.data import FORGET_OF_RETAIN, RETAIN_OF_FORGET, load_tofu, tokenize_qa  # noqa: E402
 from rklu_llm.eval.callback import TofuEvalCallback  # noqa: E402
 from rklu_llm.eval.tofu import load_tofu_eval, summary_row, write_json_atomic  # noqa: E402
-from rklu_llm.teacher import build_augmented_model  # noqa: E402
+from rklu_llm.teacher import build_augmented_model, is_augmented_dir  # noqa: E402
 
 SPLITS = ("forget10", "forget05", "forget01")
 PLAN = [(m, "none") for m in ("rklu", "fklu", "ga", "npo", "dpo", "idk", "ta")] + [
@@ -49,12 +51,16 @@ def parse() -> argparse.Namespace:
     p.add_argument("--model", default="embedded:smollm2-135m-instruct")
     p.add_argument("--splits", default=",".join(SPLITS))
     p.add_argument("--methods", default=None, help="comma-separated method[:retain_mode] subset of the plan")
-    p.add_argument("--every_epoch", default="forget10", help="splits evaluated after every epoch (others: at the end)")
+    p.add_argument("--every_epoch", default="none", help="splits fully evaluated after every epoch")
+    p.add_argument("--track_peak", default="all",
+                   help="splits (or all / none) whose forget quality is followed every epoch, with full evaluations "
+                        "of the peak and the final epoch; the other splits are evaluated after the last epoch only")
     p.add_argument("--finetune_lr", type=float, default=2e-4)
     p.add_argument("--finetune_epochs", type=float, default=5)
     p.add_argument("--unlearn_lr", type=float, default=1e-4)
     p.add_argument("--unlearn_epochs", type=float, default=5)
     p.add_argument("--augment_epochs", type=float, default=10)
+    p.add_argument("--augment_lr", type=float, default=None, help="augmentation lr (default: --finetune_lr)")
     p.add_argument("--teacher_alpha", type=float, default=8.0)
     p.add_argument("--batch_size", type=int, default=32)
     p.add_argument("--eval_batch_size", type=int, default=128)
@@ -65,6 +71,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max_steps", type=int, default=-1, help="smoke tests only")
     p.add_argument("--deadline_s", type=float, default=math.inf, help="start no new work after this many seconds")
     p.add_argument("--cpu", action="store_true", help="no GPU: fp32, use_cpu")
+    p.add_argument("--lora", action="store_true", help="LoRA fine-tunes (merged) and LoRA students (e.g. on a CPU)")
+    p.add_argument("--augment_lora", action="store_true", help="the augmented model as a LoRA adapter on the original")
     return p.parse_args()
 
 
@@ -83,9 +91,13 @@ def finetune(args, split: str) -> Path:
         "--eval_generation_batch_size", str(args.generation_batch_size), "--max_new_tokens", str(args.max_new_tokens),
         "--max_steps", str(args.max_steps),
     ]
+    if split == "full":  # evaluated on the benchmark's forget splits (an oracle: on its own one)
+        argv += ["--eval_forget_splits", args.splits]
     argv += ["--use_cpu"] if args.cpu else ["--bf16", "--tf32", "true"]
     if args.train_max_items:
         argv += ["--max_train_items", str(args.train_max_items)]
+    if args.lora:
+        argv += ["--use_lora", "true"]
     if args.eval_max_items:
         argv += ["--eval_max_items", str(args.eval_max_items)]
     finetune_tofu.main(argv)
@@ -96,10 +108,12 @@ def unlearning_config(args, output_dir: Path, method: str, retain_mode: str, aug
     return UnlearnConfig(
         output_dir=str(output_dir), method=method, retain_mode=retain_mode, teacher_alpha=args.teacher_alpha,
         augmented_model_path=None if augmented is None else str(augmented), augment_epochs=args.augment_epochs,
-        augment_learning_rate=args.finetune_lr, learning_rate=args.unlearn_lr, num_train_epochs=args.unlearn_epochs,
+        augment_learning_rate=args.augment_lr or args.finetune_lr, learning_rate=args.unlearn_lr,
+        num_train_epochs=args.unlearn_epochs,
         max_steps=args.max_steps, augment_max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         bf16=not args.cpu, tf32=None if args.cpu else True, use_cpu=args.cpu, save_strategy="no", report_to="none",
-        logging_steps=5, disable_tqdm=True, seed=0,
+        logging_steps=5, disable_tqdm=True, seed=0, use_lora=args.lora and METHODS[method].trains,
+        augment_lora=args.augment_lora,
     )
 
 
@@ -107,7 +121,7 @@ def augmented_model(args, split: str, original, tokenizer) -> tuple[Path, float]
     """The split's augmented model (built once, full fine-tune on the forget set) and the seconds it took."""
     out = Path(args.work_dir) / "augmented" / split
     timing = Path(args.work_dir) / "augmented" / f"{split}.json"
-    if timing.is_file() and (out / "config.json").is_file():
+    if timing.is_file() and is_augmented_dir(out):
         return out, json.loads(timing.read_text())["seconds"]
     forget = tokenize_qa(load_tofu(split, args.data_dir), tokenizer, 512)
     config = unlearning_config(args, out.parent / f".{split}-config", "rklu", "none", None)
@@ -138,11 +152,16 @@ def unlearn(args, split: str, method: str, retain_mode: str) -> dict:
     dataset = build_unlearning_dataset(tokenizer, forget, retain, refusals, max_length=512, seed=0)
     eval_kwargs = dict(batch_size=args.eval_batch_size, generation_batch_size=args.generation_batch_size,
                        max_new_tokens=args.max_new_tokens, max_items=args.eval_max_items)
-    every_epoch = split in args.every_epoch.split(",") and spec.trains
-    callback = TofuEvalCallback(tokenizer, split, args.data_dir, reference, **eval_kwargs)
+    evaluation = "final"
+    if spec.trains and split in args.every_epoch.split(","):
+        evaluation = "every_epoch"
+    elif spec.trains and (args.track_peak == "all" or split in args.track_peak.split(",")):
+        evaluation = "track_peak"
+    callback = TofuEvalCallback(tokenizer, split, args.data_dir, reference,
+                                per_epoch="forget_quality" if evaluation == "track_peak" else "full", **eval_kwargs)
     config = unlearning_config(args, work / "runs" / name, method, retain_mode, augmented)
     trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[callback] if every_epoch else None)
+                             callbacks=None if evaluation == "final" else [callback])
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -152,18 +171,17 @@ def unlearn(args, split: str, method: str, retain_mode: str) -> dict:
         torch.cuda.synchronize()
     train_seconds = time.perf_counter() - start - callback.eval_seconds
     peaks = [h["train_peak_memory_bytes"] for h in callback.history if h["train_peak_memory_bytes"]]
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and evaluation == "final":  # else the per-epoch rows hold the training peaks
         peaks.append(torch.cuda.max_memory_allocated())
-    if not every_epoch:  # one evaluation at the end
+    if evaluation == "final":  # one evaluation, after the last epoch
         callback.on_epoch_end(config, trainer.state, trainer.control, model=trainer.model)
-    epochs = callback.history
-    final = epochs[-1]
-    peak = max(epochs, key=lambda row: (row.get(f"{split}_forget_quality") or -1.0))
+        callback.on_train_end(config, trainer.state, trainer.control, model=trainer.model)
     result = {
         "name": name, "split": split, "method": method, "retain_mode": retain_mode,
         "train_seconds": train_seconds, "augment_seconds": augment_seconds,
         "wall_seconds": train_seconds + augment_seconds, "peak_memory_gib": max(peaks) / 2**30 if peaks else None,
-        "evaluated_every_epoch": every_epoch, "final": final, "peak": peak, "epochs": epochs,
+        "eval_seconds": callback.eval_seconds, "evaluation": evaluation, "final": callback.final,
+        "peak": callback.peak if evaluation != "final" else None, "epochs": callback.history,
     }
     write_json_atomic(record, result)
     del trainer, model
@@ -183,7 +201,8 @@ def reference_rows(args) -> list[dict]:
         result = load_tofu_eval(path)
         metrics = json.loads((work / split / "train_metrics.json").read_text())
         for forget_split in result["forget"]:
-            if split != "full" and FORGET_OF_RETAIN[split] != forget_split:
+            other_oracle = split != "full" and FORGET_OF_RETAIN[split] != forget_split
+            if forget_split not in args.splits.split(",") or other_oracle:
                 continue
             row = summary_row(result)
             row.update(name=f"{forget_split}_{'original' if split == 'full' else 'oracle_' + split}",
@@ -210,9 +229,15 @@ def fmt(value, spec=".3f") -> str:
     return format(value, spec) if isinstance(value, (int, float)) else str(value)
 
 
-def previous_invocations(args) -> list[float]:
+def previous_invocations(args) -> list[dict]:
+    """``{"seconds", "command"}`` of the earlier invocations on this ``--work_dir``."""
     path = Path(args.work_dir) / "invocations.json"
-    return json.loads(path.read_text()) if path.is_file() else []
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    return [e if isinstance(e, dict) else {"seconds": e, "command": None} for e in entries]
+
+
+def this_invocation(started: float) -> dict:
+    return {"seconds": time.time() - started, "command": " ".join(["python", "benchmarks/tofu.py", *sys.argv[1:]])}
 
 
 def write_outputs(args, runs: list[dict], started: float) -> None:
@@ -225,11 +250,15 @@ def write_outputs(args, runs: list[dict], started: float) -> None:
     write_json_atomic(out / f"{NAME}.json", {"device": device, "settings": settings, "references": refs, "runs": runs,
                                 "finetune_train_seconds": finetune_seconds})
 
+    invocations = previous_invocations(args) + [this_invocation(started)]
+    commands = [f"`{i['command']}` ({i['seconds']:.0f} s)" for i in invocations if i["command"]]
     lines = [f"# TOFU on SmolLM2-135M-Instruct ({device})", "",
-             "Command: `python benchmarks/tofu.py --data_dir <tofu> --work_dir <dir>` (settings in the JSON). "
+             "Commands: " + ("; then ".join(commands) or "not recorded") + ". Settings in the JSON. "
              "FQ = forget quality (KS p-value vs the oracle), MU = model utility; *final* = after the last epoch, "
-             "*peak* = the evaluated epoch with the highest FQ. P / R = answer probability / ROUGE-L recall. "
-             "Wall = unlearning seconds (augmentation included, evaluations excluded); memory = peak allocated.", ""]
+             "*peak* = the epoch with the highest FQ (FQ followed after every epoch, the peak epoch's weights then "
+             "fully evaluated; n/a: evaluated after the last epoch only). P / R = answer probability / ROUGE-L "
+             "recall. Wall = unlearning seconds (augmentation included, evaluations excluded); memory = peak "
+             "allocated during training.", ""]
     head = ("| split | method | retain | FQ final | MU final | FQ peak (epoch) | MU peak | forget P | forget R | "
             "retain P | retain R | wall s | peak GiB |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
@@ -242,52 +271,60 @@ def write_outputs(args, runs: list[dict], started: float) -> None:
                 f"{fmt(row.get('retain_rouge_l_recall'))} | {fmt(row['wall_seconds'], '.0f')} | |")
         for run in [r for r in runs if r["split"] == split]:
             f, p = run["final"], run["peak"]
-            peak_text = f"{fmt(p.get(f'{split}_forget_quality'), 'fq')} ({p['epoch']:g})" if run[
-                "evaluated_every_epoch"] else "n/a"
+            peak_text = f"{fmt(p.get(f'{split}_forget_quality'), 'fq')} ({p['epoch']:g})" if p else "n/a"
             lines.append(
                 f"| {split} | {run['method']} | {run['retain_mode']} | {fmt(f.get(f'{split}_forget_quality'), 'fq')} "
-                f"| {fmt(f['model_utility'])} | {peak_text} | "
-                f"{fmt(p['model_utility']) if run['evaluated_every_epoch'] else 'n/a'} | "
+                f"| {fmt(f['model_utility'])} | {peak_text} | {fmt(p['model_utility']) if p else 'n/a'} | "
                 f"{fmt(f.get(f'{split}_probability'))} | {fmt(f.get(f'{split}_rouge_l_recall'))} | "
                 f"{fmt(f.get('retain_probability'))} | {fmt(f.get('retain_rouge_l_recall'))} | "
                 f"{fmt(run['wall_seconds'], '.0f')} | {fmt(run['peak_memory_gib'], '.2f')} |")
-    invocations = previous_invocations(args) + [time.time() - started]
-    lines += ["", f"Wall time of the benchmark: {sum(invocations):.0f} s over {len(invocations)} invocation(s) "
-              f"({', '.join(f'{s:.0f}' for s in invocations)} s), evaluations included."]
+    seconds = [i["seconds"] for i in invocations]
+    lines += ["", f"Wall time of the benchmark: {sum(seconds):.0f} s over {len(seconds)} invocation(s) "
+              f"({', '.join(f'{s:.0f}' for s in seconds)} s), evaluations included; of it, unlearning evaluations "
+              f"{sum(r.get('eval_seconds', 0.0) for r in runs):.0f} s."]
     (out / f"{NAME}.md").write_text("\n".join(lines) + "\n")
-    plot(out / f"{NAME}_fq_vs_mu.png", refs, runs)
+    plot(out / f"{NAME}_fq_vs_mu.png", refs, runs, [s for s in SPLITS if s in args.splits.split(",")])
 
 
-def plot(path: Path, refs: list[dict], runs: list[dict]) -> None:
+def plot(path: Path, refs: list[dict], runs: list[dict], splits: list[str]) -> None:
+    """Forget quality (log) against model utility, one panel per split: a filled marker at the peak epoch, a hollow
+    one at the final epoch (joined), gray circles for the original and the oracle."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(SPLITS), figsize=(5 * len(SPLITS), 4.2), sharey=True)
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.2), sharey=True, squeeze=False)
     markers = dict(rklu="*", fklu="P", ga="v", gd="^", npo="o", dpo="s", idk="D", ta="X")
-    for ax, split in zip(axes, SPLITS):
+    colors = {f"{m}+{r}": plt.get_cmap("tab20")(i % 20) for i, (m, r) in enumerate(PLAN)}
+    legend = {}
+    for ax, split in zip(axes[0], splits):
         for run in [r for r in runs if r["split"] == split]:
-            f = run["final"]
-            fq, mu = f.get(f"{split}_forget_quality"), f["model_utility"]
-            if fq is None or mu is None:
+            points = [(row["model_utility"], row.get(f"{split}_forget_quality")) for row in (run["peak"], run["final"])
+                      if row is not None]
+            points = [(mu, max(fq, 1e-30)) for mu, fq in points if mu is not None and fq is not None]
+            if not points:
                 continue
             label = run["method"] + ("" if run["retain_mode"] == "none" else f"+{run['retain_mode']}")
-            ax.scatter(mu, max(fq, 1e-30), marker=markers.get(run["method"], "o"), s=90 if run["method"] == "rklu"
-                       else 45, label=label, edgecolors="black" if run["retain_mode"] != "none" else "none")
+            color = colors.get(f"{run['method']}+{run['retain_mode']}", "black")
+            marker, size = markers.get(run["method"], "o"), 90 if run["method"] == "rklu" else 45
+            legend[label] = ax.scatter(*points[0], marker=marker, s=size, color=color,
+                                       edgecolors="black" if run["retain_mode"] != "none" else "none")
+            if len(points) == 2 and points[1] != points[0]:
+                ax.plot(*zip(*points), color=color, lw=0.6, alpha=0.6)
+                ax.scatter(*points[1], marker=marker, s=size, facecolors="none", edgecolors=color)
         for row in [r for r in refs if r["split"] == split]:
             fq = row.get(f"{split}_forget_quality")
             if fq is not None and row["model_utility"] is not None:
-                ax.scatter(row["model_utility"], max(fq, 1e-30), marker="o", facecolors="none", edgecolors="gray",
-                           s=90, label=row["method"])
+                legend[row["method"]] = ax.scatter(row["model_utility"], max(fq, 1e-30), marker="o",
+                                                   facecolors="none", edgecolors="gray", s=90)
         ax.axhline(0.05, color="red", lw=0.8, ls="--")
         ax.set_yscale("log")
-        ax.set_title(split)
+        ax.set_title(f"{split} (filled: peak epoch, hollow: final)", fontsize=10)
         ax.set_xlabel("model utility")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("forget quality (log)")
-    handles, labels = axes[-1].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8)
+    axes[0][0].set_ylabel("forget quality (log)")
+    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -318,7 +355,7 @@ def main() -> None:
         else:
             runs.append(unlearn(args, split, method, retain_mode))
         write_outputs(args, runs, started)
-    write_json_atomic(Path(args.work_dir) / "invocations.json", previous_invocations(args) + [time.time() - started])
+    write_json_atomic(Path(args.work_dir) / "invocations.json", previous_invocations(args) + [this_invocation(started)])
     print(f"done in {time.time() - started:.0f} s")
 
 
