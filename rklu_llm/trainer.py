@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -118,6 +119,13 @@ class UnlearnTrainer(Trainer):
             )
         check_causal_lm(model.get_base_model() if _is_peft(model) else model)
         check_output_dir(args.output_dir, model)
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched > 1 and args.world_size == 1:
+            raise RuntimeError(
+                f"Launched as {launched} processes, but each would train alone on the same output_dir (a GPU "
+                "accelerate config on a machine without GPUs?). On CPUs launch with accelerate_configs/cpu.yaml and "
+                "pass --use_cpu; otherwise run on the GPUs the config names."
+            )
         spec = args.spec
         if args.retain_mode != "none" and train_dataset.retain is None:
             raise ValueError(

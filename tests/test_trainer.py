@@ -216,6 +216,18 @@ def test_refusal_methods_need_refusals(tmp_path, tiny_tokenizer, qa):
                        train_dataset=dataset, processing_class=tiny_tokenizer)
 
 
+def test_processes_that_would_train_alone_are_refused(tmp_path, tiny_tokenizer, qa, monkeypatch):
+    """A launcher started 2 processes (WORLD_SIZE=2) but the Trainer sees one: each would train alone, same output."""
+    dataset = build_unlearning_dataset(tiny_tokenizer, qa[0], max_length=256)
+    config = make_config(tmp_path, "ga")
+    assert config.world_size == 1
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(RuntimeError, match="accelerate_configs/cpu.yaml"):
+        UnlearnTrainer(model=build_tiny_model(tiny_tokenizer), args=config, train_dataset=dataset,
+                       processing_class=tiny_tokenizer)
+    assert not (tmp_path / "out").exists()
+
+
 def test_empty_forget_set(tiny_tokenizer, qa):
     with pytest.raises(ValueError, match="forget set is empty"):
         build_unlearning_dataset(tiny_tokenizer, qa[0].select([]), max_length=256)
