@@ -12,6 +12,9 @@ Read top to bottom: arguments -> data (fails early when unavailable) -> model ->
     # any method of the toolkit, LoRA, a retain term, a YAML config:
     python recipes/tofu_forget10.py --method npo --retain_mode rt --model runs/full --output_dir runs/npo_rt ...
     python recipes/tofu_forget10.py --config my_run.yaml --output_dir runs/x
+    # forget quality after every epoch, and a full evaluation of the epoch where it peaks (the paper's protocol)
+    python recipes/tofu_forget10.py --model runs/full --output_dir runs/rklu_10ep --num_train_epochs 10 \
+        --retain_eval runs/retain90/tofu_eval.json --eval_every_epoch --data_dir ../shared/data/tofu
 
 All fields of TofuArguments, rklu_llm.cli.TofuEvalArguments and rklu_llm.UnlearnConfig (and so of
 transformers.TrainingArguments) are flags.
@@ -28,7 +31,11 @@ from transformers.trainer_utils import get_last_checkpoint
 from rklu_llm import DEFAULT_MODEL, UnlearnConfig, UnlearnTrainer, load_model, load_refusals
 from rklu_llm.cli import TofuEvalArguments, evaluate_saved, parse_arguments
 from rklu_llm.data import RETAIN_OF_FORGET, build_unlearning_dataset, load_tofu
+from rklu_llm.eval.callback import TofuEvalCallback
+from rklu_llm.eval.tofu import summary_row, write_json_atomic
 from rklu_llm.models import check_output_dir
+
+EPOCHS_FILE = "tofu_eval_epochs.json"
 
 
 @dataclass
@@ -46,6 +53,12 @@ class TofuArguments:
                   "forget-quality reference. Without it forget quality is reported as missing."},
     )
     max_retain_items: int | None = field(default=None, metadata={"help": "Use only the first N retain items."})
+    eval_every_epoch: bool = field(
+        default=False,
+        metadata={"help": "Follow forget quality after every epoch (forget-set likelihoods only; needs --retain_eval) "
+                  "and fully evaluate the epoch where it peaks; writes tofu_eval_epochs.json. The saved model is "
+                  "the final one."},
+    )
 
 
 def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict | None:
@@ -58,6 +71,8 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
     check_output_dir(config.output_dir, model_path=script.model)
     if script.retain_eval is not None and not Path(script.retain_eval).is_file():
         raise FileNotFoundError(f"--retain_eval {script.retain_eval!r} does not exist (run finetune_tofu.py first).")
+    if script.eval_every_epoch and (script.retain_eval is None or evaluation.skip_eval):
+        raise ValueError("--eval_every_epoch picks epochs by forget quality: it needs --retain_eval, not --skip_eval.")
 
     # Data first: a missing dataset fails here, before any model is loaded.
     forget = load_tofu(script.forget_split, script.data_dir)
@@ -70,10 +85,21 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
 
     model, tokenizer = load_model(script.model)
     dataset = build_unlearning_dataset(tokenizer, forget, retain, refusals, config.max_length, config.seed)
+    epochs = None
+    if script.eval_every_epoch:  # final weights: evaluated below, from the saved model
+        epochs = TofuEvalCallback(
+            tokenizer, script.forget_split, script.data_dir, script.retain_eval, per_epoch="forget_quality",
+            evaluate_final=False, batch_size=evaluation.eval_batch_size, max_new_tokens=evaluation.max_new_tokens,
+            max_items=evaluation.eval_max_items, generation_batch_size=evaluation.eval_generation_batch_size,
+        )
     trainer = UnlearnTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-        dataset_name=f"locuslab/TOFU:{script.forget_split}",
+        dataset_name=f"locuslab/TOFU:{script.forget_split}", callbacks=None if epochs is None else [epochs],
     )
+    if epochs is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled and getattr(
+            trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3):
+        raise ValueError("--eval_every_epoch evaluates on the main process alone, which sharded weights (FSDP, ZeRO-3) "
+                         "do not allow: leave it out and evaluate the saved model.")
     last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
     trainer.train(resume_from_checkpoint=last)
     trainer.save_model()
@@ -83,7 +109,21 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
     del trainer, model
     result = evaluate_saved(config.output_dir, evaluation, (script.forget_split,), script.data_dir,
                             reference=script.retain_eval)
+    if epochs is not None:
+        write_epochs(Path(config.output_dir), epochs, result)
     return result
+
+
+def write_epochs(output_dir: Path, callback: TofuEvalCallback, final_result: dict) -> None:
+    """``tofu_eval_epochs.json``: the per-epoch rows, the final row and the fully evaluated peak-epoch row."""
+    final = {"epoch": callback.history[-1]["epoch"] if callback.history else None, **summary_row(final_result)}
+    peak = callback.peak
+    if peak is None and callback.peak_epoch is not None and callback.peak_epoch == final["epoch"]:
+        peak = final
+    write_json_atomic(output_dir / EPOCHS_FILE, {"epochs": callback.history, "peak_epoch": callback.peak_epoch,
+                                                 "peak": peak, "final": final})
+    curve = [row.get(f"{callback.forget_split}_forget_quality") for row in callback.history]
+    print(f"forget quality per epoch: {curve}; peak epoch {callback.peak_epoch} (see {output_dir / EPOCHS_FILE})")
 
 
 if __name__ == "__main__":

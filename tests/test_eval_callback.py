@@ -99,3 +99,21 @@ def test_forget_quality_mode_needs_a_reference(tiny_tokenizer):
         TofuEvalCallback(tiny_tokenizer, "forget01", per_epoch="forget_quality")
     with pytest.raises(ValueError, match="per_epoch"):
         TofuEvalCallback(tiny_tokenizer, "forget01", per_epoch="sometimes")
+
+
+def test_without_the_final_evaluation(two_models, tiny_tokenizer, tofu_dir):
+    a, b, reference = two_models
+    for order, peak_epoch in (((a, b), 1.0), ((b, a), 2.0)):
+        model = build_tiny_model(tiny_tokenizer)
+        callback = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, per_epoch="forget_quality",
+                                    evaluate_final=False, **EVAL)
+        for epoch, weights in zip((1.0, 2.0), order):
+            model.load_state_dict(weights.state_dict())
+            _epoch_end(callback, model, epoch)
+        _train_end(callback, model, 2.0)
+        assert callback.final is None and callback.peak_epoch == peak_epoch
+        if peak_epoch == 1.0:  # an earlier epoch: evaluated here, from its kept weights
+            assert callback.peak["epoch"] == 1.0 and callback.peak["model_utility"] is not None
+            assert len(callback.results) == 1
+        else:  # the last epoch: left to the caller with the final weights
+            assert callback.peak is None and not callback.results

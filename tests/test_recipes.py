@@ -91,3 +91,28 @@ def test_recipe_fails_before_loading_a_model_without_data(tmp_path):
                             env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert result.returncode != 0
     assert "DataUnavailableError" in result.stderr and "forget10.jsonl" in result.stderr
+
+
+def test_recipe_follows_forget_quality_every_epoch(tmp_path, tiny_model_dir, tofu_dir, retain_eval):
+    out = tmp_path / "ga_epochs"
+    run([sys.executable, str(RECIPES / "tofu_forget10.py"), "--model", str(tiny_model_dir), "--method", "ga",
+         "--data_dir", str(tofu_dir), "--output_dir", str(out), "--retain_eval", str(retain_eval), "--eval_every_epoch",
+         *FAST_UNLEARN, *FAST_EVAL, "--max_steps", "-1", "--num_train_epochs", "2",
+         "--per_device_train_batch_size", "32"], cwd=REPO)
+    epochs = json.loads((out / "tofu_eval_epochs.json").read_text())
+    final = json.loads((out / "tofu_eval.json").read_text())
+    assert [row["epoch"] for row in epochs["epochs"]] == [1.0, 2.0]
+    curve = [row["forget10_forget_quality"] for row in epochs["epochs"]]
+    assert epochs["peak_epoch"] == [1.0, 2.0][curve.index(max(curve))]
+    assert epochs["peak"]["epoch"] == epochs["peak_epoch"] and 0 <= epochs["peak"]["model_utility"] <= 1
+    assert epochs["final"]["model_utility"] == final["model_utility"]
+    assert epochs["final"]["forget10_forget_quality"] == pytest.approx(curve[-1])
+
+
+def test_eval_every_epoch_needs_a_reference(tmp_path, tiny_model_dir, tofu_dir):
+    command = [sys.executable, str(RECIPES / "tofu_forget10.py"), "--model", str(tiny_model_dir), "--data_dir",
+               str(tofu_dir), "--output_dir", str(tmp_path / "o"), "--use_cpu", "--eval_every_epoch"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert result.returncode != 0 and "needs --retain_eval" in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -23,18 +23,19 @@ class TofuEvalCallback(TrainerCallback):
     forget probability and truth ratio; no generation, no utility sets), which costs a small fraction of a full
     evaluation. The trainable weights of the best epoch so far are copied to CPU memory, and when training ends both
     the final weights and the peak epoch's weights get a full evaluation (the model is left with its final weights).
-    Needs a forget-quality ``reference``.
+    Needs a forget-quality ``reference``. ``evaluate_final=False`` leaves the final weights to the caller (e.g. a recipe
+    that evaluates the model it saved): ``final`` stays ``None``, and so does ``peak`` when the peak is the last epoch.
 
     After training: ``history`` holds one row per epoch (``epoch``, ``eval_seconds``, the peak GPU memory of the
     training steps before it, and :func:`~rklu_llm.eval.tofu.summary_row`'s values); ``final`` and ``peak`` are the
-    fully evaluated rows of the last epoch and of the epoch with the highest forget quality (the earliest on ties;
-    ``peak`` is ``None`` when forget quality is unavailable); ``results`` the full results behind them.
+    fully evaluated rows of the last epoch and of the epoch with the highest forget quality (``peak_epoch``, the
+    earliest on ties; ``None`` when forget quality is unavailable); ``results`` the full results behind them.
     ``eval_seconds`` sums all evaluation time, so callers can subtract it from wall time. The state is not part of a
     checkpoint: a resumed run tracks only the epochs it trains.
     """
 
     def __init__(self, tokenizer, forget_split: str, data_dir=None, reference=None, per_epoch: str = "full",
-                 **eval_kwargs):
+                 evaluate_final: bool = True, **eval_kwargs):
         if per_epoch not in PER_EPOCH:
             raise ValueError(f"per_epoch must be one of {PER_EPOCH}, got {per_epoch!r}")
         if per_epoch == "forget_quality" and reference is None:
@@ -45,11 +46,13 @@ class TofuEvalCallback(TrainerCallback):
         self.data_dir = data_dir
         self.reference = reference
         self.per_epoch = per_epoch
+        self.evaluate_final = evaluate_final
         self.eval_kwargs = eval_kwargs
         self.history: list[dict] = []
         self.results: list[dict] = []
         self.final: dict | None = None
         self.peak: dict | None = None
+        self.peak_epoch: float | None = None
         self.eval_seconds = 0.0
         self._best: tuple[float, float, dict] | None = None  # (forget quality, epoch, CPU copy of trainable weights)
 
@@ -94,15 +97,19 @@ class TofuEvalCallback(TrainerCallback):
             self.final = self.history[-1]
             scored = [row for row in self.history if self._fq(row) is not None]
             self.peak = max(scored, key=self._fq) if scored else None  # max() keeps the earliest of equal values
+            self.peak_epoch = None if self.peak is None else self.peak["epoch"]
             return
         epoch = self.history[-1]["epoch"]
-        result, self.final = self._evaluate(model, epoch, full=True)
-        self.results.append(result)
+        if self.evaluate_final:
+            result, self.final = self._evaluate(model, epoch, full=True)
+            self.results.append(result)
         if self._best is None:
             return
         fq, best_epoch, weights = self._best
+        self.peak_epoch = best_epoch
         if best_epoch == epoch:
             self.peak = self.final
+            self._best = None
             return
         final_weights = _trainable_state(model)
         _load_trainable_state(model, weights)
