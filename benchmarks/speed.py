@@ -116,9 +116,10 @@ def end_to_end(args) -> dict:
     work = Path(args.work_dir) / "speed"
     finetune_tofu.main([
         "--model", args.base_model, "--split", "retain90", "--data_dir", args.data_dir, "--output_dir",
-        str(work / "retain90"), "--learning_rate", str(args.finetune_lr), "--num_train_epochs", str(args.finetune_epochs),
-        "--per_device_train_batch_size", str(args.batch_size), "--bf16", "--tf32", "true", "--save_strategy", "no",
-        "--report_to", "none", "--disable_tqdm", "true", "--skip_eval",
+        str(work / "retain90"), "--learning_rate", str(args.finetune_lr),
+        "--num_train_epochs", str(args.finetune_epochs), "--per_device_train_batch_size", str(args.batch_size),
+        "--bf16", "--tf32", "true", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
+        "--skip_eval",
     ])
     retrain = json.loads((work / "retain90" / "train_metrics.json").read_text())["train_runtime"]
     model, tokenizer = load_model(args.model)

@@ -89,8 +89,7 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
     if script.eval_every_epoch:  # final weights: evaluated below, from the saved model
         epochs = TofuEvalCallback(
             tokenizer, script.forget_split, script.data_dir, script.retain_eval, per_epoch="forget_quality",
-            evaluate_final=False, batch_size=evaluation.eval_batch_size, max_new_tokens=evaluation.max_new_tokens,
-            max_items=evaluation.eval_max_items, generation_batch_size=evaluation.eval_generation_batch_size,
+            evaluate_final=False, **evaluation.evaluate_kwargs(),
         )
     trainer = UnlearnTrainer(
         model=model, args=config, train_dataset=dataset, processing_class=tokenizer,

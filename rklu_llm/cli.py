@@ -23,6 +23,11 @@ class TofuEvalArguments:
     eval_max_items: int | None = field(default=None, metadata={"help": "Evaluate the first N items of each set."})
     max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE."})
 
+    def evaluate_kwargs(self) -> dict:
+        """These settings as keyword arguments of :func:`~rklu_llm.eval.tofu.evaluate_tofu`."""
+        return dict(batch_size=self.eval_batch_size, max_new_tokens=self.max_new_tokens, max_items=self.eval_max_items,
+                    generation_batch_size=self.eval_generation_batch_size)
+
 
 def evaluate_saved(model_dir, eval_args: TofuEvalArguments, forget_splits, data_dir=None, reference=None) -> dict:
     """Load the model a recipe saved (on the GPU when there is one), evaluate it on TOFU, store ``tofu_eval.json``
@@ -37,8 +42,7 @@ def evaluate_saved(model_dir, eval_args: TofuEvalArguments, forget_splits, data_
         model.to("cuda")
     result = evaluate_tofu(
         model, tokenizer, forget_splits=tuple(forget_splits), data_dir=data_dir, output_dir=model_dir,
-        reference=reference, batch_size=eval_args.eval_batch_size, max_new_tokens=eval_args.max_new_tokens,
-        max_items=eval_args.eval_max_items, generation_batch_size=eval_args.eval_generation_batch_size,
+        reference=reference, **eval_args.evaluate_kwargs(),
     )
     print(json.dumps(summary_row(result), indent=2))
     return result
