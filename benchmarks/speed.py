@@ -22,7 +22,7 @@ import torch
 from transformers import TrainerCallback
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "recipes"))
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rklu_llm import UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_model, load_refusals  # noqa: E402
 from rklu_llm.data import load_tofu, tokenize_qa  # noqa: E402
@@ -111,7 +111,7 @@ def end_to_end(args) -> dict:
     """Wall seconds of a complete RKL-U run on forget10 (``--augment_epochs`` augmentation + ``--unlearn_epochs``
     distillation epochs: ``trainer.train()``) and of retraining the retain90 oracle (``--finetune_epochs``,
     recipes/finetune_tofu.py's ``train_runtime``), same batch size and device; model loading excluded from both."""
-    import finetune_tofu
+    from rklu_llm.scripts import finetune as finetune_tofu
 
     work = Path(args.work_dir) / "speed"
     finetune_tofu.main([

@@ -29,12 +29,13 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "recipes"))
+sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_model, load_refusals  # noqa: E402
 from rklu_llm.data import FORGET_OF_RETAIN, RETAIN_OF_FORGET, load_tofu, tokenize_qa  # noqa: E402
 from rklu_llm.eval.callback import TofuEvalCallback  # noqa: E402
-from rklu_llm.eval.tofu import load_tofu_eval, summary_row, write_json_atomic  # noqa: E402
+from rklu_llm.eval.io import write_json_atomic  # noqa: E402
+from rklu_llm.eval.tofu import load_tofu_eval, summary_row  # noqa: E402
 from rklu_llm.teacher import build_augmented_model, is_augmented_dir  # noqa: E402
 
 SPLITS = ("forget10", "forget05", "forget01")
@@ -78,7 +79,7 @@ def parse() -> argparse.Namespace:
 
 def finetune(args, split: str) -> Path:
     """recipes/finetune_tofu.py on ``split``; returns the model directory (with tofu_eval.json, train_metrics.json)."""
-    import finetune_tofu
+    from rklu_llm.scripts import finetune as finetune_tofu
 
     out = Path(args.work_dir) / "models" / split
     if (out / "tofu_eval.json").is_file():

@@ -5,10 +5,10 @@
     python recipes/tofu_forget01.py --method npo --model runs/full --output_dir runs/npo_forget01 ...
     accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml recipes/tofu_forget01.py ...
 
-Every flag of recipes/tofu_unlearn.py (TofuArguments + rklu_llm.UnlearnConfig) applies; see its docstring.
+Every flag of rklu_llm.scripts.unlearn (TofuArguments, TofuEvalArguments, rklu_llm.UnlearnConfig) applies; see --help.
 """
 
-from tofu_unlearn import main
+from rklu_llm.scripts.unlearn import main
 
 if __name__ == "__main__":
     main(default_split="forget01")

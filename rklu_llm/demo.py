@@ -25,7 +25,8 @@ from transformers import Trainer, TrainingArguments
 
 from .config import UnlearnConfig
 from .data import QACollator, build_unlearning_dataset, fictitious_profiles, load_tofu, tofu_available, tokenize_qa
-from .eval.tofu import answer_probability, generate_answers, rouge_l_recall, score_answers
+from .eval.metrics import answer_probability, rouge_l_recall
+from .eval.scoring import generate_answers, score_answers
 from .models import DEFAULT_MODEL, lora_config, load_model
 from .trainer import UnlearnTrainer
 

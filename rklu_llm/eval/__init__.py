@@ -1,23 +1,31 @@
-"""Evaluation: TOFU (probability, ROUGE-L recall, truth ratio, model utility, forget quality)."""
+"""Evaluation. One module per evaluator, on shared pieces:
 
-from .tofu import (
+* :mod:`~rklu_llm.eval.metrics`: pure metric functions (arrays in, numbers out);
+* :mod:`~rklu_llm.eval.scoring`: batched likelihoods of token sequences and batched generation;
+* :mod:`~rklu_llm.eval.io`: atomic JSON writes, the per-(set, metric) result cache, a weights digest;
+* :mod:`~rklu_llm.eval.tofu`: TOFU (probability, ROUGE-L recall, truth ratio, model utility, forget quality);
+* :mod:`~rklu_llm.eval.callback`: evaluation during training.
+"""
+
+from .metrics import (
     UTILITY_METRICS,
-    UTILITY_SETS,
     answer_probability,
-    compare_to_reference,
-    evaluate_tofu,
     forget_quality,
     forget_truth_ratio_score,
-    generate_answers,
-    load_tofu_eval,
     model_utility,
     normalized_probability,
-    reference_truth_ratios,
     retain_truth_ratio_score,
     rouge_l_recall,
-    score_answers,
-    summary_row,
     truth_ratio,
+)
+from .scoring import generate_answers, generate_continuations, score_answers, score_examples
+from .tofu import (
+    UTILITY_SETS,
+    compare_to_reference,
+    evaluate_tofu,
+    load_tofu_eval,
+    reference_truth_ratios,
+    summary_row,
 )
 
 __all__ = [
@@ -29,6 +37,7 @@ __all__ = [
     "forget_quality",
     "forget_truth_ratio_score",
     "generate_answers",
+    "generate_continuations",
     "load_tofu_eval",
     "model_utility",
     "normalized_probability",
@@ -36,6 +45,7 @@ __all__ = [
     "retain_truth_ratio_score",
     "rouge_l_recall",
     "score_answers",
+    "score_examples",
     "summary_row",
     "truth_ratio",
 ]

@@ -61,374 +61,47 @@ entry written for other weights or data is recomputed (with a warning).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-import logging
-import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-from scipy.stats import hmean, ks_2samp
-from tqdm.auto import tqdm
 
-from ..data.qa import encode_answer, encode_prompt, join_prompt_answer, pad_examples
 from ..data.tofu import RETAIN_OF_FORGET, load_tofu
-from ..losses import IGNORE_INDEX, sequence_log_likelihood
+from ..paths import portable_path
+from .io import MetricCache, data_fingerprint, model_fingerprint, model_name, to_builtin, write_json_atomic
+from .metrics import (
+    UTILITY_METRICS,
+    answer_probability,
+    forget_quality,
+    forget_truth_ratio_score,
+    model_utility,
+    normalized_probability,
+    normalized_probability_items,
+    retain_truth_ratio_score,
+    rouge_l_recall,
+    truth_ratio,
+)
+from .scoring import generate_answers, score_answers
 
-logger = logging.getLogger(__name__)
+__all__ = [
+    "CACHE_DIR", "NO_REFERENCE_NOTE", "RESULT_FILE", "UTILITY_METRICS", "UTILITY_SETS", "answer_probability",
+    "compare_to_reference", "evaluate_tofu", "forget_quality", "forget_truth_ratio_score", "generate_answers",
+    "load_tofu_eval", "model_utility", "normalized_probability", "reference_truth_ratios", "retain_truth_ratio_score",
+    "rouge_l_recall", "score_answers", "summary_row", "truth_ratio", "write_json_atomic",
+]
 
 #: The sets whose aggregates make up model utility.
 UTILITY_SETS = ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
-#: The three aggregates of each utility set.
-UTILITY_METRICS = ("probability", "rouge_l_recall", "truth_ratio")
 RESULT_FILE = "tofu_eval.json"
 CACHE_DIR = "tofu_eval_cache"
 NO_REFERENCE_NOTE = (
     "no reference evaluation given: pass reference=<retain model's tofu_eval.json> (the retain-only model "
     "evaluated on the same forget split) or a TOFU eval_log_forget.json"
 )
-
-# --------------------------------------------------------------------------------------------------------------------
-# Pure aggregation functions
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def answer_probability(nll_sum, num_tokens) -> np.ndarray:
-    """Length-normalised answer probability, ``p = exp(-nll_sum / num_tokens)``, element-wise.
-
-    Args:
-        nll_sum: ``(...)`` summed negative log-likelihood of the answer tokens.
-        num_tokens: ``(...)`` number of answer tokens (same shape, or broadcastable).
-
-    Returns:
-        ``(...)`` float64 array in ``[0, 1]`` (for ``nll_sum >= 0``).
-    """
-    nll_sum = np.asarray(nll_sum, dtype=np.float64)
-    num_tokens = np.asarray(num_tokens, dtype=np.float64)
-    return np.exp(-nll_sum / num_tokens)
-
-
-# TOFU's code stores exp(mean_j perturbed_loss_j - paraphrased_loss) = 1/TR per item and scores retain-type sets with
-# max(0, 1 - 1/that) = max(0, 1 - TR): identical aggregates; min(x, 1/x) and the KS p-value are invariant to x -> 1/x.
-def truth_ratio(base_prob, perturbed_probs) -> np.ndarray:
-    """Per-item truth ratio ``TR_i = (prod_j p(pert_ij))^(1/K) / p(base_i)``.
-
-    Computed in log space: ``exp(mean_j log p(pert_ij) - log p(base_i))``.
-
-    Args:
-        base_prob: ``(N,)`` probability of the base answer (paraphrased answer, or the answer itself on
-            real authors / world facts).
-        perturbed_probs: ``(N, K)`` probabilities of the ``K`` perturbed (wrong) answers.
-
-    Returns:
-        ``(N,)`` float64; ``< 1`` when the model prefers the base answer over the perturbed ones.
-    """
-    base = np.asarray(base_prob, dtype=np.float64)
-    pert = np.asarray(perturbed_probs, dtype=np.float64)
-    if base.ndim != 1 or pert.ndim != 2 or pert.shape[0] != base.shape[0]:
-        raise ValueError(
-            f"truth_ratio expects base_prob (N,) and perturbed_probs (N, K); got {base.shape} and {pert.shape}."
-        )
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.exp(np.log(pert).mean(axis=1) - np.log(base))
-
-
-def forget_truth_ratio_score(tr) -> float:
-    """Forget-set truth-ratio aggregate, ``mean_i min(TR_i, 1/TR_i)`` (1 = no preference for the true answer).
-
-    Args:
-        tr: ``(N,)`` per-item truth ratios.
-    """
-    tr = np.asarray(tr, dtype=np.float64)
-    with np.errstate(divide="ignore"):
-        return float(np.mean(np.minimum(tr, 1.0 / tr)))
-
-
-def retain_truth_ratio_score(tr) -> float:
-    """Retain / real authors / world facts truth-ratio aggregate, ``mean_i max(0, 1 - TR_i)`` (higher is better).
-
-    Args:
-        tr: ``(N,)`` per-item truth ratios.
-    """
-    tr = np.asarray(tr, dtype=np.float64)
-    return float(np.mean(np.maximum(0.0, 1.0 - tr)))
-
-
-def _normalized_probability_items(answer_prob, perturbed_probs) -> np.ndarray:
-    """``(N,)`` per-item ``p(ans_i) / (p(ans_i) + sum_j p(pert_ij))``."""
-    ans = np.asarray(answer_prob, dtype=np.float64)
-    pert = np.asarray(perturbed_probs, dtype=np.float64)
-    if ans.ndim != 1 or pert.ndim != 2 or pert.shape[0] != ans.shape[0]:
-        raise ValueError(
-            f"normalized_probability expects answer_prob (N,) and perturbed_probs (N, K); got {ans.shape} and "
-            f"{pert.shape}."
-        )
-    return ans / (ans + pert.sum(axis=1))
-
-
-def normalized_probability(answer_prob, perturbed_probs) -> float:
-    """Probability score of real authors / world facts, ``mean_i p(ans_i) / (p(ans_i) + sum_j p(pert_ij))``.
-
-    Args:
-        answer_prob: ``(N,)`` probabilities of the true answers.
-        perturbed_probs: ``(N, K)`` probabilities of the perturbed answers.
-    """
-    return float(np.mean(_normalized_probability_items(answer_prob, perturbed_probs)))
-
-
-def model_utility(values: Mapping) -> float:
-    """Model utility, ``scipy.stats.hmean`` of 9 values, ``9 / sum_v 1/v`` (0 as soon as one value is 0).
-
-    Args:
-        values: ``{set: {metric: value}}`` with set in ``retain``, ``real_authors``, ``world_facts`` (the
-            ``*_perturbed`` config names are accepted too) and metric in ``probability``, ``rouge_l_recall``,
-            ``truth_ratio`` (the set's aggregates, e.g. ``result["sets"][name]["aggregate"]``).
-
-    Raises:
-        ValueError: one of the 9 values is missing, or one is negative or not finite.
-    """
-    collected, missing = [], []
-    for short in ("retain", "real_authors", "world_facts"):
-        entry = values.get(short, values.get(f"{short}_perturbed"))
-        for metric in UTILITY_METRICS:
-            value = None if entry is None else entry.get(metric)
-            if value is None:
-                missing.append(f"{short}.{metric}")
-            else:
-                collected.append((f"{short}.{metric}", float(value)))
-    if missing:
-        raise ValueError(
-            "model_utility needs the 9 values {retain, real_authors, world_facts} x "
-            f"{{{', '.join(UTILITY_METRICS)}}}; missing: {', '.join(missing)}."
-        )
-    bad = [f"{name}={value}" for name, value in collected if not math.isfinite(value) or value < 0]
-    if bad:
-        raise ValueError(f"model_utility needs finite non-negative values; got {', '.join(bad)}.")
-    return float(hmean([value for _, value in collected]))
-
-
-def forget_quality(tr_unlearned, tr_reference) -> float:
-    """Forget quality, the two-sample Kolmogorov-Smirnov p-value ``ks_2samp(tr_unlearned, tr_reference).pvalue``.
-
-    Args:
-        tr_unlearned: ``(N,)`` per-item truth ratios of the evaluated model on the forget set.
-        tr_reference: ``(M,)`` the same for the retain-only reference model.
-
-    Returns:
-        p-value in ``[0, 1]``; above 0.05 the two distributions are statistically indistinguishable.
-    """
-    a = np.asarray(tr_unlearned, dtype=np.float64)
-    b = np.asarray(tr_reference, dtype=np.float64)
-    if a.size == 0 or b.size == 0:
-        raise ValueError("forget_quality needs at least one truth ratio on each side.")
-    return float(ks_2samp(a, b).pvalue)
-
-
-_ROUGE_SCORER = None
-
-
-def rouge_l_recall(generated: Sequence[str], gold: Sequence[str]) -> np.ndarray:
-    """Per-item ROUGE-L recall, ``RougeScorer(["rougeL"], use_stemmer=True).score(gold, generated)["rougeL"].recall``.
-
-    Recall = LCS(gold, generated) / len(gold) over stemmed word tokens.
-
-    Args:
-        generated: ``N`` generated strings.
-        gold: ``N`` reference answers.
-
-    Returns:
-        ``(N,)`` float64 in ``[0, 1]``.
-    """
-    global _ROUGE_SCORER
-    if len(generated) != len(gold):
-        raise ValueError(f"rouge_l_recall: {len(generated)} generations but {len(gold)} gold answers.")
-    if _ROUGE_SCORER is None:
-        from rouge_score import rouge_scorer
-
-        _ROUGE_SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    return np.array([_ROUGE_SCORER.score(g, s)["rougeL"].recall for s, g in zip(generated, gold)], dtype=np.float64)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Model-side scoring
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _model_device(model) -> torch.device:
-    device = getattr(model, "device", None)
-    if isinstance(device, torch.device):
-        return device
-    return next(model.parameters()).device
-
-
-def _pad_token_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id
-    if pad is None:
-        pad = tokenizer.eos_token_id
-    if pad is None:
-        raise ValueError("The tokenizer has neither a pad nor an EOS token.")
-    return pad
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Eval mode (dropout off) inside the block; the previous mode is restored afterwards."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _batches(order: list[int], batch_size: int, desc: str):
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc=desc, unit="batch", leave=False):
-        yield order[start : start + batch_size]
-
-
-@torch.no_grad()
-def score_answers(
-    model,
-    tokenizer,
-    questions: Sequence[str],
-    answers: Sequence[str],
-    batch_size: int = 16,
-    max_length: int = 512,
-    desc: str = "Scoring answers",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Summed answer NLL and answer-token count of every (question, answer) pair.
-
-    Tokenization is the toolkit's: ``encode_prompt(question) + encode_answer(answer)`` (the answer ends with EOS, which
-    counts), cut to ``max_length`` by ``join_prompt_answer``. Pairs are sorted by length, batched with right padding
-    (attention mask from lengths, so a pad token equal to EOS cannot hide the EOS) and put back in input order.
-
-    Args:
-        model: causal LM (put in eval mode for the call; its previous mode is restored).
-        tokenizer: its tokenizer.
-        questions: ``N`` questions.
-        answers: ``N`` answers.
-        batch_size: sequences per forward pass.
-        max_length: prompt + answer tokens kept per pair.
-
-    Returns:
-        ``(nll_sum, num_tokens)``: ``(N,)`` float64 ``-log p(answer | question)`` summed over answer tokens, and
-        ``(N,)`` int64 answer-token counts.
-
-    Raises:
-        AnswerTruncatedError: a prompt alone fills ``max_length``.
-    """
-    if len(questions) != len(answers):
-        raise ValueError(f"score_answers: {len(questions)} questions but {len(answers)} answers.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n = len(questions)
-    nll_sum = np.zeros(n, dtype=np.float64)
-    num_tokens = np.zeros(n, dtype=np.int64)
-    if n == 0:
-        return nll_sum, num_tokens
-    prompts: dict[str, list[int]] = {}
-    examples = []
-    for i, (question, answer) in enumerate(zip(questions, answers)):
-        if question not in prompts:
-            prompts[question] = encode_prompt(tokenizer, question)
-        examples.append(
-            join_prompt_answer(prompts[question], encode_answer(tokenizer, answer), max_length, where=f"item {i}: ")
-        )
-    order = sorted(range(n), key=lambda i: -len(examples[i]["input_ids"]))
-    device = _model_device(model)
-    pad_id = _pad_token_id(tokenizer)
-    with _eval_mode(model):
-        for index in _batches(order, batch_size, desc):
-            batch = pad_examples([examples[i] for i in index], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-            log_likelihood = sequence_log_likelihood(logits, batch["labels"])
-            nll_sum[index] = -log_likelihood.double().cpu().numpy()
-            num_tokens[index] = (batch["labels"][:, 1:] != IGNORE_INDEX).sum(-1).cpu().numpy()
-    return nll_sum, num_tokens
-
-
-def _greedy_generation_config(model, tokenizer, max_new_tokens: int):
-    """Plain greedy decoding (none of the model's sampling / penalty defaults), stopping at any EOS id."""
-    from transformers import GenerationConfig
-
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for token in [model_eos] if isinstance(model_eos, int) else list(model_eos or []):
-        if token not in eos:
-            eos.append(token)
-    if not eos:
-        raise ValueError("Neither the tokenizer nor the model's generation config has an EOS token.")
-    return GenerationConfig(
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=_pad_token_id(tokenizer),
-        eos_token_id=eos,
-    )
-
-
-@torch.no_grad()
-def generate_answers(
-    model,
-    tokenizer,
-    questions: Sequence[str],
-    batch_size: int = 16,
-    max_new_tokens: int = 200,
-    desc: str = "Generating answers",
-) -> list[str]:
-    """Greedy answers to ``questions``, from the same prompt as :func:`score_answers`.
-
-    Prompts are sorted by length and left-padded (``pad_examples(..., padding_side="left")``) with the attention mask
-    passed, so a question gives the same output alone or in a batch. Only the new tokens are decoded
-    (``skip_special_tokens=True``, stripped); generation stops at EOS or after ``max_new_tokens``.
-
-    Args:
-        model: causal LM (eval mode for the call; the previous mode is restored).
-        tokenizer: its tokenizer.
-        questions: ``N`` questions.
-        batch_size: prompts per ``generate`` call.
-        max_new_tokens: generation budget per answer.
-
-    Returns:
-        ``N`` strings, in input order.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    n = len(questions)
-    outputs: list[str] = [""] * n
-    if n == 0:
-        return outputs
-    prompts = [encode_prompt(tokenizer, q) for q in questions]
-    order = sorted(range(n), key=lambda i: -len(prompts[i]))
-    device = _model_device(model)
-    config = _greedy_generation_config(model, tokenizer, max_new_tokens)
-    with _eval_mode(model):
-        for index in _batches(order, batch_size, desc):
-            batch = pad_examples([{"input_ids": prompts[i]} for i in index], config.pad_token_id, padding_side="left")
-            input_ids = batch["input_ids"].to(device)
-            sequences = model.generate(
-                input_ids=input_ids,
-                attention_mask=batch["attention_mask"].to(device),
-                generation_config=config,
-            )
-            if not isinstance(sequences, torch.Tensor):  # return_dict_in_generate set somewhere
-                sequences = sequences.sequences
-            texts = tokenizer.batch_decode(sequences[:, input_ids.shape[1] :], skip_special_tokens=True)
-            for i, text in zip(index, texts):
-                outputs[i] = text.strip()
-    return outputs
-
 
 # --------------------------------------------------------------------------------------------------------------------
 # References for forget quality
@@ -482,7 +155,7 @@ def _read_reference(reference) -> tuple[dict, str]:
             raise FileNotFoundError(f"Reference evaluation {str(path)!r} does not exist.")
         with open(path, encoding="utf-8") as handle:
             obj = json.load(handle)
-        label = str(path)
+        label = portable_path(path)
     if _is_our_result(obj) or _is_tofu_log(obj):
         return obj, label
     if isinstance(obj, Mapping) and _is_tofu_log(obj.get("eval_log_forget.json")):
@@ -627,105 +300,6 @@ def compare_to_reference(truth_ratios, questions: Sequence[str], reference, spli
     return entry
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Cache and files
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _to_builtin(obj):
-    if isinstance(obj, Mapping):
-        return {str(k): _to_builtin(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_to_builtin(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _to_builtin(obj.tolist())
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    """Write ``obj`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(_to_builtin(obj), handle, indent=1)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def _model_fingerprint(model, sample: int = 4096) -> str | None:
-    """A cheap digest of the weights: names, shapes and up to ``sample`` evenly spaced values of every parameter.
-
-    Any training step moves (nearly) every value of the tensors it updates, so a changed checkpoint saved under the
-    same path gets another digest. ``None`` when the weights cannot be read (meta / offloaded parameters).
-    """
-    digest = hashlib.sha256()
-    try:
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                flat = param.detach().reshape(-1)
-                values = flat[:: max(1, flat.numel() // sample)][:sample].float().cpu().numpy()
-                digest.update(f"{name}{tuple(param.shape)}".encode())
-                digest.update(values.tobytes())
-    except (RuntimeError, NotImplementedError, ValueError):
-        return None
-    return digest.hexdigest()[:16]
-
-
-class _MetricCache:
-    """``output_dir/tofu_eval_cache/<set>__<metric>__<settings>.json``, each holding its key and its data."""
-
-    def __init__(self, output_dir: Path | None, model_name: str, model_fingerprint: str | None):
-        self.folder = None if output_dir is None else Path(output_dir) / CACHE_DIR
-        self.model_name = model_name
-        self.model_fingerprint = model_fingerprint
-
-    def _path(self, set_name: str, metric: str, settings: dict) -> Path:
-        tag = "__".join(f"{k}-{'all' if v is None else v}" for k, v in sorted(settings.items()))
-        return self.folder / f"{set_name}__{metric}__{tag}.json"
-
-    def _key(self, set_name, metric, settings, fingerprint) -> dict:
-        return {"set": set_name, "metric": metric, "model": self.model_name,
-                "model_fingerprint": self.model_fingerprint, "data_sha256": fingerprint, **settings}
-
-    def load(self, set_name: str, metric: str, settings: dict, fingerprint: str):
-        if self.folder is None:
-            return None
-        path = self._path(set_name, metric, settings)
-        if not path.is_file():
-            return None
-        try:
-            with open(path, encoding="utf-8") as handle:
-                stored = json.load(handle)
-        except (OSError, json.JSONDecodeError) as exc:
-            warnings.warn(f"Ignoring unreadable cache file {path}: {exc}", UserWarning, stacklevel=2)
-            return None
-        if stored.get("key") != _to_builtin(self._key(set_name, metric, settings, fingerprint)):
-            warnings.warn(
-                f"Cache file {path} was written for another model or other data; recomputing it.", UserWarning,
-                stacklevel=2,
-            )
-            return None
-        logger.info("TOFU eval: %s / %s taken from %s", set_name, metric, path)
-        return stored["data"]
-
-    def save(self, set_name: str, metric: str, settings: dict, fingerprint: str, data) -> None:
-        if self.folder is not None:
-            key = self._key(set_name, metric, settings, fingerprint)
-            write_json_atomic(self._path(set_name, metric, settings), {"key": key, "data": data})
-
-
 def load_tofu_eval(path) -> dict:
     """Read a ``tofu_eval.json`` written by :func:`evaluate_tofu` (``path`` may be the folder holding it)."""
     path = Path(path).expanduser()
@@ -786,9 +360,7 @@ def _load_set(name: str, data_dir, max_items: int | None) -> dict:
     if len(counts) > 1 or 0 in counts:
         raise ValueError(f"TOFU set {name}: every row needs the same number (>0) of perturbed answers; got {counts}.")
     rows["base_key"] = base_key
-    rows["fingerprint"] = hashlib.sha256(
-        json.dumps({k: rows[k] for k in sorted(needed)}, sort_keys=True).encode()
-    ).hexdigest()
+    rows["fingerprint"] = data_fingerprint({k: rows[k] for k in sorted(needed)})
     return rows
 
 
@@ -816,7 +388,7 @@ def _likelihoods(model, tokenizer, name: str, rows: dict, batch_size: int, max_l
         offset = 2 * n
     data["perturbed_nll_sum"] = nll[offset:].reshape(n, k)
     data["perturbed_num_tokens"] = ntok[offset:].reshape(n, k)
-    return _to_builtin(data)
+    return to_builtin(data)
 
 
 def _set_result(name: str, rows: dict, likelihood: dict, generated: list[str] | None) -> dict:
@@ -827,7 +399,7 @@ def _set_result(name: str, rows: dict, likelihood: dict, generated: list[str] | 
         p_perturbed = p_perturbed.reshape(len(p_answer), -1)
     if kind == "factual":
         p_base = p_answer
-        probability = _normalized_probability_items(p_answer, p_perturbed)
+        probability = normalized_probability_items(p_answer, p_perturbed)
     else:
         p_base = answer_probability(likelihood["paraphrased_nll_sum"], likelihood["paraphrased_num_tokens"])
         probability = p_answer
@@ -853,13 +425,6 @@ def _set_result(name: str, rows: dict, likelihood: dict, generated: list[str] | 
         },
         "items": items,
     }
-
-
-def _model_name(model) -> str:
-    name = getattr(model, "name_or_path", None)
-    if not name:
-        name = getattr(getattr(model, "config", None), "_name_or_path", None)
-    return str(name or type(model).__name__)
 
 
 def evaluate_tofu(
@@ -934,15 +499,15 @@ def evaluate_tofu(
         reference = reference_obj
     data = {name: _load_set(name, data_dir, max_items) for name in set_names}
 
-    model_name = _model_name(model)
+    name = model_name(model)
     out = None if output_dir is None else Path(output_dir)
-    cache = _MetricCache(out, model_name, _model_fingerprint(model) if out is not None else None)
+    cache = MetricCache(out, CACHE_DIR, name, model_fingerprint(model) if out is not None else None)
     result = {
-        "model": model_name,
+        "model": name,
         "settings": {
             "forget_splits": list(forget_splits),
             "sets": set_names,
-            "data_dir": None if data_dir is None else str(data_dir),
+            "data_dir": portable_path(data_dir),
             "batch_size": batch_size,
             "max_new_tokens": max_new_tokens,
             "max_items": max_items,
@@ -1015,7 +580,7 @@ def evaluate_tofu(
             entry["reference"] = reference_label
         result["forget"][split] = entry
 
-    result = _to_builtin(result)
+    result = to_builtin(result)
     if out is not None:
         write_json_atomic(out / RESULT_FILE, result)
     return result

@@ -1,0 +1,101 @@
+"""Fine-tune a model on TOFU (``full`` or a ``retainXX`` oracle), save it, evaluate it and store the evaluation.
+
+The ``full`` model is what unlearning starts from; a ``retainXX`` model never saw the matching forget set, and its
+stored ``tofu_eval.json`` is the reference of forget quality for that split.
+
+    python recipes/finetune_tofu.py --split full --output_dir runs/full --data_dir ../shared/data/tofu
+    accelerate launch recipes/finetune_tofu.py --split retain90 --output_dir runs/retain90 \
+        --data_dir ../shared/data/tofu --num_train_epochs 5 --learning_rate 1e-5 --bf16
+    python recipes/finetune_tofu.py --config finetune.yaml
+
+Flags: FinetuneArguments below, rklu_llm.eval.arguments.TofuEvalArguments and every transformers.TrainingArguments field.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from rklu_llm import DEFAULT_MODEL, load_model
+from rklu_llm.cli import parse_arguments
+from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
+from rklu_llm.data import FORGET_OF_RETAIN, QACollator, load_tofu, tokenize_qa
+from rklu_llm.models import check_output_dir, lora_config, staged_save
+
+SPLITS = ("full", *FORGET_OF_RETAIN)
+
+
+@dataclass
+class FinetuneArguments:
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Hub id, local dir or embedded:<name>."})
+    split: str = field(default="full", metadata={"help": f"TOFU training split, one of {SPLITS}."})
+    data_dir: str | None = field(default=None, metadata={"help": "Local TOFU folder (default: $RKLU_TOFU_DIR, hub)."})
+    max_length: int = field(default=512, metadata={"help": "Maximum tokens of prompt + answer."})
+    max_train_items: int | None = field(default=None, metadata={"help": "Train on the first N items only."})
+    use_lora: bool = field(default=False, metadata={"help": "Fine-tune a LoRA adapter (merged on save)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
+    eval_forget_splits: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated forget splits to evaluate (default: all three for full, the "
+                  "complement for retainXX)."},
+    )
+
+
+@dataclass
+class FinetuneTrainingArguments(TrainingArguments):
+    """TOFU's own fine-tuning settings as defaults (AdamW, lr 1e-5, 5 epochs, weight decay 0.01, 1 warm-up epoch)."""
+
+    learning_rate: float = field(default=1e-5, metadata={"help": "Peak learning rate."})
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Epochs."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_steps: float = field(default=0.2, metadata={"help": "Warm-up steps, or a ratio of all steps if < 1."})
+    save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch (resumable)."})
+    save_total_limit: int | None = field(default=1, metadata={"help": "Keep only the last checkpoint."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    script, evaluation, training = parse_arguments((FinetuneArguments, TofuEvalArguments, FinetuneTrainingArguments), argv)
+    if script.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {script.split!r}")
+    forget_splits = (
+        script.eval_forget_splits.split(",") if script.eval_forget_splits
+        else ["forget01", "forget05", "forget10"] if script.split == "full" else [FORGET_OF_RETAIN[script.split]]
+    )
+    check_output_dir(training.output_dir, model_path=script.model)
+
+    data = load_tofu(script.split, script.data_dir)  # fails here, before the model, when TOFU is unavailable
+    if script.max_train_items is not None:
+        data = data.select(range(min(script.max_train_items, len(data))))
+    model, tokenizer = load_model(script.model)
+    if script.use_lora:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, lora_config(script.lora_r, script.lora_alpha))
+    train_set = tokenize_qa(data, tokenizer, script.max_length).select_columns(["input_ids", "labels"])
+    trainer = Trainer(
+        model=model, args=training, train_dataset=train_set, processing_class=tokenizer,
+        data_collator=QACollator(tokenizer.pad_token_id),
+    )
+    last = get_last_checkpoint(training.output_dir) if Path(training.output_dir).is_dir() else None
+    train_result = trainer.train(resume_from_checkpoint=last)
+    if script.use_lora:  # save a plain model: merge the adapter into the base weights
+        trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    metrics = {"split": script.split, "train_items": len(train_set), **train_result.metrics}
+    staged_save(trainer, training.output_dir, lambda staging: (staging / "train_metrics.json").write_text(
+        json.dumps(metrics, indent=2)))
+    if evaluation.skip_eval or not trainer.is_world_process_zero():
+        return None
+
+    del trainer, model
+    result = evaluate_saved(training.output_dir, evaluation, forget_splits, script.data_dir)
+    return result
+
+
+if __name__ == "__main__":
+    main()
