@@ -7,9 +7,12 @@ value fails before any model is loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 from transformers import TrainingArguments
+
+from .run_state import check_training_arguments, without_secrets
 
 
 class MethodSpec(NamedTuple):
@@ -40,7 +43,7 @@ DIVERGENCES = ("reverse", "forward")
 
 @dataclass
 class UnlearnConfig(TrainingArguments):
-    """Configuration of an unlearning run (see DESIGN.md section 3 for the math of each method).
+    """Configuration of an unlearning run (the math of each method: its branch in `UnlearnTrainer.compute_loss`).
 
     Defaults follow the RKL-U paper (AdamW, lr 1e-5, weight decay 0.01, linear warm-up over the first epoch then
     linear decay, 5 epochs, teacher alpha 8, 10 augmentation epochs).
@@ -92,8 +95,21 @@ class UnlearnConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "A ready augmented model (full model dir or LoRA adapter dir); skips the augmentation phase. "
-            "Default: build it under <output_dir>/augmented (reused when already complete)."
+            "Default: build one in augmented_dir."
         },
+    )
+    augmented_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Where the augmentation phase saves the augmented model (default: <output_dir>.augmented, beside "
+            "the output folder, never inside it: it holds the forget set's knowledge, amplified, and must not travel "
+            "with the unlearned model). Reused by a resumed run (or by ta with augmented_model_path=...) when its "
+            "recorded fingerprint (base model, forget data, augment_* and LoRA settings) matches."
+        },
+    )
+    keep_augmented: bool = field(
+        default=True,
+        metadata={"help": "Keep the augmented model that this run built after the final save (False: delete it then)."},
     )
     ta_scale: float = field(default=2.5, metadata={"help": "Task arithmetic: theta_o - ta_scale * (theta_a - theta_o)."})
     # --- baselines --------------------------------------------------------------------------------------------
@@ -128,6 +144,23 @@ class UnlearnConfig(TrainingArguments):
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     num_train_epochs: float = field(default=5.0, metadata={"help": "Unlearning epochs."})
     logging_steps: float = field(default=5, metadata={"help": "Log every N steps."})
+    save_strategy: str = field(
+        default="epoch", metadata={"help": "Checkpoint after every epoch, so that a killed run resumes ('no', 'steps')."}
+    )
+    save_total_limit: int | None = field(
+        default=1,
+        metadata={
+            "help": "Checkpoints kept (the newest). A full-weight checkpoint holds the weights, the AdamW moments "
+            "(2x the weights) and small state files: about 3x the model's size (a LoRA checkpoint: the adapter only)."
+        },
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Start over in an output_dir that holds another run (its files are deleted first). Without it, "
+            "such a run is refused, and a run with the same fingerprint resumes from its newest complete checkpoint."
+        },
+    )
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Must stay False: batches are nested forget/retain dicts."}
     )
@@ -149,6 +182,7 @@ class UnlearnConfig(TrainingArguments):
             self.divergence = "forward" if self.method == "fklu" else "reverse"
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"Unknown divergence {self.divergence!r}; choose one of {DIVERGENCES}.")
+        check_training_arguments(self)
         checks = [
             (self.teacher_alpha >= 0, f"teacher_alpha must be >= 0 (got {self.teacher_alpha}); 0 means the teacher "
              "is the original model."),
@@ -160,6 +194,9 @@ class UnlearnConfig(TrainingArguments):
             (self.augment_epochs >= 0, f"augment_epochs must be >= 0 (got {self.augment_epochs})."),
             (self.kl_chunk_size >= 1, f"kl_chunk_size must be >= 1 (got {self.kl_chunk_size})."),
             (self.max_length >= 2, f"max_length must be >= 2 (got {self.max_length})."),
+            (self.augment_learning_rate > 0, f"augment_learning_rate must be > 0 (got {self.augment_learning_rate})."),
+            (self.lora_r >= 1, f"lora_r must be >= 1 (got {self.lora_r})."),
+            (0 <= self.lora_dropout < 1, f"lora_dropout must be in [0, 1) (got {self.lora_dropout})."),
         ]
         for ok, message in checks:
             if not ok:
@@ -179,6 +216,35 @@ class UnlearnConfig(TrainingArguments):
             if self.num_train_epochs > 0 and self.warmup_steps == 0:
                 self.warmup_steps = min(self.warmup_epochs / self.num_train_epochs, 0.999)
         super().__post_init__()
+        self._check_augmented_location()
+
+    def __getstate__(self):
+        """Pickled (``training_args.bin`` in the output and every checkpoint) without ``hub_token`` or any token."""
+        return without_secrets(self.__dict__)
+
+    def _check_augmented_location(self) -> None:
+        from .models import check_output_dir, path_overlap
+
+        if self.augmented_model_path is not None:
+            check_output_dir(self.output_dir, augmented_path=self.augmented_model_path)
+        if self.augmented_dir is not None:
+            out = Path(self.output_dir).expanduser().resolve()
+            if path_overlap(Path(self.augmented_dir).expanduser().resolve(), out) is not None:
+                raise ValueError(
+                    f"augmented_dir {self.augmented_dir!r} overlaps output_dir {self.output_dir!r}: the augmented model "
+                    "holds the forget set's knowledge and must stay apart from the unlearned model's folder."
+                )
+
+    @property
+    def augmented_output_dir(self) -> Path:
+        """Where the augmented model is read from (``augmented_model_path``) or built (``augmented_dir``, default
+        ``<output_dir>.augmented``, a sibling of the output folder)."""
+        if self.augmented_model_path is not None:
+            return Path(self.augmented_model_path)
+        if self.augmented_dir is not None:
+            return Path(self.augmented_dir)
+        out = Path(self.output_dir).expanduser().resolve()
+        return out.with_name(out.name + ".augmented")
 
     @property
     def spec(self) -> MethodSpec:

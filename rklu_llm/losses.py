@@ -7,6 +7,10 @@ Conventions used throughout:
 * Labels are ``-100`` wherever a token must not count (prompt, padding).
 * Every loss is computed in at least float32 (bf16/fp16 logits are upcast, float64 stays float64), and an empty selection gives a
   loss of exactly ``0`` (still attached to the graph, so backward and DDP see every parameter).
+* Normalisation: a loss is a mean over its items (answer tokens, or sequences for npo/dpo). With ``num_items`` it
+  is instead ``sum / num_items``: the trainer passes the item count of the whole accumulated batch (all micro-batches
+  of one optimizer step, all processes), so gradient accumulation and data parallelism give the gradient of one big
+  batch.
 * KL directions are written out in each docstring. ``torch.nn.functional.kl_div(input, target)`` computes
   ``KL(target || exp(input))``; nothing here relies on that argument order.
 """
@@ -99,14 +103,15 @@ def forward_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask:
 
 
 class _ChunkedDistillationKL(torch.autograd.Function):
-    """Forward computes the mean KL chunk by chunk and stores only its gradient w.r.t. the student logits.
+    """Forward computes the summed KL chunk by chunk, divided by ``num_items``, and stores only its gradient w.r.t.
+    the student logits.
 
     Gradients (``p = softmax(z)`` the student, ``q`` the teacher, ``d = log p - log q``):
     reverse ``KL(p || q)``: ``dKL/dz_k = p_k * (d_k - KL)``; forward ``KL(q || p)``: ``dKL/dz_k = p_k - q_k``.
     """
 
     @staticmethod
-    def forward(ctx, student, original, augmented, alpha, reverse, chunk_size):
+    def forward(ctx, student, original, augmented, alpha, reverse, chunk_size, num_items):
         n = student.shape[0]
         grad = torch.empty_like(student)
         total = torch.zeros((), dtype=torch.promote_types(student.dtype, torch.float32), device=student.device)
@@ -129,14 +134,14 @@ class _ChunkedDistillationKL(torch.autograd.Function):
             total += kl.sum()
             grad[start:stop] = chunk_grad.to(grad.dtype)
         ctx.save_for_backward(grad)
-        ctx.n = n
-        return total / n
+        ctx.n = num_items
+        return total / num_items
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
         scale = (grad_output / ctx.n).to(grad.dtype)
-        return grad * scale, None, None, None, None, None
+        return grad * scale, None, None, None, None, None, None
 
 
 def distillation_kl(
@@ -146,6 +151,7 @@ def distillation_kl(
     alpha: float = 0.0,
     direction: str = "reverse",
     chunk_size: int = 1024,
+    num_items: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean token-level KL between the student and a teacher built on the fly, computed in position chunks.
 
@@ -162,6 +168,7 @@ def distillation_kl(
         alpha: teacher subtraction strength (ignored without ``augmented_logits``).
         direction: ``"reverse"`` or ``"forward"``.
         chunk_size: positions per chunk.
+        num_items: divide the summed KL by this instead of ``N`` (the accumulated batch's answer-token count).
 
     Returns:
         Scalar float32, ``0`` for ``N == 0``.
@@ -178,26 +185,37 @@ def distillation_kl(
     if augmented_logits is not None:
         augmented_logits = augmented_logits.detach()
     return _ChunkedDistillationKL.apply(
-        student_logits, original_logits, augmented_logits, float(alpha), direction == "reverse", int(chunk_size)
+        student_logits, original_logits, augmented_logits, float(alpha), direction == "reverse", int(chunk_size),
+        float(student_logits.shape[0] if num_items is None else num_items),
     )
 
 
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _answer_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log p(y_t | y_<t)`` of every answer token, ``(N,)`` float32, and the ``(B, T - 1)`` answer mask.
+
+    Only the ``N`` answer rows of the logits are upcast: never the whole ``(B, T, V)`` tensor (prompt and padding
+    positions make up most of it).
+    """
+    selected, mask = answer_positions(logits, labels)
+    targets = labels[:, 1:][mask]
+    return -F.cross_entropy(_upcast(selected), targets, reduction="none"), mask
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor, num_items: float | torch.Tensor | None = None) -> torch.Tensor:
     """Mean negative log-likelihood of the answer tokens, ``-mean_t log p(y_t | y_<t)``.
 
     Args:
         logits: ``(B, T, V)``; position ``t`` predicts ``labels[:, t + 1]``.
         labels: ``(B, T)``, ``-100`` where a token does not count.
+        num_items: divide the summed NLL by this instead of the number of answer tokens.
 
     Returns:
         Scalar float32, ``0`` when no token counts.
     """
-    targets = labels[:, 1:]
-    if not (targets != IGNORE_INDEX).any():
+    if not (labels[:, 1:] != IGNORE_INDEX).any():
         return _zero_like_graph(logits)
-    return F.cross_entropy(
-        _upcast(logits[:, :-1].flatten(0, 1)), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="mean"
-    )
+    log_probs, _ = _answer_token_log_probs(logits, labels)
+    return -log_probs.sum() / (log_probs.numel() if num_items is None else num_items)
 
 
 def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -210,20 +228,21 @@ def sequence_log_likelihood(logits: torch.Tensor, labels: torch.Tensor) -> torch
     Returns:
         ``(B,)`` float32 (``0`` for a row without answer tokens).
     """
-    targets = labels[:, 1:]
-    nll = F.cross_entropy(
-        _upcast(logits[:, :-1].flatten(0, 1)), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none"
-    )
-    return -nll.view(targets.shape).sum(-1)
+    log_probs, mask = _answer_token_log_probs(logits, labels)
+    rows = mask.nonzero()[:, 0]
+    return torch.zeros(labels.shape[0], dtype=log_probs.dtype, device=log_probs.device).index_add(0, rows, log_probs)
 
 
-def npo_loss(logp_theta: torch.Tensor, logp_ref: torch.Tensor, beta: float) -> torch.Tensor:
+def npo_loss(
+    logp_theta: torch.Tensor, logp_ref: torch.Tensor, beta: float, num_items: float | torch.Tensor | None = None
+) -> torch.Tensor:
     """Negative preference optimisation: ``-(2 / beta) * mean log sigmoid(-beta * (logp_theta - logp_ref))``.
 
     Args:
         logp_theta: ``(B,)`` sequence log-likelihoods of the forget answers under the student.
         logp_ref: ``(B,)`` the same under the frozen reference (original model).
         beta: inverse temperature, ``> 0``.
+        num_items: divide the sum over sequences by this instead of ``B`` (the accumulated batch's sequences).
 
     Returns:
         Scalar float32. At ``logp_theta == logp_ref`` it is ``(2 / beta) * log 2``; it falls towards 0 as the student
@@ -232,7 +251,8 @@ def npo_loss(logp_theta: torch.Tensor, logp_ref: torch.Tensor, beta: float) -> t
     if beta <= 0:
         raise ValueError(f"beta must be > 0, got {beta}")
     log_ratio = _upcast(logp_theta) - _upcast(logp_ref)
-    return -(2.0 / beta) * F.logsigmoid(-beta * log_ratio).mean()
+    terms = F.logsigmoid(-beta * log_ratio)
+    return -(2.0 / beta) * terms.sum() / (terms.numel() if num_items is None else num_items)
 
 
 def dpo_loss(
@@ -241,6 +261,7 @@ def dpo_loss(
     logp_theta_rejected: torch.Tensor,
     logp_ref_rejected: torch.Tensor,
     beta: float,
+    num_items: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Direct preference optimisation, sigmoid form:
     ``-mean log sigmoid(beta * ((logp_theta_w - logp_ref_w) - (logp_theta_l - logp_ref_l)))``.
@@ -256,6 +277,7 @@ def dpo_loss(
         logp_theta_chosen, logp_ref_chosen, logp_theta_rejected, logp_ref_rejected: ``(B,)`` sequence
             log-likelihoods (student / frozen reference, chosen / rejected).
         beta: inverse temperature, ``> 0``.
+        num_items: divide the sum over pairs by this instead of ``B`` (the accumulated batch's pairs).
 
     Returns:
         Scalar float32; ``log 2`` when the student equals the reference.
@@ -265,4 +287,5 @@ def dpo_loss(
     margin = (_upcast(logp_theta_chosen) - _upcast(logp_ref_chosen)) - (
         _upcast(logp_theta_rejected) - _upcast(logp_ref_rejected)
     )
-    return -F.logsigmoid(beta * margin).mean()
+    terms = F.logsigmoid(beta * margin)
+    return -terms.sum() / (terms.numel() if num_items is None else num_items)

@@ -7,6 +7,7 @@ under ``$RKLU_LLM_CACHE`` (default ``~/.cache/rklu_llm``); later loads read the 
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -141,6 +142,12 @@ def load_model(
             ) from exc
         raise
     except OSError as exc:
+        if base is not None:
+            raise ModelLoadError(
+                f"{name_or_path!r} is a LoRA adapter whose base model {base!r} (base_model_name_or_path in its "
+                f"adapter_config.json) could not be loaded ({str(exc).splitlines()[0]}). Restore that base model, or "
+                "point base_model_name_or_path at where it is now."
+            ) from exc
         raise ModelLoadError(
             f"Could not load {name_or_path!r}: not a local model directory and not reachable on the hub "
             f"({str(exc).splitlines()[0]}). Pass a local path, or embedded:smollm2-135m-instruct."
@@ -164,18 +171,98 @@ def model_source_dir(model) -> Path | None:
     return None
 
 
-def check_output_dir(output_dir: str | os.PathLike, model=None, model_path: str | None = None) -> None:
-    """Refuse to write results over the input model."""
+def path_overlap(a: Path, b: Path) -> str | None:
+    """How two resolved paths overlap: "is", "inside" (a in b), "contains" (b in a), or None."""
+    if a == b:
+        return "is"
+    if b in a.parents:
+        return "inside"
+    if a in b.parents:
+        return "contains"
+    return None
+
+
+def check_output_dir(output_dir: str | os.PathLike, model=None, model_path: str | None = None,
+                     augmented_path: str | os.PathLike | None = None) -> None:
+    """Refuse an ``output_dir`` that would write over an input: the input model's folder (or a folder inside it, or
+    one holding it; for a LoRA adapter, its base model's folder too) and a given augmented model's folder.
+
+    Raises:
+        ValueError: the message names the input and the overlap.
+    """
     sources = [model_source_dir(model) if model is not None else None]
     if model_path and Path(model_path).is_dir():
         sources.append(Path(model_path).resolve())
+        base = _adapter_base(model_path)
+        if base and Path(base).is_dir():
+            sources.append(Path(base).resolve())
     target = Path(output_dir).expanduser().resolve()
     for source in sources:
-        if source is not None and source == target:
+        if source is None:
+            continue
+        overlap = path_overlap(target, source)
+        if overlap == "is":
             raise ValueError(
                 f"output_dir {str(output_dir)!r} is the input model's own directory; writing there would overwrite "
                 "the model being unlearned. Choose another output_dir."
             )
+        if overlap is not None:
+            where = "inside the input model's directory" if overlap == "inside" else "a folder holding the input model"
+            raise ValueError(
+                f"output_dir {str(output_dir)!r} is {where} ({source.name!r}); a run's files (and "
+                "--overwrite_output_dir) must never touch the input model. Choose an output_dir outside it."
+            )
+    if augmented_path is not None:
+        overlap = path_overlap(target, Path(augmented_path).expanduser().resolve())
+        if overlap is not None:
+            relation = {"is": "is", "inside": "is inside", "contains": "contains"}[overlap]
+            raise ValueError(
+                f"output_dir {str(output_dir)!r} {relation} augmented_model_path {str(augmented_path)!r}: the run would "
+                "write over the given augmented model. Choose an output_dir apart from it."
+            )
+
+
+def copy_model(model, dtype: torch.dtype | None = None):
+    """A second, independent copy of ``model``'s base weights (PEFT adapters left out), and how it was made.
+
+    Like TRL's reference models: loaded with ``AutoModelForCausalLM.from_pretrained`` from the path the model came from
+    (``config._name_or_path``), which is right under DeepSpeed ZeRO-3 / FSDP where the in-memory weights may already be
+    sharded, and a deep copy only as the fallback for in-memory models. The loaded copy is used only when its weights
+    digest (:func:`rklu_llm.run_state.model_identity`) equals the in-memory model's (a model changed after loading,
+    or a LoRA adapter merged into its base, is deep-copied instead); when the in-memory weights are sharded the path
+    is trusted.
+
+    Returns:
+        ``(copy, "path" | "deepcopy")``.
+
+    Raises:
+        ModelLoadError: the weights are sharded and there is no path to load them from.
+    """
+    from .run_state import is_partitioned, model_identity
+
+    dtype = dtype or next(model.parameters()).dtype
+    source = getattr(getattr(model, "config", None), "_name_or_path", None)
+    sharded = is_partitioned(model)
+    if source:
+        try:
+            loaded = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        except (OSError, ValueError):
+            loaded = None
+        if loaded is not None:
+            if sharded or model_identity(loaded)["weights_sha256"] == model_identity(model)["weights_sha256"]:
+                return loaded, "path"
+            del loaded
+    if sharded:
+        raise ModelLoadError(
+            "The model's weights are sharded (DeepSpeed ZeRO-3) and it was not loaded from a path holding them, so no "
+            "frozen copy can be made. Save the model and load it with from_pretrained before unlearning."
+        )
+    from peft import PeftModel
+
+    duplicate = copy.deepcopy(model)
+    if isinstance(duplicate, PeftModel):
+        duplicate = duplicate.unload()
+    return duplicate, "deepcopy"
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: str = "all-linear"):

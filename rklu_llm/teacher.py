@@ -1,25 +1,33 @@
 """The augmented model (phase 1 of RKL-U, also the input of task arithmetic) and task arithmetic itself.
 
 Phase 1 fine-tunes a copy of the original on the forget set with the ordinary NLL loss, as a full copy or as a LoRA
-adapter on the frozen original, and saves it under ``<output_dir>/augmented``. A marker file written last makes a
-finished augmentation reusable: a resumed run, or task arithmetic after RKL-U, does not repeat it. The teacher logits
+adapter on the frozen original, and saves it in ``config.augmented_output_dir`` (default ``<output_dir>.augmented``,
+beside the unlearned model's folder and never inside it: the augmented model holds the forget set's knowledge,
+amplified, so it must not be pushed or shared with the unlearned model). A marker file written last records its
+fingerprint (:func:`augmented_fingerprint`: base model, forget data, augment_* and LoRA settings); a finished
+augmentation with the same fingerprint is reused (a resumed run, or task arithmetic given
+``augmented_model_path=<that folder>``), one with another fingerprint is refused. The teacher logits
 themselves (``l_o - alpha * relu(l_a - l_o)``) are computed on the fly during distillation, see
 :func:`rklu_llm.losses.logit_subtraction_teacher` and :func:`rklu_llm.losses.distillation_kl`.
 """
 
 from __future__ import annotations
 
-import copy
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import Trainer, TrainingArguments
+from transformers import AutoConfig, TrainingArguments
 
 from .data.qa import QACollator
-from .models import lora_config, publish_dir
+from .models import copy_model, lora_config, publish_dir
+from .paths import portable_path
+from .run_state import GuardedTrainer, RunConflictError, check_finite_weights, differences, training_settings
+
+logger = logging.getLogger(__name__)
 
 AUGMENTED_MARKER = "rklu_augmented.json"
 
@@ -63,6 +71,71 @@ def is_adapter_dir(path: str | Path) -> bool:
     return (Path(path) / "adapter_config.json").is_file()
 
 
+def augmented_fingerprint(config, base_model: dict, forget: dict) -> dict:
+    """What defines an augmented model: the base model's identity (:func:`rklu_llm.run_state.model_identity`), the
+    forget data (``forget_items`` / ``forget_sha256`` of :meth:`ForgetRetainDataset.fingerprint`), the augment_* and
+    LoRA settings and the inherited optimisation settings."""
+    training = training_settings(config)
+    inherited = {k: training[k] for k in training if k in _INHERITED_FIELDS or k == "world_size"}
+    lora = {name: getattr(config, name) for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+    return {
+        "base_model": base_model,
+        "forget": {"items": forget["forget_items"], "sha256": forget["forget_sha256"]},
+        "augment": {"epochs": config.augment_epochs, "max_steps": config.augment_max_steps,
+                    "learning_rate": config.augment_learning_rate, "lora": config.augment_lora,
+                    **(lora if config.augment_lora else {})},
+        "training": inherited,
+    }
+
+
+def read_marker(path: str | Path) -> dict | None:
+    """The marker of an augmented model folder built by :func:`build_augmented_model`, or ``None``."""
+    marker = Path(path) / AUGMENTED_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def check_augmented_model(path: str | Path, model_config, fingerprint: dict | None = None) -> None:
+    """Check a given augmented model against the model being unlearned, before any training.
+
+    A full model must share the architecture (vocabulary, hidden size, layers); a folder built by this toolkit must
+    also record the same base model and forget data as ``fingerprint`` (:func:`augmented_fingerprint`).
+
+    Raises:
+        ValueError: the folder holds no model or adapter, or another model / another forget set made it.
+    """
+    path = Path(path)
+    if not is_augmented_dir(path):
+        raise ValueError(
+            f"augmented_model_path {str(path)!r} holds neither a model (config.json) nor a LoRA adapter "
+            "(adapter_config.json)."
+        )
+    if not is_adapter_dir(path):
+        theirs = AutoConfig.from_pretrained(path)
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers"):
+            a, b = getattr(theirs, name, None), getattr(model_config, name, None)
+            if a != b:
+                raise ValueError(
+                    f"augmented_model_path {str(path)!r} does not fit the model being unlearned: its {name} is {a}, the "
+                    f"model's {b}. It was made from another base model; build it from this one (leave "
+                    "augmented_model_path out)."
+                )
+    recorded = (read_marker(path) or {}).get("fingerprint")
+    if recorded and fingerprint:
+        changed = differences({k: recorded.get(k) for k in ("base_model", "forget")},
+                              {k: fingerprint[k] for k in ("base_model", "forget")})
+        if changed:
+            raise ValueError(
+                f"augmented_model_path {str(path)!r} was made for another run:\n  " + "\n  ".join(changed)
+                + "\nPass the augmented model of this base model and forget set, or leave augmented_model_path out to "
+                "build one."
+            )
+
+
 def augmentation_arguments(config, output_dir: str | Path) -> TrainingArguments:
     """TrainingArguments of phase 1, derived from an :class:`~rklu_llm.UnlearnConfig`."""
     inherited = {name: getattr(config, name) for name in _INHERITED_FIELDS}
@@ -80,7 +153,8 @@ def augmentation_arguments(config, output_dir: str | Path) -> TrainingArguments:
     )
 
 
-def build_augmented_model(model, tokenizer, forget: Dataset, config, output_dir: str | Path) -> Path:
+def build_augmented_model(model, tokenizer, forget: Dataset, config, output_dir: str | Path,
+                          fingerprint: dict | None = None) -> Path:
     """Phase 1: NLL fine-tuning of a copy of ``model`` on the tokenized forget set; returns the saved directory.
 
     Args:
@@ -88,16 +162,33 @@ def build_augmented_model(model, tokenizer, forget: Dataset, config, output_dir:
         tokenizer: saved beside a full augmented model.
         forget: tokenized forget set with ``input_ids`` and ``labels`` columns.
         config: the :class:`~rklu_llm.UnlearnConfig` (augment_* fields, LoRA settings, precision, distribution).
-        output_dir: where the augmented model goes; reused without training when it already holds one.
+        output_dir: where the augmented model goes; a finished one with the same ``fingerprint`` is reused.
+        fingerprint: :func:`augmented_fingerprint` of this run, recorded in the marker (``None``: reuse any finished
+            augmented model in ``output_dir`` unchecked; the caller vouches for it).
+
+    Raises:
+        RunConflictError: ``output_dir`` holds an augmented model with another fingerprint (and
+            ``config.overwrite_output_dir`` is not set; with it, that model is deleted and rebuilt).
+        TrainingDiverged: the fine-tune diverged (nothing is saved).
     """
     output_dir = Path(output_dir)
-    if (output_dir / AUGMENTED_MARKER).is_file():
-        return output_dir
-    from peft import PeftModel, get_peft_model
+    marker = read_marker(output_dir)
+    if marker is not None:
+        changed = [] if fingerprint is None else differences(marker.get("fingerprint") or {}, fingerprint)
+        if not changed:
+            logger.warning("Reusing the augmented model in %s (same fingerprint).", portable_path(output_dir))
+            return output_dir
+        if not config.overwrite_output_dir:
+            raise RunConflictError(
+                f"{portable_path(output_dir)!r} holds an augmented model made for another run:\n  "
+                + "\n  ".join(changed[:20]) + "\nPass --overwrite_output_dir to rebuild it, or choose another "
+                "--augmented_dir / --output_dir."
+            )
+        logger.warning("--overwrite_output_dir: rebuilding the augmented model in %s", portable_path(output_dir))
+        shutil.rmtree(output_dir)
+    from peft import get_peft_model
 
-    augmented = copy.deepcopy(model)
-    if isinstance(augmented, PeftModel):
-        augmented = augmented.unload()
+    augmented, _ = copy_model(model)
     for parameter in augmented.parameters():
         parameter.requires_grad_(True)
     augmented.train()
@@ -106,15 +197,23 @@ def build_augmented_model(model, tokenizer, forget: Dataset, config, output_dir:
             augmented, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
         )
     staging = output_dir.parent / f".{output_dir.name}-staging"
-    trainer = Trainer(
+    trainer = GuardedTrainer(
         model=augmented,
         args=augmentation_arguments(config, staging / "trainer"),
         train_dataset=forget.select_columns(["input_ids", "labels"]),
         data_collator=QACollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
+        divergence_hint=f"the augmentation fine-tune (phase 1): augment_learning_rate={config.augment_learning_rate:g} "
+        "may be too high (try 10x lower)" + ("; fp16 overflows easily (use bf16)" if config.fp16 else ""),
     )
-    result = trainer.train()
-    trainer.save_model(str(staging))
+    try:
+        result = trainer.train()
+        check_finite_weights(trainer.model, str(output_dir))
+        trainer.save_model(str(staging))
+    except BaseException:
+        if trainer.is_world_process_zero():
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     if trainer.is_world_process_zero():
         shutil.rmtree(staging / "trainer", ignore_errors=True)
         (staging / AUGMENTED_MARKER).write_text(
@@ -126,6 +225,7 @@ def build_augmented_model(model, tokenizer, forget: Dataset, config, output_dir:
                     "learning_rate": config.augment_learning_rate,
                     "forget_items": len(forget),
                     "final_train_loss": result.training_loss,
+                    "fingerprint": fingerprint,
                 },
                 indent=2,
             )

@@ -4,32 +4,42 @@ Each method is one branch of :meth:`UnlearnTrainer.compute_loss` plus one functi
 optional retain term is shared by all of them. Frozen models exist only when the method needs them
 (:data:`rklu_llm.config.METHODS`):
 
-* the original ``o`` is a frozen copy of the student's initial weights, or, when the student trains through LoRA,
-  the student itself with its adapters disabled (no second copy);
+* the original ``o`` is a frozen copy of the student's initial weights, loaded from the path the model came from
+  (TRL's way, right when the weights are sharded) or deep-copied for in-memory models
+  (:func:`rklu_llm.models.copy_model`); when the student trains through LoRA it is the student itself with its
+  adapters disabled (no second copy);
 * the augmented model ``a`` (RKL-U, FKL-U, task arithmetic) is built by phase 1 (:mod:`rklu_llm.teacher`) when
-  training starts. As a LoRA adapter it rides on the frozen original (or, with a LoRA student, on the student's own
-  base), so ``o`` and ``a`` share one copy of the base weights.
+  training starts, in ``config.augmented_output_dir`` (outside the output folder). As a LoRA adapter it rides on the
+  frozen original (or, with a LoRA student, on the student's own base), so ``o`` and ``a`` share one copy of the
+  base weights; it is never part of a saved model or checkpoint.
 
 Frozen models are prepared once for DeepSpeed (ZeRO-3 sharded) / FSDP, in eval mode with dropout off.
+
+A run is tied to its output folder (:mod:`rklu_llm.run_state`): ``train()`` takes the folder's lock, checks and writes
+the run record (the fingerprint: base model, data hashes, every setting that changes the result), and resumes only
+the same run, from its newest complete checkpoint. A non-finite loss or gradient norm stops it before the optimizer
+step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import os
+import shutil
 from collections import defaultdict
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, Trainer, TrainerCallback
+from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
 from .config import UnlearnConfig
 from .data.qa import ForgetRetainDataset, UnlearnCollator, epoch_of
 from .hub import write_model_card
 from .losses import (
+    IGNORE_INDEX,
     answer_positions,
     distillation_kl,
     dpo_loss,
@@ -37,10 +47,33 @@ from .losses import (
     sequence_log_likelihood,
     token_nll,
 )
-from .models import check_causal_lm, check_output_dir, lora_config, staged_save
-from .teacher import build_augmented_model, is_adapter_dir, is_augmented_dir, task_arithmetic
+from .models import check_causal_lm, check_output_dir, copy_model, lora_config, staged_save
+from .paths import portable_path
+from .run_state import (
+    DivergenceGuard,
+    begin_run,
+    check_finite_weights,
+    check_run_record,
+    checkpoint_problem,
+    divergence_hint,
+    finish_run,
+    model_identity,
+    stop_if_non_finite,
+    training_settings,
+)
+from .teacher import (
+    augmented_fingerprint,
+    build_augmented_model,
+    check_augmented_model,
+    is_adapter_dir,
+    read_marker,
+    task_arithmetic,
+)
 
 AUGMENTED_ADAPTER = "augmented"
+#: UnlearnConfig fields that do not change the result (left out of the run fingerprint).
+_NOT_IN_FINGERPRINT = {"kl_chunk_size", "augmented_model_path", "augmented_dir", "keep_augmented", "overwrite_output_dir",
+                       "refusal_file"}
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -134,21 +167,26 @@ class UnlearnTrainer(Trainer):
             )
         if spec.needs_refusals and train_dataset.refusal_answer_ids is None:
             raise ValueError(f"{args.method} needs refusal answers: build the dataset with refusals=load_refusals().")
-        if args.augmented_model_path is not None and not is_augmented_dir(args.augmented_model_path):
-            raise ValueError(
-                f"augmented_model_path {args.augmented_model_path!r} holds neither a model (config.json) nor a LoRA "
-                "adapter (adapter_config.json)."
-            )
 
         self.base_model_name = getattr(model.config, "_name_or_path", None) or None
         self.dataset_name = dataset_name
+        #: identity of the model being unlearned (before any LoRA wrapping): part of the run and augmented fingerprints
+        self.base_identity = model_identity(model)
+        if args.augmented_model_path is not None:
+            check_augmented_model(args.augmented_model_path, model.config,
+                                  augmented_fingerprint(args, self.base_identity, train_dataset.fingerprint()))
         self.frozen_dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
         student_is_lora = _is_peft(model) or args.use_lora
         # The frozen original: a copy of the initial weights, unless the student trains through LoRA (its base with
         # the adapter disabled is the original). Never created for methods that do not use it.
         self.ref_model = None
+        #: how the frozen original was made: "path" (loaded from the model's path), "deepcopy", "adapter-disabled"
+        self.reference_source = None
         if args.needs_reference and not student_is_lora:
-            self.ref_model = _freeze(copy.deepcopy(model), self.frozen_dtype)
+            reference, self.reference_source = copy_model(model)
+            self.ref_model = _freeze(reference, self.frozen_dtype)
+        elif args.needs_reference:
+            self.reference_source = "adapter-disabled"
         if args.use_lora and not _is_peft(model):
             from peft import get_peft_model
 
@@ -167,11 +205,45 @@ class UnlearnTrainer(Trainer):
             train_dataset=train_dataset,
             processing_class=processing_class,
             data_collator=data_collator or UnlearnCollator(processing_class.pad_token_id),
-            callbacks=[*(callbacks or []), _PairingEpoch(train_dataset)],
+            callbacks=[*(callbacks or []), _PairingEpoch(train_dataset), DivergenceGuard()],
             **kwargs,
         )
-        # Every loss below is a per-micro-batch mean: let the Trainer divide by the accumulation steps.
+        # Every loss term is divided by its item count over the whole accumulated batch (see compute_loss), so the
+        # Trainer must neither divide by the accumulation steps nor hand the counts to the model.
         self.model_accepts_loss_kwargs = False
+        self.loss_is_scaled_for_ga = True
+        if not args.overwrite_output_dir:
+            check_run_record(args.output_dir, self.run_fingerprint())  # refuse another run's folder before any work
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The run's identity
+    # ------------------------------------------------------------------------------------------------------------
+    def augmented_fingerprint(self) -> dict:
+        """What defines the augmented model this run builds (see :func:`rklu_llm.teacher.augmented_fingerprint`)."""
+        return augmented_fingerprint(self.args, self.base_identity, self.train_dataset.fingerprint())
+
+    def run_fingerprint(self) -> dict:
+        """Everything that defines this run's result, as recorded in ``<output_dir>/_rklu_run.json``.
+
+        ``base_model`` (:func:`rklu_llm.run_state.model_identity`), ``data`` (:meth:`ForgetRetainDataset.fingerprint`),
+        ``method`` (every UnlearnConfig field of its own that changes the result), ``training`` (the TrainingArguments
+        that do, :func:`rklu_llm.run_state.training_settings`) and, for methods that use it, ``augmented`` (the
+        fingerprint of the augmented model it builds, or the given one's path and recorded fingerprint).
+        """
+        args = self.args
+        inherited = {spec.name for spec in fields(TrainingArguments)}
+        method = {spec.name: getattr(args, spec.name) for spec in fields(args)
+                  if spec.init and spec.name not in inherited and spec.name not in _NOT_IN_FINGERPRINT}
+        fingerprint = {"base_model": self.base_identity, "data": self.train_dataset.fingerprint(), "method": method,
+                       "training": training_settings(args)}
+        if args.spec.needs_augmented:
+            if args.augmented_model_path is None:
+                fingerprint["augmented"] = self.augmented_fingerprint()
+            else:
+                fingerprint["augmented"] = {"path": portable_path(args.augmented_model_path),
+                                            "fingerprint": (read_marker(args.augmented_model_path) or {}).get(
+                                                "fingerprint")}
+        return fingerprint
 
     # ------------------------------------------------------------------------------------------------------------
     # Frozen models
@@ -193,12 +265,13 @@ class UnlearnTrainer(Trainer):
         return Dataset.from_dict({"input_ids": forget["input_ids"], "labels": forget["labels"]})
 
     def augmented_model_dir(self) -> Path:
-        """The augmented model's directory, building it (phase 1) when it does not exist yet."""
+        """The augmented model's directory, building it (phase 1) when it does not exist yet (a finished one with
+        this run's fingerprint is reused)."""
         if self.args.augmented_model_path is not None:
             return Path(self.args.augmented_model_path)
         original = self.accelerator.unwrap_model(self.model)
-        target = Path(self.args.output_dir) / "augmented"
-        return build_augmented_model(original, self.processing_class, self.forget_qa_dataset(), self.args, target)
+        return build_augmented_model(original, self.processing_class, self.forget_qa_dataset(), self.args,
+                                     self.args.augmented_output_dir, self.augmented_fingerprint())
 
     def _load_augmented(self) -> None:
         from peft import PeftModel
@@ -264,30 +337,96 @@ class UnlearnTrainer(Trainer):
     def _logits(model, batch: dict) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """The micro-batches of one optimizer step, and as ``num_items_in_batch`` their item counts per group.
+
+        The Trainer counts ``labels`` of a flat batch; ours are nested (``forget`` / ``retain`` / ``refusal``) with a
+        different number of answer tokens each, so every group is counted here, over all micro-batches of the step
+        and (``average_tokens_across_devices``) all processes. See :meth:`count_items`.
+        """
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        return batch_samples, self.count_items(batch_samples)
+
+    def count_items(self, batch_samples: list[dict]) -> dict[str, dict[str, torch.Tensor]] | None:
+        """``{group: {"tokens": n, "sequences": m}}``: answer tokens (targets after the shift) and sequences of each
+        group over ``batch_samples``, summed over processes and divided by their number.
+
+        Dividing a loss summed over this process's items by that share, then letting DDP average the gradients over
+        the processes, gives the gradient of the mean over the whole global batch.
+        """
+        if not batch_samples:
+            return None
+        groups = list(batch_samples[0])
+        counts = torch.stack([
+            torch.stack([
+                sum((b[g]["labels"][:, 1:] != IGNORE_INDEX).sum() for b in batch_samples),
+                torch.tensor(sum(b[g]["labels"].shape[0] for b in batch_samples), device=batch_samples[0][g][
+                    "labels"].device),
+            ]) for g in groups
+        ]).float()
+        processes = 1
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
+            processes = self.accelerator.num_processes
+        share = counts / processes
+        return {g: {"tokens": share[i, 0], "sequences": share[i, 1]} for i, g in enumerate(groups)}
+
+    @staticmethod
+    def _count(batch: dict, kind: str) -> torch.Tensor:
+        """Answer tokens (``kind="tokens"``) or sequences of one micro-batch group."""
+        labels = batch["labels"]
+        if kind == "tokens":
+            return (labels[:, 1:] != IGNORE_INDEX).sum()
+        return torch.tensor(labels.shape[0], device=labels.device)
+
+    def _normaliser(self, counts, group: str, kind: str, batch: dict):
+        """The divisor of a summed loss term: the accumulated count from :meth:`count_items`, or this micro-batch's
+        own count when none is given (a direct ``compute_loss`` call: plain means)."""
+        if isinstance(counts, dict) and group in counts:
+            return counts[group][kind]
+        return self._count(batch, kind)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         """``L = forget_weight * L_forget + retain_weight * L_retain`` on one micro-batch.
 
-        ``num_items_in_batch`` is accepted for the Trainer API but not used: every term is a mean over this
-        micro-batch (answer tokens, or sequences for npo/dpo) and the Trainer divides by the accumulation steps.
+        Each term is a sum over its items divided by the number of those items in the whole accumulated batch
+        (``num_items_in_batch``, from :meth:`get_batch_samples`), so ``per_device_train_batch_size 8`` and
+        ``4 x gradient_accumulation_steps 2`` give the same gradient. What each term counts:
+
+        ============================  ======================================================
+        rklu, fklu, ga, gd            forget answer tokens
+        idk                           refusal answer tokens (the forget question, a refusal)
+        npo, dpo                      forget sequences (sequence-level losses: per-sequence mean)
+        retain term (rt, kl)          retain answer tokens
+        ============================  ======================================================
+
+        Called directly (``num_items_in_batch=None``) every term is a mean over this micro-batch. A non-finite loss
+        stops the run here, before backward (:class:`rklu_llm.run_state.TrainingDiverged`).
         """
         args = self.args
+        counts = num_items_in_batch
         forget = inputs["forget"]
         labels = forget["labels"]
+        forget_tokens = self._normaliser(counts, "forget", "tokens", forget)
+        forget_sequences = self._normaliser(counts, "forget", "sequences", forget)
         if args.method in ("rklu", "fklu"):
             logits = self._logits(model, forget)
             student, mask = answer_positions(logits, labels)
             original = self.frozen_logits("original", model, forget)[:, :-1][mask]
             augmented = self.frozen_logits("augmented", model, forget)[:, :-1][mask]
             forget_loss = distillation_kl(
-                student, original, augmented, args.teacher_alpha, args.divergence, args.kl_chunk_size
+                student, original, augmented, args.teacher_alpha, args.divergence, args.kl_chunk_size, forget_tokens
             )
+            forget_norm = forget_tokens
         elif args.method in ("ga", "gd"):
             logits = self._logits(model, forget)
-            forget_loss = -token_nll(logits, labels)
+            forget_loss = -token_nll(logits, labels, forget_tokens)
+            forget_norm = forget_tokens
         elif args.method == "npo":
             logits = self._logits(model, forget)
             logp_ref = sequence_log_likelihood(self.frozen_logits("original", model, forget), labels)
-            forget_loss = npo_loss(sequence_log_likelihood(logits, labels), logp_ref, args.npo_beta)
+            forget_loss = npo_loss(sequence_log_likelihood(logits, labels), logp_ref, args.npo_beta, forget_sequences)
+            forget_norm = forget_sequences
         elif args.method == "dpo":
             refusal = inputs["refusal"]
             logits = self._logits(model, forget)
@@ -297,39 +436,53 @@ class UnlearnTrainer(Trainer):
                 sequence_log_likelihood(logits, labels),
                 sequence_log_likelihood(self.frozen_logits("original", model, forget), labels),
                 args.dpo_beta,
+                forget_sequences,
             )
+            forget_norm = forget_sequences
         elif args.method == "idk":
             refusal = inputs["refusal"]
-            forget_loss = token_nll(self._logits(model, refusal), refusal["labels"])
+            forget_norm = self._normaliser(counts, "refusal", "tokens", refusal)
+            forget_loss = token_nll(self._logits(model, refusal), refusal["labels"], forget_norm)
             logits = None
         else:
             raise ValueError(f"{args.method} has no training step (it is a weight edit: call train()).")
         loss = args.forget_weight * forget_loss
-        self._record("forget/loss", forget_loss)
-        if logits is not None:
-            self._record("forget/nll", token_nll(logits.detach(), labels))
+        parts = {"forget term": forget_loss}
+        forget_group = inputs["refusal"] if args.method == "idk" else forget
+        forget_kind = "sequences" if args.method in ("npo", "dpo") else "tokens"
+        self._record("forget/loss", forget_loss * forget_norm, self._count(forget_group, forget_kind))
+        if logits is not None:  # summed NLL (num_items=1) over this micro-batch's answer tokens
+            self._record("forget/nll", token_nll(logits.detach(), labels, 1.0), self._count(forget, "tokens"))
 
         if args.retain_mode != "none":
             retain = inputs["retain"]
+            retain_tokens = self._normaliser(counts, "retain", "tokens", retain)
             retain_logits = self._logits(model, retain)
             if args.retain_mode == "rt":
-                retain_loss = token_nll(retain_logits, retain["labels"])
+                retain_loss = token_nll(retain_logits, retain["labels"], retain_tokens)
             else:  # "kl": forward KL(p_original || p_student) on the retain answers
                 student, mask = answer_positions(retain_logits, retain["labels"])
                 original = self.frozen_logits("original", model, retain)[:, :-1][mask]
-                retain_loss = distillation_kl(student, original, direction="forward", chunk_size=args.kl_chunk_size)
-                self._record("retain/nll", token_nll(retain_logits.detach(), retain["labels"]))
+                retain_loss = distillation_kl(student, original, direction="forward", chunk_size=args.kl_chunk_size,
+                                              num_items=retain_tokens)
+                self._record("retain/nll", token_nll(retain_logits.detach(), retain["labels"], 1.0),
+                             self._count(retain, "tokens"))
             loss = loss + args.retain_weight * retain_loss
-            self._record("retain/loss", retain_loss)
+            parts["retain term"] = retain_loss
+            self._record("retain/loss", retain_loss * retain_tokens, self._count(retain, "tokens"))
+        stop_if_non_finite(loss, self.state.global_step + 1, divergence_hint(args), parts)
         return (loss, None) if return_outputs else loss
 
-    def _record(self, name: str, value: torch.Tensor) -> None:
-        self._metrics[name].append(value.detach().float())
+    def _record(self, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
+        """Accumulate a logged metric as (sum over this micro-batch's items, their number); logged as sum / number
+        over the logging window and all processes."""
+        self._metrics[name].append(torch.stack([total.detach().float().reshape(()), count.float().to(total.device)]))
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._metrics and "loss" in logs:
             for name, values in self._metrics.items():
-                logs[name] = self.accelerator.gather(torch.stack(values).mean()).mean().item()
+                total, count = self.accelerator.gather(torch.stack(values).sum(0).unsqueeze(0)).sum(0).tolist()
+                logs[name] = total / count if count else 0.0
             self._metrics.clear()
         super().log(logs, start_time)
 
@@ -337,7 +490,25 @@ class UnlearnTrainer(Trainer):
     # Training entry point, task arithmetic, saving
     # ------------------------------------------------------------------------------------------------------------
     def train(self, resume_from_checkpoint=None, trial=None, ignore_keys_for_eval=None, **kwargs):
-        """Phase 1 (when needed), then the unlearning loop; for ``ta``, the weight edit instead of a loop."""
+        """Phase 1 (when needed), then the unlearning loop; for ``ta``, the weight edit instead of a loop.
+
+        First the run is tied to ``output_dir`` (:func:`rklu_llm.run_state.begin_run`): its lock is taken, the run
+        record checked against :meth:`run_fingerprint` (another run's folder is refused; ``overwrite_output_dir``
+        clears it first) and written.
+
+        Args:
+            resume_from_checkpoint: ``True``: continue from the newest *complete* checkpoint of ``output_dir`` (a
+                fresh start when there is none; newer incomplete ones are skipped and deleted, with a message);
+                a path: that checkpoint (refused when incomplete); ``None``: from the start.
+        """
+        checkpoint = begin_run(self.args, "unlearn", self.run_fingerprint(), resume=resume_from_checkpoint is True)
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = checkpoint
+        elif resume_from_checkpoint:
+            problem = checkpoint_problem(resume_from_checkpoint)
+            if problem is not None:
+                raise ValueError(f"Cannot resume from {portable_path(resume_from_checkpoint)!r}: {problem}. Pass "
+                                 "resume_from_checkpoint=True to use the newest complete checkpoint.")
         if not self.args.spec.trains:
             return self._task_arithmetic()
         self.setup_frozen_models()
@@ -359,7 +530,7 @@ class UnlearnTrainer(Trainer):
         path = self.augmented_model_dir()
         original = self.accelerator.unwrap_model(self.model)
         if is_adapter_dir(path):
-            augmented = PeftModel.from_pretrained(copy.deepcopy(original), path).merge_and_unload()
+            augmented = PeftModel.from_pretrained(copy_model(original)[0], path).merge_and_unload()
         else:
             augmented = AutoModelForCausalLM.from_pretrained(path, dtype=next(original.parameters()).dtype)
         norm = task_arithmetic(original, augmented, self.args.ta_scale)
@@ -368,16 +539,41 @@ class UnlearnTrainer(Trainer):
         self.log(metrics)
         return TrainOutput(global_step=0, training_loss=0.0, metrics=metrics)
 
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        """Save weights, tokenizer and a model card. A user-level save is staged and then moved into place, so an
-        interrupted save never leaves a half-written model in ``output_dir``."""
-        output_dir = output_dir or self.args.output_dir
-        if _internal_call:  # checkpoints: the Trainer's own layout
-            super().save_model(output_dir, _internal_call=True)
-            if self.is_world_process_zero():
-                self._write_card(output_dir)
+    @contextlib.contextmanager
+    def _student_adapter_only(self):
+        """Hide the augmented adapter riding on a LoRA student from PEFT's ``save_pretrained`` (which would write it
+        into an ``augmented/`` sub-folder of the saved model and of every checkpoint): saves hold the student only."""
+        if self.augmented_on != "student":
+            yield
             return
-        staged_save(self, output_dir, self._write_card)
+        student = self.accelerator.unwrap_model(self.model)
+        hidden = student.peft_config.pop(AUGMENTED_ADAPTER)
+        try:
+            yield
+        finally:
+            student.peft_config[AUGMENTED_ADAPTER] = hidden
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Save weights, tokenizer and a model card (never the augmented model).
+
+        A user-level save refuses non-finite weights, is staged and then moved into place (an interrupted save never
+        leaves a half-written model in ``output_dir``), marks the run record ``finished`` and releases the folder's
+        lock; with ``keep_augmented=False`` it then deletes the augmented model this run built.
+        """
+        output_dir = output_dir or self.args.output_dir
+        with self._student_adapter_only():
+            if _internal_call:  # checkpoints: the Trainer's own layout
+                super().save_model(output_dir, _internal_call=True)
+                if self.is_world_process_zero():
+                    self._write_card(output_dir)
+                return
+            check_finite_weights(self.accelerator.unwrap_model(self.model), output_dir)
+            staged_save(self, output_dir, self._write_card)
+        if Path(output_dir).resolve() == Path(self.args.output_dir).resolve():
+            finish_run(self.args, self.state.global_step)
+            built = self.args.augmented_model_path is None and self.args.spec.needs_augmented
+            if built and not self.args.keep_augmented and self.is_world_process_zero():
+                shutil.rmtree(self.args.augmented_output_dir, ignore_errors=True)
         if self.args.push_to_hub:
             self.push_to_hub(commit_message="Unlearned model", revision=self.args.hub_revision)
 

@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM, LlamaModel
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_refusals, load_tofu
 from rklu_llm.data.qa import UnlearnCollator
 from rklu_llm.models import ModelLoadError
+from rklu_llm.teacher import task_arithmetic
 
 TRAINING_METHODS = [m for m, spec in METHODS.items() if spec.trains]
 CASES = [(m, r) for m in TRAINING_METHODS for r in ("none", "rt", "kl") if not (m == "gd" and r != "rt")]
@@ -28,7 +29,7 @@ def make_config(tmp_path, method, retain_mode="none", **overrides):
     values = dict(
         output_dir=str(tmp_path / "out"), method=method, retain_mode=retain_mode, per_device_train_batch_size=4,
         max_steps=4, augment_epochs=1, augment_max_steps=2, augment_learning_rate=1e-3, learning_rate=1e-3,
-        save_strategy="steps", save_steps=2, logging_steps=1, use_cpu=True, report_to="none", seed=0, max_length=256,
+        save_strategy="steps", save_steps=2, save_total_limit=None, logging_steps=1, use_cpu=True, report_to="none", seed=0, max_length=256,
         disable_tqdm=True,
     )
     values.update(overrides)
@@ -88,7 +89,7 @@ def test_every_method_trains_and_resumes(tmp_path, tiny_tokenizer, qa, method, r
         torch.testing.assert_close(got, reference_logits(tiny_tokenizer, batch), rtol=1e-4, atol=1e-4)
     if METHODS[method].needs_augmented:
         got = trainer.frozen_logits("augmented", trainer.model, batch)
-        want = reference_logits(tiny_tokenizer, batch, tmp_path / "out" / "augmented")
+        want = reference_logits(tiny_tokenizer, batch, tmp_path / "out.augmented")
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
     # Resuming from the step-2 checkpoint reproduces the uninterrupted run.
@@ -157,7 +158,7 @@ def test_task_arithmetic_moves_away_from_the_augmented_model(tmp_path, tiny_toke
     trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "ta", ta_scale=2.0)
     original = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
-    augmented = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "augmented")
+    augmented = AutoModelForCausalLM.from_pretrained(tmp_path / "out.augmented")
     for name, theta_a in augmented.named_parameters():
         expected = original[name] - 2.0 * (theta_a - original[name])
         torch.testing.assert_close(dict(trainer.model.named_parameters())[name], expected, rtol=1e-5, atol=1e-6)
@@ -250,11 +251,13 @@ def test_output_dir_equal_to_model_dir(tiny_model_dir, tiny_tokenizer, qa):
 
 
 def test_task_arithmetic_rejects_other_architecture(tmp_path, tiny_tokenizer, qa):
+    """Another architecture is refused when the trainer is built (before any work), and by task_arithmetic itself."""
     other = build_tiny_model(tiny_tokenizer, hidden=32)
     other.save_pretrained(tmp_path / "other")
-    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "ta", augmented_model_path=str(tmp_path / "other"))
+    with pytest.raises(ValueError, match="hidden_size is 32, the model's 64"):
+        make_trainer(tmp_path, tiny_tokenizer, qa, "ta", augmented_model_path=str(tmp_path / "other"))
     with pytest.raises(ValueError, match="same architecture"):
-        trainer.train()
+        task_arithmetic(build_tiny_model(tiny_tokenizer), other, 2.5)
 
 
 def test_augmented_model_path_must_hold_a_model(tmp_path, tiny_tokenizer, qa):
@@ -263,13 +266,17 @@ def test_augmented_model_path_must_hold_a_model(tmp_path, tiny_tokenizer, qa):
         make_trainer(tmp_path, tiny_tokenizer, qa, "rklu", augmented_model_path=str(tmp_path / "empty"))
 
 
-def test_saving_a_lora_student_keeps_the_augmented_model_reusable(tmp_path, tiny_tokenizer, qa):
-    """The student's PEFT save writes its second adapter to <output_dir>/augmented, where phase 1 keeps the augmented
-    model: the save must merge into that folder, not replace it (its marker makes a resumed run skip phase 1)."""
-    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "rklu", use_lora=True, augment_lora=True, max_steps=1,
-                           save_strategy="no")
+def test_saving_a_lora_student_leaves_the_augmented_adapter_out(tmp_path, tiny_tokenizer, qa):
+    """With a LoRA student the augmented adapter rides on the student; PEFT would save it into <output_dir>/augmented
+    (and into every checkpoint). Saves hold the student only; the augmented model stays beside the output folder,
+    reusable (its marker), and still loaded after the save."""
+    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "rklu", use_lora=True, augment_lora=True, max_steps=2,
+                           save_steps=1)
     trainer.train()
     trainer.save_model()
     out = tmp_path / "out"
-    assert (out / "augmented" / "rklu_augmented.json").is_file()
+    assert (tmp_path / "out.augmented" / "rklu_augmented.json").is_file()
     assert (out / "adapter_config.json").is_file() and (out / "README.md").is_file()
+    leaked = [p for p in out.rglob("*") if "augmented" in p.name or "augmented" in p.parent.name]
+    assert not leaked, leaked
+    assert "augmented" in trainer.accelerator.unwrap_model(trainer.model).peft_config

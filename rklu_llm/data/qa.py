@@ -58,6 +58,25 @@ def join_prompt_answer(prompt_ids: list[int], answer_ids: list[int], max_length:
     return {"input_ids": prompt_ids + answer_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids}
 
 
+def check_qa(dataset: Dataset, name: str = "QA dataset", question_key: str = "question",
+             answer_key: str = "answer") -> None:
+    """Fail with the row number on a row whose question or answer is missing, not a string, or empty.
+
+    Cheap (two columns read, no tokenizer), so the recipes call it before loading a model.
+
+    Raises:
+        ValueError: the columns are missing, or a row is bad (``row i`` counts from 1, as the lines of a JSONL file).
+    """
+    missing = {question_key, answer_key} - set(dataset.column_names)
+    if missing:
+        raise ValueError(f"{name} lacks column(s) {sorted(missing)}; it has {dataset.column_names}.")
+    for key in (question_key, answer_key):
+        for index, value in enumerate(dataset[key]):
+            if not isinstance(value, str) or not value.strip():
+                problem = "is null" if value is None else f"is {value!r}, not a non-empty string"
+                raise ValueError(f"{name}, row {index + 1}: the {key!r} field {problem}. Fix or remove that row.")
+
+
 def tokenize_qa(
     dataset: Dataset,
     tokenizer,
@@ -68,11 +87,10 @@ def tokenize_qa(
     """Add ``prompt_ids``, ``input_ids`` and ``labels`` to every row of a QA dataset (other columns are dropped).
 
     Raises:
+        ValueError: a column is missing, or a row's question/answer is null or empty (see :func:`check_qa`).
         AnswerTruncatedError: a row would keep no answer token (the message gives its index).
     """
-    missing = {question_key, answer_key} - set(dataset.column_names)
-    if missing:
-        raise ValueError(f"QA dataset lacks column(s) {sorted(missing)}; it has {dataset.column_names}.")
+    check_qa(dataset, "QA dataset", question_key, answer_key)
 
     def encode(row, index):
         prompt = encode_prompt(tokenizer, row[question_key])
@@ -127,7 +145,35 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
         self.refusal_answer_ids = refusal_answer_ids
         self.max_length = max_length
         self.seed = seed
+        self._fingerprint = None
         self.set_epoch(0)
+
+    def fingerprint(self) -> dict:
+        """What identifies the training data: item counts and SHA-256 digests of the tokenized examples.
+
+        ``{"forget_items", "forget_sha256", "retain_items", "retain_sha256", "refusals", "refusals_sha256",
+        "pairing_seed"}`` (retain / refusal entries ``None`` when absent). The digests cover the token ids and labels
+        (so the tokenizer, the prompt template and ``max_length`` are part of them), never the text itself: the
+        model card and the run record show them without revealing the forget set.
+        """
+        if self._fingerprint is None:
+            from ..eval.io import data_fingerprint
+
+            def digest(examples):
+                return None if examples is None else data_fingerprint(
+                    {"input_ids": examples["input_ids"], "labels": examples["labels"]})
+
+            self._fingerprint = {
+                "forget_items": len(self),
+                "forget_sha256": digest(self.forget),
+                "retain_items": None if self.retain is None else len(self.retain["input_ids"]),
+                "retain_sha256": digest(self.retain),
+                "refusals": None if self.refusal_answer_ids is None else len(self.refusal_answer_ids),
+                "refusals_sha256": None if self.refusal_answer_ids is None else data_fingerprint(
+                    self.refusal_answer_ids),
+                "pairing_seed": self.seed,
+            }
+        return self._fingerprint
 
     def set_epoch(self, epoch: int) -> None:
         """Re-draw the retain and refusal partners for ``epoch``."""

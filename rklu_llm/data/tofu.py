@@ -71,7 +71,7 @@ def load_tofu(config: str, data_dir: str | os.PathLike | None = None) -> Dataset
         for suffix in (".jsonl", ".json"):
             path = local / f"{config}{suffix}"
             if path.is_file():
-                return load_dataset("json", data_files=str(path), split="train")
+                return _load_local(path, config)
         raise DataUnavailableError(
             f"TOFU config {config!r}: neither {config}.jsonl nor {config}.json is in {str(local)!r}. "
             f"Point data_dir / ${TOFU_DIR_ENV} at a folder with the TOFU files, or unset it to use the hub "
@@ -85,6 +85,22 @@ def load_tofu(config: str, data_dir: str | os.PathLike | None = None) -> Dataset
             f"{type(exc).__name__}: {str(exc)[:200]}. Either pass data_dir=<folder with {config}.jsonl> "
             f"(or set ${TOFU_DIR_ENV}), or make the Hugging Face hub reachable (unset HF_DATASETS_OFFLINE)."
         ) from exc
+
+
+def _load_local(path: Path, config: str) -> Dataset:
+    """One local TOFU file; an empty or unparsable file is an error that names it."""
+    if path.stat().st_size == 0 or not path.read_text(encoding="utf-8", errors="replace").strip():
+        raise DataUnavailableError(f"TOFU config {config!r}: {str(path)!r} is empty (expected one JSON object per line).")
+    try:
+        dataset = load_dataset("json", data_files=str(path), split="train")
+    except Exception as exc:  # datasets wraps JSON errors in several exception types
+        raise DataUnavailableError(
+            f"TOFU config {config!r}: {str(path)!r} could not be parsed as JSON Lines ({type(exc).__name__}: "
+            f"{str(exc)[:200]})."
+        ) from exc
+    if len(dataset) == 0:
+        raise DataUnavailableError(f"TOFU config {config!r}: {str(path)!r} holds no rows.")
+    return dataset
 
 
 def tofu_available(data_dir: str | os.PathLike | None = None, config: str = "forget01") -> bool:
