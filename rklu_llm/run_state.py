@@ -66,6 +66,16 @@ class TrainingDiverged(RuntimeError):
     """A loss or gradient norm became non-finite; the run stopped before using it."""
 
 
+def console_logging() -> None:
+    """Show this package's INFO messages (phases, resumed checkpoint, lock take-over) on stderr, for the scripts."""
+    package = logging.getLogger("rklu_llm")
+    if not package.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[rklu_llm] %(message)s"))
+        package.addHandler(handler)
+        package.setLevel(logging.INFO)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Arguments: validation and secrets
 # ----------------------------------------------------------------------------------------------------------------

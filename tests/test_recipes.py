@@ -73,7 +73,8 @@ def test_accelerate_launch_two_processes(tmp_path, tiny_model_dir, tofu_dir, ret
     result = json.loads((out / "tofu_eval.json").read_text())
     assert 0 <= result["forget"]["forget10"]["forget_quality"] <= 1
     assert 0 <= result["model_utility"] <= 1
-    assert (out / "augmented" / "rklu_augmented.json").is_file()
+    assert (tmp_path / "rklu_ddp.augmented" / "rklu_augmented.json").is_file()  # beside the output, never inside
+    assert not (out / "augmented").exists()
 
 
 def test_recipe_refuses_to_overwrite_its_input_model(tiny_model_dir, tofu_dir):

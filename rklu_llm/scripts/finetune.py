@@ -9,22 +9,40 @@ stored ``tofu_eval.json`` is the reference of forget quality for that split.
     python recipes/finetune_tofu.py --config finetune.yaml
 
 Flags: FinetuneArguments below, rklu_llm.eval.arguments.TofuEvalArguments and every transformers.TrainingArguments field.
+
+As in ``rklu_llm.scripts.unlearn``: every input is checked before a model is loaded, the output folder is locked and
+holds one run (a rerun resumes it from its newest complete checkpoint; ``--overwrite_output_dir`` starts over), and a
+non-finite loss or gradient norm stops the run before anything is saved.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from transformers import Trainer, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers import TrainingArguments
 
 from rklu_llm import DEFAULT_MODEL, load_model
 from rklu_llm.cli import parse_arguments
+from rklu_llm.data import FORGET_OF_RETAIN, QACollator, check_qa, load_tofu, tokenize_qa
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
-from rklu_llm.data import FORGET_OF_RETAIN, QACollator, load_tofu, tokenize_qa
+from rklu_llm.eval.io import data_fingerprint
 from rklu_llm.models import check_output_dir, lora_config, staged_save
+from rklu_llm.run_state import (
+    GuardedTrainer,
+    begin_run,
+    check_finite_weights,
+    check_training_arguments,
+    console_logging,
+    finish_run,
+    model_identity,
+    run_lock,
+    training_settings,
+    without_secrets,
+)
+
+logger = logging.getLogger(__name__)
 
 SPLITS = ("full", *FORGET_OF_RETAIN)
 
@@ -55,46 +73,90 @@ class FinetuneTrainingArguments(TrainingArguments):
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
     warmup_steps: float = field(default=0.2, metadata={"help": "Warm-up steps, or a ratio of all steps if < 1."})
     save_strategy: str = field(default="epoch", metadata={"help": "Checkpoint every epoch (resumable)."})
-    save_total_limit: int | None = field(default=1, metadata={"help": "Keep only the last checkpoint."})
+    save_total_limit: int | None = field(
+        default=1,
+        metadata={"help": "Keep only the last checkpoint (weights + AdamW moments: about 3x the model's size)."},
+    )
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start over in an output_dir that holds another run (its files are deleted first)."},
+    )
+
+    def __post_init__(self):
+        check_training_arguments(self)
+        super().__post_init__()
+
+    def __getstate__(self):
+        """Pickled (``training_args.bin``) without ``hub_token`` or any token."""
+        return without_secrets(self.__dict__)
+
+
+def forget_splits_of(script: FinetuneArguments) -> list[str]:
+    """The forget splits to evaluate: ``--eval_forget_splits``, else all three for ``full``, else the complement."""
+    if script.eval_forget_splits:
+        return [split.strip() for split in script.eval_forget_splits.split(",") if split.strip()]
+    return ["forget01", "forget05", "forget10"] if script.split == "full" else [FORGET_OF_RETAIN[script.split]]
+
+
+def validate(script: FinetuneArguments, evaluation: TofuEvalArguments, training: FinetuneTrainingArguments) -> None:
+    """Every check that needs no model, run before one is loaded (each raises with what to do)."""
+    if script.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {script.split!r}")
+    for name, least in (("max_train_items", 1), ("max_length", 2), ("lora_r", 1)):
+        value = getattr(script, name)
+        if value is not None and value < least:
+            raise ValueError(f"{name} must be >= {least} (got {value}).")
+    if not forget_splits_of(script):
+        raise ValueError("--eval_forget_splits names no split.")
+    check_output_dir(training.output_dir, model_path=script.model)
+    evaluation.check_inputs(forget_splits_of(script), script.data_dir)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     script, evaluation, training = parse_arguments((FinetuneArguments, TofuEvalArguments, FinetuneTrainingArguments), argv)
-    if script.split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {script.split!r}")
-    forget_splits = (
-        script.eval_forget_splits.split(",") if script.eval_forget_splits
-        else ["forget01", "forget05", "forget10"] if script.split == "full" else [FORGET_OF_RETAIN[script.split]]
-    )
-    check_output_dir(training.output_dir, model_path=script.model)
-
+    console_logging()
+    validate(script, evaluation, training)
     data = load_tofu(script.split, script.data_dir)  # fails here, before the model, when TOFU is unavailable
     if script.max_train_items is not None:
         data = data.select(range(min(script.max_train_items, len(data))))
-    model, tokenizer = load_model(script.model)
-    if script.use_lora:
-        from peft import get_peft_model
+    check_qa(data, f"TOFU {script.split}")
+    logger.info("inputs checked; loading %s", script.model)
 
-        model = get_peft_model(model, lora_config(script.lora_r, script.lora_alpha))
-    train_set = tokenize_qa(data, tokenizer, script.max_length).select_columns(["input_ids", "labels"])
-    trainer = Trainer(
-        model=model, args=training, train_dataset=train_set, processing_class=tokenizer,
-        data_collator=QACollator(tokenizer.pad_token_id),
-    )
-    last = get_last_checkpoint(training.output_dir) if Path(training.output_dir).is_dir() else None
-    train_result = trainer.train(resume_from_checkpoint=last)
-    if script.use_lora:  # save a plain model: merge the adapter into the base weights
-        trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-    metrics = {"split": script.split, "train_items": len(train_set), **train_result.metrics}
-    staged_save(trainer, training.output_dir, lambda staging: (staging / "train_metrics.json").write_text(
-        json.dumps(metrics, indent=2)))
-    if evaluation.skip_eval or not trainer.is_world_process_zero():
-        return None
+    with run_lock(training.output_dir, main_process=training.process_index == 0):
+        model, tokenizer = load_model(script.model)
+        base_model = model_identity(model)
+        if script.use_lora:
+            from peft import get_peft_model
 
-    del trainer, model
-    result = evaluate_saved(training.output_dir, evaluation, forget_splits, script.data_dir)
-    return result
+            model = get_peft_model(model, lora_config(script.lora_r, script.lora_alpha))
+        train_set = tokenize_qa(data, tokenizer, script.max_length).select_columns(["input_ids", "labels"])
+        fingerprint = {
+            "base_model": base_model,
+            "data": {"split": script.split, "items": len(train_set),
+                     "sha256": data_fingerprint(train_set.to_dict())},
+            "settings": {"use_lora": script.use_lora, "lora_r": script.lora_r, "lora_alpha": script.lora_alpha},
+            "training": training_settings(training),
+        }
+        trainer = GuardedTrainer(
+            model=model, args=training, train_dataset=train_set, processing_class=tokenizer,
+            data_collator=QACollator(tokenizer.pad_token_id),
+        )
+        checkpoint = begin_run(training, "finetune", fingerprint)
+        logger.info("model loaded; training starts")
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        if script.use_lora:  # save a plain model: merge the adapter into the base weights
+            trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+        check_finite_weights(trainer.accelerator.unwrap_model(trainer.model), training.output_dir)
+        metrics = {"split": script.split, "train_items": len(train_set), **train_result.metrics}
+        staged_save(trainer, training.output_dir, lambda staging: (staging / "train_metrics.json").write_text(
+            json.dumps(metrics, indent=2)))
+        finish_run(training, trainer.state.global_step)
+        if evaluation.skip_eval or not trainer.is_world_process_zero():
+            return None
+
+        del trainer, model
+        return evaluate_saved(training.output_dir, evaluation, forget_splits_of(script), script.data_dir)
 
 
 if __name__ == "__main__":

@@ -18,24 +18,32 @@ Read top to bottom: arguments -> data (fails early when unavailable) -> model ->
 
 All fields of TofuArguments, rklu_llm.eval.arguments.TofuEvalArguments and rklu_llm.UnlearnConfig (and so of
 transformers.TrainingArguments) are flags.
+
+Every input is checked before a model is loaded (:func:`validate`): data, evaluation sets, the forget-quality
+reference, refusals, the augmented model, paths that would overwrite an input. The output folder then belongs to this
+run: it is locked, and a rerun resumes only the same run (``--overwrite_output_dir`` starts over); the augmented model
+goes beside it (``<output_dir>.augmented``), never inside.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers.trainer_utils import get_last_checkpoint
-
 from rklu_llm import DEFAULT_MODEL, UnlearnConfig, UnlearnTrainer, load_model, load_refusals
 from rklu_llm.cli import parse_arguments
+from rklu_llm.data import RETAIN_OF_FORGET, build_unlearning_dataset, check_qa, load_tofu
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
-from rklu_llm.data import RETAIN_OF_FORGET, build_unlearning_dataset, load_tofu
 from rklu_llm.eval.callback import TofuEvalCallback
 from rklu_llm.eval.io import write_json_atomic
 from rklu_llm.eval.tofu import summary_row
 from rklu_llm.models import check_output_dir
+from rklu_llm.run_state import console_logging, run_lock
+from rklu_llm.teacher import is_augmented_dir
+
+logger = logging.getLogger(__name__)
 
 EPOCHS_FILE = "tofu_eval_epochs.json"
 
@@ -63,56 +71,77 @@ class TofuArguments:
     )
 
 
+def validate(script: TofuArguments, evaluation: TofuEvalArguments, config: UnlearnConfig) -> None:
+    """Every check that needs no model, run before one is loaded (each raises with what to do)."""
+    if script.forget_split not in RETAIN_OF_FORGET:
+        raise ValueError(f"forget_split must be one of {sorted(RETAIN_OF_FORGET)}, got {script.forget_split!r}")
+    if script.max_retain_items is not None and script.max_retain_items < 1:
+        raise ValueError(f"max_retain_items must be >= 1 (got {script.max_retain_items}).")
+    check_output_dir(config.output_dir, model_path=script.model, augmented_path=config.augmented_model_path)
+    if config.augmented_model_path is not None and not is_augmented_dir(config.augmented_model_path):
+        raise ValueError(f"augmented_model_path {config.augmented_model_path!r} holds neither a model (config.json) "
+                         "nor a LoRA adapter (adapter_config.json).")
+    if script.eval_every_epoch and (script.retain_eval is None or evaluation.skip_eval):
+        raise ValueError("--eval_every_epoch picks epochs by forget quality: it needs --retain_eval, not --skip_eval.")
+    evaluation.check_inputs((script.forget_split,), script.data_dir, script.retain_eval)
+
+
+def load_data(script: TofuArguments, config: UnlearnConfig):
+    """The forget set, the retain set (when the retain term needs it) and the refusals (dpo, idk), checked row by row."""
+    forget = load_tofu(script.forget_split, script.data_dir)
+    check_qa(forget, f"TOFU {script.forget_split}")
+    retain = None
+    if config.retain_mode != "none":
+        retain_split = RETAIN_OF_FORGET[script.forget_split]
+        retain = load_tofu(retain_split, script.data_dir)
+        if script.max_retain_items is not None:
+            retain = retain.select(range(min(script.max_retain_items, len(retain))))
+        check_qa(retain, f"TOFU {retain_split}")
+    refusals = load_refusals(config.refusal_file) if config.spec.needs_refusals else None
+    return forget, retain, refusals
+
+
 def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict | None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--forget_split" or a.startswith("--forget_split=") for a in argv):
         argv = ["--forget_split", default_split, *argv]
     script, evaluation, config = parse_arguments((TofuArguments, TofuEvalArguments, UnlearnConfig), argv)
-    if script.forget_split not in RETAIN_OF_FORGET:
-        raise ValueError(f"forget_split must be one of {sorted(RETAIN_OF_FORGET)}, got {script.forget_split!r}")
-    check_output_dir(config.output_dir, model_path=script.model)
-    if script.retain_eval is not None and not Path(script.retain_eval).is_file():
-        raise FileNotFoundError(f"--retain_eval {script.retain_eval!r} does not exist (run finetune_tofu.py first).")
-    if script.eval_every_epoch and (script.retain_eval is None or evaluation.skip_eval):
-        raise ValueError("--eval_every_epoch picks epochs by forget quality: it needs --retain_eval, not --skip_eval.")
+    console_logging()
 
-    # Data first: a missing dataset fails here, before any model is loaded.
-    forget = load_tofu(script.forget_split, script.data_dir)
-    retain = None
-    if config.retain_mode != "none":
-        retain = load_tofu(RETAIN_OF_FORGET[script.forget_split], script.data_dir)
-        if script.max_retain_items is not None:
-            retain = retain.select(range(min(script.max_retain_items, len(retain))))
-    refusals = load_refusals(config.refusal_file) if config.spec.needs_refusals else None
+    # Inputs first: anything missing or malformed fails here, before any model is loaded and before output_dir exists.
+    validate(script, evaluation, config)
+    forget, retain, refusals = load_data(script, config)
+    logger.info("inputs checked; loading %s", script.model)
 
-    model, tokenizer = load_model(script.model)
-    dataset = build_unlearning_dataset(tokenizer, forget, retain, refusals, config.max_length, config.seed)
-    epochs = None
-    if script.eval_every_epoch:  # final weights: evaluated below, from the saved model
-        epochs = TofuEvalCallback(
-            tokenizer, script.forget_split, script.data_dir, script.retain_eval, per_epoch="forget_quality",
-            evaluate_final=False, **evaluation.evaluate_kwargs(),
+    with run_lock(config.output_dir, main_process=config.process_index == 0):
+        model, tokenizer = load_model(script.model)
+        dataset = build_unlearning_dataset(tokenizer, forget, retain, refusals, config.max_length, config.seed)
+        epochs = None
+        if script.eval_every_epoch:  # final weights: evaluated below, from the saved model
+            epochs = TofuEvalCallback(
+                tokenizer, script.forget_split, script.data_dir, script.retain_eval, per_epoch="forget_quality",
+                evaluate_final=False, **evaluation.evaluate_kwargs(),
+            )
+        trainer = UnlearnTrainer(
+            model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+            dataset_name=f"locuslab/TOFU:{script.forget_split}", callbacks=None if epochs is None else [epochs],
         )
-    trainer = UnlearnTrainer(
-        model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-        dataset_name=f"locuslab/TOFU:{script.forget_split}", callbacks=None if epochs is None else [epochs],
-    )
-    if epochs is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled and getattr(
-            trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3):
-        raise ValueError("--eval_every_epoch evaluates on the main process alone, which sharded weights (FSDP, ZeRO-3) "
-                         "do not allow: leave it out and evaluate the saved model.")
-    last = get_last_checkpoint(config.output_dir) if Path(config.output_dir).is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
-    trainer.save_model()
-    if evaluation.skip_eval or not trainer.is_world_process_zero():
-        return None
+        if epochs is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled and getattr(
+                trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3):
+            raise ValueError("--eval_every_epoch evaluates on the main process alone, which sharded weights (FSDP, "
+                             "ZeRO-3) do not allow: leave it out and evaluate the saved model.")
+        logger.info("model loaded; training starts")
+        trainer.train(resume_from_checkpoint=True)
+        trainer.save_model()
+        if evaluation.skip_eval or not trainer.is_world_process_zero():
+            return None
 
-    del trainer, model
-    result = evaluate_saved(config.output_dir, evaluation, (script.forget_split,), script.data_dir,
-                            reference=script.retain_eval)
-    if epochs is not None:
-        write_epochs(Path(config.output_dir), epochs, result)
-    return result
+        del trainer, model
+        result = evaluate_saved(config.output_dir, evaluation, (script.forget_split,), script.data_dir,
+                                reference=script.retain_eval)
+        if epochs is not None:
+            write_epochs(Path(config.output_dir), epochs, result)
+        return result
 
 
 def write_epochs(output_dir: Path, callback: TofuEvalCallback, final_result: dict) -> None:
