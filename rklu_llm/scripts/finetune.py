@@ -100,7 +100,8 @@ def forget_splits_of(script: FinetuneArguments) -> list[str]:
 
 
 def validate(script: FinetuneArguments, evaluation: TofuEvalArguments, training: FinetuneTrainingArguments) -> None:
-    """Every check that needs no model, run before one is loaded (each raises with what to do)."""
+    """The checks of arguments and paths (each raises with what to do); data and evaluation inputs are read next, all
+    before a model is loaded."""
     if script.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {script.split!r}")
     for name, least in (("max_train_items", 1), ("max_length", 2), ("lora_r", 1)):
@@ -110,7 +111,6 @@ def validate(script: FinetuneArguments, evaluation: TofuEvalArguments, training:
     if not forget_splits_of(script):
         raise ValueError("--eval_forget_splits names no split.")
     check_output_dir(training.output_dir, model_path=script.model)
-    evaluation.check_inputs(forget_splits_of(script), script.data_dir)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     if script.max_train_items is not None:
         data = data.select(range(min(script.max_train_items, len(data))))
     check_qa(data, f"TOFU {script.split}")
+    evaluation.check_inputs(forget_splits_of(script), script.data_dir)
     logger.info("inputs checked; loading %s", script.model)
 
     with run_lock(training.output_dir, main_process=training.process_index == 0):

@@ -72,7 +72,8 @@ class TofuArguments:
 
 
 def validate(script: TofuArguments, evaluation: TofuEvalArguments, config: UnlearnConfig) -> None:
-    """Every check that needs no model, run before one is loaded (each raises with what to do)."""
+    """The checks of arguments and paths (each raises with what to do); data and evaluation inputs are read next, all
+    before a model is loaded."""
     if script.forget_split not in RETAIN_OF_FORGET:
         raise ValueError(f"forget_split must be one of {sorted(RETAIN_OF_FORGET)}, got {script.forget_split!r}")
     if script.max_retain_items is not None and script.max_retain_items < 1:
@@ -83,7 +84,6 @@ def validate(script: TofuArguments, evaluation: TofuEvalArguments, config: Unlea
                          "nor a LoRA adapter (adapter_config.json).")
     if script.eval_every_epoch and (script.retain_eval is None or evaluation.skip_eval):
         raise ValueError("--eval_every_epoch picks epochs by forget quality: it needs --retain_eval, not --skip_eval.")
-    evaluation.check_inputs((script.forget_split,), script.data_dir, script.retain_eval)
 
 
 def load_data(script: TofuArguments, config: UnlearnConfig):
@@ -111,6 +111,7 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
     # Inputs first: anything missing or malformed fails here, before any model is loaded and before output_dir exists.
     validate(script, evaluation, config)
     forget, retain, refusals = load_data(script, config)
+    evaluation.check_inputs((script.forget_split,), script.data_dir, script.retain_eval)
     logger.info("inputs checked; loading %s", script.model)
 
     with run_lock(config.output_dir, main_process=config.process_index == 0):
