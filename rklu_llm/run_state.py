@@ -309,8 +309,8 @@ def read_run_record(output_dir: str | os.PathLike) -> dict | None:
 def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     if not output_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and p.is_dir()]
-    return sorted(found, reverse=True)
+    found = [(int(m.group(1)), p) for p in output_dir.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return sorted(((step, p) for step, p in found if p.is_dir()), reverse=True)
 
 
 _MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
@@ -330,7 +330,8 @@ def check_run_record(output_dir: str | os.PathLike, fingerprint: dict) -> dict |
     fix = ("Pass --overwrite_output_dir to start over there (it deletes what that run left), or choose another "
            "--output_dir.")
     if record is None:
-        leftovers = [p.name for _, p in _checkpoints(output_dir)] + [n for n in _MODEL_FILES if (output_dir / n).exists()]
+        leftovers = [p.name for _, p in _checkpoints(output_dir)]
+        leftovers += [name for name in _MODEL_FILES if (output_dir / name).exists()]
         if leftovers:
             raise RunConflictError(
                 f"output_dir {portable_path(output_dir)!r} holds {', '.join(leftovers[:4])} but no run record "
@@ -400,13 +401,13 @@ def begin_run(args, kind: str, fingerprint: dict, resume: bool = True) -> str | 
     return last_complete_checkpoint(args.output_dir, remove_incomplete=main) if resume else None
 
 
-def finish_run(args, global_step: int) -> None:
-    """Mark the run record ``finished`` after the final save and release the lock (main process)."""
+def finish_run(args, global_step: int, status: str = "finished") -> None:
+    """Mark the run record ``finished`` (after the final save) or ``diverged``, and release the lock (main process)."""
     if args.process_index != 0:
         return
     record = read_run_record(args.output_dir)
     if record is not None:
-        write_run_record(args.output_dir, record.get("kind", "?"), record.get("fingerprint", {}), "finished",
+        write_run_record(args.output_dir, record.get("kind", "?"), record.get("fingerprint", {}), status,
                          global_step=global_step)
     lock = _HELD.get(str(Path(args.output_dir).expanduser().resolve()))
     if lock is not None:

@@ -52,8 +52,8 @@ _INHERITED_FIELDS = (
     "deepspeed",
     "fsdp",
     "fsdp_config",
-    "gradient_checkpointing",
-    "gradient_checkpointing_kwargs",
+    "activation_checkpointing",
+    "activation_checkpointing_kwargs",
     "dataloader_num_workers",
     "ddp_find_unused_parameters",
 )
@@ -120,8 +120,8 @@ def check_augmented_model(path: str | Path, model_config, fingerprint: dict | No
             a, b = getattr(theirs, name, None), getattr(model_config, name, None)
             if a != b:
                 raise ValueError(
-                    f"augmented_model_path {str(path)!r} does not fit the model being unlearned: its {name} is {a}, the "
-                    f"model's {b}. It was made from another base model; build it from this one (leave "
+                    f"augmented_model_path {str(path)!r} does not fit the model being unlearned: its {name} is {a}, "
+                    f"the model's {b}. It was made from another base model; build it from this one (leave "
                     "augmented_model_path out)."
                 )
     recorded = (read_marker(path) or {}).get("fingerprint")

@@ -51,6 +51,7 @@ from .models import check_causal_lm, check_output_dir, copy_model, lora_config, 
 from .paths import portable_path
 from .run_state import (
     DivergenceGuard,
+    TrainingDiverged,
     begin_run,
     check_finite_weights,
     check_run_record,
@@ -72,8 +73,9 @@ from .teacher import (
 
 AUGMENTED_ADAPTER = "augmented"
 #: UnlearnConfig fields that do not change the result (left out of the run fingerprint).
-_NOT_IN_FINGERPRINT = {"kl_chunk_size", "augmented_model_path", "augmented_dir", "keep_augmented", "overwrite_output_dir",
-                       "refusal_file"}
+_NOT_IN_FINGERPRINT = {
+    "kl_chunk_size", "augmented_model_path", "augmented_dir", "keep_augmented", "overwrite_output_dir", "refusal_file",
+}
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -509,10 +511,14 @@ class UnlearnTrainer(Trainer):
             if problem is not None:
                 raise ValueError(f"Cannot resume from {portable_path(resume_from_checkpoint)!r}: {problem}. Pass "
                                  "resume_from_checkpoint=True to use the newest complete checkpoint.")
-        if not self.args.spec.trains:
-            return self._task_arithmetic()
-        self.setup_frozen_models()
-        return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        try:
+            if not self.args.spec.trains:
+                return self._task_arithmetic()
+            self.setup_frozen_models()
+            return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
+        except TrainingDiverged:
+            finish_run(self.args, self.state.global_step, status="diverged")
+            raise
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -29,7 +29,8 @@ def make_config(tmp_path, method, retain_mode="none", **overrides):
     values = dict(
         output_dir=str(tmp_path / "out"), method=method, retain_mode=retain_mode, per_device_train_batch_size=4,
         max_steps=4, augment_epochs=1, augment_max_steps=2, augment_learning_rate=1e-3, learning_rate=1e-3,
-        save_strategy="steps", save_steps=2, save_total_limit=None, logging_steps=1, use_cpu=True, report_to="none", seed=0, max_length=256,
+        save_strategy="steps", save_steps=2, save_total_limit=None, logging_steps=1, use_cpu=True, report_to="none",
+        seed=0, max_length=256,
         disable_tqdm=True,
     )
     values.update(overrides)
@@ -53,7 +54,8 @@ def trainable_state(trainer) -> dict[str, torch.Tensor]:
 
 
 def probe_batch(trainer):
-    return UnlearnCollator(trainer.processing_class.pad_token_id)([trainer.train_dataset[i] for i in range(2)])["forget"]
+    collate = UnlearnCollator(trainer.processing_class.pad_token_id)
+    return collate([trainer.train_dataset[i] for i in range(2)])["forget"]
 
 
 def reference_logits(tokenizer, batch, augmented_dir=None):
@@ -173,7 +175,7 @@ def test_save_writes_model_card_and_no_staging_left(tmp_path, tiny_tokenizer, qa
     assert "machine-unlearning" in card and "`ga`" in card
     assert (out / "model.safetensors").is_file() and not (out / ".rklu-staging").exists()
     reloaded = AutoModelForCausalLM.from_pretrained(out)
-    for (name, p), q in zip(trainer.model.named_parameters(), reloaded.parameters()):
+    for (name, p), q in zip(trainer.model.named_parameters(), reloaded.parameters(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
 
 

@@ -90,7 +90,9 @@ def load_tofu(config: str, data_dir: str | os.PathLike | None = None) -> Dataset
 def _load_local(path: Path, config: str) -> Dataset:
     """One local TOFU file; an empty or unparsable file is an error that names it."""
     if path.stat().st_size == 0 or not path.read_text(encoding="utf-8", errors="replace").strip():
-        raise DataUnavailableError(f"TOFU config {config!r}: {str(path)!r} is empty (expected one JSON object per line).")
+        raise DataUnavailableError(
+            f"TOFU config {config!r}: {str(path)!r} is empty (expected one JSON object per line)."
+        )
     try:
         dataset = load_dataset("json", data_files=str(path), split="train")
     except Exception as exc:  # datasets wraps JSON errors in several exception types

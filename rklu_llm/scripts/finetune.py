@@ -8,7 +8,8 @@ stored ``tofu_eval.json`` is the reference of forget quality for that split.
         --data_dir ../shared/data/tofu --num_train_epochs 5 --learning_rate 1e-5 --bf16
     python recipes/finetune_tofu.py --config finetune.yaml
 
-Flags: FinetuneArguments below, rklu_llm.eval.arguments.TofuEvalArguments and every transformers.TrainingArguments field.
+Flags: FinetuneArguments below, rklu_llm.eval.arguments.TofuEvalArguments and every transformers.TrainingArguments
+field.
 
 As in ``rklu_llm.scripts.unlearn``: every input is checked before a model is loaded, the output folder is locked and
 holds one run (a rerun resumes it from its newest complete checkpoint; ``--overwrite_output_dir`` starts over), and a
@@ -31,6 +32,7 @@ from rklu_llm.eval.io import data_fingerprint
 from rklu_llm.models import check_output_dir, lora_config, staged_save
 from rklu_llm.run_state import (
     GuardedTrainer,
+    TrainingDiverged,
     begin_run,
     check_finite_weights,
     check_training_arguments,
@@ -114,7 +116,9 @@ def validate(script: FinetuneArguments, evaluation: TofuEvalArguments, training:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    script, evaluation, training = parse_arguments((FinetuneArguments, TofuEvalArguments, FinetuneTrainingArguments), argv)
+    script, evaluation, training = parse_arguments(
+        (FinetuneArguments, TofuEvalArguments, FinetuneTrainingArguments), argv
+    )
     console_logging()
     validate(script, evaluation, training)
     data = load_tofu(script.split, script.data_dir)  # fails here, before the model, when TOFU is unavailable
@@ -145,7 +149,11 @@ def main(argv: list[str] | None = None) -> dict | None:
         )
         checkpoint = begin_run(training, "finetune", fingerprint)
         logger.info("model loaded; training starts")
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        try:
+            train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        except TrainingDiverged:
+            finish_run(training, trainer.state.global_step, status="diverged")
+            raise
         if script.use_lora:  # save a plain model: merge the adapter into the base weights
             trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         check_finite_weights(trainer.accelerator.unwrap_model(trainer.model), training.output_dir)

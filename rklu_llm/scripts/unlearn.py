@@ -87,7 +87,7 @@ def validate(script: TofuArguments, evaluation: TofuEvalArguments, config: Unlea
 
 
 def load_data(script: TofuArguments, config: UnlearnConfig):
-    """The forget set, the retain set (when the retain term needs it) and the refusals (dpo, idk), checked row by row."""
+    """The forget set, the retain set (when the retain term needs it) and the refusals (dpo, idk), each row checked."""
     forget = load_tofu(script.forget_split, script.data_dir)
     check_qa(forget, f"TOFU {script.forget_split}")
     retain = None
