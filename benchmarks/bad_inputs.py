@@ -137,9 +137,10 @@ def message(stderr: str, rc: int) -> str:
     lines = [line.strip() for line in stderr.splitlines() if line.strip()]
     if rc == 0:
         return "(accepted)"
-    for line in reversed(lines):
-        if "Error" in line.split(":")[0] or "Diverged" in line.split(":")[0] or line.startswith("error:"):
-            return line
+    for at in range(len(lines) - 1, -1, -1):  # the exception's first line, and any lines of its message after it
+        head = lines[at].split(":")[0]
+        if "Error" in head or "Diverged" in head or lines[at].startswith("error:"):
+            return " / ".join(lines[at:])
     return lines[-1] if lines else ""
 
 

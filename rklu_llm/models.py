@@ -99,6 +99,32 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, cache_dir
     return tokenizer
 
 
+def _looks_local(name: str) -> bool:
+    """A path rather than a hub id (``org/name``): absolute, ``~``, ``./``/``../``, or more than one ``/``."""
+    return name.startswith(("/", "~", ".")) or name.count("/") > 1 or os.sep != "/" and os.sep in name
+
+
+def check_model_source(name_or_path: str) -> None:
+    """Fail fast (before any data or model is loaded) on a local model path that does not exist, or a LoRA adapter
+    folder whose base model is a local path that does not exist. Hub ids and ``embedded:`` names pass.
+
+    Raises:
+        ModelLoadError: the message names the missing folder.
+    """
+    if name_or_path.startswith(EMBEDDED_PREFIX):
+        return
+    if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+        raise ModelLoadError(f"Model {name_or_path!r} does not exist (no such folder). Pass a local model folder, a "
+                             "hub id, or embedded:smollm2-135m-instruct.")
+    base = _adapter_base(name_or_path) if Path(name_or_path).is_dir() else None
+    if base and _looks_local(base) and not Path(base).expanduser().exists():
+        raise ModelLoadError(
+            f"{name_or_path!r} is a LoRA adapter whose base model {base!r} (base_model_name_or_path in its "
+            "adapter_config.json) does not exist. Restore that base model, or point base_model_name_or_path at "
+            "where it is now."
+        )
+
+
 def _adapter_base(path: str) -> str | None:
     config = Path(path) / "adapter_config.json"
     if not config.is_file():

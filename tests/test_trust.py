@@ -33,7 +33,7 @@ from rklu_llm import (
 )
 from rklu_llm.data import DataUnavailableError, UnlearnCollator, check_qa
 from rklu_llm.eval.arguments import TofuEvalArguments
-from rklu_llm.models import ModelLoadError, check_output_dir, lora_config
+from rklu_llm.models import ModelLoadError, check_model_source, check_output_dir, lora_config
 from rklu_llm.run_state import (
     RUN_LOCK,
     RUN_RECORD,
@@ -213,7 +213,8 @@ def data_copy(tmp_path, tofu_dir):
 
 
 def unlearn(tmp_path, data_dir, *extra):
-    """The unlearn script with a model that cannot be loaded: any failure before it is a validation failure."""
+    """The unlearn script with a model folder that cannot be loaded (empty): any failure is a validation failure."""
+    (tmp_path / "no-model-here").mkdir(exist_ok=True)
     return unlearn_script.main(argv=["--model", str(tmp_path / "no-model-here"), "--data_dir", str(data_dir),
                                      "--output_dir", str(tmp_path / "o"), "--use_cpu", "--report_to", "none", *extra])
 
@@ -237,7 +238,9 @@ def replace(folder: Path, name: str, text: str) -> Path:
         (("--eval_max_items", "0"), None, ValueError, "eval_max_items must be >= 1"),
         (("--max_new_tokens", "0"), None, ValueError, "max_new_tokens must be >= 1"),
         (("--per_device_train_batch_size", "0"), None, ValueError, "per_device_train_batch_size must be >= 1"),
-        (("--method", "idk", "--refusal_file", "{tmp}/missing.txt"), None, FileNotFoundError, "missing.txt"),
+        (("--method", "idk", "--refusal_file", "{tmp}/missing.txt"), None, FileNotFoundError,
+         "missing.txt' does not exist"),
+        (("--model", "{tmp}/gone"), None, ModelLoadError, "gone' does not exist"),
         (("--augmented_model_path", "{tmp}/empty"), None, ValueError, "holds neither a model"),
         ((), "forget10.jsonl:", DataUnavailableError, "is empty"),
         ((), 'forget10.jsonl:{"question": "q?", "answer": "a"}\n{"question": "q2?", "answer": null}\n',
@@ -259,6 +262,7 @@ def test_unlearn_script_validates_before_loading_a_model(tmp_path, data_copy, ex
 
 
 def test_finetune_script_rejects_unknown_eval_split(tmp_path, tofu_dir):
+    (tmp_path / "none").mkdir()
     with pytest.raises(ValueError, match=r"Unknown forget split\(s\) \['forget50'\]"):
         finetune_script.main(["--model", str(tmp_path / "none"), "--data_dir", str(tofu_dir), "--output_dir",
                               str(tmp_path / "o"), "--eval_forget_splits", "forget10,forget50", "--use_cpu"])
@@ -462,6 +466,8 @@ def test_adapter_whose_base_is_gone(tmp_path, tiny_model_dir, tiny_tokenizer):
     (tmp_path / "base").rmdir()
     with pytest.raises(ModelLoadError, match=r"LoRA adapter whose base model .*base' .*could not be loaded"):
         load_model(str(tmp_path / "adapter"))
+    with pytest.raises(ModelLoadError, match=r"LoRA adapter whose base model .*base' .*does not exist"):
+        check_model_source(str(tmp_path / "adapter"))  # what the scripts check before loading anything
 
 
 # ---- issue 12: the augmented model stays out of the unlearned model's folder; checkpoints kept -----------------------

@@ -9,6 +9,7 @@ answer ends with the EOS token, which counts as an answer token. Attention masks
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -108,6 +109,10 @@ def load_refusals(path: str | None = None) -> list[str]:
         from .refusals import REFUSALS
 
         return list(REFUSALS)
+    if not os.path.isfile(path):
+        what = "is a folder" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"Refusal file {path!r} {what}: pass a text file with one refusal answer per line "
+                                "(or leave refusal_file out for the built-in list).")
     with open(path, encoding="utf-8") as handle:
         lines = [line.strip() for line in handle]
     refusals = [line for line in lines if line]

@@ -29,7 +29,7 @@ from rklu_llm.cli import parse_arguments
 from rklu_llm.data import FORGET_OF_RETAIN, QACollator, check_qa, load_tofu, tokenize_qa
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
 from rklu_llm.eval.io import data_fingerprint
-from rklu_llm.models import check_output_dir, lora_config, staged_save
+from rklu_llm.models import check_model_source, check_output_dir, lora_config, staged_save
 from rklu_llm.run_state import (
     GuardedTrainer,
     TrainingDiverged,
@@ -112,6 +112,7 @@ def validate(script: FinetuneArguments, evaluation: TofuEvalArguments, training:
             raise ValueError(f"{name} must be >= {least} (got {value}).")
     if not forget_splits_of(script):
         raise ValueError("--eval_forget_splits names no split.")
+    check_model_source(script.model)
     check_output_dir(training.output_dir, model_path=script.model)
 
 

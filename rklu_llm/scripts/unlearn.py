@@ -39,7 +39,7 @@ from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
 from rklu_llm.eval.callback import TofuEvalCallback
 from rklu_llm.eval.io import write_json_atomic
 from rklu_llm.eval.tofu import summary_row
-from rklu_llm.models import check_output_dir
+from rklu_llm.models import check_model_source, check_output_dir
 from rklu_llm.run_state import console_logging, run_lock
 from rklu_llm.teacher import is_augmented_dir
 
@@ -78,6 +78,7 @@ def validate(script: TofuArguments, evaluation: TofuEvalArguments, config: Unlea
         raise ValueError(f"forget_split must be one of {sorted(RETAIN_OF_FORGET)}, got {script.forget_split!r}")
     if script.max_retain_items is not None and script.max_retain_items < 1:
         raise ValueError(f"max_retain_items must be >= 1 (got {script.max_retain_items}).")
+    check_model_source(script.model)
     check_output_dir(config.output_dir, model_path=script.model, augmented_path=config.augmented_model_path)
     if config.augmented_model_path is not None and not is_augmented_dir(config.augmented_model_path):
         raise ValueError(f"augmented_model_path {config.augmented_model_path!r} holds neither a model (config.json) "
