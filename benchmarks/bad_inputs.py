@@ -134,7 +134,7 @@ def phase(stderr: str) -> str:
 
 
 def message(stderr: str, rc: int) -> str:
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    lines = [line.strip() for line in stderr.splitlines() if line.strip() and "%|" not in line]  # no progress bars
     if rc == 0:
         return "(accepted)"
     for at in range(len(lines) - 1, -1, -1):  # the exception's first line, and any lines of its message after it
@@ -162,7 +162,8 @@ def cases(work: Path, paths: dict, data_dir: Path) -> list[dict]:
         return dict(name=name, command=[finetune, "--model", model, "--split", "retain99", "--data_dir", data,
                                         "--output_dir", out, "--max_train_items", "8", "--max_steps", "3",
                                         "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none",
-                                        "--save_strategy", "no", "--max_length", "256", *FAST_EVAL, *args],
+                                        "--save_strategy", "no", "--max_length", "256", "--disable_tqdm", "true",
+                                        *FAST_EVAL, *args],
                     out=out, **kw)
 
     finished = str(work / "out" / "finished_ga")
