@@ -64,6 +64,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
+import inspect
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -332,6 +333,48 @@ def _check_settings(parts, forget_split, min_k, leak_k, leak_threshold, blank_wo
                               "(or pip install bitsandbytes), or leave 'quantization' out of the audit parts.")
 
 
+def _prepare(forget_split, parts, data_dir, membership_reference, holdout_split, min_k, leak_k, leak_threshold,
+             blank_words, leak_max_new_tokens, relearn_original, relearn_oracle, relearn_steps, relearn_learning_rate,
+             relearn_batch_size, quantization_bits, batch_size, generation_batch_size, max_new_tokens, max_items,
+             max_length) -> dict:
+    """Every check of :func:`evaluate_audit` that needs no model, and the data it audits."""
+    parts = resolve_parts(parts)
+    quantization_bits = tuple(int(b) for b in quantization_bits)
+    _check_settings(parts, forget_split, min_k, leak_k, leak_threshold, blank_words, leak_max_new_tokens,
+                    relearn_steps, relearn_learning_rate, relearn_batch_size, quantization_bits, batch_size,
+                    generation_batch_size, max_new_tokens, max_items, max_length)
+    if "relearn" in parts:
+        _check_model_path(relearn_original, "relearn_original")
+        _check_model_path(relearn_oracle, "relearn_oracle")
+    forget = _load_qa(forget_split, data_dir, max_items)
+    holdout = None
+    holdout_split = holdout_split or HOLDOUT_OF_FORGET[forget_split]
+    if "membership" in parts:
+        holdout = _load_qa(holdout_split, data_dir, max_items)
+        if len(holdout["question"]) != len(forget["question"]):
+            raise ValueError(
+                f"The holdout set {holdout_split} has {len(holdout['question'])} items but {forget_split} has "
+                f"{len(forget['question'])}: membership AUCs compare sets of the same size; use "
+                f"{HOLDOUT_OF_FORGET[forget_split]}."
+            )
+    if "relearn" in parts and len(forget["question"]) < 2:
+        raise ValueError("The relearning attack needs at least 2 forget items (one to attack with, one to measure).")
+    reference_aucs, reference_label = ({}, None)
+    if "membership" in parts and membership_reference is not None:
+        reference_aucs, reference_label = membership_reference_aucs(membership_reference, forget_split)
+    return {"parts": parts, "quantization_bits": quantization_bits, "forget": forget, "holdout": holdout,
+            "holdout_split": holdout_split, "reference_aucs": reference_aucs, "reference": reference_label}
+
+
+def check_audit(forget_split: str = "forget10", **kwargs) -> None:
+    """Run every check of :func:`evaluate_audit` that needs no model (settings, data, holdout size, reference,
+    quantization library) with the same keyword arguments, so a script fails before loading a model."""
+    bound = inspect.signature(evaluate_audit).bind(None, None, forget_split, **kwargs)
+    bound.apply_defaults()
+    settings = {k: v for k, v in bound.arguments.items() if k not in ("model", "tokenizer", "output_dir")}
+    _prepare(**settings)
+
+
 def evaluate_audit(
     model,
     tokenizer,
@@ -392,31 +435,13 @@ def evaluate_audit(
         ValueError, FileNotFoundError, ImportError, DataUnavailableError: bad settings, a holdout set of another size,
             a reference of another split, missing data or a missing quantization library; all before any model work.
     """
-    # ---- validate everything before touching the model
-    parts = resolve_parts(parts)
-    quantization_bits = tuple(int(b) for b in quantization_bits)
-    _check_settings(parts, forget_split, min_k, leak_k, leak_threshold, blank_words, leak_max_new_tokens,
-                    relearn_steps, relearn_learning_rate, relearn_batch_size, quantization_bits, batch_size,
-                    generation_batch_size, max_new_tokens, max_items, max_length)
-    if "relearn" in parts:
-        _check_model_path(relearn_original, "relearn_original")
-        _check_model_path(relearn_oracle, "relearn_oracle")
-    forget = _load_qa(forget_split, data_dir, max_items)
-    holdout = None
-    holdout_split = holdout_split or HOLDOUT_OF_FORGET[forget_split]
-    if "membership" in parts:
-        holdout = _load_qa(holdout_split, data_dir, max_items)
-        if len(holdout["question"]) != len(forget["question"]):
-            raise ValueError(
-                f"The holdout set {holdout_split} has {len(holdout['question'])} items but {forget_split} has "
-                f"{len(forget['question'])}: membership AUCs compare sets of the same size; use "
-                f"{HOLDOUT_OF_FORGET[forget_split]}."
-            )
-    if "relearn" in parts and len(forget["question"]) < 2:
-        raise ValueError("The relearning attack needs at least 2 forget items (one to attack with, one to measure).")
-    reference_aucs, reference_label = ({}, None)
-    if "membership" in parts and membership_reference is not None:
-        reference_aucs, reference_label = membership_reference_aucs(membership_reference, forget_split)
+    # ---- validate everything (settings, data, reference, library) before touching the model
+    plan = _prepare(forget_split, parts, data_dir, membership_reference, holdout_split, min_k, leak_k, leak_threshold,
+                    blank_words, leak_max_new_tokens, relearn_original, relearn_oracle, relearn_steps,
+                    relearn_learning_rate, relearn_batch_size, quantization_bits, batch_size, generation_batch_size,
+                    max_new_tokens, max_items, max_length)
+    parts, quantization_bits, forget, holdout = plan["parts"], plan["quantization_bits"], plan["forget"], plan["holdout"]
+    holdout_split, reference_aucs, reference_label = plan["holdout_split"], plan["reference_aucs"], plan["reference"]
 
     name = model_name(model)
     out = None if output_dir is None else Path(output_dir)
