@@ -4,6 +4,7 @@ reports it) next to the final one; under every launcher (single process, DDP, FS
 from __future__ import annotations
 
 import math
+import shutil
 import time
 import warnings
 from pathlib import Path
@@ -12,6 +13,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..models import staged_save
+from ..trainer import AUGMENTED_ADAPTER
 from .io import write_json_atomic
 from .tofu import evaluate_tofu, summary_row
 
@@ -153,7 +155,7 @@ class TofuEvalCallback(TrainerCallback):
             return
         record = {"row": row, "min_model_utility": self.min_model_utility, "global_step": state.global_step}
         # every rank takes part (sharded weights are gathered); the main process writes, through a staging folder
-        staged_save(self.trainer, self.best_dir, lambda staging: write_json_atomic(staging / BEST_FILE, record))
+        staged_save(self.trainer, self.best_dir, lambda staging: _publishable(staging, record))
         self._best_saved, self.best_epoch = fq, row["epoch"]
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
@@ -187,6 +189,13 @@ class TofuEvalCallback(TrainerCallback):
         self.results.append(result)
         self._log(self.peak, "peak/")
         self._best = None
+
+
+def _publishable(staging: Path, record: dict) -> None:
+    """Finish a best checkpoint before it is moved into place: its row beside the weights, and without the augmented
+    adapter a LoRA student may carry (the forget set's knowledge, amplified, never travels with an unlearned model)."""
+    shutil.rmtree(staging / AUGMENTED_ADAPTER, ignore_errors=True)
+    write_json_atomic(staging / BEST_FILE, record)
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:
