@@ -56,7 +56,11 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--work_dir", required=True, help="models, evaluations and caches (resumable state)")
     p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--model", default="embedded:smollm2-135m-instruct")
-    p.add_argument("--retain_items", type=int, default=100)
+    p.add_argument("--retain_items", type=int, default=100,
+                   help="retain99 items in both fine-tunes; 0: the oracle is the untouched base model")
+    p.add_argument("--forget_items", type=int, default=40, help="first N forget01 items taught, unlearned, audited")
+    p.add_argument("--per_epoch", default="full", choices=("full", "forget_quality"))
+    p.add_argument("--eval_sets", default="all", help="'all', or 'forget' to evaluate the forget set alone")
     p.add_argument("--finetune_epochs", type=float, default=5)
     p.add_argument("--finetune_lr", type=float, default=2e-3)
     p.add_argument("--unlearn_epochs", type=float, default=5)
@@ -72,25 +76,39 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--leak_max_new_tokens", type=int, default=32)
     p.add_argument("--relearn_steps", type=int, default=10)
     p.add_argument("--relearn_lr", type=float, default=1e-4)
+    p.add_argument("--relearn_batch_size", type=int, default=4)
+    p.add_argument("--relearn_original", action="store_true", help="also attack the original (costs a third attack)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max_steps", type=int, default=-1, help="smoke tests only")
     return p.parse_args(argv)
 
 
 def eval_kwargs(args) -> dict:
-    return dict(batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, max_items=args.eval_items)
+    sets = (SPLIT,) if args.eval_sets == "forget" else None
+    return dict(batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, max_items=args.eval_items,
+                sets=sets)
+
+
+def forget_rows(args):
+    return load_tofu(SPLIT, args.data_dir).select(range(args.forget_items))
 
 
 def finetune(args, name: str, with_forget: bool) -> Path:
-    """LoRA fine-tune (merged on save) on retain99[:retain_items] (+ forget01), then a TOFU evaluation."""
+    """LoRA fine-tune (merged on save) on retain99[:retain_items] (+ the forget items), then a TOFU evaluation.
+    Without any training item (the oracle with ``--retain_items 0``) the base model is saved as it is."""
     out = Path(args.work_dir) / name
     if (out / "tofu_eval.json").is_file():
         return out
     data = load_tofu("retain99", args.data_dir).select(range(args.retain_items))
     if with_forget:
-        data = concatenate_datasets([data, load_tofu(SPLIT, args.data_dir)])
+        data = concatenate_datasets([data, forget_rows(args)])
     if (out / "model.safetensors").is_file():  # trained before, evaluation interrupted
         model, tokenizer = load_model(str(out))
+    elif len(data) == 0:
+        model, tokenizer = load_model(args.model)
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     else:
         model, tokenizer = load_model(args.model)
         from peft import get_peft_model
@@ -99,7 +117,7 @@ def finetune(args, name: str, with_forget: bool) -> Path:
         training = TrainingArguments(
             output_dir=str(out), num_train_epochs=args.finetune_epochs, learning_rate=args.finetune_lr,
             per_device_train_batch_size=args.batch_size, warmup_steps=0.1, save_strategy="no", report_to="none",
-            logging_steps=10, use_cpu=True, seed=0, max_steps=args.max_steps, disable_tqdm=True,
+            logging_steps=1, use_cpu=True, seed=0, max_steps=args.max_steps, disable_tqdm=True,
         )
         train = tokenize_qa(data, tokenizer, 512).select_columns(["input_ids", "labels"]).shuffle(seed=0)
         trainer = Trainer(model=model, args=training, train_dataset=train, processing_class=tokenizer,
@@ -118,7 +136,7 @@ def unlearn(args, original: Path, oracle: Path) -> dict:
     if record.is_file():
         return json.loads(record.read_text())
     model, tokenizer = load_model(str(original))
-    dataset = build_unlearning_dataset(tokenizer, load_tofu(SPLIT, args.data_dir), max_length=512, seed=0)
+    dataset = build_unlearning_dataset(tokenizer, forget_rows(args), max_length=512, seed=0)
     config = UnlearnConfig(
         output_dir=str(work / "rklu"), method="rklu", teacher_alpha=args.teacher_alpha, use_lora=True,
         augment_lora=True, augment_epochs=args.augment_epochs, augment_learning_rate=args.finetune_lr,
@@ -126,9 +144,10 @@ def unlearn(args, original: Path, oracle: Path) -> dict:
         lora_r=16, lora_alpha=32, save_strategy="no", report_to="none", logging_steps=2, use_cpu=True, seed=0,
         disable_tqdm=True, max_steps=args.max_steps, augment_max_steps=args.max_steps,
     )
-    callback = TofuEvalCallback(tokenizer, SPLIT, args.data_dir, oracle / "tofu_eval.json", per_epoch="full",
+    callback = TofuEvalCallback(tokenizer, SPLIT, args.data_dir, oracle / "tofu_eval.json", per_epoch=args.per_epoch,
                                 best_dir=work / "rklu" / "best_forget_quality",
-                                min_model_utility=args.min_model_utility, **eval_kwargs(args))
+                                min_model_utility=args.min_model_utility if args.per_epoch == "full" else None,
+                                **eval_kwargs(args))
     trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              callbacks=[callback])
     callback.trainer = trainer
@@ -143,6 +162,7 @@ def unlearn(args, original: Path, oracle: Path) -> dict:
     staged_save(trainer, final_dir)
     logged = [entry for entry in trainer.state.log_history if any(k.startswith("tofu/") for k in entry)]
     result = {"epochs": callback.history, "peak_epoch": callback.peak_epoch, "best_epoch": callback.best_epoch,
+              "final": callback.final, "peak": callback.peak,
               "train_seconds_without_eval": seconds - callback.eval_seconds, "eval_seconds": callback.eval_seconds,
               "logged_rows": logged, "final_dir": "rklu/final"}
     write_json_atomic(record, result)
@@ -152,6 +172,7 @@ def unlearn(args, original: Path, oracle: Path) -> dict:
 def audit(args, path: Path, parts: str, **kwargs) -> dict:
     model, tokenizer = load_model(str(path))
     return evaluate_audit(model, tokenizer, SPLIT, parts=parts, data_dir=args.data_dir, output_dir=path,
+                          max_items=args.eval_items,
                           batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, leak_k=args.leak_k,
                           leak_max_new_tokens=args.leak_max_new_tokens,
                           **kwargs)
@@ -175,7 +196,9 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
                               (f"{SPLIT}_probability", "forget probability", "tab:green"),
                               (f"{SPLIT}_rouge_l_recall", "forget ROUGE-L recall", "tab:olive"),
                               ("retain_probability", "retain probability", "tab:purple")):
-        right.plot(epochs, [row[key] for row in rows], "s-", ms=4, color=color, label=label)
+        values = [float("nan") if row.get(key) is None else row[key] for row in rows]
+        if any(v == v for v in values):  # not all NaN: the series was evaluated
+            right.plot(epochs, values, "s-", ms=4, color=color, label=label)
     right.set_ylim(0, 1)
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = left.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
@@ -207,9 +230,10 @@ def main(argv=None) -> None:
     oracle_audit = audit(args, oracle, "membership")
     original_audit = audit(args, original, "membership,extraction,leak", membership_reference=oracle)
     final = work / "rklu" / "final"
-    unlearned_audit = audit(args, final, "all", membership_reference=oracle, relearn_original=original,
-                            relearn_oracle=oracle, relearn_steps=args.relearn_steps,
-                            relearn_learning_rate=args.relearn_lr)
+    unlearned_audit = audit(args, final, "all", membership_reference=oracle,
+                            relearn_original=original if args.relearn_original else None, relearn_oracle=oracle,
+                            relearn_steps=args.relearn_steps, relearn_learning_rate=args.relearn_lr,
+                            relearn_batch_size=args.relearn_batch_size)
     print(f"=== audits done ({time.time() - started:.0f} s)", flush=True)
 
     original_eval = load_tofu_eval(original)
@@ -245,12 +269,12 @@ def main(argv=None) -> None:
     plot(out / f"{NAME}_epochs.png", rows, title)
     lines = [f"# Audit of an RKL-U run on a CPU (TOFU {SPLIT}, SmolLM2-135M-Instruct + LoRA)", "",
              f"Command: `{command}` (2-core CPU, {time.time() - started:.0f} s for this invocation). Settings in "
-             f"`{NAME}.json`.", "", "## Per-epoch evaluation (TofuEvalCallback, per_epoch='full')", "",
+             f"`{NAME}.json`.", "", f"## Per-epoch evaluation (TofuEvalCallback, per_epoch='{args.per_epoch}')", "",
              "| epoch | forget quality | model utility | forget P | forget ROUGE-L | retain P |", "|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['epoch']:g} | {fmt(row[FQ])} | {fmt(row['model_utility'])} | "
-                     f"{fmt(row[f'{SPLIT}_probability'])} | {fmt(row[f'{SPLIT}_rouge_l_recall'])} | "
-                     f"{fmt(row['retain_probability'])} |")
+        lines.append(f"| {row['epoch']:g} | {fmt(row[FQ])} | {fmt(row.get('model_utility'))} | "
+                     f"{fmt(row.get(f'{SPLIT}_probability'))} | {fmt(row.get(f'{SPLIT}_rouge_l_recall'))} | "
+                     f"{fmt(row.get('retain_probability'))} |")
     lines += ["", f"Peak epoch {run['peak_epoch']}; best checkpoint (utility >= {args.min_model_utility}) "
               f"epoch {run['best_epoch']}.", "", "## Audit", ""]
     keys = sorted({k for row in audits.values() for k in row})
