@@ -228,7 +228,7 @@ def main(argv=None) -> None:
     run = unlearn(args, original, oracle)
     print(f"=== unlearning done ({time.time() - started:.0f} s)", flush=True)
     oracle_audit = audit(args, oracle, "membership")
-    original_audit = audit(args, original, "membership,extraction,leak", membership_reference=oracle)
+    original_audit = audit(args, original, "membership,extraction", membership_reference=oracle)
     final = work / "rklu" / "final"
     unlearned_audit = audit(args, final, "all", membership_reference=oracle,
                             relearn_original=original if args.relearn_original else None, relearn_oracle=oracle,

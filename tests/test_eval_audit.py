@@ -193,7 +193,7 @@ def test_unlearned_knowledge_comes_back_under_relearning(unlearned, memorized, f
     before = {name: p.detach().clone() for name, p in unlearned.named_parameters()}
     result = evaluate_audit(unlearned, tiny_tokenizer, "forget01", "relearn", tofu_dir, relearn_original=original_dir,
                             relearn_oracle=oracle_dir, relearn_steps=10, relearn_learning_rate=1e-3,
-                            relearn_batch_size=4, **FAST)
+                            relearn_batch_size=4, **{**FAST, "max_new_tokens": 8})
     for name, p in unlearned.named_parameters():  # the attack trained a copy
         assert torch.equal(p, before[name]), name
     relearn = result["relearn"]
@@ -221,7 +221,8 @@ def test_quantization_round_trips_restore_the_weights(fresh, tiny_tokenizer, tof
             weights["model.layers.0.self_attn.q_proj.weight"].abs().max()
     for name, p in fresh.named_parameters():
         assert torch.equal(p, weights[name]), name
-    result = evaluate_audit(fresh, tiny_tokenizer, "forget01", "quantization", tofu_dir, **{**FAST, "max_items": 4})
+    result = evaluate_audit(fresh, tiny_tokenizer, "forget01", "quantization", tofu_dir,
+                            **{**FAST, "max_items": 4, "max_new_tokens": 8})
     quant = result["quantization"]
     assert set(quant["runs"]) == {"none", "8", "4"} and quant["library"].startswith("bitsandbytes")
     for bits in ("8", "4"):
@@ -266,6 +267,7 @@ def test_privleak_against_a_stored_reference(fresh, tiny_tokenizer, tofu_dir, tm
     ({"parts": "membership,tea"}, "Unknown or no audit part"),
     ({"parts": "quantization", "quantization_bits": (3,)}, "subset of"),
     ({"parts": "relearn", "relearn_oracle": "/nonexistent/oracle"}, "not a model directory"),
+    ({"parts": "relearn", "relearn_original": "./no_such_model"}, "not a model directory"),
 ])
 def test_bad_settings_fail_before_any_model_work(kwargs, match, tofu_dir):
     kwargs = {"parts": "membership,leak", **kwargs}

@@ -137,7 +137,8 @@ def _check_model_path(path, what: str) -> None:
         return
     text = os.fspath(path)
     local = Path(text).expanduser()
-    looks_local = text.startswith((".", "/", "~")) or text.count("/") != 1 or local.exists()
+    # a hub id is "org/name"; anything else, or a path whose folder exists here, is meant as a local path
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") != 1 or local.parent.exists()
     if looks_local and not local.is_dir():
         raise FileNotFoundError(f"{what} {text!r} is not a model directory (give a saved model's folder or a hub id).")
 
