@@ -78,6 +78,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--relearn_lr", type=float, default=1e-4)
     p.add_argument("--relearn_batch_size", type=int, default=4)
     p.add_argument("--relearn_original", action="store_true", help="also attack the original (costs a third attack)")
+    p.add_argument("--audit_parts", default="all", help="audit parts of the unlearned model (see eval.audit.PARTS)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max_steps", type=int, default=-1, help="smoke tests only")
     return p.parse_args(argv)
@@ -230,7 +231,7 @@ def main(argv=None) -> None:
     oracle_audit = audit(args, oracle, "membership")
     original_audit = audit(args, original, "membership,extraction", membership_reference=oracle)
     final = work / "rklu" / "final"
-    unlearned_audit = audit(args, final, "all", membership_reference=oracle,
+    unlearned_audit = audit(args, final, args.audit_parts, membership_reference=oracle,
                             relearn_original=original if args.relearn_original else None, relearn_oracle=oracle,
                             relearn_steps=args.relearn_steps, relearn_learning_rate=args.relearn_lr,
                             relearn_batch_size=args.relearn_batch_size)
@@ -253,17 +254,14 @@ def main(argv=None) -> None:
     write_json_atomic(out / f"{NAME}.json", {
         "device": "cpu (2 threads)", "command": command, "settings": settings, "epochs": rows,
         "peak_epoch": run["peak_epoch"], "best_epoch": run["best_epoch"], "logged_rows": run["logged_rows"],
-        "audits": audits, "relearn": {role: {k: v for k, v in entry.items() if k in ("before", "after", "delta",
-                                                                                    "recovered_fraction")}
-                                      for role, entry in unlearned_audit["relearn"]["models"].items()},
-        "quantization": {k: v for k, v in unlearned_audit["quantization"].items() if k != "runs"},
+        "audits": audits,
+        "relearn": {role: {k: v for k, v in entry.items() if k in ("before", "after", "delta", "recovered_fraction")}
+                    for role, entry in unlearned_audit.get("relearn", {}).get("models", {}).items()},
+        "quantization": {k: v for k, v in unlearned_audit.get("quantization", {}).items() if k != "runs"},
         "leak_examples": {kind: {key: unlearned_audit["leak"][kind]["items"][key][:3]
                                  for key in ("question", "prompt_suffix", "gold", "candidates", "leaked")}
-                          for kind in ("question", "fill_in_blank")},
+                          for kind in ("question", "fill_in_blank")} if "leak" in unlearned_audit else None,
     })
-    for entry in (unlearned_audit["relearn"]["models"].values()):
-        for side in ("before", "after"):
-            entry[side].pop("items", None)
     title = (f"RKL-U on TOFU {SPLIT}, SmolLM2-135M + LoRA, CPU run (2 threads): per-epoch TofuEvalCallback\n"
              f"{args.retain_items} retain items in fine-tuning; first {args.eval_items} items of every eval set")
     plot(out / f"{NAME}_epochs.png", rows, title)
@@ -275,23 +273,25 @@ def main(argv=None) -> None:
         lines.append(f"| {row['epoch']:g} | {fmt(row[FQ])} | {fmt(row.get('model_utility'))} | "
                      f"{fmt(row.get(f'{SPLIT}_probability'))} | {fmt(row.get(f'{SPLIT}_rouge_l_recall'))} | "
                      f"{fmt(row.get('retain_probability'))} |")
-    lines += ["", f"Peak epoch {run['peak_epoch']}; best checkpoint (utility >= {args.min_model_utility}) "
-              f"epoch {run['best_epoch']}.", "", "## Audit", ""]
+    floor = f" at model utility >= {args.min_model_utility}" if args.per_epoch == "full" else ""
+    lines += ["", f"Peak epoch {run['peak_epoch']}; best checkpoint (highest forget quality{floor}) epoch "
+              f"{run['best_epoch']}.", "", "## Audit", ""]
     keys = sorted({k for row in audits.values() for k in row})
     lines += ["| metric | " + " | ".join(audits) + " |", "|---" * (len(audits) + 1) + "|"]
     for key in keys:
         lines.append(f"| {key} | " + " | ".join(fmt(row.get(key)) for row in audits.values()) + " |")
-    lines += ["", "Relearning attack (odd-position forget items, after fine-tuning on the even ones):", "",
-              "| model | P before | P after | ROUGE-L before | ROUGE-L after |", "|---|---|---|---|---|"]
-    for role, entry in unlearned_audit["relearn"]["models"].items():
-        lines.append(f"| {role} | {fmt(entry['before']['probability'])} | {fmt(entry['after']['probability'])} | "
-                     f"{fmt(entry['before']['rouge_l_recall'])} | {fmt(entry['after']['rouge_l_recall'])} |")
-    runs = unlearned_audit["quantization"]["runs"]
-    lines += ["", f"Quantization ({unlearned_audit['quantization']['library']}), forget set:", "",
-              "| weights | P | ROUGE-L |", "|---|---|---|"]
-    for bits, entry in runs.items():
-        lines.append(f"| {'full precision' if bits == 'none' else bits + '-bit round trip'} | "
-                     f"{fmt(entry['probability'])} | {fmt(entry['rouge_l_recall'])} |")
+    if "relearn" in unlearned_audit:
+        lines += ["", "Relearning attack (odd-position forget items, after fine-tuning on the even ones):", "",
+                  "| model | P before | P after | ROUGE-L before | ROUGE-L after |", "|---|---|---|---|---|"]
+        for role, entry in unlearned_audit["relearn"]["models"].items():
+            lines.append(f"| {role} | {fmt(entry['before']['probability'])} | {fmt(entry['after']['probability'])} "
+                         f"| {fmt(entry['before']['rouge_l_recall'])} | {fmt(entry['after']['rouge_l_recall'])} |")
+    if "quantization" in unlearned_audit:
+        lines += ["", f"Quantization ({unlearned_audit['quantization']['library']}), forget set:", "",
+                  "| weights | P | ROUGE-L |", "|---|---|---|"]
+        for bits, entry in unlearned_audit["quantization"]["runs"].items():
+            lines.append(f"| {'full precision' if bits == 'none' else bits + '-bit round trip'} | "
+                         f"{fmt(entry['probability'])} | {fmt(entry['rouge_l_recall'])} |")
     (out / f"{NAME}.md").write_text("\n".join(lines) + "\n")
     print(f"done in {time.time() - started:.0f} s")
 
