@@ -61,6 +61,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--forget_items", type=int, default=40, help="first N forget01 items taught, unlearned, audited")
     p.add_argument("--per_epoch", default="full", choices=("full", "forget_quality"))
     p.add_argument("--eval_sets", default="all", help="'all', or 'forget' to evaluate the forget set alone")
+    p.add_argument("--no_generate", action="store_true",
+                   help="oracle and per-epoch evaluations score likelihoods only (no ROUGE-L): a slow CPU")
     p.add_argument("--finetune_epochs", type=float, default=5)
     p.add_argument("--finetune_lr", type=float, default=2e-3)
     p.add_argument("--unlearn_epochs", type=float, default=5)
@@ -71,7 +73,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--eval_items", type=int, default=20)
     p.add_argument("--eval_batch_size", type=int, default=20)
     p.add_argument("--max_new_tokens", type=int, default=40)
-    p.add_argument("--min_model_utility", type=float, default=0.0)
+    p.add_argument("--min_model_utility", type=float, default=None,
+                   help="floor of the best checkpoint (needs --per_epoch full and all sets)")
     p.add_argument("--leak_k", type=int, default=5)
     p.add_argument("--leak_max_new_tokens", type=int, default=32)
     p.add_argument("--relearn_steps", type=int, default=10)
@@ -84,10 +87,10 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def eval_kwargs(args) -> dict:
+def eval_kwargs(args, generate: bool | None = None) -> dict:
     sets = (SPLIT,) if args.eval_sets == "forget" else None
     return dict(batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, max_items=args.eval_items,
-                sets=sets)
+                sets=sets, generate=not args.no_generate if generate is None else generate)
 
 
 def forget_rows(args):
@@ -127,7 +130,8 @@ def finetune(args, name: str, with_forget: bool) -> Path:
         trainer.model = trainer.model.merge_and_unload()
         staged_save(trainer, out)
         model = trainer.model
-    evaluate_tofu(model, tokenizer, SPLIT, args.data_dir, output_dir=out, **eval_kwargs(args))
+    # the original's ROUGE-L is the curve's starting point: generated even with --no_generate
+    evaluate_tofu(model, tokenizer, SPLIT, args.data_dir, output_dir=out, **eval_kwargs(args, with_forget or None))
     return out
 
 
@@ -141,7 +145,8 @@ def unlearn(args, original: Path, oracle: Path) -> dict:
     config = UnlearnConfig(
         output_dir=str(work / "rklu"), method="rklu", teacher_alpha=args.teacher_alpha, use_lora=True,
         augment_lora=True, augment_epochs=args.augment_epochs, augment_learning_rate=args.finetune_lr,
-        learning_rate=args.unlearn_lr, num_train_epochs=args.unlearn_epochs, per_device_train_batch_size=args.batch_size,
+        learning_rate=args.unlearn_lr, num_train_epochs=args.unlearn_epochs,
+        per_device_train_batch_size=args.batch_size,
         lora_r=16, lora_alpha=32, save_strategy="no", report_to="none", logging_steps=2, use_cpu=True, seed=0,
         disable_tqdm=True, max_steps=args.max_steps, augment_max_steps=args.max_steps,
     )
@@ -268,12 +273,13 @@ def main(argv=None) -> None:
     lines = [f"# Audit of an RKL-U run on a CPU (TOFU {SPLIT}, SmolLM2-135M-Instruct + LoRA)", "",
              f"Command: `{command}` (2-core CPU, {time.time() - started:.0f} s for this invocation). Settings in "
              f"`{NAME}.json`.", "", f"## Per-epoch evaluation (TofuEvalCallback, per_epoch='{args.per_epoch}')", "",
-             "| epoch | forget quality | model utility | forget P | forget ROUGE-L | retain P |", "|---|---|---|---|---|---|"]
+             "| epoch | forget quality | model utility | forget P | forget ROUGE-L | retain P |",
+             "|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(f"| {row['epoch']:g} | {fmt(row[FQ])} | {fmt(row.get('model_utility'))} | "
                      f"{fmt(row.get(f'{SPLIT}_probability'))} | {fmt(row.get(f'{SPLIT}_rouge_l_recall'))} | "
                      f"{fmt(row.get('retain_probability'))} |")
-    floor = f" at model utility >= {args.min_model_utility}" if args.per_epoch == "full" else ""
+    floor = f" at model utility >= {args.min_model_utility}" if args.min_model_utility is not None else ""
     lines += ["", f"Peak epoch {run['peak_epoch']}; best checkpoint (highest forget quality{floor}) epoch "
               f"{run['best_epoch']}.", "", "## Audit", ""]
     keys = sorted({k for row in audits.values() for k in row})

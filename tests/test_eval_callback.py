@@ -225,7 +225,8 @@ def test_two_processes_evaluate_every_epoch_and_keep_the_best(two_models, tiny_t
     reference.write_text(json.dumps(two_models[2]))
     out = tmp_path / "ga_ddp"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo / "accelerate_configs" / "cpu.yaml"),
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(repo / "accelerate_configs" / "cpu.yaml"),
         str(repo / "recipes" / "tofu_forget01.py"), "--model", str(tiny_model_dir), "--method", "ga", "--data_dir",
         str(tofu_dir), "--output_dir", str(out), "--retain_eval", str(reference), "--eval_every_epoch",
         "--best_checkpoint", "--min_model_utility", "0", "--num_train_epochs", "2", "--per_device_train_batch_size",

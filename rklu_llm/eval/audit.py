@@ -94,8 +94,14 @@ from .metrics import (
     rouge_l_recall,
     zlib_score,
 )
-from .scoring import eval_mode, generate_answers, generate_continuations, model_device, pad_token_id, qa_examples, \
-    score_examples
+from .scoring import (
+    generate_answers,
+    generate_continuations,
+    model_device,
+    pad_token_id,
+    qa_examples,
+    score_examples,
+)
 
 AUDIT_FILE = "audit_eval.json"
 CACHE_DIR = "audit_eval_cache"
@@ -441,7 +447,8 @@ def evaluate_audit(
                     blank_words, leak_max_new_tokens, relearn_original, relearn_oracle, relearn_steps,
                     relearn_learning_rate, relearn_batch_size, quantization_bits, batch_size, generation_batch_size,
                     max_new_tokens, max_items, max_length)
-    parts, quantization_bits, forget, holdout = plan["parts"], plan["quantization_bits"], plan["forget"], plan["holdout"]
+    parts, quantization_bits = plan["parts"], plan["quantization_bits"]
+    forget, holdout = plan["forget"], plan["holdout"]
     holdout_split, reference_aucs, reference_label = plan["holdout_split"], plan["reference_aucs"], plan["reference"]
 
     name = model_name(model)
@@ -612,7 +619,8 @@ def _relearn(model, tokenizer, forget, cache, forget_split, original_path, oracl
                 if reference[m] != entry["before"][m] else None for m in ("probability", "rouge_l_recall")}
     return {"attack_items": len(attack["question"]), "eval_items": len(held["question"]), "steps": steps,
             "learning_rate": learning_rate, "batch_size": batch_size,
-            "attack_set": f"{forget_split} items at even positions", "eval_set": f"{forget_split} items at odd positions",
+            "attack_set": f"{forget_split} items at even positions",
+            "eval_set": f"{forget_split} items at odd positions",
             "models": models}
 
 

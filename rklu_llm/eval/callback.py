@@ -43,7 +43,8 @@ class TofuEvalCallback(TrainerCallback):
     Best checkpoint: with ``best_dir`` (and ``trainer``), the weights of the epoch with the highest forget quality so
     far among the epochs whose model utility reaches ``min_model_utility`` are saved there with
     :func:`~rklu_llm.models.staged_save` (all ranks take part, so sharded weights are gathered; each file is moved into
-    place whole) next to ``best_forget_quality.json`` (its row). A utility floor needs the utility of every epoch, so ``min_model_utility`` needs ``per_epoch="full"``.
+    place whole) next to ``best_forget_quality.json`` (its row). A utility floor needs the utility of every epoch,
+    so ``min_model_utility`` needs ``per_epoch="full"``.
 
     After training: ``history`` holds one row per epoch (``epoch``, ``eval_seconds``, the peak GPU memory of the
     training steps before it, and :func:`~rklu_llm.eval.tofu.summary_row`'s values); ``final`` and ``peak`` are the

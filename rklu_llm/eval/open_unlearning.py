@@ -168,7 +168,8 @@ def _tofu_entries(tofu: Mapping, split: str) -> dict:
     with np.errstate(divide="ignore"):
         avg_loss = -np.log(probs)
     logs = {
-        "forget_truth_ratio": {"agg_value": aggregate["truth_ratio"], "value_by_index": _by_index(items["truth_ratio"])},
+        "forget_truth_ratio": {"agg_value": aggregate["truth_ratio"],
+                               "value_by_index": _by_index(items["truth_ratio"])},
         "forget_Q_A_Prob": {"agg_value": float(np.mean(probs)),
                             "value_by_index": _by_index(probs, "prob", avg_loss=avg_loss)},
     }
