@@ -1,21 +1,26 @@
 """RKL-U on TOFU forget01 on a CPU, followed epoch by epoch by TofuEvalCallback, then audited (rklu_llm.eval.audit).
 
-    python benchmarks/audit_cpu.py --data_dir ../shared/data/tofu --work_dir runs/audit_cpu \\
+    python benchmarks/audit_cpu.py --data_dir ../shared/data/tofu --work_dir runs/audit_cpu \
         --results_dir benchmarks/results
 
 A machine without a GPU cannot fine-tune on all of TOFU, so everything is small and LoRA:
 
-1. the "original": the embedded SmolLM2-135M-Instruct fine-tuned (LoRA, merged) on forget01 plus the first
-   ``--retain_items`` items of retain99; the "oracle": the same on those retain items alone (never saw forget01).
-   Both are evaluated on TOFU (first ``--eval_items`` items of each set); the oracle's evaluation is the
-   forget-quality reference, its membership audit the privleak reference;
-2. RKL-U (LoRA student, LoRA augmented adapter, no retain data) unlearns forget01 with
-   ``TofuEvalCallback(per_epoch="full", trainer=trainer, best_dir=...)``: a full evaluation after every epoch, logged
-   through ``trainer.log``, the best-forget-quality epoch at ``--min_model_utility`` kept on disk;
-3. the unlearned model is audited (membership, extraction, leak@k, relearning next to the original and the oracle,
-   8/4-bit quantization);
+1. the "original": the embedded SmolLM2-135M-Instruct fine-tuned (LoRA, merged) on the first ``--forget_items``
+   forget01 items plus the first ``--retain_items`` items of retain99; the "oracle": the same on those retain items
+   alone (``--retain_items 0``: the untouched base model), a model that never saw forget01. Both are evaluated on
+   TOFU (first ``--eval_items`` items of each set, or of the forget set alone with ``--eval_sets forget``); the
+   oracle's evaluation is the forget-quality reference, its membership audit the privleak reference;
+2. RKL-U (LoRA student, LoRA augmented adapter, no retain data) unlearns those forget items with
+   ``TofuEvalCallback(per_epoch=..., trainer=trainer, best_dir=...)``: an evaluation after every epoch, logged through
+   ``trainer.log``, the epoch of best forget quality (at ``--min_model_utility`` when given) kept on disk;
+3. the unlearned model is audited (``--audit_parts``: membership, extraction, leak@k, relearning next to the oracle
+   and optionally the original, 8/4-bit quantization), the original and the oracle on membership (and extraction);
 4. ``audit_cpu.json`` (every number), ``audit_cpu.md`` (tables) and ``audit_cpu_epochs.png`` (the per-epoch curve)
    go to ``--results_dir``.
+
+On a shared, busy 2-core CPU one forward pass of SmolLM2 over 10 answers took about a minute, so the committed
+results use the smallest settings that still show the curve (see the command in ``audit_cpu.md``): 20 forget items
+taught, 5 evaluated, likelihood-only evaluations per epoch (``--no_generate``), membership and extraction audits.
 
 Resumable: each finished step leaves its files under ``--work_dir`` and is skipped by a rerun; evaluations and
 audits resume from their caches.
