@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -14,6 +15,7 @@ from rklu_llm.eval.tofu import evaluate_tofu
 from conftest import build_tiny_model
 
 EVAL = dict(max_items=40, batch_size=16, max_new_tokens=4)
+SMALL = dict(max_items=8, batch_size=16, max_new_tokens=2)  # full evaluations of the best-checkpoint test
 FQ = "forget01_forget_quality"
 
 
@@ -117,3 +119,129 @@ def test_without_the_final_evaluation(two_models, tiny_tokenizer, tofu_dir):
             assert len(callback.results) == 1
         else:  # the last epoch: left to the caller with the final weights
             assert callback.peak is None and not callback.results
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Every rank evaluates, rows go through trainer.log, the best checkpoint at a utility floor
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _trainer(model, tiny_tokenizer, output_dir):
+    from transformers import Trainer, TrainingArguments
+
+    args = TrainingArguments(output_dir=str(output_dir), report_to="none", use_cpu=True, save_strategy="no")
+    return Trainer(model=model, args=args, processing_class=tiny_tokenizer)
+
+
+def test_rows_are_logged_through_the_trainer(two_models, tiny_tokenizer, tofu_dir, tmp_path):
+    from transformers import TrainerCallback
+
+    a, _, reference = two_models
+    model = build_tiny_model(tiny_tokenizer)
+    model.load_state_dict(a.state_dict())
+    trainer = _trainer(model, tiny_tokenizer, tmp_path)
+    seen = []
+
+    class Recorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs))
+
+    trainer.add_callback(Recorder())  # stands for TensorBoard / W&B: every logger gets on_log
+    callback = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, per_epoch="forget_quality",
+                                trainer=trainer, **EVAL)
+    trainer.state.epoch = 1.0
+    callback.on_epoch_end(trainer.args, trainer.state, trainer.control, model=model)
+    logged = trainer.state.log_history[-1]
+    assert logged["tofu/forget01_forget_quality"] == pytest.approx(1.0)
+    assert logged["tofu/forget01_probability"] == pytest.approx(callback.history[0]["forget01_probability"])
+    assert "tofu/model_utility" not in logged  # None values are not logged
+    assert seen and seen[-1]["tofu/forget01_forget_quality"] == pytest.approx(1.0)
+
+
+def test_every_rank_evaluates(two_models, tiny_tokenizer, tofu_dir):
+    """The all-ranks code path without DDP: a process that is not the main one runs the same evaluation."""
+    a, _, reference = two_models
+    callback = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, per_epoch="forget_quality", **EVAL)
+    state = TrainerState(epoch=1.0)
+    state.is_world_process_zero = False
+    callback.on_epoch_end(None, state, TrainerControl(), model=a)
+    assert len(callback.history) == 1 and callback.history[0][FQ] == pytest.approx(1.0)
+    assert callback._best is not None  # each rank keeps its own copy (its shard) of the best weights
+
+
+def test_best_checkpoint_at_a_utility_floor(two_models, tiny_tokenizer, tofu_dir, tmp_path):
+    a, b, reference = two_models
+    model = build_tiny_model(tiny_tokenizer)
+    trainer = _trainer(model, tiny_tokenizer, tmp_path / "run")
+    best = tmp_path / "run" / "best"
+    callback = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, trainer=trainer, best_dir=best,
+                                min_model_utility=0.0, **SMALL)
+    callback.on_train_begin(trainer.args, trainer.state, trainer.control)
+    for epoch, weights in ((1.0, b), (2.0, a)):  # forget quality peaks at epoch 2 (A's weights)
+        model.load_state_dict(weights.state_dict())
+        trainer.state.epoch = epoch
+        callback.on_epoch_end(trainer.args, trainer.state, trainer.control, model=model)
+    assert callback.best_epoch == 2.0
+    record = json.loads((best / "best_forget_quality.json").read_text())
+    assert record["row"]["epoch"] == 2.0 and record["min_model_utility"] == 0.0
+    saved = type(model).from_pretrained(best)
+    for (name, p), q in zip(saved.named_parameters(), a.parameters()):
+        assert torch.equal(p, q), name
+    assert not (best / ".rklu-staging").exists()
+
+    # a floor no epoch reaches: nothing is kept
+    floor = max(row["model_utility"] for row in callback.history) + 1e-6
+    strict = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, trainer=trainer,
+                              best_dir=tmp_path / "none", min_model_utility=min(floor, 1.0), **SMALL)
+    strict.on_epoch_end(trainer.args, trainer.state, trainer.control, model=model)
+    assert strict.best_epoch is None and not (tmp_path / "none").exists()
+
+
+def test_best_checkpoint_settings_are_checked(tiny_tokenizer, tmp_path):
+    with pytest.raises(ValueError, match="per_epoch='full'"):
+        TofuEvalCallback(tiny_tokenizer, "forget01", reference={}, per_epoch="forget_quality", best_dir=tmp_path,
+                         min_model_utility=0.3)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        TofuEvalCallback(tiny_tokenizer, "forget01", reference={}, best_dir=tmp_path, min_model_utility=1.5)
+    with pytest.raises(ValueError, match="reference"):
+        TofuEvalCallback(tiny_tokenizer, "forget01", best_dir=tmp_path)
+    callback = TofuEvalCallback(tiny_tokenizer, "forget01", reference={}, best_dir=tmp_path)
+    with pytest.raises(ValueError, match="trainer="):
+        callback.on_train_begin(None, TrainerState(), TrainerControl())
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_every_epoch_and_keep_the_best(two_models, tiny_tokenizer, tiny_model_dir, tofu_dir,
+                                                              tmp_path):
+    """``accelerate launch`` with 2 CPU processes (gloo): both ranks evaluate after every epoch, rank 0 writes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    reference = tmp_path / "retain" / "tofu_eval.json"
+    reference.parent.mkdir()
+    reference.write_text(json.dumps(two_models[2]))
+    out = tmp_path / "ga_ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        str(repo / "accelerate_configs" / "cpu.yaml"),
+        str(repo / "recipes" / "tofu_forget01.py"), "--model", str(tiny_model_dir), "--method", "ga", "--data_dir",
+        str(tofu_dir), "--output_dir", str(out), "--retain_eval", str(reference), "--eval_every_epoch",
+        "--best_checkpoint", "--min_model_utility", "0", "--num_train_epochs", "2", "--per_device_train_batch_size",
+        "20", "--save_strategy", "no", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
+        "--learning_rate", "1e-3", "--max_length", "256", "--eval_max_items", "4", "--max_new_tokens", "4",
+        "--eval_batch_size", "8", "--logging_steps", "1",
+    ]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, f"--- stdout ---\n{done.stdout[-3000:]}\n--- stderr ---\n{done.stderr[-6000:]}"
+    epochs = json.loads((out / "tofu_eval_epochs.json").read_text())
+    assert [row["epoch"] for row in epochs["epochs"]] == [1.0, 2.0]
+    assert all(row["model_utility"] is not None for row in epochs["epochs"])  # full evaluations every epoch
+    record = json.loads((out / "best_forget_quality" / "best_forget_quality.json").read_text())
+    curve = [row[FQ] for row in epochs["epochs"]]
+    assert record["row"]["epoch"] == [1.0, 2.0][curve.index(max(curve))]
+    assert (out / "best_forget_quality" / "model.safetensors").is_file()

@@ -4,9 +4,12 @@
 * :mod:`~rklu_llm.eval.scoring`: batched likelihoods of token sequences and batched generation;
 * :mod:`~rklu_llm.eval.io`: atomic JSON writes, the per-(set, metric) result cache, a weights digest;
 * :mod:`~rklu_llm.eval.tofu`: TOFU (probability, ROUGE-L recall, truth ratio, model utility, forget quality);
+* :mod:`~rklu_llm.eval.audit`: membership inference, extraction, leak@k, relearning and quantization robustness;
+* :mod:`~rklu_llm.eval.open_unlearning`: open-unlearning's TOFU_EVAL.json / TOFU_SUMMARY.json, read and written;
 * :mod:`~rklu_llm.eval.callback`: evaluation during training.
 """
 
+from .audit import audit_summary_row, evaluate_audit
 from .metrics import (
     UTILITY_METRICS,
     answer_probability,
@@ -18,6 +21,7 @@ from .metrics import (
     rouge_l_recall,
     truth_ratio,
 )
+from .open_unlearning import to_open_unlearning, write_open_unlearning
 from .scoring import generate_answers, generate_continuations, score_answers, score_examples
 from .tofu import (
     UTILITY_SETS,
@@ -32,7 +36,9 @@ __all__ = [
     "UTILITY_METRICS",
     "UTILITY_SETS",
     "answer_probability",
+    "audit_summary_row",
     "compare_to_reference",
+    "evaluate_audit",
     "evaluate_tofu",
     "forget_quality",
     "forget_truth_ratio_score",
@@ -47,5 +53,7 @@ __all__ = [
     "score_answers",
     "score_examples",
     "summary_row",
+    "to_open_unlearning",
     "truth_ratio",
+    "write_open_unlearning",
 ]

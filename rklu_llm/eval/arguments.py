@@ -19,11 +19,59 @@ class TofuEvalArguments:
     eval_max_items: int | None = field(default=None, metadata={"help": "Evaluate the first N items of each set."})
     max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE."})
 
+    # ---- audit (rklu_llm.eval.audit) and open-unlearning interchange: used by eval_audit and the unlearning recipes
+    audit: str | None = field(
+        default=None,
+        metadata={"help": "Also audit the saved model: comma-separated parts of membership, extraction, leak, relearn, "
+                  "quantization, or 'all' (writes audit_eval.json)."},
+    )
+    audit_reference: str | None = field(
+        default=None,
+        metadata={"help": "The retain-only model's audit_eval.json or open-unlearning TOFU_EVAL.json: the reference "
+                  "AUC of privleak (default 0.5, said in the result)."},
+    )
+    audit_min_k: float = field(default=0.4, metadata={"help": "The fraction k of min-k% and min-k%++."})
+    leak_k: int = field(default=5, metadata={"help": "leak@k: candidates per forget item (beam search)."})
+    leak_threshold: float = field(default=0.5, metadata={"help": "leak@k: ROUGE-L recall that counts as a leak."})
+    leak_blank_words: int = field(
+        default=2, metadata={"help": "leak@k: content words cut off the answer for the fill-in-the-blank prompt."}
+    )
+    leak_max_new_tokens: int = field(default=64, metadata={"help": "leak@k: generation length of the candidates."})
+    relearn_original: str | None = field(
+        default=None, metadata={"help": "Relearning attack: the original model, attacked the same way."}
+    )
+    relearn_oracle: str | None = field(
+        default=None, metadata={"help": "Relearning attack: the retain-only oracle, attacked the same way."}
+    )
+    relearn_steps: int = field(default=10, metadata={"help": "Relearning attack: AdamW steps."})
+    relearn_learning_rate: float = field(default=1e-5, metadata={"help": "Relearning attack: learning rate."})
+    relearn_batch_size: int = field(default=4, metadata={"help": "Relearning attack: batch size."})
+    quantization_bits: str = field(default="8,4", metadata={"help": "Weight-only round trips to audit (8, 4)."})
+    open_unlearning_export: bool = field(
+        default=False,
+        metadata={"help": "Also write TOFU_EVAL.json / TOFU_SUMMARY.json in open-unlearning's layout."},
+    )
+    best_checkpoint: bool = field(
+        default=False,
+        metadata={"help": "With per-epoch evaluation: keep the weights of the epoch of best forget quality in "
+                  "<output_dir>/best_forget_quality (at or above --min_model_utility)."},
+    )
+    min_model_utility: float | None = field(
+        default=None,
+        metadata={"help": "Model-utility floor of --best_checkpoint (needs a full evaluation every epoch)."},
+    )
+
     def __post_init__(self):
         for name in ("eval_batch_size", "max_new_tokens", "eval_generation_batch_size", "eval_max_items"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (got {value}).")
+        if self.audit is not None:
+            from .audit import resolve_parts
+
+            resolve_parts(self.audit)  # unknown parts fail at parse time
+        if self.min_model_utility is not None and not self.best_checkpoint:
+            raise ValueError("--min_model_utility is the floor of --best_checkpoint: pass both.")
 
     def check_inputs(self, forget_splits, data_dir=None, reference=None) -> None:
         """Read now everything the evaluation after training will read, so that a missing or wrong input fails
@@ -45,6 +93,19 @@ class TofuEvalArguments:
         if not self.skip_eval:
             for name in [f"{split}_perturbed" for split in forget_splits] + list(UTILITY_SETS):
                 _load_set(name, data_dir, self.eval_max_items)
+
+    def audit_kwargs(self) -> dict:
+        """The audit settings as keyword arguments of :func:`~rklu_llm.eval.audit.evaluate_audit`."""
+        return dict(
+            parts=self.audit, membership_reference=self.audit_reference, min_k=self.audit_min_k, leak_k=self.leak_k,
+            leak_threshold=self.leak_threshold, blank_words=self.leak_blank_words,
+            leak_max_new_tokens=self.leak_max_new_tokens, relearn_original=self.relearn_original,
+            relearn_oracle=self.relearn_oracle, relearn_steps=self.relearn_steps,
+            relearn_learning_rate=self.relearn_learning_rate, relearn_batch_size=self.relearn_batch_size,
+            quantization_bits=tuple(int(b) for b in self.quantization_bits.split(",") if b.strip()),
+            batch_size=self.eval_batch_size, generation_batch_size=self.eval_generation_batch_size,
+            max_new_tokens=self.max_new_tokens, max_items=self.eval_max_items,
+        )
 
     def evaluate_kwargs(self) -> dict:
         """These settings as keyword arguments of :func:`~rklu_llm.eval.tofu.evaluate_tofu`."""

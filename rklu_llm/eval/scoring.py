@@ -91,12 +91,14 @@ def score_examples(
         ``{"nll_sum": (N,) float64, "num_tokens": (N,) int64}``; with ``token_values`` also ``"token_logprob"``,
         ``"token_mu"`` and ``"token_sigma"``: ``N`` float64 arrays of the counted tokens' ``log p(x_t)``, and of the
         mean ``mu_t = sum_v p(v) log p(v)`` and standard deviation ``sigma_t = sqrt(sum_v p(v) (log p(v) - mu_t)^2)`` of
-        ``log p`` under the model's next-token distribution ``p`` at that position.
+        ``log p`` under the model's next-token distribution ``p`` at that position; and ``"token_is_argmax"``: ``N``
+        boolean arrays, ``x_t == argmax_v p(v)`` (the first index on ties), for memorisation metrics.
     """
     n = len(examples)
     out = {"nll_sum": np.zeros(n, dtype=np.float64), "num_tokens": np.zeros(n, dtype=np.int64)}
     if token_values:
         out.update({key: [np.zeros(0)] * n for key in ("token_logprob", "token_mu", "token_sigma")})
+        out["token_is_argmax"] = [np.zeros(0, dtype=bool)] * n
     if n == 0:
         return out
     order = sorted(range(n), key=lambda i: -len(examples[i]["input_ids"]))
@@ -107,7 +109,8 @@ def score_examples(
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
             selected, mask = answer_positions(logits, batch["labels"])  # (M, V), (B, T - 1)
             log_p = F.log_softmax(selected.float(), dim=-1)
-            token_logprob = log_p.gather(-1, batch["labels"][:, 1:][mask].unsqueeze(-1)).squeeze(-1).double()
+            targets = batch["labels"][:, 1:][mask]
+            token_logprob = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
             counts = mask.sum(-1).cpu()
             rows = torch.arange(len(index), device=mask.device).unsqueeze(1).expand_as(mask)[mask]
             nll = torch.zeros(len(index), dtype=torch.float64, device=log_p.device).index_add_(0, rows, -token_logprob)
@@ -120,6 +123,9 @@ def score_examples(
                 for key, values in (("token_logprob", token_logprob), ("token_mu", mu), ("token_sigma", sigma)):
                     for i, part in zip(index, values.double().cpu().split(counts.tolist())):
                         out[key][i] = part.numpy()
+                is_argmax = (selected.argmax(-1) == targets).cpu()
+                for i, part in zip(index, is_argmax.split(counts.tolist())):
+                    out["token_is_argmax"][i] = part.numpy()
     return out
 
 

@@ -61,6 +61,7 @@ entry written for other weights or data is recomputed (with a warning).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -72,6 +73,7 @@ import numpy as np
 
 from ..data.tofu import RETAIN_OF_FORGET, load_tofu
 from ..paths import portable_path
+from . import open_unlearning
 from .io import MetricCache, data_fingerprint, model_fingerprint, model_name, to_builtin, write_json_atomic
 from .metrics import (
     UTILITY_METRICS,
@@ -142,14 +144,14 @@ def _read_reference(reference) -> tuple[dict, str]:
     else:
         path = Path(reference).expanduser()
         if path.is_dir():
-            for name in (RESULT_FILE, "eval_log_aggregated.json", "eval_log_forget.json"):
+            for name in (RESULT_FILE, "eval_log_aggregated.json", "eval_log_forget.json", open_unlearning.EVAL_FILE):
                 if (path / name).is_file():
                     path = path / name
                     break
             else:
                 raise FileNotFoundError(
                     f"Reference folder {str(path)!r} holds none of {RESULT_FILE}, eval_log_aggregated.json, "
-                    f"eval_log_forget.json."
+                    f"eval_log_forget.json, {open_unlearning.EVAL_FILE}."
                 )
         if not path.is_file():
             raise FileNotFoundError(f"Reference evaluation {str(path)!r} does not exist.")
@@ -158,11 +160,14 @@ def _read_reference(reference) -> tuple[dict, str]:
         label = portable_path(path)
     if _is_our_result(obj) or _is_tofu_log(obj):
         return obj, label
+    if open_unlearning.is_summary(obj) or open_unlearning.is_eval_log(obj):  # open-unlearning's TOFU_EVAL.json
+        return open_unlearning.read_eval_log(obj, label)[0], label
     if isinstance(obj, Mapping) and _is_tofu_log(obj.get("eval_log_forget.json")):
         return obj["eval_log_forget.json"], label + "#eval_log_forget.json"
     raise ValueError(
-        f"Reference {label} is neither a tofu_eval.json written by evaluate_tofu (no 'sets') nor a TOFU eval log "
-        f"(no 'avg_paraphrased_loss' / 'average_perturb_loss', no 'eval_log_forget.json')."
+        f"Reference {label} is neither a tofu_eval.json written by evaluate_tofu (no 'sets'), a TOFU eval log "
+        f"(no 'avg_paraphrased_loss' / 'average_perturb_loss', no 'eval_log_forget.json') nor an open-unlearning "
+        f"{open_unlearning.EVAL_FILE} (no metric entries)."
     )
 
 
@@ -172,7 +177,8 @@ def reference_truth_ratios(reference, split: str) -> tuple[np.ndarray, list[str]
     Args:
         reference: a ``tofu_eval.json`` written by :func:`evaluate_tofu` (path or dict), a TOFU original-authors log
             (``eval_log_forget.json``, or ``eval_log_aggregated.json`` whose ``eval_log_forget.json`` entry is used),
-            or a folder holding one of those.
+            an open-unlearning ``TOFU_EVAL.json`` (its ``forget_truth_ratio`` items; a ``TOFU_SUMMARY.json`` is
+            refused: it has no per-item values), or a folder holding one of those.
         split: forget split (``forget01`` / ``forget05`` / ``forget10``); selects the set of a ``tofu_eval.json``.
             A TOFU log holds one forget set and carries no split name: its items are matched by question later.
 
@@ -199,6 +205,8 @@ def _truth_ratios_of(obj: Mapping, label: str, split: str) -> tuple[np.ndarray, 
             )
         items = obj["sets"][name]["items"]
         return np.asarray(items["truth_ratio"], dtype=np.float64), list(items["question"]), label
+    if open_unlearning.is_eval_log(obj):
+        return (*open_unlearning.forget_truth_ratios(obj, split, label), label)
     keys = sorted(obj["avg_paraphrased_loss"], key=int)
     paraphrased = np.array([obj["avg_paraphrased_loss"][k] for k in keys], dtype=np.float64)
     perturbed = np.array([np.mean(obj["average_perturb_loss"][k]) for k in keys], dtype=np.float64)
@@ -496,6 +504,10 @@ def evaluate_tofu(
     reference_label = None
     if reference is not None:
         reference_obj, reference_label = _read_reference(reference)  # fails early on a missing / unknown file
+        if open_unlearning.is_eval_log(reference_obj):  # and on an open-unlearning log of another split
+            for split in forget_splits:
+                with contextlib.suppress(KeyError):  # no truth ratios at all: a note in the result, as for ours
+                    open_unlearning.forget_truth_ratios(reference_obj, split, reference_label)
         reference = reference_obj
     data = {name: _load_set(name, data_dir, max_items) for name in set_names}
 

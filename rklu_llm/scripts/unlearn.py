@@ -15,6 +15,9 @@ Read top to bottom: arguments -> data (fails early when unavailable) -> model ->
     # forget quality after every epoch, and a full evaluation of the epoch where it peaks (the paper's protocol)
     python recipes/tofu_forget10.py --model runs/full --output_dir runs/rklu_10ep --num_train_epochs 10 \
         --retain_eval runs/retain90/tofu_eval.json --eval_every_epoch --data_dir ../shared/data/tofu
+    # ... keeping the best epoch at a utility floor, then auditing the saved model (audit_eval.json)
+    python recipes/tofu_forget10.py ... --eval_every_epoch --best_checkpoint --min_model_utility 0.3 --audit all \
+        --audit_reference runs/retain90/audit_eval.json --relearn_original runs/full --relearn_oracle runs/retain90
 
 All fields of TofuArguments, rklu_llm.eval.arguments.TofuEvalArguments and rklu_llm.UnlearnConfig (and so of
 transformers.TrainingArguments) are flags.
@@ -113,25 +116,31 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
     validate(script, evaluation, config)
     forget, retain, refusals = load_data(script, config)
     evaluation.check_inputs((script.forget_split,), script.data_dir, script.retain_eval)
+    if evaluation.best_checkpoint and not script.eval_every_epoch:
+        raise ValueError("--best_checkpoint keeps the best epoch of the per-epoch evaluation: add --eval_every_epoch.")
+    if evaluation.audit and not evaluation.skip_eval:
+        from rklu_llm.eval.audit import check_audit
+
+        check_audit(script.forget_split, data_dir=script.data_dir, **evaluation.audit_kwargs())
     logger.info("inputs checked; loading %s", script.model)
 
     with run_lock(config.output_dir, main_process=config.process_index == 0):
         model, tokenizer = load_model(script.model)
         dataset = build_unlearning_dataset(tokenizer, forget, retain, refusals, config.max_length, config.seed)
         epochs = None
-        if script.eval_every_epoch:  # final weights: evaluated below, from the saved model
+        if script.eval_every_epoch:  # final weights: evaluated below, from the saved model; every rank evaluates
             epochs = TofuEvalCallback(
-                tokenizer, script.forget_split, script.data_dir, script.retain_eval, per_epoch="forget_quality",
-                evaluate_final=False, **evaluation.evaluate_kwargs(),
+                tokenizer, script.forget_split, script.data_dir, script.retain_eval,
+                per_epoch="forget_quality" if evaluation.min_model_utility is None else "full", evaluate_final=False,
+                best_dir=Path(config.output_dir) / "best_forget_quality" if evaluation.best_checkpoint else None,
+                min_model_utility=evaluation.min_model_utility, **evaluation.evaluate_kwargs(),
             )
         trainer = UnlearnTrainer(
             model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
             dataset_name=f"locuslab/TOFU:{script.forget_split}", callbacks=None if epochs is None else [epochs],
         )
-        if epochs is not None and (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled and getattr(
-                trainer.accelerator.state.deepspeed_plugin, "zero_stage", 0) == 3):
-            raise ValueError("--eval_every_epoch evaluates on the main process alone, which sharded weights (FSDP, "
-                             "ZeRO-3) do not allow: leave it out and evaluate the saved model.")
+        if epochs is not None:
+            epochs.trainer = trainer  # per-epoch rows go through trainer.log (TensorBoard, ...); best checkpoint saves
         logger.info("model loaded; training starts")
         trainer.train(resume_from_checkpoint=True)
         trainer.save_model()
@@ -143,6 +152,14 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
                                 reference=script.retain_eval)
         if epochs is not None:
             write_epochs(Path(config.output_dir), epochs, result)
+        if evaluation.audit:  # audit_eval.json beside tofu_eval.json (and open-unlearning's files when asked)
+            from rklu_llm.scripts.eval_audit import audit_saved
+
+            audit_saved(config.output_dir, evaluation, script.forget_split, script.data_dir, tofu_result=result)
+        elif evaluation.open_unlearning_export:
+            from rklu_llm.eval.open_unlearning import write_open_unlearning
+
+            write_open_unlearning(config.output_dir, result, None, script.forget_split)
         return result
 
 
