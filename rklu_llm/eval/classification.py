@@ -207,7 +207,7 @@ def predict_logits(model, dataset, batch_size: int = 512, pad_token_id: int = 0,
         ValueError: the model does not return ``(B, K)`` logits, or the data's labels are out of range for ``K``.
     """
     arrays = dataset if isinstance(dataset, dict) else to_arrays(dataset)
-    device = next(model.parameters()).device
+    device = next(iter(model.parameters()), torch.empty(0)).device
     was_training = model.training
     model.eval()
     out = []
