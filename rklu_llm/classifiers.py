@@ -109,8 +109,11 @@ def small_resnet(num_classes: int, num_channels: int = 1, class_names=None):
 
 
 def small_text_classifier(tokenizer, num_classes: int, class_names=None, hidden: int = 64, layers: int = 2,
-                          max_length: int = 128):
+                          max_length: int = 128, dropout: float = 0.1):
     """A small `transformers` ``BertForSequenceClassification`` (``layers`` x ``hidden``) for ``tokenizer``'s vocabulary.
+
+    ``dropout`` applies to the hidden states (``nn.Dropout`` modules, which `UnlearnTrainer` switches off); attention
+    dropout is 0 so that an unlearning run is deterministic.
 
     SmolLM2-135M as a sequence classifier would also work (``AutoModelForSequenceClassification`` on its weights),
     but training it and its retrain oracle on thousands of passages is hours on a CPU; this one trains in minutes.
@@ -121,6 +124,7 @@ def small_text_classifier(tokenizer, num_classes: int, class_names=None, hidden:
     config = BertConfig(
         vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 32),
         intermediate_size=2 * hidden, max_position_embeddings=max_length, pad_token_id=tokenizer.pad_token_id,
+        hidden_dropout_prob=dropout, attention_probs_dropout_prob=0.0,
         num_labels=num_classes, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
     )
     return BertForSequenceClassification(config)
