@@ -609,25 +609,40 @@ def check_forget_classes(forget_labels, forget_classes, num_classes: int, retain
             raise ValueError(f"The retain set holds samples of forget class(es) {leaked}; remove them from it.")
 
 
+class ClassificationRows(torch.utils.data.Dataset):
+    """The rows of a classification dataset as ``{input: tensor, "labels": int}`` items (read into memory once), for
+    ordinary training with `transformers.Trainer` and :class:`ClassificationCollator`."""
+
+    def __init__(self, dataset: Dataset):
+        self.arrays = to_arrays(dataset)
+
+    def __len__(self) -> int:
+        return len(self.arrays["labels"])
+
+    def __getitem__(self, i: int) -> dict:
+        return {self.arrays["kind"]: self.arrays["input"][i], "labels": int(self.arrays["labels"][i])}
+
+
 class ClassificationCollator:
     """Batches :class:`ClassificationUnlearnDataset` items group by group: ``{"forget": batch, "retain": batch}``,
     each ``batch`` holding the model inputs (:func:`collate_rows`), ``labels``, ``index`` and (forget)
-    ``random_labels`` as tensors."""
+    ``random_labels`` as tensors. Flat items (:class:`ClassificationRows`) give one such batch."""
 
     def __init__(self, pad_token_id: int = 0):
         self.pad_token_id = pad_token_id
 
-    def __call__(self, items: list[dict]) -> dict[str, dict[str, torch.Tensor]]:
-        out = {}
-        for group in items[0]:
-            examples = [item[group] for item in items]
-            kind = next(k for k in INPUT_COLUMNS if k in examples[0])
-            batch = collate_rows(kind, [e[kind] for e in examples], self.pad_token_id)
-            for key in examples[0]:
-                if key != kind:
-                    batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
-            out[group] = batch
-        return out
+    def _collate(self, examples: list[dict]) -> dict[str, torch.Tensor]:
+        kind = next(k for k in INPUT_COLUMNS if k in examples[0])
+        batch = collate_rows(kind, [e[kind] for e in examples], self.pad_token_id)
+        for key in examples[0]:
+            if key != kind:
+                batch[key] = torch.tensor([e[key] for e in examples], dtype=torch.long)
+        return batch
+
+    def __call__(self, items: list[dict]) -> dict:
+        if "labels" in items[0]:
+            return self._collate(items)
+        return {group: self._collate([item[group] for item in items]) for group in items[0]}
 
 
 def build_classification_unlearning_dataset(
