@@ -79,7 +79,7 @@ class SmallCNN(nn.Module):
     linear(K)``; ``forward(pixel_values)`` takes ``(B, C, H, W)`` and returns ``(B, K)``.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 16,
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 8,
                  hidden: int = 128):
         super().__init__()
         self.features = nn.Sequential(

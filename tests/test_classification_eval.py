@@ -170,3 +170,23 @@ def test_evaluate_classifier_rejects_bad_inputs():
 
     with pytest.raises(ValueError, match="2 outputs but the data has 3 classes"):
         evaluate_classifier(Two(), wide, wide, forget_classes=[1])
+
+
+def test_evaluate_classifier_on_a_retain_subset():
+    """Forget class 2 (rows 4: right, 5: wrong) and 2 of the 4 retain rows (all predicted right): the model sees
+    2 + 2 train rows, acc_f = 1/2 over both forget rows, acc_r = 1. Sample unlearning of rows 1 and 4 (both right)
+    keeps both and one retain row: 3 train rows, acc_f = 1."""
+    seen = []
+
+    class Counting(_Fixed):
+        def forward(self, pixel_values):
+            seen.append(len(pixel_values))
+            return super().forward(pixel_values)
+
+    train = _images([0, 1, 1, 0, 2, 0], [0, 1, 1, 0, 2, 2])
+    test = _images([0], [0])
+    out = evaluate_classifier(Counting(), train, test, forget_classes=[2], retain_train_samples=2, batch_size=64)
+    assert seen == [4, 1] and out["acc_f"] == 0.5 and out["acc_r"] == 1.0
+    seen.clear()
+    out = evaluate_classifier(Counting(), train, test, forget_index=[1, 4], retain_train_samples=1, batch_size=64)
+    assert seen == [3, 1] and out["acc_f"] == 1.0

@@ -32,7 +32,7 @@ from scipy.stats import hmean
 from tqdm.auto import tqdm
 
 from ..classifiers import check_logits_shape, classifier_logits
-from ..data.classification import batches, check_labels, num_classes_of, to_arrays
+from ..data.classification import batches, check_labels, num_classes_of, take_rows, to_arrays
 
 MIA_FEATURES = ("confidence", "entropy", "modified_entropy")
 _LOG_FLOOR = 1e-30
@@ -199,6 +199,21 @@ def classification_metrics(
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _with_retain_subset(train, forget_classes, forget_index, size: int, seed: int):
+    """``train`` reduced to every forget row plus ``size`` random retain rows, and the forget rows' new indices."""
+    labels = train.select_columns(["labels"]).with_format("numpy")[:]["labels"]
+    if forget_classes is not None:
+        forget = np.isin(labels, list(forget_classes))
+    else:
+        forget = np.zeros(len(labels), dtype=bool)
+        forget[np.asarray(forget_index, dtype=np.int64)] = True
+    retain_rows = np.flatnonzero(~forget)
+    if size < len(retain_rows):
+        retain_rows = np.random.default_rng([seed, 2]).choice(retain_rows, size, replace=False)
+    rows = np.sort(np.concatenate([np.flatnonzero(forget), retain_rows]))
+    return take_rows(train, rows), np.flatnonzero(forget[rows])
+
+
 @torch.no_grad()
 def predict_logits(model, dataset, batch_size: int = 512, pad_token_id: int = 0, desc: str = "predict") -> np.ndarray:
     """``(N, K)`` float32 logits of ``model`` (in eval mode, restored afterwards) on a classification dataset.
@@ -229,12 +244,17 @@ def predict_logits(model, dataset, batch_size: int = 512, pad_token_id: int = 0,
 def evaluate_classifier(
     model, train, test, forget_classes=None, forget_index=None, original_acc_ft: float | None = None,
     batch_size: int = 512, pad_token_id: int = 0, seed: int = 0, mia_max_samples: int | None = None,
+    retain_train_samples: int | None = None,
 ) -> dict:
     """:func:`classification_metrics` of ``model`` on the datasets ``train`` (forget + retain) and ``test``.
 
-    ``forget_classes`` / ``forget_index`` / ``original_acc_ft`` / ``seed`` / ``mia_max_samples`` as there. The data is
-    checked (labels in range, the forget classes present) before the model runs.
+    ``forget_classes`` / ``forget_index`` / ``original_acc_ft`` / ``seed`` / ``mia_max_samples`` as there;
+    ``retain_train_samples`` scores ``acc_r`` and the attacks' retain-train side on a seeded random subset of that
+    many retain-train samples (every forget sample is always scored). The data is checked (labels in range, the
+    forget classes present) before the model runs.
     """
+    if retain_train_samples is not None:
+        train, forget_index = _with_retain_subset(train, forget_classes, forget_index, retain_train_samples, seed)
     train_arrays, test_arrays = to_arrays(train), to_arrays(test)
     k = num_classes_of(train)
     if k is not None:

@@ -115,6 +115,10 @@ class ClassifierArguments:
     mia_max_samples: int | None = field(
         default=2000, metadata={"help": "Cap on each side of the membership attacks' training sets (SVC cost)."}
     )
+    eval_retain_samples: int | None = field(
+        default=None, metadata={"help": "Score Acc_r (and the attacks' retain-train side) on this many random retain "
+                                "samples instead of all (every forget sample is scored)."}
+    )
     num_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (CPU)."})
 
 
@@ -322,7 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     def evaluate(model, acc_ft=None):
         return evaluate_classifier(model, train, test, classes, None if classes else forget_index, acc_ft,
-                                   script.eval_batch_size, _pad_id(tokenizer), config.seed, script.mia_max_samples)
+                                   script.eval_batch_size, _pad_id(tokenizer), config.seed, script.mia_max_samples,
+                                   script.eval_retain_samples)
 
     original_eval = _reuse(out / f"original_{EVAL_FILE}", key)
     if original_eval is None:
