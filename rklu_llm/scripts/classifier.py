@@ -95,7 +95,8 @@ class ClassifierArguments:
     )
     methods: str = field(
         default=DEFAULT_METHODS,
-        metadata={"help": f"Comma-separated methods, or 'all' ({', '.join(CLASSIFIER_METHODS)})."},
+        metadata={"help": f"Comma-separated methods, or 'all' ({', '.join(CLASSIFIER_METHODS)}); method@1e-4 runs a "
+                  "method at its own learning rate."},
     )
     original: str | None = field(
         default=None,
@@ -108,9 +109,11 @@ class ClassifierArguments:
     train_batch_size: int = field(default=64, metadata={"help": "Batch size of original and oracle."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use a seeded random subset of train."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use a seeded random subset of test."})
-    words_per_passage: int = field(default=64, metadata={"help": "Austen: words per passage."})
-    text_max_length: int = field(default=96, metadata={"help": "Text: tokens per passage (truncation)."})
+    words_per_passage: int = field(default=48, metadata={"help": "Austen: words per passage."})
+    text_max_length: int = field(default=64, metadata={"help": "Text: tokens per passage (truncation)."})
     vocab_size: int = field(default=8000, metadata={"help": "Text: WordPiece vocabulary trained on the train texts."})
+    text_hidden_size: int = field(default=32, metadata={"help": "Text: hidden size of the small BERT."})
+    text_layers: int = field(default=1, metadata={"help": "Text: layers of the small BERT."})
     eval_batch_size: int = field(default=512, metadata={"help": "Evaluation batch size."})
     mia_max_samples: int | None = field(
         default=2000, metadata={"help": "Cap on each side of the membership attacks' training sets (SVC cost)."}
@@ -178,12 +181,13 @@ def load_data(script: ClassifierArguments, seed: int):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def build_model(kind: str, num_classes: int, class_names, sample_shape, tokenizer=None, max_length: int = 96):
+def build_model(script, kind: str, num_classes: int, class_names, sample_shape, tokenizer=None):
     if kind == "cnn":
         return SmallCNN(num_classes, sample_shape[0], sample_shape[-1])
     if kind == "resnet":
         return small_resnet(num_classes, sample_shape[0], class_names)
-    return small_text_classifier(tokenizer, num_classes, class_names, max_length=max_length)
+    return small_text_classifier(tokenizer, num_classes, class_names, hidden=script.text_hidden_size,
+                                 layers=script.text_layers, max_length=script.text_max_length)
 
 
 def save_classifier(model, tokenizer, folder: Path, info: dict) -> None:
@@ -238,7 +242,7 @@ def train_original(script, config, train, kind, num_classes, names, tokenizer, f
     first = to_arrays(take_rows(train, [0]))
     sample_shape = tuple(first["input"].shape[1:]) if first["kind"] == "pixel_values" else None
     torch.manual_seed(config.seed)
-    model = build_model(kind, num_classes, names, sample_shape, tokenizer, script.text_max_length)
+    model = build_model(script, kind, num_classes, names, sample_shape, tokenizer)
     args = TrainingArguments(
         output_dir=str(folder.parent / f".{folder.name}.run"), learning_rate=script.train_learning_rate,
         num_train_epochs=script.train_epochs, per_device_train_batch_size=script.train_batch_size, weight_decay=0.0,
@@ -268,11 +272,18 @@ def _pad_id(tokenizer) -> int:
 
 
 def parse_methods(text: str) -> list[str]:
+    """Method names, each optionally with its own learning rate (``redistribute@1e-4``)."""
     methods = list(CLASSIFIER_METHODS) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in CLASSIFIER_METHODS]
+    unknown = [m for m in methods if m.partition("@")[0] not in CLASSIFIER_METHODS]
     if unknown:
         raise ValueError(f"Unknown classifier method(s) {unknown}; choose from {list(CLASSIFIER_METHODS)} "
                          "(the retrain oracle runs with --oracle).")
+    for method in methods:
+        if "@" in method:
+            try:
+                float(method.partition("@")[2])
+            except ValueError:
+                raise ValueError(f"{method!r}: write a method's own learning rate as method@1e-4.") from None
     return methods
 
 
@@ -387,7 +398,10 @@ def run_method(method, config, script, original, tokenizer, forget, retain, num_
     """Unlearn (or retrain) one copy of the original, save it, evaluate it; reuse a finished run in ``folder``."""
     path = folder / EVAL_FILE
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-    values.update(method=method, output_dir=str(folder), divergence=None, retain_mode=None)
+    base, _, learning_rate = method.partition("@")
+    values.update(method=base, output_dir=str(folder), divergence=None, retain_mode=None)
+    if learning_rate:
+        values.update(learning_rate=float(learning_rate))
     if method == "retrain":  # the oracle trains like the original
         values.update(learning_rate=script.train_learning_rate, num_train_epochs=script.train_epochs,
                       per_device_train_batch_size=script.train_batch_size, lr_scheduler_type="linear")
