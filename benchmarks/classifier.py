@@ -59,10 +59,13 @@ def parse_args(argv=None):
     parser.add_argument("--image_dataset", default="fashion_mnist", choices=("fashion_mnist", "digits"),
                         help="digits: sklearn's 8x8 digits (a quick check of the whole pipeline)")
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {list(SCENARIOS)}")
+    parser.add_argument("--methods", default=None, help="replace every scenario's methods (a quick check)")
     parser.add_argument("--work_dir", required=True, help="models and per-method results (resumable)")
     parser.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     parser.add_argument("--train_epochs", type=float, default=2.0, help="original and oracle epochs (images)")
-    parser.add_argument("--text_train_epochs", type=float, default=6.0, help="original and oracle epochs (text)")
+    parser.add_argument("--train_lr", type=float, default=1e-3, help="original and oracle learning rate (images)")
+    parser.add_argument("--text_train_epochs", type=float, default=5.0, help="original and oracle epochs (text)")
+    parser.add_argument("--text_train_lr", type=float, default=3e-3, help="original and oracle learning rate (text)")
     parser.add_argument("--train_batch_size", type=int, default=128)
     parser.add_argument("--unlearn_epochs", type=float, default=1.0)
     parser.add_argument("--unlearn_lr", type=float, default=1e-3)
@@ -77,13 +80,13 @@ def recipe_argv(args, name: str) -> list[str]:
     family, model, forget, methods = SCENARIOS[name]
     work = Path(args.work_dir)
     if family == "image":
-        dataset, data_dir, epochs = args.image_dataset, args.fashion_mnist_dir, args.train_epochs
+        dataset, data_dir, epochs, lr = args.image_dataset, args.fashion_mnist_dir, args.train_epochs, args.train_lr
     else:
-        dataset, data_dir, epochs = "austen", args.books_dir, args.text_train_epochs
+        dataset, data_dir, epochs, lr = "austen", args.books_dir, args.text_train_epochs, args.text_train_lr
     argv = [
-        "--dataset", dataset, "--model", model, *forget, "--methods", methods,
+        "--dataset", dataset, "--model", model, *forget, "--methods", args.methods or methods,
         "--original", str(work / f"{dataset}_{model}_original"), "--output_dir", str(work / f"{dataset}_{name}"),
-        "--train_epochs", str(epochs), "--train_batch_size", str(args.train_batch_size),
+        "--train_epochs", str(epochs), "--train_learning_rate", str(lr), "--train_batch_size", str(args.train_batch_size),
         "--num_train_epochs", str(args.unlearn_epochs), "--learning_rate", str(args.unlearn_lr),
         "--eval_retain_samples", str(args.eval_retain_samples), "--mia_max_samples", str(args.mia_max_samples),
         "--num_threads", str(args.threads), "--use_cpu", "--disable_tqdm", "true", "--logging_steps", "1000",
@@ -178,7 +181,9 @@ def write_results(args, family: str, names: list[str], results: dict, invocation
         *[f"    {i['command']}" for i in invocations],
         "",
         "Retain-free methods use only the forget set; `finetune` and the retrain oracle train on the retain set "
-        "(marked **yes**). Settings: original and oracle trained with Adam (lr 1e-3, linear decay, batch "
+        "(marked **yes**). Settings: original and oracle trained with Adam (lr "
+        f"{args.train_lr if family == 'image' else args.text_train_lr:g}, linear decay, "
+        f"{args.train_epochs if family == 'image' else args.text_train_epochs:g} epochs, batch "
         f"{args.train_batch_size}); unlearning with Adam at a constant lr {args.unlearn_lr}, batch 64, "
         f"{args.unlearn_epochs:g} epoch(s); Boundary Shrink eps 0.1; JiT 10 perturbations of std 0.1. Acc_r and the "
         f"attacks' retain-train side use {args.eval_retain_samples} random retain samples; each attack's training "

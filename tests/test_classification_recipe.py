@@ -31,15 +31,17 @@ def test_benchmark_on_digits(tmp_path):
     work, results = tmp_path / "work", tmp_path / "results"
     argv = ["--image_dataset", "digits", "--scenarios", "cnn_class1,cnn_samples100", "--work_dir", str(work),
             "--results_dir", str(results), "--train_epochs", "2", "--eval_retain_samples", "300",
-            "--mia_max_samples", "100"]
+            "--mia_max_samples", "100", "--methods", "mask,finetune,redistribute@3e-4"]
     benchmark.main(argv)
     data = json.loads((results / "classifier_digits.json").read_text())
     class1 = data["scenarios"]["cnn_class1"]
     methods = [row["method"] for row in class1["rows"]]
-    assert methods == ["original", "retrain", *benchmark.CLASS_METHODS.split(",")]
+    assert methods == ["original", "retrain", "mask", "finetune", "redistribute@3e-4"]
     rows = {row["method"]: row for row in class1["rows"]}
     assert rows["retrain"]["fraction_of_oracle_time"] == 1.0 and rows["retrain"]["uses_retain_data"]
     assert rows["finetune"]["uses_retain_data"] and not rows["mask"]["uses_retain_data"]
+    stored = json.loads((work / "digits_cnn_class1" / "redistribute@3e-4" / "classifier_eval.json").read_text())
+    assert stored["method"] == "redistribute@3e-4"
     assert rows["retrain"]["acc_ft"] == 0.0  # never saw the class
     assert 0 < rows["mask"]["fraction_of_oracle_time"] and rows["original"]["h_mean"] is None
     for row in class1["rows"]:
