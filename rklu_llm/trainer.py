@@ -107,6 +107,8 @@ def _prepare_classifier(model, args: UnlearnConfig, dataset: ClassificationUnlea
             f"{args.method} unlearns causal LMs; for a classifier use one of "
             f"{sorted(m for m, s in METHODS.items() if s.batch != 'lm')}."
         )
+    if args.use_lora:
+        raise ValueError("use_lora trains a causal-LM adapter; a classifier unlearns with all its weights.")
     if spec.uses_retain_data and dataset.retain is None:
         raise ValueError(
             f"{args.method} is a reference that USES RETAIN DATA (it trains on the retain set): build the dataset "
@@ -170,7 +172,8 @@ class UnlearnTrainer(Trainer):
             raise ValueError("Pass the tokenizer as processing_class (needed for padding and the augmented model).")
         if not isinstance(train_dataset, (ForgetRetainDataset, ClassificationUnlearnDataset)):
             raise TypeError(
-                "train_dataset must be a ForgetRetainDataset; build one with rklu_llm.data.build_unlearning_dataset."
+                "train_dataset must be a ForgetRetainDataset (build one with rklu_llm.data.build_unlearning_dataset) "
+                "or, for a classifier, a ClassificationUnlearnDataset."
             )
         if self.task == "lm":
             check_causal_lm(model.get_base_model() if _is_peft(model) else model)
