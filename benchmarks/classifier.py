@@ -90,7 +90,8 @@ def recipe_argv(args, name: str) -> list[str]:
     argv = [
         "--dataset", dataset, "--model", model, *forget, "--methods", args.methods or methods,
         "--original", str(work / f"{dataset}_{model}_original"), "--output_dir", str(work / f"{dataset}_{name}"),
-        "--train_epochs", str(epochs), "--train_learning_rate", str(lr), "--train_batch_size", str(args.train_batch_size),
+        "--train_epochs", str(epochs), "--train_learning_rate", str(lr),
+        "--train_batch_size", str(args.train_batch_size),
         "--num_train_epochs", str(args.unlearn_epochs), "--learning_rate", str(args.unlearn_lr),
         "--eval_retain_samples", str(args.eval_retain_samples), "--mia_max_samples", str(args.mia_max_samples),
         "--num_threads", str(args.threads), "--use_cpu", "--disable_tqdm", "true", "--logging_steps", "1000",
@@ -122,7 +123,8 @@ def scenario_table(name: str, result: dict) -> list[str]:
     lines = [
         f"### {name}: {scenario['dataset']}, {scenario['model']}, {title}",
         "",
-        f"{scenario['train_samples']} train / {scenario['test_samples']} test samples, forget set {scenario['forget_size']}."
+        f"{scenario['train_samples']} train / {scenario['test_samples']} test samples, "
+        f"forget set {scenario['forget_size']}."
         " Percentages; MIA = fraction of forget-train samples called \"member\" (SVC on confidence / entropy / "
         "modified entropy; entropy logistic regression); time = wall seconds of the run and its fraction of the "
         "oracle's training time.",

@@ -1,4 +1,4 @@
-"""Classifiers for class and sample unlearning: how the toolkit calls one, small models to train here, re-initialisation.
+"""Classifiers for class and sample unlearning: how the toolkit calls one, small models to train, re-initialisation.
 
 Any of these is a classifier for :class:`~rklu_llm.UnlearnTrainer` and :mod:`rklu_llm.eval.classification`:
 
@@ -110,7 +110,8 @@ def small_resnet(num_classes: int, num_channels: int = 1, class_names=None):
 
 def small_text_classifier(tokenizer, num_classes: int, class_names=None, hidden: int = 64, layers: int = 2,
                           max_length: int = 128, dropout: float = 0.1):
-    """A small `transformers` ``BertForSequenceClassification`` (``layers`` x ``hidden``) for ``tokenizer``'s vocabulary.
+    """A small `transformers` ``BertForSequenceClassification`` (``layers`` x ``hidden``) for ``tokenizer``'s
+    vocabulary.
 
     ``dropout`` applies to the hidden states (``nn.Dropout`` modules, which `UnlearnTrainer` switches off); attention
     dropout is 0 so that an unlearning run is deterministic.
@@ -122,7 +123,8 @@ def small_text_classifier(tokenizer, num_classes: int, class_names=None, hidden:
 
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=max(1, hidden // 32),
+        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=max(1, hidden // 32),
         intermediate_size=2 * hidden, max_position_embeddings=max_length, pad_token_id=tokenizer.pad_token_id,
         hidden_dropout_prob=dropout, attention_probs_dropout_prob=0.0,
         num_labels=num_classes, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},

@@ -181,7 +181,8 @@ class UnlearnConfig(TrainingArguments):
                 f"with retain_mode={self.retain_mode!r}."
             )
         if self.divergence is None:
-            self.divergence = "forward" if self.method in FORWARD_BY_DEFAULT or spec.batch == "classifier" else "reverse"
+            forward = self.method in FORWARD_BY_DEFAULT or spec.batch == "classifier"
+            self.divergence = "forward" if forward else "reverse"
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"Unknown divergence {self.divergence!r}; choose one of {DIVERGENCES}.")
         self._check_classifier_fields(spec)

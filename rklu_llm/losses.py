@@ -277,7 +277,9 @@ def _check_class_targets(logits: torch.Tensor, labels: torch.Tensor) -> None:
     if logits.dim() < 1 or logits.shape[-1] < 2:
         raise ValueError(f"logits must be (..., K) with K >= 2 classes, got shape {tuple(logits.shape)}")
     if labels.shape != logits.shape[:-1]:
-        raise ValueError(f"labels must have shape {tuple(logits.shape[:-1])} (logits without K), got {tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must have shape {tuple(logits.shape[:-1])} (logits without K), got {tuple(labels.shape)}"
+        )
     if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
         raise ValueError(f"labels must be class ids in [0, {logits.shape[-1]}), got values in "
                          f"[{labels.min().item()}, {labels.max().item()}]")

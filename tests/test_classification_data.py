@@ -145,7 +145,8 @@ def test_load_image_classification_from_an_imagefolder(tmp_path):
         (tmp_path / "train" / label).mkdir(parents=True)
         for i in range(2):
             value = 255 if label == "dog" else 0
-            Image.fromarray(np.full((4, 5), value, dtype=np.uint8), mode="L").save(tmp_path / "train" / label / f"{i}.png")
+            image = Image.fromarray(np.full((4, 5), value, dtype=np.uint8), mode="L")
+            image.save(tmp_path / "train" / label / f"{i}.png")
     data = load_classification_dataset(str(tmp_path), "train")
     arrays = to_arrays(data)
     assert arrays["input"].shape == (4, 1, 4, 5)
@@ -158,7 +159,8 @@ def _write_books(folder, words=200):
     folder.mkdir()
     for i, stem in enumerate(AUSTEN_NOVELS):
         body = " ".join(f"{stem}{j}" for j in range(words))
-        (folder / f"{stem}.txt").write_text(f"TITLE\n\nBy Jane Austen\nCHAPTER I\n{body}\nCHAPTER II\n", encoding="utf-8")
+        text = f"TITLE\n\nBy Jane Austen\nCHAPTER I\n{body}\nCHAPTER II\n"
+        (folder / f"{stem}.txt").write_text(text, encoding="utf-8")
     return folder
 
 

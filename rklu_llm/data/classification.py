@@ -474,7 +474,8 @@ def forget_indices(
             raise ValueError("forget_classes is empty.")
         empty = [c for c in classes if not (labels == c).any()]
         if empty:
-            raise ValueError(f"Forget class(es) {empty} have no samples (labels present: {sorted(set(labels.tolist()))}).")
+            present = sorted(set(labels.tolist()))
+            raise ValueError(f"Forget class(es) {empty} have no samples (labels present: {present}).")
         return np.flatnonzero(np.isin(labels, classes))
     if not 0 < num_forget_samples <= len(labels):
         raise ValueError(f"num_forget_samples must be in [1, {len(labels)}], got {num_forget_samples}.")
@@ -584,7 +585,9 @@ def check_labels(labels, num_classes: int, where: str = "labels") -> None:
     labels = np.asarray(labels)
     if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
         bad = sorted({int(v) for v in labels[(labels < 0) | (labels >= num_classes)]})[:5]
-        raise ValueError(f"{where}: label(s) {bad} out of range for K = {num_classes} classes (valid: 0..{num_classes - 1}).")
+        raise ValueError(
+            f"{where}: label(s) {bad} out of range for K = {num_classes} classes (valid: 0..{num_classes - 1})."
+        )
 
 
 def check_forget_classes(forget_labels, forget_classes, num_classes: int, retain_labels=None) -> None:

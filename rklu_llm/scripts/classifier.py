@@ -95,7 +95,7 @@ class ClassifierArguments:
     )
     methods: str = field(
         default=DEFAULT_METHODS,
-        metadata={"help": f"Comma-separated methods, or 'all' ({', '.join(CLASSIFIER_METHODS)}); method@1e-4 runs a "
+        metadata={"help": f"Comma-separated methods; 'all' = {', '.join(CLASSIFIER_METHODS)}; method@1e-4 runs a "
                   "method at its own learning rate."},
     )
     original: str | None = field(
@@ -273,7 +273,9 @@ def _pad_id(tokenizer) -> int:
 
 def parse_methods(text: str) -> list[str]:
     """Method names, each optionally with its own learning rate (``redistribute@1e-4``)."""
-    methods = list(CLASSIFIER_METHODS) if text.strip() == "all" else [m.strip() for m in text.split(",") if m.strip()]
+    methods = []
+    for name in (m.strip() for m in text.split(",") if m.strip()):
+        methods += list(CLASSIFIER_METHODS) if name == "all" else [name]
     unknown = [m for m in methods if m.partition("@")[0] not in CLASSIFIER_METHODS]
     if unknown:
         raise ValueError(f"Unknown classifier method(s) {unknown}; choose from {list(CLASSIFIER_METHODS)} "
