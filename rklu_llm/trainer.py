@@ -11,6 +11,9 @@ optional retain term is shared by all of them. Frozen models exist only when the
   base), so ``o`` and ``a`` share one copy of the base weights.
 
 Frozen models are prepared once for DeepSpeed (ZeRO-3 sharded) / FSDP, in eval mode with dropout off.
+
+A classifier (a `ClassificationUnlearnDataset` of inputs and class labels) is one more kind of batch: it is checked in
+``_prepare_classifier`` and its losses are the branches of ``_classifier_loss``.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def test_benchmark_on_digits(tmp_path):
     benchmark = load_benchmark()
     work, results = tmp_path / "work", tmp_path / "results"
     argv = ["--image_dataset", "digits", "--scenarios", "cnn_class1,cnn_samples100", "--work_dir", str(work),
-            "--results_dir", str(results), "--train_epochs", "2", "--eval_retain_samples", "300",
+            "--results_dir", str(results), "--train_epochs", "1", "--eval_retain_samples", "300",
             "--mia_max_samples", "100", "--methods", "mask,finetune,redistribute@3e-4"]
     benchmark.main(argv)
     data = json.loads((results / "classifier_digits.json").read_text())
@@ -76,6 +76,7 @@ def test_recipe_refuses_another_run_in_the_same_output_dir(tmp_path):
         (["--methods", "mask"], "Say what to forget"),
         (["--forget_classes", "3", "--forget_samples", "5"], "Say what to forget"),
         (["--forget_classes", "3", "--methods", "rklu"], "Unknown classifier method"),
+        (["--forget_classes", "3", "--methods", "mask@fast"], "method@1e-4"),
         (["--forget_classes", "3", "--model", "bert"], "does not fit image data"),
         (["--forget_classes", "12"], r"\[12\] have no samples"),
         (["--forget_classes", "3", "--model", "nowhere"], "--model must be one of"),
@@ -85,3 +86,10 @@ def test_recipe_rejects_bad_arguments_before_training(tmp_path, argv, match):
     with pytest.raises(ValueError, match=match):
         run_recipe(["--dataset", "digits", "--output_dir", str(tmp_path / "o"), *argv, *QUICK])
     assert not (tmp_path / "o" / "original").exists()
+
+
+def test_method_lists():
+    from rklu_llm.scripts.classifier import CLASSIFIER_METHODS, parse_methods
+
+    assert parse_methods("all,mask@3e-4") == [*CLASSIFIER_METHODS, "mask@3e-4"]
+    assert parse_methods(" mask , ga ") == ["mask", "ga"] and "retrain" not in CLASSIFIER_METHODS
