@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -259,6 +260,7 @@ def train_original(script, config, train, kind, num_classes, names, tokenizer, f
     if kind == "cnn":
         info["cnn_args"] = [num_classes, sample_shape[0], sample_shape[-1]]
     save_classifier(trainer.model, tokenizer, folder, info)
+    shutil.rmtree(args.output_dir, ignore_errors=True)  # the Trainer's scratch folder (no checkpoints were asked)
     return info
 
 
