@@ -24,20 +24,45 @@ class MethodSpec(NamedTuple):
     needs_refusals: bool  # refusal answers paired with the forget questions
     trains: bool  # False: a weight edit, no optimisation loop
     default_retain_mode: str
+    # --- classifier unlearning columns (defaults keep the rows above short) ---
+    batch: str = "lm"  # the batches it trains on: "lm" (QA token sequences), "classifier" (inputs + class), "both"
+    uses_retain_data: bool = False  # a REFERENCE that trains on the retain set itself, not a retain-free method
 
 
 METHODS: dict[str, MethodSpec] = {
     "rklu": MethodSpec("reverse KL to the logit-subtraction teacher", True, True, False, True, "none"),
     "fklu": MethodSpec("forward KL to the logit-subtraction teacher", True, True, False, True, "none"),
-    "ga": MethodSpec("-NLL on the forget answers (gradient ascent)", False, False, False, True, "none"),
-    "gd": MethodSpec("-NLL on forget + NLL on retain (gradient difference)", False, False, False, True, "rt"),
+    "ga": MethodSpec("-NLL (classifier: -CE) on the forget set (gradient ascent)", False, False, False, True, "none",
+                     "both"),
+    "gd": MethodSpec("-NLL on forget + NLL on retain (gradient difference)", False, False, False, True, "rt", "both"),
     "npo": MethodSpec("negative preference optimisation against the original", True, False, False, True, "none"),
     "dpo": MethodSpec("DPO: refusal preferred over the forget answer", True, False, True, True, "none"),
     "idk": MethodSpec("NLL on (forget question, refusal answer)", False, False, True, True, "none"),
     "ta": MethodSpec("task arithmetic: theta_o - scale * (theta_a - theta_o)", False, True, False, False, "none"),
+    # --- token-level redistributive / masked targets for LLMs (KL direction: `divergence`, default forward) ---
+    "token_redistribute": MethodSpec("KL to the original with each answer token's probability spread over the "
+                                     "vocabulary", True, False, False, True, "none"),
+    "token_mask": MethodSpec("KL to the original with each answer token masked out and renormalised", True, False,
+                             False, True, "none"),
+    # --- classifiers (papers: redistributive KL; DELETE) ---
+    "redistribute": MethodSpec("KL(t || p), t = original p with p_y spread evenly over the other classes", True,
+                               False, False, True, "none", "classifier"),
+    "mask": MethodSpec("KL(t || p), t = softmax of the original's logits with l_y = -inf (DELETE)", True, False, False,
+                       True, "none", "classifier"),
+    "random_label": MethodSpec("CE to a fixed random wrong label", False, False, False, True, "none", "classifier"),
+    "boundary_shrink": MethodSpec("CE to the original's nearest wrong label after an FGSM step (Boundary Shrink)",
+                                  True, False, False, True, "none", "classifier"),
+    "jit": MethodSpec("Lipschitz quotient of the outputs under input noise (JiT, zero-shot)", False, False, False,
+                      True, "none", "classifier"),
+    "finetune": MethodSpec("REFERENCE, USES RETAIN DATA: CE on the retain set, from the original", False, False, False,
+                           True, "none", "classifier", True),
+    "retrain": MethodSpec("REFERENCE, USES RETAIN DATA: re-initialised weights, CE on the retain set (the oracle)",
+                          False, False, False, True, "none", "classifier", True),
 }
 
 RETAIN_MODES = ("none", "rt", "kl")
+#: methods whose KL runs forward, KL(target || student), unless `divergence` says otherwise
+FORWARD_BY_DEFAULT = ("fklu", "token_redistribute", "token_mask")
 DIVERGENCES = ("reverse", "forward")
 
 
@@ -55,7 +80,8 @@ class UnlearnConfig(TrainingArguments):
         default=None,
         metadata={
             "help": "KL direction of the distillation: 'reverse' = KL(student || teacher), 'forward' = "
-            "KL(teacher || student). Default: reverse for rklu, forward for fklu. Only rklu/fklu use it."
+            "KL(teacher || student). Default: reverse for rklu, forward for fklu, token_redistribute and token_mask. "
+            "Used by those; classifier targets (redistribute, mask) are always forward."
         },
     )
     teacher_alpha: float = field(
@@ -121,6 +147,15 @@ class UnlearnConfig(TrainingArguments):
         default=None,
         metadata={"help": "Text file with one refusal answer per line (dpo, idk). Default: the built-in list."},
     )
+    # --- classifier baselines -------------------------------------------------------------------------------------
+    boundary_shrink_eps: float = field(
+        default=0.1, metadata={"help": "Boundary Shrink: FGSM step size on the inputs (pixels in [0, 1], or token "
+                               "embeddings) that finds the nearest wrong label."}
+    )
+    jit_noise_std: float = field(
+        default=0.1, metadata={"help": "JiT: standard deviation of the Gaussian input perturbations."}
+    )
+    jit_samples: int = field(default=10, metadata={"help": "JiT: perturbed copies of each forget sample per step."})
     # --- LoRA -------------------------------------------------------------------------------------------------
     use_lora: bool = field(default=False, metadata={"help": "Unlearn through a LoRA adapter instead of all weights."})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (student and augmented adapters)."})
@@ -182,10 +217,12 @@ class UnlearnConfig(TrainingArguments):
                 f"with retain_mode={self.retain_mode!r}."
             )
         if self.divergence is None:
-            self.divergence = "forward" if self.method == "fklu" else "reverse"
+            forward = self.method in FORWARD_BY_DEFAULT or spec.batch == "classifier"
+            self.divergence = "forward" if forward else "reverse"
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"Unknown divergence {self.divergence!r}; choose one of {DIVERGENCES}.")
         check_training_arguments(self)
+        self._check_classifier_fields(spec)
         checks = [
             (self.teacher_alpha >= 0, f"teacher_alpha must be >= 0 (got {self.teacher_alpha}); 0 means the teacher "
              "is the original model."),
@@ -248,6 +285,26 @@ class UnlearnConfig(TrainingArguments):
             return Path(self.augmented_dir)
         out = Path(self.output_dir).expanduser().resolve()
         return out.with_name(out.name + ".augmented")
+
+    def _check_classifier_fields(self, spec: MethodSpec) -> None:
+        """Classifier methods: forward KL only, full weights, no extra retain term on the retain-set references."""
+        if spec.batch == "classifier" and self.divergence != "forward":
+            raise ValueError(
+                f"{self.method} distils towards a target with an exact zero on the forget class, so only the forward "
+                "KL(target || student) is finite: leave divergence unset (token_* methods take 'reverse')."
+            )
+        if spec.batch == "classifier" and self.use_lora:
+            raise ValueError(f"{self.method} unlearns a classifier with all its weights; use_lora is for causal LMs.")
+        if spec.uses_retain_data and self.retain_mode != "none":
+            raise ValueError(f"{self.method} already trains on the retain set; leave retain_mode 'none'.")
+        checks = [
+            (self.boundary_shrink_eps > 0, f"boundary_shrink_eps must be > 0 (got {self.boundary_shrink_eps})."),
+            (self.jit_noise_std > 0, f"jit_noise_std must be > 0 (got {self.jit_noise_std})."),
+            (self.jit_samples >= 1, f"jit_samples must be >= 1 (got {self.jit_samples})."),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
     @property
     def spec(self) -> MethodSpec:

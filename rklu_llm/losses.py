@@ -291,3 +291,148 @@ def dpo_loss(
     )
     terms = F.logsigmoid(beta * margin)
     return -terms.sum() / (terms.numel() if num_items is None else num_items)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Classifier unlearning (redistributive KL, DELETE masked distillation, baselines) and its token-level version
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _check_class_targets(logits: torch.Tensor, labels: torch.Tensor) -> None:
+    if logits.dim() < 1 or logits.shape[-1] < 2:
+        raise ValueError(f"logits must be (..., K) with K >= 2 classes, got shape {tuple(logits.shape)}")
+    if labels.shape != logits.shape[:-1]:
+        raise ValueError(
+            f"labels must have shape {tuple(logits.shape[:-1])} (logits without K), got {tuple(labels.shape)}"
+        )
+    if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
+        raise ValueError(f"labels must be class ids in [0, {logits.shape[-1]}), got values in "
+                         f"[{labels.min().item()}, {labels.max().item()}]")
+
+
+def redistributive_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Redistributive target: the forget label's probability spread evenly over the other ``K - 1`` classes.
+
+    With ``p = softmax(logits)`` and ``y = labels``: ``t_y = 0`` and ``t_k = p_k + p_y / (K - 1)`` for ``k != y``.
+    Rows sum to 1 and the order of the other classes is kept (each gains the same amount).
+
+    Args:
+        logits: ``(..., K)`` logits of the frozen original model (a classifier's ``(B, K)``, or an LM's ``(N, V)`` at
+            answer positions).
+        labels: ``(...)`` the class (token) to forget at each row.
+
+    Returns:
+        ``(..., K)`` probabilities in float32 (float64 for float64 logits), no gradient to ``logits``.
+    """
+    _check_class_targets(logits, labels)
+    with torch.no_grad():
+        p = torch.softmax(_upcast(logits), dim=-1)
+        index = labels.unsqueeze(-1)
+        p_forget = p.gather(-1, index)
+        return (p + p_forget / (p.shape[-1] - 1)).scatter(-1, index, 0.0)
+
+
+def masked_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Masked target (DELETE): the softmax of the logits with the forget label's logit set to ``-inf``.
+
+    ``t_y = 0`` and ``t_k = p_k / (1 - p_y)`` for ``k != y``: the other classes keep their ratios ("dark knowledge").
+    Shapes and dtype as in :func:`redistributive_target`.
+    """
+    _check_class_targets(logits, labels)
+    with torch.no_grad():
+        masked = _upcast(logits).scatter(-1, labels.unsqueeze(-1), float("-inf"))
+        return torch.softmax(masked, dim=-1)
+
+
+def target_kl(student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Forward KL to a fixed target distribution, ``KL(t || p_s) = sum_k t_k (log t_k - log p_s,k)``, batch mean.
+
+    Terms with ``t_k = 0`` count 0 (``0 log 0 = 0``), so targets with an exact zero (the forget class) are fine.
+
+    Args:
+        student_logits: ``(B, K)``.
+        target: ``(B, K)`` probabilities (rows summing to 1), a constant.
+
+    Returns:
+        Scalar float32; 0 for an empty batch.
+    """
+    if student_logits.shape[0] == 0:
+        return _zero_like_graph(student_logits)
+    log_p = F.log_softmax(_upcast(student_logits), dim=-1)
+    target = target.detach().to(log_p.dtype)
+    return (torch.xlogy(target, target) - target * log_p).sum(-1).mean()
+
+
+#: probability given to the forget token when a token-level target becomes logits (``log 0`` would be ``-inf``)
+TOKEN_TARGET_FLOOR = 1e-12
+
+
+def token_target_logits(original_logits: torch.Tensor, labels: torch.Tensor, kind: str,
+                        chunk_size: int = 1024) -> torch.Tensor:
+    """Per answer token, the redistributed or masked target of the original model, as log-probabilities.
+
+    Row ``n`` is ``log max(t_n, TOKEN_TARGET_FLOOR)`` with ``t_n = redistributive_target`` (``kind="redistribute"``)
+    or ``masked_target`` (``kind="mask"``) of ``original_logits[n]`` for the label token ``labels[n]``: a teacher for
+    :func:`distillation_kl` (its softmax is ``t_n`` up to the floor, ``1e-12`` on the forget token, which keeps the
+    reverse KL finite). Computed in chunks of rows; no gradient.
+
+    Args:
+        original_logits: ``(N, V)`` frozen original logits at answer positions.
+        labels: ``(N,)`` the answer token each position predicts.
+        kind: ``"redistribute"`` or ``"mask"``.
+        chunk_size: rows per chunk (bounds the float32 temporaries).
+
+    Returns:
+        ``(N, V)`` in ``original_logits``' dtype.
+    """
+    targets = {"redistribute": redistributive_target, "mask": masked_target}
+    if kind not in targets:
+        raise ValueError(f"kind must be 'redistribute' or 'mask', got {kind!r}")
+    _check_class_targets(original_logits, labels)
+    out = torch.empty_like(original_logits)
+    for start in range(0, original_logits.shape[0], chunk_size):
+        stop = start + chunk_size
+        target = targets[kind](original_logits[start:stop], labels[start:stop])
+        out[start:stop] = target.clamp_min(TOKEN_TARGET_FLOOR).log().to(out.dtype)
+    return out
+
+
+def nearest_wrong_label(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The highest-scoring class other than the true one, ``argmax_{k != y} logits_k`` (Boundary Shrink's label).
+
+    Args:
+        logits: ``(B, K)`` (the frozen original's, on the FGSM-perturbed inputs).
+        labels: ``(B,)`` true classes.
+
+    Returns:
+        ``(B,)`` int64.
+    """
+    _check_class_targets(logits, labels)
+    return logits.detach().scatter(-1, labels.unsqueeze(-1), float("-inf")).argmax(-1)
+
+
+def lipschitz_quotient(outputs: torch.Tensor, noisy_outputs: torch.Tensor, inputs: torch.Tensor,
+                       noisy_inputs: torch.Tensor) -> torch.Tensor:
+    """JiT's smoothness loss: the mean empirical Lipschitz quotient ``||f(x) - f(x')||_2 / ||x - x'||_2``.
+
+    Foster et al., "Zero-Shot Machine Unlearning at Scale via Lipschitz Regularization" (arXiv:2402.01401; the JiT
+    baseline of the redistributive-KL paper): minimised over forget samples ``x`` and ``S`` Gaussian perturbations
+    ``x' = x + eps``, it flattens the model around the forget samples. Norms are over all non-batch dimensions;
+    the mean is over perturbations and samples (the reference code sums over a batch; a mean keeps the scale
+    independent of the batch size).
+
+    Args:
+        outputs: ``(B, K)`` model outputs (logits) on ``x``.
+        noisy_outputs: ``(S, B, K)`` outputs on the ``S`` perturbed copies.
+        inputs: ``(B, ...)`` the inputs ``x``.
+        noisy_inputs: ``(S, B, ...)`` the perturbed inputs.
+
+    Returns:
+        Scalar float32.
+    """
+    if noisy_outputs.shape[1:] != outputs.shape or noisy_inputs.shape[1:] != inputs.shape:
+        raise ValueError(f"noisy tensors must be (S, *x.shape): outputs {tuple(outputs.shape)} vs "
+                         f"{tuple(noisy_outputs.shape)}, inputs {tuple(inputs.shape)} vs {tuple(noisy_inputs.shape)}")
+    out_norm = torch.linalg.vector_norm((_upcast(outputs) - _upcast(noisy_outputs)).flatten(2), dim=-1)
+    in_norm = torch.linalg.vector_norm((_upcast(inputs) - _upcast(noisy_inputs)).flatten(2), dim=-1)
+    return (out_norm / in_norm).mean()

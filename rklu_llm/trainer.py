@@ -19,6 +19,9 @@ A run is tied to its output folder (:mod:`rklu_llm.run_state`): ``train()`` take
 the run record (the fingerprint: base model, data hashes, every setting that changes the result), and resumes only
 the same run, from its newest complete checkpoint. A non-finite loss or gradient norm stops it before the optimizer
 step.
+
+A classifier (a `ClassificationUnlearnDataset` of inputs and class labels) is one more kind of batch: it is checked in
+``_prepare_classifier`` and its losses are the branches of ``_classifier_loss``.
 """
 
 from __future__ import annotations
@@ -31,11 +34,25 @@ from dataclasses import fields
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from datasets import Dataset
-from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    AutoModelForCausalLM,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 from transformers.trainer_utils import TrainOutput
 
-from .config import UnlearnConfig
+from .classifiers import (
+    check_logits_shape,
+    classifier_logits,
+    model_inputs,
+    reinitialize,
+    takes_keywords,
+)
+from .config import METHODS, UnlearnConfig
+from .data.classification import ClassificationCollator, ClassificationUnlearnDataset
 from .data.qa import ForgetRetainDataset, UnlearnCollator, epoch_of
 from .hub import write_model_card
 from .losses import (
@@ -43,11 +60,23 @@ from .losses import (
     answer_positions,
     distillation_kl,
     dpo_loss,
+    lipschitz_quotient,
+    masked_target,
+    nearest_wrong_label,
     npo_loss,
+    redistributive_target,
     sequence_log_likelihood,
+    target_kl,
     token_nll,
+    token_target_logits,
 )
-from .models import check_causal_lm, check_output_dir, copy_model, lora_config, staged_save
+from .models import (
+    check_causal_lm,
+    check_output_dir,
+    copy_model,
+    lora_config,
+    staged_save,
+)
 from .paths import portable_path
 from .run_state import (
     DivergenceGuard,
@@ -120,15 +149,54 @@ class _PairingEpoch(TrainerCallback):
         self.dataset.set_epoch(epoch_of(state.epoch))
 
 
+def _prepare_classifier(model, args: UnlearnConfig, dataset: ClassificationUnlearnDataset):
+    """Check a classifier run before any training and return the dataset it steps over.
+
+    Raises on: a method for causal LMs; a retain-using reference without retain data; logits that are not
+    ``(B, K)`` with ``K`` the data's number of classes (one forward pass on two forget samples). ``retrain``
+    re-initialises the weights here (seeded); ``finetune`` / ``retrain`` step over the retain set.
+    """
+    spec = args.spec
+    if spec.batch == "lm":
+        raise ValueError(
+            f"{args.method} unlearns causal LMs; for a classifier use one of "
+            f"{sorted(m for m, s in METHODS.items() if s.batch != 'lm')}."
+        )
+    if args.use_lora:
+        raise ValueError("use_lora trains a causal-LM adapter; a classifier unlearns with all its weights.")
+    if spec.uses_retain_data and dataset.retain is None:
+        raise ValueError(
+            f"{args.method} is a reference that USES RETAIN DATA (it trains on the retain set): build the dataset "
+            "with retain=... , or choose a retain-free method."
+        )
+    if dataset.kind == "input_ids" and args.method in ("boundary_shrink", "jit") and not takes_keywords(model):
+        raise ValueError(f"{args.method} perturbs token embeddings (inputs_embeds): it needs a transformers model.")
+    probe = ClassificationCollator()([dataset[i] for i in range(min(2, len(dataset)))])["forget"]
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        logits = classifier_logits(model, {k: v.to(device) for k, v in probe.items()})
+    model.train(was_training)
+    check_logits_shape(logits, len(probe["labels"]), dataset.num_classes)
+    if args.method == "retrain":
+        reinitialize(model, args.seed)
+    return dataset.over_retain() if spec.uses_retain_data else dataset
+
+
 class UnlearnTrainer(Trainer):
     """Unlearning with `transformers.Trainer` semantics (logging, checkpoints and resume, accelerate/DeepSpeed/FSDP).
 
     Args:
-        model: the model to unlearn (a causal LM; a PEFT model trains its adapter).
+        model: the model to unlearn: a causal LM (a PEFT model trains its adapter), or a classifier (a `transformers`
+            image / sequence classification model, or any module returning ``(B, K)`` logits; see
+            :mod:`rklu_llm.classifiers`) with a classifier method.
         args: an :class:`~rklu_llm.UnlearnConfig`.
-        train_dataset: a :class:`~rklu_llm.data.ForgetRetainDataset` (see ``build_unlearning_dataset``).
-        processing_class: the tokenizer.
-        data_collator: defaults to :class:`~rklu_llm.data.UnlearnCollator`.
+        train_dataset: a :class:`~rklu_llm.data.ForgetRetainDataset` (see ``build_unlearning_dataset``), or for a
+            classifier a :class:`~rklu_llm.data.classification.ClassificationUnlearnDataset`.
+        processing_class: the tokenizer (optional for a classifier; a text classifier's pads ``input_ids``).
+        data_collator: defaults to :class:`~rklu_llm.data.UnlearnCollator` (classifiers:
+            :class:`~rklu_llm.data.classification.ClassificationCollator`).
         dataset_name: recorded in the model card.
         **kwargs: passed to `transformers.Trainer` (callbacks, optimizers, ...).
     """
@@ -146,13 +214,24 @@ class UnlearnTrainer(Trainer):
     ):
         if not isinstance(args, UnlearnConfig):
             raise TypeError(f"args must be an UnlearnConfig, got {type(args).__name__}.")
-        if processing_class is None:
-            raise ValueError("Pass the tokenizer as processing_class (needed for padding and the augmented model).")
-        if not isinstance(train_dataset, ForgetRetainDataset):
-            raise TypeError(
-                "train_dataset must be a ForgetRetainDataset; build one with rklu_llm.data.build_unlearning_dataset."
+        self.task = "classifier" if isinstance(train_dataset, ClassificationUnlearnDataset) else "lm"
+        if self.task == "classifier":  # a classifier is one more kind of batch: checked and prepared here
+            train_dataset = _prepare_classifier(model, args, train_dataset)
+            data_collator = data_collator or ClassificationCollator(getattr(processing_class, "pad_token_id", 0) or 0)
+        elif args.spec.batch == "classifier":
+            raise ValueError(
+                f"{args.method} unlearns classifiers: pass a classifier and a ClassificationUnlearnDataset "
+                "(rklu_llm.data.classification.build_classification_unlearning_dataset)."
             )
-        check_causal_lm(model.get_base_model() if _is_peft(model) else model)
+        if processing_class is None and self.task == "lm":
+            raise ValueError("Pass the tokenizer as processing_class (needed for padding and the augmented model).")
+        if not isinstance(train_dataset, (ForgetRetainDataset, ClassificationUnlearnDataset)):
+            raise TypeError(
+                "train_dataset must be a ForgetRetainDataset (build one with rklu_llm.data.build_unlearning_dataset) "
+                "or, for a classifier, a ClassificationUnlearnDataset."
+            )
+        if self.task == "lm":
+            check_causal_lm(model.get_base_model() if _is_peft(model) else model)
         check_output_dir(args.output_dir, model)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and args.world_size == 1:
@@ -167,10 +246,10 @@ class UnlearnTrainer(Trainer):
                 f"retain_mode={args.retain_mode!r} needs a retain set: build the dataset with retain=... "
                 "(or use retain_mode='none')."
             )
-        if spec.needs_refusals and train_dataset.refusal_answer_ids is None:
+        if spec.needs_refusals and getattr(train_dataset, "refusal_answer_ids", None) is None:
             raise ValueError(f"{args.method} needs refusal answers: build the dataset with refusals=load_refusals().")
 
-        self.base_model_name = getattr(model.config, "_name_or_path", None) or None
+        self.base_model_name = getattr(getattr(model, "config", None), "_name_or_path", None) or None
         self.dataset_name = dataset_name
         #: identity of the model being unlearned (before any LoRA wrapping): part of the run and augmented fingerprints
         self.base_identity = model_identity(model)
@@ -361,9 +440,8 @@ class UnlearnTrainer(Trainer):
         groups = list(batch_samples[0])
         counts = torch.stack([
             torch.stack([
-                sum((b[g]["labels"][:, 1:] != IGNORE_INDEX).sum() for b in batch_samples),
-                torch.tensor(sum(b[g]["labels"].shape[0] for b in batch_samples), device=batch_samples[0][g][
-                    "labels"].device),
+                sum(self._count(b[g], "tokens") for b in batch_samples),
+                sum(self._count(b[g], "sequences") for b in batch_samples),
             ]) for g in groups
         ]).float()
         processes = 1
@@ -377,9 +455,9 @@ class UnlearnTrainer(Trainer):
     def _count(batch: dict, kind: str) -> torch.Tensor:
         """Answer tokens (``kind="tokens"``) or sequences of one micro-batch group."""
         labels = batch["labels"]
-        if kind == "tokens":
+        if kind == "tokens" and labels.dim() > 1:
             return (labels[:, 1:] != IGNORE_INDEX).sum()
-        return torch.tensor(labels.shape[0], device=labels.device)
+        return torch.tensor(labels.shape[0], device=labels.device)  # sequences; a classifier sample is one item
 
     def _normaliser(self, counts, group: str, kind: str, batch: dict):
         """The divisor of a summed loss term: the accumulated count from :meth:`count_items`, or this micro-batch's
@@ -407,6 +485,8 @@ class UnlearnTrainer(Trainer):
         """
         args = self.args
         counts = num_items_in_batch
+        if self.task == "classifier":
+            return self._classifier_loss(model, inputs, return_outputs, counts)
         forget = inputs["forget"]
         labels = forget["labels"]
         forget_tokens = self._normaliser(counts, "forget", "tokens", forget)
@@ -423,6 +503,15 @@ class UnlearnTrainer(Trainer):
         elif args.method in ("ga", "gd"):
             logits = self._logits(model, forget)
             forget_loss = -token_nll(logits, labels, forget_tokens)
+            forget_norm = forget_tokens
+        elif args.method in ("token_redistribute", "token_mask"):  # the classifier targets, per answer token
+            logits = self._logits(model, forget)
+            student, mask = answer_positions(logits, labels)
+            original = self.frozen_logits("original", model, forget)[:, :-1][mask]
+            kind = args.method.removeprefix("token_")
+            target = token_target_logits(original, labels[:, 1:][mask], kind, args.kl_chunk_size)
+            forget_loss = distillation_kl(student, target, direction=args.divergence, chunk_size=args.kl_chunk_size,
+                                          num_items=forget_tokens)
             forget_norm = forget_tokens
         elif args.method == "npo":
             logits = self._logits(model, forget)
@@ -479,6 +568,112 @@ class UnlearnTrainer(Trainer):
         """Accumulate a logged metric as (sum over this micro-batch's items, their number); logged as sum / number
         over the logging window and all processes."""
         self._metrics[name].append(torch.stack([total.detach().float().reshape(()), count.float().to(total.device)]))
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Classifier unlearning: batches of inputs and class labels, logits (B, K)
+    # ------------------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def original_class_logits(self, batch: dict) -> torch.Tensor:
+        """``(B, K)`` logits of the frozen original classifier on ``batch``."""
+        return classifier_logits(self.ref_model, batch)
+
+    def _classifier_loss(self, model, inputs: dict, return_outputs: bool, counts=None):
+        """``L = forget_weight * L_forget + retain_weight * L_retain`` for a classifier.
+
+        ``redistribute`` / ``mask``: ``KL(t || p_student)`` with ``t`` the redistributive / masked target of the
+        original's logits; ``ga``: ``-CE``; ``random_label``: CE to a fixed random wrong label; ``boundary_shrink``:
+        CE to the nearest wrong label; ``jit``: the Lipschitz quotient. ``finetune`` / ``retrain`` (references that
+        use retain data): CE on the retain set only.
+
+        Every term is a mean over the samples of the whole accumulated batch (this micro-batch's mean times its share
+        of the samples, ``counts`` from :meth:`get_batch_samples`), as for the LM methods.
+        """
+        args, method = self.args, self.args.method
+
+        def share(group: str, batch: dict) -> torch.Tensor:  # this micro-batch's samples / the accumulated samples
+            return self._count(batch, "sequences") / self._normaliser(counts, group, "sequences", batch)
+
+        if args.spec.uses_retain_data:
+            retain = inputs["retain"]
+            loss = F.cross_entropy(classifier_logits(model, retain).float(), retain["labels"])
+            self._record("retain/loss", loss * self._count(retain, "sequences"), self._count(retain, "sequences"))
+            stop_if_non_finite(loss, self.state.global_step + 1, divergence_hint(args), {"retain term": loss})
+            loss = loss * share("retain", retain)
+            return (loss, None) if return_outputs else loss
+        forget = inputs["forget"]
+        labels = forget["labels"]
+        if method == "jit":
+            logits, forget_loss = self._jit_loss(model, forget)
+        else:
+            logits = classifier_logits(model, forget)
+            if method == "redistribute":
+                forget_loss = target_kl(logits, redistributive_target(self.original_class_logits(forget), labels))
+            elif method == "mask":
+                forget_loss = target_kl(logits, masked_target(self.original_class_logits(forget), labels))
+            elif method in ("ga", "gd"):
+                forget_loss = -F.cross_entropy(logits.float(), labels)
+            elif method == "random_label":
+                forget_loss = F.cross_entropy(logits.float(), forget["random_labels"])
+            elif method == "boundary_shrink":
+                forget_loss = F.cross_entropy(logits.float(), self._boundary_shrink_labels(forget))
+            else:
+                raise ValueError(f"{method} does not unlearn classifiers.")
+        n_forget = self._count(forget, "sequences")
+        self._record("forget/loss", forget_loss * n_forget, n_forget)
+        self._record("forget/accuracy", (logits.detach().argmax(-1) == labels).float().sum(), n_forget)
+        parts = {"forget term": forget_loss}
+        loss = args.forget_weight * forget_loss * share("forget", forget)
+        if args.retain_mode != "none":
+            retain = inputs["retain"]
+            retain_logits = classifier_logits(model, retain)
+            if args.retain_mode == "rt":
+                retain_loss = F.cross_entropy(retain_logits.float(), retain["labels"])
+            else:  # "kl": forward KL(p_original || p_student) on the retain samples
+                retain_loss = target_kl(retain_logits, torch.softmax(self.original_class_logits(retain).float(), -1))
+            loss = loss + args.retain_weight * retain_loss * share("retain", retain)
+            parts["retain term"] = retain_loss
+            n_retain = self._count(retain, "sequences")
+            self._record("retain/loss", retain_loss * n_retain, n_retain)
+        stop_if_non_finite(loss, self.state.global_step + 1, divergence_hint(args), parts)
+        return (loss, None) if return_outputs else loss
+
+    def _continuous_input(self, model, batch: dict) -> tuple[str, torch.Tensor, dict]:
+        """``(key, x, other_inputs)``: the input to perturb. Images: ``pixel_values``; token ids: their embeddings
+        under ``model``, passed back as ``inputs_embeds``."""
+        inputs = model_inputs(batch)
+        if "input_ids" in inputs:
+            ids = inputs.pop("input_ids")
+            return "inputs_embeds", self.accelerator.unwrap_model(model).get_input_embeddings()(ids), inputs
+        key = "pixel_values" if "pixel_values" in inputs else next(iter(inputs))
+        return key, inputs.pop(key), inputs
+
+    def _boundary_shrink_labels(self, batch: dict) -> torch.Tensor:
+        """Boundary Shrink (Chen et al., CVPR 2023): one FGSM step on the frozen original,
+        ``x' = x + eps * sign(grad_x CE(f_o(x), y))``, and the original's highest class other than ``y`` on ``x'``."""
+        key, x, rest = self._continuous_input(self.ref_model, batch)
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            loss = F.cross_entropy(classifier_logits(self.ref_model, {key: x, **rest}).float(), batch["labels"])
+            (grad,) = torch.autograd.grad(loss, x)
+        with torch.no_grad():
+            adversarial = x + self.args.boundary_shrink_eps * grad.sign()
+            return nearest_wrong_label(classifier_logits(self.ref_model, {key: adversarial, **rest}), batch["labels"])
+
+    def _jit_loss(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """JiT (Foster et al. 2024, arXiv:2402.01401): ``mean ||f(x) - f(x + e)||_2 / ||e||_2`` over ``jit_samples``
+        draws ``e ~ N(0, jit_noise_std^2 I)`` per forget sample; the perturbed outputs carry no gradient, as in the
+        reference code. The noise is seeded by (seed, step), so a resumed run draws the same noise."""
+        key, x, rest = self._continuous_input(model, batch)
+        logits = classifier_logits(model, {key: x, **rest})
+        samples = self.args.jit_samples
+        generator = torch.Generator(device=x.device).manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
+        noise = torch.randn((samples, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
+        noisy_x = x.detach() + self.args.jit_noise_std * noise
+        repeated = {k: v.repeat(samples, *([1] * (v.dim() - 1))) for k, v in rest.items()}
+        with torch.no_grad():
+            noisy = classifier_logits(model, {key: noisy_x.flatten(0, 1), **repeated}).view(samples, *logits.shape)
+        return logits, lipschitz_quotient(logits, noisy, x.detach(), noisy_x)
+
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._metrics and "loss" in logs:

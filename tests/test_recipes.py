@@ -51,7 +51,9 @@ def test_finetune_recipe_stores_its_evaluation(retain_eval):
     assert "forget10_perturbed" in result["sets"]
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+# LM methods only; token_redistribute takes token_mask's path through the recipe line for line (45 s a run on the CPU)
+@pytest.mark.parametrize("method", sorted(m for m, spec in METHODS.items()
+                                          if spec.batch != "classifier" and m != "token_redistribute"))
 def test_tofu_forget10_recipe_runs_every_method(method, tmp_path, tiny_model_dir, tofu_dir, retain_eval):
     out = tmp_path / method
     retain_mode = ["--retain_mode", "rt"] if method == "gd" else []

@@ -1,6 +1,6 @@
 """TOFU evaluation (Maini et al. 2024), with the benchmark's own metric definitions.
 
-Metrics (see DESIGN.md section 4.1; ``p`` is always the length-normalised answer probability):
+Metrics (``p`` is always the length-normalised answer probability):
 
 * ``p(a | q) = exp(-NLL_sum(a | q) / |a|)`` over the answer tokens, the EOS after the answer included.
 * Probability: forget / retain sets ``mean p(answer)``; real authors / world facts
