@@ -270,3 +270,64 @@ def encode_refusal(tokenizer, refusal: str) -> list[int]:
     if tokenizer.eos_token_id is None:
         raise ValueError("The tokenizer has no EOS token; set tokenizer.eos_token before tokenizing refusals.")
     return tokenizer(" " + refusal.strip(), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# WikiText (perplexity of the copyright task's utility check; also a possible retain corpus)
+# --------------------------------------------------------------------------------------------------------------------
+
+WIKITEXT_DIR_ENV = "RKLU_WIKITEXT_DIR"
+WIKITEXT_FILE = "wikitext-2-raw-test.txt"
+WIKITEXT_HUB = ("Salesforce/wikitext", "wikitext-2-raw-v1", "test")
+
+
+def resolve_wikitext_file(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The local WikiText-2 raw test file: ``data_dir`` (the file itself, or a folder holding
+    ``wikitext-2-raw-test.txt``), else ``$RKLU_WIKITEXT_DIR``; ``None`` when neither is set (use the hub).
+
+    Raises:
+        DataUnavailableError: the given path does not exist or the folder lacks the file (the message says both ways
+            out).
+    """
+    from .tofu import DataUnavailableError
+
+    chosen = data_dir if data_dir is not None else os.environ.get(WIKITEXT_DIR_ENV)
+    if not chosen:
+        return None
+    path = Path(chosen).expanduser()
+    if path.is_dir():
+        path = path / WIKITEXT_FILE
+    if not path.is_file():
+        raise DataUnavailableError(
+            f"WikiText: {describe_source(path)} does not exist. Point data_dir / ${WIKITEXT_DIR_ENV} at a folder "
+            f"holding {WIKITEXT_FILE} (the raw WikiText-2 test split, one text file), or unset it to use the hub "
+            f"dataset {WIKITEXT_HUB[0]} ({WIKITEXT_HUB[1]})."
+        )
+    return path
+
+
+def load_wikitext(data_dir: str | os.PathLike | None = None) -> tuple[list[str], str]:
+    """WikiText-2 raw test text as ``(documents, label)`` for :func:`chunk_text`.
+
+    Local: the file from :func:`resolve_wikitext_file`, one document. Hub: the rows of ``Salesforce/wikitext``
+    ``wikitext-2-raw-v1`` test joined as they are (each row carries its own newline), one document.
+
+    Raises:
+        DataUnavailableError: no local copy and the hub cannot be reached.
+    """
+    from .tofu import DataUnavailableError
+
+    local = resolve_wikitext_file(data_dir)
+    if local is not None:
+        return read_documents(local), describe_source(local)
+    path, config, split = WIKITEXT_HUB
+    try:
+        from datasets import load_dataset
+
+        rows = load_dataset(path, config, split=split)["text"]
+    except Exception as exc:  # offline, unreachable, missing: one way out for the user
+        raise DataUnavailableError(
+            f"WikiText could not be loaded from the hub ({path} {config}): {type(exc).__name__}: {str(exc)[:200]}. "
+            f"Pass data_dir=<folder with {WIKITEXT_FILE}> (or set ${WIKITEXT_DIR_ENV}), or make the hub reachable."
+        ) from exc
+    return ["".join(rows)], f"{path}:{config}:{split}"
