@@ -31,6 +31,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from rklu_llm.eval.general import resolve_tasks  # noqa: E402
 from rklu_llm.eval.io import write_json_atomic  # noqa: E402
 from rklu_llm.scripts import copyright as recipe  # noqa: E402
 
@@ -57,8 +58,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--general_limit", type=int, default=10)
     p.add_argument("--finetune_epochs", type=float, default=12)
     p.add_argument("--finetune_lr", type=float, default=1e-3)
-    p.add_argument("--unlearn_epochs", type=float, default=3)
-    p.add_argument("--unlearn_lr", type=float, default=5e-4)
+    p.add_argument("--unlearn_epochs", type=float, default=5)
+    p.add_argument("--unlearn_lr", type=float, default=1e-3)
     p.add_argument("--augment_epochs", type=float, default=1)
     p.add_argument("--teacher_alpha", type=float, default=4.0)
     p.add_argument("--batch_size", type=int, default=4)
@@ -157,14 +158,16 @@ def write_outputs(args, invocations: list[dict]) -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("work_dir", "results_dir", "data_root")}
     write_json_atomic(out / f"{NAME}.json", {"device": device, "settings": settings, "invocations": invocations,
                                              "rows": table, "targets": targets(table)})
-    commands = "; then ".join(f"`{i['command']}` ({i['seconds']:.0f} s wall, {i['cpu_seconds']:.0f} s CPU, load "
-                              f"average {i['load_average']:.1f})" for i in invocations)
+    commands = "; then ".join(
+        f"`{i['command']}` ({i['seconds']:.0f} s wall, {i['cpu_seconds']:.0f} s CPU, load average "
+        f"{i['load_average']:.1f}" + ("" if i.get("finished", True) else f"; stopped after the stage "
+                                      f"{i.get('last_stage', '?')}") + ")" for i in invocations)
     reduced = ("Reduced CPU run" if not args.paper else "Paper-size run") + (
         f": {args.num_chunks} chunks of {args.chunk_tokens} tokens of Pride and Prejudice, the first "
         f"{args.prefix_tokens} of each the prompt (paper: 400 x 512, prefix 200); control: the same number of chunks "
         f"of Sense and Sensibility (never trained on); perplexity on {args.num_segments} WikiText-2 test segments of "
-        f"{args.segment_tokens} tokens (paper: 200); lm-eval mean accuracy over PIQA, HellaSwag, ARC-E, ARC-C, COPA, "
-        f"WSC273, MathQA on the first {args.general_limit or 'all'} items of each task"
+        f"{args.segment_tokens} tokens (paper: 200); lm-eval mean accuracy over "
+        f"{', '.join(resolve_tasks(args.general_tasks))} on the first {args.general_limit or 'all'} items of each task"
         + (", LoRA fine-tune / augmented adapter / students (ta edits the full weights)" if args.lora else "") + ".")
     lines = [
         f"# Copyright unlearning on SmolLM2-135M-Instruct ({device})", "",
@@ -173,8 +176,8 @@ def write_outputs(args, invocations: list[dict]) -> None:
         "stemmer) x100, of the greedy continuation of each chunk's prefix against its true continuation. "
         "Seconds: training (fine-tune; unlearning with the augmentation included for rklu / fklu / ta) and evaluation.",
         "",
-        "| model | forget BLEU | forget R-L recall | forget R-L F1 | control BLEU | control R-L recall | WikiText PPL | "
-        "lm-eval avg acc | train s | eval s |",
+        "| model | forget BLEU | forget R-L recall | forget R-L F1 | control BLEU | control R-L recall | "
+        "WikiText PPL | lm-eval avg acc | train s | eval s |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in table:
@@ -235,11 +238,13 @@ def main() -> None:
         return {"seconds": time.time() - started, "cpu_seconds": time.process_time() - cpu_started,
                 "load_average": sum(loads) / len(loads), "command": command}
 
-    def on_stage(name: str) -> None:  # results files after every stage, so a long run can be read while it goes
-        write_outputs(args, invocations + [this()])
+    def on_stage(name: str) -> None:  # after every stage: an interrupted invocation keeps its record
+        current = invocations + [{**this(), "finished": False, "last_stage": name}]
+        write_json_atomic(history, current)
+        write_outputs(args, current)
 
     recipe.main(recipe_argv(args, args.methods), on_stage=on_stage)
-    invocations.append(this())
+    invocations.append({**this(), "finished": True})
     write_json_atomic(history, invocations)
     write_outputs(args, invocations)
     print(f"done in {time.time() - started:.0f} s")

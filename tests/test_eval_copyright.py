@@ -201,3 +201,78 @@ def test_wikitext_from_the_environment(monkeypatch, tiny_tokenizer, texts, tmp_p
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataUnavailableError, match="could not be loaded from the hub"):
         prepare_copyright_data(tiny_tokenizer, str(forget), chunk_tokens=40, prefix_tokens=24)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# the book recipe and its benchmark
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def recipe_argv(model_dir, output_dir, *extra) -> list[str]:
+    return ["--model", str(model_dir), "--output_dir", str(output_dir), "--books_dir", str(BOOKS),
+            "--wikitext_dir", str(WIKITEXT), "--general_data_dir", str(SHARED_DATA / "general"),
+            "--chunk_tokens", "48", "--num_chunks", "4", "--prefix_tokens", "24", "--use_cpu", "true",
+            "--methods", "rklu,npo", *extra]  # argparse: a flag given again in extra wins
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--chunk_tokens", "1024", "--prefix_tokens", "200"], "longer than the model's context of 512"),
+    (["--prefix_tokens", "48"], "must be at least 1 and shorter than a chunk"),
+    (["--forget_text", "ulysses.txt"], "'ulysses.txt' is neither a file"),
+    (["--methods", "rklu,gd"], "gd .* needs a retain corpus"),
+    (["--methods", "rklu,sgd"], r"unknown \['sgd'\]"),
+    (["--general_tasks", "mmlu"], "Unknown lm-eval task 'mmlu'"),
+    (["--general_limit", "0"], "general_limit must be >= 1"),
+    (["--general_data_dir", "/nonexistent/general"], "does not exist"),
+])
+def test_the_book_recipe_refuses_bad_input_before_loading_a_model(tmp_path, tiny_model_dir, monkeypatch, extra,
+                                                                    match):
+    from rklu_llm import models
+    from rklu_llm.scripts import copyright as recipe
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded before the inputs were checked")
+
+    monkeypatch.setattr(models, "load_model", no_model)
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        recipe.main(recipe_argv(tiny_model_dir, tmp_path / "out", *extra))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_copyright_benchmark_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir, monkeypatch):
+    """benchmarks/copyright.py -> the book recipe: base, fine-tune, three methods (KL to the teacher, retain NLL,
+    refusal pairs), the results files; a second invocation redoes nothing. In process: no interpreter start-up."""
+    import runpy
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "copyright.py"
+    work, results = tmp_path / "work", tmp_path / "results"
+    argv = [str(script), "--data_root", str(SHARED_DATA), "--work_dir", str(work), "--results_dir", str(results),
+            "--model", str(tiny_model_dir), "--methods", "rklu,gd,dpo", "--num_chunks", "4", "--chunk_tokens", "48",
+            "--prefix_tokens", "24", "--num_segments", "4", "--general_tasks", "copa", "--general_limit", "2",
+            "--finetune_epochs", "1", "--unlearn_epochs", "1", "--retain_text", "persuasion.txt"]
+    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.chdir(tmp_path)
+    runpy.run_path(str(script), run_name="__main__")
+
+    data = json.loads((results / "copyright_smollm2.json").read_text())
+    rows = {row["name"]: row for row in data["rows"]}
+    assert list(rows) == ["base", "finetuned", "rklu", "gd", "dpo"]
+    for row in rows.values():
+        assert 0 <= row["forget_bleu"] <= 100 and 0 <= row["control_bleu"] <= 100
+        assert row["wikitext_perplexity"] > 1 and 0 <= row["general_average_acc"] <= 1
+    assert rows["gd"]["retain_mode"] == "rt" and rows["rklu"]["seconds"] > 0
+    assert (work / "runs" / "augmented.json").is_file()
+    table = (results / "copyright_smollm2.md").read_text()
+    assert "benchmarks/copyright.py --data_root" in table and table.count("\n| ") == 6  # header + 5 rows
+    assert (results / "copyright_smollm2.png").stat().st_size > 10_000
+    for name in rows:  # every evaluation written beside its stage, portable
+        assert str(tmp_path) not in (work / "runs" / name / "copyright_eval.json").read_text()
+
+    stamps = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/run.json")}
+    runpy.run_path(str(script), run_name="__main__")
+    assert {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/run.json")} == stamps
+    invocations = json.loads((results / "copyright_smollm2.json").read_text())["invocations"]
+    assert len(invocations) == 2 and all(i["finished"] for i in invocations)

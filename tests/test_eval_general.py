@@ -94,7 +94,7 @@ def test_local_boolq_gets_the_super_glue_label():
 
 
 def upstream_lm_eval(model_args: str, output: Path, tasks: str, limit: int) -> subprocess.Popen:
-    """``lm_eval --model hf --model_args ... --include_path <shipped tasks> --tasks ...``, offline, as a user runs it."""
+    """``lm_eval --model hf --model_args ... --include_path <shipped tasks> --tasks ...``, offline, as users run it."""
     script = Path(sys.executable).with_name("lm_eval")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "lm_eval"]
     command += ["--model", "hf", "--model_args", model_args, "--include_path", str(TASKS_DIR), "--tasks", tasks,

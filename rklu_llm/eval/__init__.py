@@ -4,6 +4,8 @@
 * :mod:`~rklu_llm.eval.scoring`: batched likelihoods of token sequences and batched generation;
 * :mod:`~rklu_llm.eval.io`: atomic JSON writes, the per-(set, metric) result cache, a weights digest;
 * :mod:`~rklu_llm.eval.tofu`: TOFU (probability, ROUGE-L recall, truth ratio, model utility, forget quality);
+* :mod:`~rklu_llm.eval.copyright`: continuation BLEU / ROUGE-L of a book's chunks, WikiText perplexity;
+* :mod:`~rklu_llm.eval.general`: lm-eval-harness on the shipped tasks (imported on demand: it loads lm-eval);
 * :mod:`~rklu_llm.eval.callback`: evaluation during training.
 """
 
@@ -18,6 +20,7 @@ from .metrics import (
     rouge_l_recall,
     truth_ratio,
 )
+from .copyright import evaluate_copyright, prepare_copyright_data
 from .scoring import generate_answers, generate_continuations, score_answers, score_examples
 from .tofu import (
     UTILITY_SETS,
@@ -33,6 +36,7 @@ __all__ = [
     "UTILITY_SETS",
     "answer_probability",
     "compare_to_reference",
+    "evaluate_copyright",
     "evaluate_tofu",
     "forget_quality",
     "forget_truth_ratio_score",
@@ -41,6 +45,7 @@ __all__ = [
     "load_tofu_eval",
     "model_utility",
     "normalized_probability",
+    "prepare_copyright_data",
     "reference_truth_ratios",
     "retain_truth_ratio_score",
     "rouge_l_recall",

@@ -109,7 +109,9 @@ def resolve_data(tasks: Sequence[str], data_dir: str | os.PathLike | None = None
         return {task: None for task in tasks}
     root = Path(chosen).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"lm-eval data folder {portable_path(root)} does not exist (data_dir / ${DATA_DIR_ENV}).")
+        raise FileNotFoundError(
+            f"lm-eval data folder {portable_path(root)} does not exist (data_dir / ${DATA_DIR_ENV})."
+        )
     files = {task: data_file(task, root) for task in tasks}
     missing = [f"{task}: {portable_path(path)}" for task, path in files.items() if not path.is_file()]
     if missing:

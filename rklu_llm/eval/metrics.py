@@ -202,7 +202,7 @@ def rouge_l(generated: Sequence[str], gold: Sequence[str]) -> dict[str, np.ndarr
     if len(generated) != len(gold):
         raise ValueError(f"rouge_l: {len(generated)} generations but {len(gold)} references.")
     scorer = _rouge_l_scorer()
-    scores = [scorer.score(g, s)["rougeL"] for s, g in zip(generated, gold)]
+    scores = [scorer.score(g, s)["rougeL"] for s, g in zip(generated, gold, strict=True)]
     return {key: np.array([getattr(x, key) for x in scores], dtype=np.float64)
             for key in ("recall", "precision", "fmeasure")}
 
@@ -227,7 +227,8 @@ def sentence_bleu(generated: Sequence[str], references: Sequence[str]) -> np.nda
 
     if len(generated) != len(references):
         raise ValueError(f"sentence_bleu: {len(generated)} generations but {len(references)} references.")
-    return np.array([sacrebleu.sentence_bleu(g, [r]).score for g, r in zip(generated, references)], dtype=np.float64)
+    scores = [sacrebleu.sentence_bleu(g, [r]).score for g, r in zip(generated, references, strict=True)]
+    return np.array(scores, dtype=np.float64)
 
 
 def corpus_bleu(generated: Sequence[str], references: Sequence[str]) -> float:

@@ -12,7 +12,8 @@ further on the chunks), shared by rklu / fklu / ta -> 4. each method unlearns th
     # the paper's size on a GPU (400 chunks of 512 do not fit one Austen novel: P&P has 327)
     python recipes/copyright_book.py ... --chunk_tokens 512 --num_chunks 300 --prefix_tokens 200 --bf16
     # a few methods, LoRA students, a YAML config
-    python recipes/copyright_book.py --methods rklu,npo --use_lora ... ; python recipes/copyright_book.py --config x.yaml
+    python recipes/copyright_book.py --methods rklu,npo --use_lora ...
+    python recipes/copyright_book.py --config book.yaml
 
 Evaluation of every model (see :mod:`rklu_llm.eval.copyright` and :mod:`rklu_llm.eval.general`): greedy continuation
 of each chunk's first ``prefix_tokens`` tokens scored against the true continuation (sentence BLEU via sacrebleu, mean
@@ -63,7 +64,7 @@ RESULTS_FILE = "copyright_results.json"
 class BookRecipeArguments:
     model: str = field(
         default="embedded:smollm2-135m-instruct",
-        metadata={"help": "The model that will memorise, then unlearn, the book: hub id, local dir or embedded:<name>."},
+        metadata={"help": "The model that memorises, then unlearns, the book: hub id, local dir or embedded:<name>."},
     )
     methods: str = field(default=",".join(DEFAULT_METHODS), metadata={"help": "Comma-separated methods to run."})
     retain_text: str | None = field(
@@ -89,10 +90,10 @@ class BookUnlearnConfig(UnlearnConfig):
     augmentation epoch."""
 
     teacher_alpha: float = field(
-        default=4.0, metadata={"help": "RKL-U teacher strength: l_t = l_o - alpha * relu(l_aug - l_o) (paper, books: 4)."}
+        default=4.0, metadata={"help": "RKL-U teacher strength, l_t = l_o - alpha * relu(l_aug - l_o) (books: 4)."}
     )
     augment_epochs: float = field(
-        default=1.0, metadata={"help": "Epochs of NLL fine-tuning on the book that make the augmented model (paper: 1)."}
+        default=1.0, metadata={"help": "Epochs of NLL fine-tuning on the book making the augmented model (paper: 1)."}
     )
 
 
@@ -147,7 +148,8 @@ def finetune(model_name: str, recipe: BookRecipeArguments, config: UnlearnConfig
     metrics = {"train_seconds": seconds, "train_loss": result.training_loss, "chunks": len(forget),
                "epochs": recipe.finetune_epochs, "learning_rate": recipe.finetune_learning_rate,
                "lora": recipe.finetune_lora}
-    staged_save(trainer, out, lambda staging: (staging / "train_metrics.json").write_text(json.dumps(metrics, indent=2)))
+    staged_save(trainer, out,
+                lambda staging: (staging / "train_metrics.json").write_text(json.dumps(metrics, indent=2)))
     return metrics
 
 

@@ -42,7 +42,7 @@ class CopyrightDataArguments:
     )
     control_text: str | None = field(
         default=None,
-        metadata={"help": "A text of the same kind the model never trained on (its scores are the 'never seen' level)."},
+        metadata={"help": "A text of the same kind the model never trained on (its scores: the 'never seen' level)."},
     )
     books_dir: str | None = field(
         default=None, metadata={"help": f"Folder that relative text names are looked up in (default ${BOOKS_DIR_ENV})."}
