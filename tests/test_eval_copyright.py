@@ -224,6 +224,7 @@ def recipe_argv(model_dir, output_dir, *extra) -> list[str]:
     (["--general_tasks", "mmlu"], "Unknown lm-eval task 'mmlu'"),
     (["--general_limit", "0"], "general_limit must be >= 1"),
     (["--general_data_dir", "/nonexistent/general"], "does not exist"),
+    (["--finetune_epochs", "-1"], "finetune_epochs must be >= 0"),
 ])
 def test_the_book_recipe_refuses_bad_input_before_loading_a_model(tmp_path, tiny_model_dir, monkeypatch, extra,
                                                                     match):

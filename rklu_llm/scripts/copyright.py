@@ -73,7 +73,11 @@ class BookRecipeArguments:
                   "rt/kl: a file, a folder, or a name inside --books_dir."},
     )
     retain_chunks: int | None = field(default=None, metadata={"help": "Retain chunks (default: every full chunk)."})
-    finetune_epochs: float = field(default=10.0, metadata={"help": "Epochs of NLL fine-tuning on the book's chunks."})
+    finetune_epochs: float = field(
+        default=10.0,
+        metadata={"help": "Epochs of NLL fine-tuning on the book's chunks; 0: the model already knows the book and is "
+                  "unlearned as given."},
+    )
     finetune_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of that fine-tune."})
     finetune_lora: bool = field(
         default=False, metadata={"help": "Fine-tune a LoRA adapter (merged into the weights on save)."}
@@ -185,6 +189,8 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
 
     # ---- every input, before any model is loaded
     methods = [m.strip() for m in recipe.methods.split(",") if m.strip()]
+    if recipe.finetune_epochs < 0:
+        raise ValueError(f"--finetune_epochs must be >= 0, got {recipe.finetune_epochs}")
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise ValueError(f"--methods: unknown {unknown or 'empty list'}; choose among {', '.join(METHODS)}.")
@@ -204,12 +210,12 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
     tokenizer = load_tokenizer(recipe.model)
     data = texts.prepare(tokenizer, recipe.model)  # chunks, control, WikiText; the context length from the config
 
-    def dataset(method: str | None):
-        """The forget set of ``method`` (``None``: the plain chunks, for the fine-tunes)."""
-        needs_retain = method == "gd" or (method is not None and config.retain_mode != "none")
+    def dataset(method: str):
+        """The forget set of ``method``: the book's chunks, with retain chunks / refusals when it uses them."""
+        needs_retain = method == "gd" or config.retain_mode != "none"
         return build_text_unlearning_dataset(
             tokenizer, forget_path, retain_path if needs_retain else None,
-            refusals if method is not None and METHODS[method].needs_refusals else None,
+            refusals if METHODS[method].needs_refusals else None,
             chunk_tokens=texts.chunk_tokens, num_chunks=texts.num_chunks, retain_chunks=recipe.retain_chunks,
             prefix_tokens=texts.prefix_tokens, mask_prefix=method == "dpo", text_column=texts.text_column,
             seed=config.seed,
@@ -256,13 +262,16 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
         stage("base", base)
 
     # ---- 2. fine-tune until the model reproduces the book
-    finetuned = root / "finetuned"
+    # (--finetune_epochs 0: the model already knows the book; it is unlearned as given, evaluated under finetuned/)
+    finetuned = root / "finetuned" if recipe.finetune_epochs > 0 else Path(recipe.model)
 
     def memorise():
-        metrics = finetune(recipe.model, recipe, config, chunks, finetuned)
+        seconds = 0.0
+        if recipe.finetune_epochs > 0:
+            seconds = finetune(recipe.model, recipe, config, chunks, finetuned)["train_seconds"]
         model, _ = load_model(str(finetuned))
-        return {"method": "fine-tuned on the book", "seconds": metrics["train_seconds"],
-                **evaluate(model, tokenizer, data, evaluation, general, finetuned)}
+        return {"method": "fine-tuned on the book" if recipe.finetune_epochs > 0 else "given model (no fine-tune)",
+                "seconds": seconds, **evaluate(model, tokenizer, data, evaluation, general, root / "finetuned")}
 
     stage("finetuned", memorise)
 
