@@ -1,4 +1,4 @@
-"""Data: TOFU loading, QA tokenization, the forget/retain paired dataset and collators."""
+"""Data: TOFU loading, QA tokenization, text-corpus (book) chunks, the forget/retain paired dataset and collators."""
 
 from .profiles import fictitious_profiles
 from .qa import (
@@ -14,6 +14,14 @@ from .qa import (
     load_refusals,
     pad_examples,
     tokenize_qa,
+)
+from .text import (
+    build_text_unlearning_dataset,
+    check_chunk_fits,
+    chunk_examples,
+    chunk_text,
+    chunk_token_ids,
+    read_documents,
 )
 from .tofu import (
     FORGET_OF_RETAIN,
@@ -34,8 +42,13 @@ __all__ = [
     "RETAIN_OF_FORGET",
     "TOFU_CONFIGS",
     "UnlearnCollator",
+    "build_text_unlearning_dataset",
     "build_unlearning_dataset",
     "check_qa",
+    "check_chunk_fits",
+    "chunk_examples",
+    "chunk_text",
+    "chunk_token_ids",
     "encode_answer",
     "encode_prompt",
     "fictitious_profiles",
@@ -43,6 +56,7 @@ __all__ = [
     "load_refusals",
     "load_tofu",
     "pad_examples",
+    "read_documents",
     "resolve_tofu_dir",
     "tofu_available",
     "tokenize_qa",

@@ -6,10 +6,13 @@
 * :mod:`~rklu_llm.eval.tofu`: TOFU (probability, ROUGE-L recall, truth ratio, model utility, forget quality);
 * :mod:`~rklu_llm.eval.audit`: membership inference, extraction, leak@k, relearning and quantization robustness;
 * :mod:`~rklu_llm.eval.open_unlearning`: open-unlearning's TOFU_EVAL.json / TOFU_SUMMARY.json, read and written;
+* :mod:`~rklu_llm.eval.copyright`: continuation BLEU / ROUGE-L of a book's chunks, WikiText perplexity;
+* :mod:`~rklu_llm.eval.general`: lm-eval-harness on the shipped tasks (imported on demand: it loads lm-eval);
 * :mod:`~rklu_llm.eval.callback`: evaluation during training.
 """
 
 from .audit import audit_summary_row, evaluate_audit
+from .copyright import evaluate_copyright, prepare_copyright_data
 from .metrics import (
     UTILITY_METRICS,
     answer_probability,
@@ -22,7 +25,12 @@ from .metrics import (
     truth_ratio,
 )
 from .open_unlearning import to_open_unlearning, write_open_unlearning
-from .scoring import generate_answers, generate_continuations, score_answers, score_examples
+from .scoring import (
+    generate_answers,
+    generate_continuations,
+    score_answers,
+    score_examples,
+)
 from .tofu import (
     UTILITY_SETS,
     compare_to_reference,
@@ -39,6 +47,7 @@ __all__ = [
     "audit_summary_row",
     "compare_to_reference",
     "evaluate_audit",
+    "evaluate_copyright",
     "evaluate_tofu",
     "forget_quality",
     "forget_truth_ratio_score",
@@ -47,6 +56,7 @@ __all__ = [
     "load_tofu_eval",
     "model_utility",
     "normalized_probability",
+    "prepare_copyright_data",
     "reference_truth_ratios",
     "retain_truth_ratio_score",
     "rouge_l_recall",

@@ -11,6 +11,12 @@ TOFU's definitions (``p`` is always the length-normalised answer probability):
 * Audit metrics: membership scores (LOSS, zlib, min-k%, min-k%++), their ROC AUC and privleak, exact memorisation,
   extraction strength, and the fill-in-the-blank split and leak flags of leak@k.
 
+Copyright (continuations of book chunks) and utility:
+
+* sentence BLEU x100 (``sacrebleu.sentence_bleu``: 13a tokenizer, exp smoothing, effective order) and corpus BLEU;
+* ROUGE-L recall / precision / F1 (``rouge_score``, stemmer on), x100 in the copyright results;
+* token-weighted perplexity ``exp(sum NLL / sum tokens)``.
+
 Every evaluator (TOFU, copyright, audits) takes its metrics from here; a new metric is one more function here with a
 hand-derived test.
 """
@@ -179,10 +185,78 @@ def rouge_l_recall(generated: Sequence[str], gold: Sequence[str]) -> np.ndarray:
     Returns:
         ``(N,)`` float64 in ``[0, 1]``.
     """
+    return rouge_l(generated, gold)["recall"]
+
+
+def rouge_l(generated: Sequence[str], gold: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-item ROUGE-L of ``RougeScorer(["rougeL"], use_stemmer=True).score(gold, generated)["rougeL"]``.
+
+    Over the lower-cased, alphanumeric, Porter-stemmed word tokens of both texts, with ``LCS`` the length of their
+    longest common subsequence: ``recall = LCS / len(gold)``, ``precision = LCS / len(generated)``,
+    ``fmeasure = 2 * precision * recall / (precision + recall)`` (0 when either is 0, e.g. an empty generation).
+
+    Args:
+        generated: ``N`` generated strings.
+        gold: ``N`` references.
+
+    Returns:
+        ``{"recall", "precision", "fmeasure"}``, each ``(N,)`` float64 in ``[0, 1]``.
+    """
     if len(generated) != len(gold):
-        raise ValueError(f"rouge_l_recall: {len(generated)} generations but {len(gold)} gold answers.")
+        raise ValueError(f"rouge_l: {len(generated)} generations but {len(gold)} references.")
     scorer = _rouge_l_scorer()
-    return np.array([scorer.score(g, s)["rougeL"].recall for s, g in zip(generated, gold)], dtype=np.float64)
+    scores = [scorer.score(g, s)["rougeL"] for s, g in zip(generated, gold, strict=True)]
+    return {key: np.array([getattr(x, key) for x in scores], dtype=np.float64)
+            for key in ("recall", "precision", "fmeasure")}
+
+
+def sentence_bleu(generated: Sequence[str], references: Sequence[str]) -> np.ndarray:
+    """Per-item BLEU x100, ``sacrebleu.sentence_bleu(generated_i, [reference_i]).score``.
+
+    sacrebleu's defaults for sentence BLEU: ``13a`` tokenization, case-sensitive, n-grams up to 4, ``exp`` smoothing
+    (the k-th n-gram order with no match counts as precision ``1 / (2^k * total_n)``), effective order (orders with
+    no n-gram in the generation are left out of the geometric mean), and the brevity penalty
+    ``BP = exp(1 - len(ref) / len(gen))`` when the generation is shorter. ``100 * BP * (prod_n p_n)^(1/orders)``;
+    0 when no unigram matches (an empty generation included).
+
+    Args:
+        generated: ``N`` generated strings.
+        references: ``N`` references (one each).
+
+    Returns:
+        ``(N,)`` float64 in ``[0, 100]``.
+    """
+    import sacrebleu
+
+    if len(generated) != len(references):
+        raise ValueError(f"sentence_bleu: {len(generated)} generations but {len(references)} references.")
+    scores = [sacrebleu.sentence_bleu(g, [r]).score for g, r in zip(generated, references, strict=True)]
+    return np.array(scores, dtype=np.float64)
+
+
+def corpus_bleu(generated: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus BLEU x100, ``sacrebleu.corpus_bleu(generated, [references]).score``: n-gram matches and lengths summed
+    over all items before the precisions and the brevity penalty are taken (13a tokenization, no smoothing needed)."""
+    import sacrebleu
+
+    if len(generated) != len(references):
+        raise ValueError(f"corpus_bleu: {len(generated)} generations but {len(references)} references.")
+    return float(sacrebleu.corpus_bleu(list(generated), [list(references)]).score)
+
+
+def perplexity(nll_sum, num_tokens) -> float:
+    """Token-weighted perplexity ``exp(sum_i nll_sum_i / sum_i num_tokens_i)``: every token weighs the same, whatever
+    the length of its segment (not the mean of per-segment perplexities).
+
+    Args:
+        nll_sum: ``(N,)`` summed negative log-likelihood (nats) of each segment's predicted tokens.
+        num_tokens: ``(N,)`` their numbers of predicted tokens.
+    """
+    nll = np.asarray(nll_sum, dtype=np.float64)
+    count = np.asarray(num_tokens, dtype=np.float64)
+    if count.sum() <= 0:
+        raise ValueError("perplexity needs at least one predicted token.")
+    return float(np.exp(nll.sum() / count.sum()))
 
 
 # --------------------------------------------------------------------------------------------------------------------
