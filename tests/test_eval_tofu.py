@@ -267,7 +267,8 @@ def test_evaluate_tofu_layout_and_ranges(e2e):
     # real authors: the probability aggregate is normalised over the answer and its 3 perturbed answers
     # (recomputed here from the cached likelihoods: p = exp(-nll_sum / num_tokens))
     real = result["sets"]["real_authors_perturbed"]["items"]
-    cache_file = out / "tofu_eval_cache" / "real_authors_perturbed__likelihood__max_items-4__max_length-512.json"
+    cache_file = (out / "tofu_eval_cache"
+                  / "real_authors_perturbed__likelihood__max_items-4__max_length-512__protocol-all.json")
     cached = json.loads(cache_file.read_text())["data"]
     p_answer = np.exp(-np.array(cached["answer_nll_sum"]) / np.array(cached["answer_num_tokens"]))
     p_perturbed = np.exp(-np.array(cached["perturbed_nll_sum"]) / np.array(cached["perturbed_num_tokens"]))
@@ -289,7 +290,8 @@ def test_evaluate_tofu_layout_and_ranges(e2e):
     assert fq["reference"] is None and fq["reference_items"] == 0
     assert sorted(p.name for p in (out / "tofu_eval_cache").iterdir()) == sorted(
         f"{s}__{m}__{tag}.json" for s in SETS
-        for m, tag in (("likelihood", "max_items-4__max_length-512"), ("generation", "max_items-4__max_new_tokens-8"))
+        for m, tag in (("likelihood", "max_items-4__max_length-512__protocol-all"),
+                       ("generation", "max_items-4__max_new_tokens-8__protocol-all"))
     )
     row = summary_row(result)
     assert row["model_utility"] == result["model_utility"] and row["forget01_forget_quality"] is None
