@@ -60,8 +60,10 @@ evaluated items or was matched by position. Non-finite floats are written as ``N
 Resuming: with ``output_dir`` every (set, metric) result, i.e. the answer likelihoods (``likelihood``) and the greedy
 generations (``generation``), is cached as JSON under ``output_dir/tofu_eval_cache/``, keyed by set, metric, model
 name, a digest of sampled weight values, a fingerprint of the set's rows and the settings that change it
-(``protocol``, ``max_items``, ``max_length``, ``max_new_tokens``). A re-run with the same ``output_dir`` skips the finished parts; an
-entry written for other weights or data is recomputed (with a warning).
+(``protocol``, ``max_items``, ``max_length``, ``max_new_tokens``). A re-run with the same ``output_dir`` skips the
+finished parts; an entry written for other weights or data is recomputed (with a warning). Likelihoods of
+(question, answer) pairs already scored for another set of the same evaluation are reused (forget01 and forget05 are
+forget10's last 40 / 200 items).
 """
 
 from __future__ import annotations
@@ -94,9 +96,9 @@ from .scoring import DECODERS, SCORING, generate_answers, score_answers
 
 __all__ = [
     "CACHE_DIR", "NO_REFERENCE_NOTE", "PROTOCOLS", "RESULT_FILE", "UTILITY_METRICS", "UTILITY_SETS",
-    "answer_probability", "compare_to_reference", "evaluate_tofu", "forget_quality", "forget_truth_ratio_score", "generate_answers",
-    "load_tofu_eval", "model_utility", "normalized_probability", "reference_truth_ratios", "retain_truth_ratio_score",
-    "rouge_l_recall", "score_answers", "summary_row", "truth_ratio", "write_json_atomic",
+    "answer_probability", "compare_to_reference", "evaluate_tofu", "forget_quality", "forget_truth_ratio_score",
+    "generate_answers", "load_tofu_eval", "model_utility", "normalized_probability", "reference_truth_ratios",
+    "retain_truth_ratio_score", "rouge_l_recall", "score_answers", "summary_row", "truth_ratio", "write_json_atomic",
 ]
 
 #: The sets whose aggregates make up model utility.
