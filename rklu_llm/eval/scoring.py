@@ -351,7 +351,7 @@ def generate_continuations(
 
     * ``"compact"`` (default): the toolkit's greedy loop over the model's forward with a dynamic key/value cache
       (position ids from the attention mask, as ``generate`` does). Rows that reached EOS are dropped from the batch
-      (and from the cache) once a quarter of it has finished, so a batch is not run until its longest answer ends.
+      (and from the cache) once an eighth of it has finished, so a batch is not run until its longest answer ends.
     * ``"generate"``: ``model.generate`` with its dynamic cache; finished rows stay in the batch (the previous
       implementation).
     * ``"static"``: ``model.generate`` with ``cache_implementation="static"``: a preallocated cache of
@@ -412,7 +412,8 @@ def greedy_compact(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
 
     Position ids are ``cumsum(attention_mask) - 1`` for the left-padded prompts and one more per new token, as
     ``model.generate`` computes them. Rows whose last token is an EOS are removed from the batch and from the key/value
-    cache (``Cache.reorder_cache``) once at least a quarter of the rows still computed have finished.
+    cache (``Cache.reorder_cache``) once at least an eighth of the rows still computed have finished (not after every
+    row: each drop copies the cache).
 
     Args:
         model: causal LM in eval mode.
@@ -441,7 +442,7 @@ def greedy_compact(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         finished |= torch.isin(token, eos)
         if step == max_new_tokens - 1 or bool(finished.all()):
             break
-        if int(finished.sum()) * 4 >= len(rows):  # drop the finished rows
+        if int(finished.sum()) * 8 >= len(rows):  # drop the finished rows
             keep = (~finished).nonzero().squeeze(-1)
             cache.reorder_cache(keep)
             rows, token, position, attention_mask = rows[keep], token[keep], position[keep], attention_mask[keep]
