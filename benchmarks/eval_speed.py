@@ -24,6 +24,7 @@ SmolLM2-135M.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -61,6 +62,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--variants", default="", help="more greedy decoders to time, e.g. 'static'")
     p.add_argument("--full_eval", action="store_true", help="also time one full evaluate_tofu (new paths)")
+    p.add_argument("--render", action="store_true", help="only rewrite <name>.md from <name>.json (no measurement)")
     args = p.parse_args(argv)
     for name in ("prompts", "max_new_tokens", "score_items", "old_batch_size", "new_batch_size", "repeats", "threads"):
         if getattr(args, name) < 1:
@@ -96,6 +98,13 @@ def compare_timings(runs: dict[str, list[tuple[float, float]]], old: str, new: s
 
 def main(argv=None) -> None:
     args = parse(argv)
+    out = Path(args.results_dir)
+    if args.render:  # the measurement's own settings and command, read back
+        stored = json.loads((out / f"{args.name}.json").read_text())
+        settings = argparse.Namespace(**stored["settings"])
+        write_markdown(out / f"{args.name}.md", settings, stored["device"], stored["command"], stored["generation"],
+                       stored["likelihood"], stored["full_evaluation"])
+        return
     torch.set_num_threads(args.threads)
     rows = load_tofu("forget10_perturbed", args.data_dir).select_columns(["question"])
     score_rows = load_tofu(args.score_set, args.data_dir)  # both fail here, before the model, when TOFU is missing
@@ -176,7 +185,6 @@ def main(argv=None) -> None:
 
     command = " ".join(["python", "benchmarks/eval_speed.py", *(sys.argv[1:] if argv is None else argv)])
     settings = {k: portable_path(v) if k in ("data_dir", "model", "results_dir") else v for k, v in vars(args).items()}
-    out = Path(args.results_dir)
     write_json_atomic(out / f"{args.name}.json", {"device": device, "torch": torch.__version__, "command": command,
                                                    "settings": settings, "generation": generation,
                                                    "likelihood": likelihood, "full_evaluation": full})
@@ -224,6 +232,12 @@ def write_markdown(path: Path, args, device: str, command: str, generation: dict
     if full is not None:
         lines += ["", f"One full `evaluate_tofu` (forget10 and the utility sets, every item, new paths): "
                       f"{full['wall_seconds']:.1f} s wall."]
+    if args.device == "cpu":
+        lines += ["", "GPU target, not measured here: a full TOFU evaluation of SmolLM2-135M (forget10 and the utility "
+                      "sets, every item, 200 new tokens) in <= 4 s. Command: `python benchmarks/eval_speed.py "
+                      "--data_dir ../shared/data/tofu --device cuda --name eval_speed_gpu --prompts 400 --score_items "
+                      "400 --new_batch_size 1024 --variants static --full_eval` (add `--bf16` to evaluate in "
+                      "bfloat16)."]
     path.write_text("\n".join(lines) + "\n")
 
 

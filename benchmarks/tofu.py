@@ -803,8 +803,8 @@ def main(argv=None) -> None:
         kind, split, method, retain_mode, lr, seed = item
         elapsed = time.time() - started
         label = f"{kind} {split}" + ("" if kind == "finetune" else f" {run_name(split, method, retain_mode, lr, seed)}")
-        too_long = not first and estimate_s is not None and elapsed + estimate_s > args.deadline_s
-        if elapsed > args.deadline_s or too_long:
+        too_long = estimate_s is not None and elapsed + estimate_s > args.deadline_s
+        if not first and (elapsed > args.deadline_s or too_long):  # the first piece of a command always starts
             print(f"deadline: {label} not started ({elapsed:.0f} s spent, about {(estimate_s or 0):.0f} s needed, "
                   f"--deadline_s {args.deadline_s:g}): run the command again to continue")
             break
