@@ -797,16 +797,17 @@ def main(argv=None) -> None:
     if not args.cpu:
         torch.backends.cuda.matmul.allow_tf32 = True
     first = True
-    for item, estimate_s in zip(todo, seconds):
+    for index, item in enumerate(todo):
         if is_done(args, item):
             continue
         kind, split, method, retain_mode, lr, seed = item
         elapsed = time.time() - started
         label = f"{kind} {split}" + ("" if kind == "finetune" else f" {run_name(split, method, retain_mode, lr, seed)}")
-        too_long = estimate_s is not None and elapsed + estimate_s > args.deadline_s
+        too_long = seconds[index] is not None and elapsed + seconds[index] > args.deadline_s
         if not first and (elapsed > args.deadline_s or too_long):  # the first piece of a command always starts
-            print(f"deadline: {label} not started ({elapsed:.0f} s spent, about {(estimate_s or 0):.0f} s needed, "
-                  f"--deadline_s {args.deadline_s:g}): run the command again to continue")
+            needed = "?" if seconds[index] is None else f"{seconds[index]:.0f}"
+            print(f"deadline: {label} not started ({elapsed:.0f} s spent, about {needed} s needed, --deadline_s "
+                  f"{args.deadline_s:g}): run the command again to continue")
             break
         first = False
         print(f"=== {label} ({elapsed:.0f} s)", flush=True)
@@ -815,6 +816,7 @@ def main(argv=None) -> None:
         else:
             unlearn(args, split, method, retain_mode, lr, seed)
         write_outputs(args, started, argv)
+        seconds, _ = plan_estimates(args, todo)  # the costs just measured refine the rest
     write_outputs(args, started, argv)
     write_json_atomic(Path(args.work_dir) / "invocations.json",
                       previous_invocations(args) + [this_invocation(started, argv)])

@@ -3,6 +3,7 @@ loop vs ``model.generate`` (dynamic and static cache), batched vs one by one; an
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -158,4 +159,11 @@ def test_eval_speed_benchmark_on_a_tiny_model(tmp_path, tiny_model_dir, tofu_dir
     assert len(gen["old"]["wall_seconds"]) == 2 and gen["ratio_wall"] > 0 and gen["ratio_cpu"] > 0
     assert score["pairs"] == 3 * 7 and score["max_abs_nll_difference"] < 1e-3 and score["same_token_counts"]
     md = (tmp_path / "eval_speed_test.md").read_text()
-    assert "benchmarks/eval_speed.py --model" in md and "×" in md
+    assert "benchmarks/eval_speed.py --model" in md and "×" in md and "--device cuda" in md  # the GPU command
+
+    spec = importlib.util.spec_from_file_location("eval_speed", REPO / "benchmarks" / "eval_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "eval_speed_test.md").unlink()
+    module.main(["--data_dir", str(tofu_dir), "--results_dir", str(tmp_path), "--name", "eval_speed_test", "--render"])
+    assert (tmp_path / "eval_speed_test.md").read_text() == md  # the table rebuilt from the JSON alone
