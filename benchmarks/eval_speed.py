@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -114,7 +115,8 @@ def main(argv=None) -> None:
     model.to(args.device).eval()
     if args.bf16:
         model.to(torch.bfloat16)
-    device = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"{args.threads}-thread CPU"
+    device = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
+              else f"{args.threads}-thread CPU of a {os.cpu_count()}-core machine")
 
     prompts = [encode_prompt(tokenizer, q) for q in rows["question"][: args.prompts]]
     score_rows = score_rows.select(range(args.score_items))
