@@ -1,27 +1,55 @@
-"""The TOFU benchmark on the embedded SmolLM2-135M-Instruct: every method, forget01/05/10, one command.
+"""The TOFU benchmark on the embedded SmolLM2-135M-Instruct: every LLM method, forget01/05/10, a learning-rate grid,
+seeds, one command (or several of at most ``--deadline_s`` seconds each).
 
-    python benchmarks/tofu.py --data_dir ../shared/data/tofu --work_dir /root/bench --results_dir benchmarks/results
+    python benchmarks/tofu.py --data_dir ../shared/data/tofu --work_dir /root/bench --plan          # what would run
+    python benchmarks/tofu.py --data_dir ../shared/data/tofu --work_dir /root/bench --splits forget10 \\
+        --unlearn_lrs 1e-5,2e-5,5e-5,1e-4 --deadline_s 540                                        # repeat until done
+    python benchmarks/tofu.py ... --methods rklu,npo:rt --unlearn_lrs 2e-5 --seeds 0,1,2             # chosen lr, seeds
 
 1. fine-tunes the model on TOFU ``full`` (the "original") and on ``retain90/95/99`` (the oracles) with
    recipes/finetune_tofu.py, each evaluated and stored (the oracles' evaluations are the forget-quality references);
-2. unlearns forget01/05/10 with every method and no retain data, and RKL-U, GD, NPO also with the retain NLL term;
-   the augmented model of a split is built once and shared by rklu / fklu / ta (its time is counted in each);
-3. follows every run's forget quality after each unlearning epoch (forget-set likelihoods only, a fraction of a full
-   evaluation) and fully evaluates the final epoch and the epoch of peak forget quality (whose weights are kept in
-   memory); ``--every_epoch`` splits get a full evaluation after every epoch instead, ``--track_peak none`` leaves
-   only the final one;
-4. writes ``tofu_smollm2.json``, ``tofu_smollm2.md`` and ``tofu_smollm2_fq_vs_mu.png`` into ``--results_dir``.
+2. unlearns every forget split with every method of ``--methods`` (default: every LLM method of
+   ``rklu_llm.config.METHODS`` without retain data, and RKL-U, GD, NPO with the retain NLL term; a method added to
+   METHODS is in the default list), at every learning rate of ``--unlearn_lrs`` (the same grid for every method) and
+   every seed of ``--seeds``; the augmented model of a (split, seed) is built once and shared by rklu / fklu / ta
+   (its time is counted in each);
+3. follows every run's forget quality after each of the ``--unlearn_epochs`` epochs (10 by default; forget-set
+   likelihoods only, a fraction of a full evaluation) and fully evaluates the final epoch and the epoch of peak forget
+   quality (whose weights are kept in memory); ``--every_epoch`` splits get a full evaluation after every epoch
+   instead (per-epoch utility curves), ``--track_peak none`` leaves only the final one;
+4. writes ``tofu_smollm2.json``, ``tofu_smollm2.md`` (one row per split, method, retain mode and learning rate: mean
+   and standard deviation over the seeds), ``tofu_smollm2_fq_vs_mu.png`` (forget quality, log scale, against model
+   utility, one panel per split, like the RKL-U paper's Figure 3) and ``tofu_smollm2_epochs.png`` (forget quality and
+   model utility per epoch) into ``--results_dir``. Tables and plots hold every run finished in ``--work_dir``, by
+   this command or an earlier one.
 
-Resumable: finished fine-tunes and runs (under ``--work_dir``) are not redone. ``--deadline_s`` stops starting new
-work after that many seconds, so one command fits a time limit; run it again to continue.
+``--protocol tofu`` scores TOFU's own item counts (the first 300 items of every set: forget10 and retain 300 of
+400) instead of every item; it is named in every table (the KS p-value of forget quality depends on the item count).
+
+``--plan`` prints the runs (finished ones marked) with their estimated minutes and stops. The estimate uses the
+costs measured in ``--work_dir`` (seconds per training item-epoch of each method, per augmentation item-epoch, per
+fine-tuning item-epoch, per full and per forget-quality evaluation) and, for what was not measured there yet, the
+committed H100 numbers in ``benchmarks/results/tofu_smollm2.json``; it says which.
+
+Resumable: finished fine-tunes and runs (under ``--work_dir``) are not redone. ``--deadline_s`` starts no new work
+after that many seconds, nor a piece whose estimate would end past it (the first piece of a command always starts),
+so one command fits a time limit; run it again to continue. A work directory belongs to one set of settings (model,
+epochs, protocol, ...): a later command with other values is refused before any work.
+
+CPU mini-run (NOT the benchmark: tiny data, for checking the pipeline): ``--cpu --lora --augment_lora --splits
+forget01 --retain_subset 200 --eval_max_items 20`` fine-tunes the original on forget01 + the first 200 retain99 items
+and the oracle on those 200 items (a derived TOFU folder under ``--work_dir/data``).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
+import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -32,34 +60,58 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_model, load_refusals  # noqa: E402
+from rklu_llm.config import RETAIN_MODES  # noqa: E402
 from rklu_llm.data import FORGET_OF_RETAIN, RETAIN_OF_FORGET, load_tofu, tokenize_qa  # noqa: E402
 from rklu_llm.eval.callback import TofuEvalCallback  # noqa: E402
 from rklu_llm.eval.io import write_json_atomic  # noqa: E402
-from rklu_llm.eval.tofu import load_tofu_eval, summary_row  # noqa: E402
+from rklu_llm.eval.tofu import PROTOCOLS, UTILITY_SETS, compare_to_reference, load_tofu_eval, summary_row  # noqa: E402
+from rklu_llm.paths import portable_path  # noqa: E402
 from rklu_llm.teacher import build_augmented_model, is_augmented_dir  # noqa: E402
 
 SPLITS = ("forget10", "forget05", "forget01")
-PLAN = [(m, "none") for m in ("rklu", "fklu", "ga", "npo", "dpo", "idk", "ta")] + [
-    ("rklu", "rt"), ("gd", "rt"), ("npo", "rt")]
+WITH_RETAIN = [("rklu", "rt"), ("gd", "rt"), ("npo", "rt")]
 NAME = "tofu_smollm2"
+COMMITTED = REPO / "benchmarks" / "results" / f"{NAME}.json"
+#: settings every command on one work directory must share (they change what a finished run means)
+FIXED = ("model", "finetune_lr", "finetune_epochs", "unlearn_epochs", "augment_epochs", "augment_lr", "teacher_alpha",
+         "batch_size", "max_new_tokens", "eval_max_items", "train_max_items", "max_steps", "protocol", "retain_subset",
+         "cpu", "lora", "augment_lora")
 
 
-def parse() -> argparse.Namespace:
+def llm_methods() -> list[str]:
+    """The methods of METHODS that unlearn language models (a row whose ``batch`` is "classifier" does not)."""
+    return [m for m, spec in METHODS.items() if getattr(spec, "batch", "lm") != "classifier"]
+
+
+def default_plan() -> list[tuple[str, str]]:
+    return [(m, "none") for m in llm_methods()] + [p for p in WITH_RETAIN if p[0] in METHODS]
+
+
+def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", required=True, help="local TOFU folder")
     p.add_argument("--work_dir", required=True, help="models and per-run results (resumable state)")
-    p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
+    p.add_argument("--results_dir", default=None,
+                   help="where the tables and plots go (default: benchmarks/results; <work_dir>/results for --cpu "
+                        "runs, so that a CPU run never overwrites the committed GPU results)")
     p.add_argument("--model", default="embedded:smollm2-135m-instruct")
-    p.add_argument("--splits", default=",".join(SPLITS))
-    p.add_argument("--methods", default=None, help="comma-separated method[:retain_mode] subset of the plan")
+    p.add_argument("--splits", "--forget_split", dest="splits", default=",".join(SPLITS),
+                   help="comma-separated forget splits")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated method[:retain_mode] (default: every LLM method of METHODS without retain "
+                        f"data, plus {', '.join(f'{m}:{r}' for m, r in WITH_RETAIN)}); 'all' = that default")
+    p.add_argument("--unlearn_lrs", default="1e-5", help="comma-separated learning rates, the same for every method")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds of the unlearning runs (and augmentations)")
+    p.add_argument("--protocol", default="all", choices=sorted(PROTOCOLS),
+                   help="TOFU items scored: all, or tofu (the original scripts' first 300 items per set)")
+    p.add_argument("--plan", action="store_true", help="print the runs and their estimated minutes, start nothing")
     p.add_argument("--every_epoch", default="none", help="splits fully evaluated after every epoch")
     p.add_argument("--track_peak", default="all",
                    help="splits (or all / none) whose forget quality is followed every epoch, with full evaluations "
                         "of the peak and the final epoch; the other splits are evaluated after the last epoch only")
     p.add_argument("--finetune_lr", type=float, default=2e-4)
     p.add_argument("--finetune_epochs", type=float, default=5)
-    p.add_argument("--unlearn_lr", type=float, default=1e-4)
-    p.add_argument("--unlearn_epochs", type=float, default=5)
+    p.add_argument("--unlearn_epochs", type=float, default=10)
     p.add_argument("--augment_epochs", type=float, default=10)
     p.add_argument("--augment_lr", type=float, default=None, help="augmentation lr (default: --finetune_lr)")
     p.add_argument("--teacher_alpha", type=float, default=8.0)
@@ -69,12 +121,105 @@ def parse() -> argparse.Namespace:
     p.add_argument("--max_new_tokens", type=int, default=200)
     p.add_argument("--eval_max_items", type=int, default=None, help="smoke tests only")
     p.add_argument("--train_max_items", type=int, default=None, help="smoke tests only (fine-tunes)")
+    p.add_argument("--retain_subset", type=int, default=None,
+                   help="CPU mini-run (not the benchmark): the original learns the forget split + the first N items "
+                        "of its retain set, the oracle those N items; needs exactly one split")
     p.add_argument("--max_steps", type=int, default=-1, help="smoke tests only")
     p.add_argument("--deadline_s", type=float, default=math.inf, help="start no new work after this many seconds")
     p.add_argument("--cpu", action="store_true", help="no GPU: fp32, use_cpu")
     p.add_argument("--lora", action="store_true", help="LoRA fine-tunes (merged) and LoRA students (e.g. on a CPU)")
     p.add_argument("--augment_lora", action="store_true", help="the augmented model as a LoRA adapter on the original")
-    return p.parse_args()
+    args = p.parse_args(argv)
+    args.splits = [s for s in args.splits.split(",") if s]
+    args.plan_runs = parse_methods(args.methods)
+    try:
+        args.lrs = [float(v) for v in args.unlearn_lrs.split(",") if v]
+        args.seed_list = [int(v) for v in args.seeds.split(",") if v]
+    except ValueError as exc:
+        raise SystemExit(f"--unlearn_lrs takes numbers and --seeds integers, comma-separated: {exc}") from exc
+    problems = []
+    if not args.splits or any(s not in SPLITS for s in args.splits):
+        problems.append(f"--splits {','.join(args.splits)}: choose among {', '.join(SPLITS)}")
+    if not args.lrs or any(not lr > 0 for lr in args.lrs):
+        problems.append("--unlearn_lrs needs positive learning rates")
+    if not args.seed_list:
+        problems.append("--seeds needs at least one seed")
+    if args.retain_subset is not None and (args.retain_subset < 1 or len(args.splits) != 1):
+        problems.append("--retain_subset N needs N >= 1 and exactly one split (--splits forget01)")
+    if not args.cpu and not args.plan and not torch.cuda.is_available():
+        problems.append("no GPU is visible: pass --cpu (e.g. for the mini-run) or run on a GPU machine")
+    if problems:
+        raise SystemExit("benchmarks/tofu.py: " + "; ".join(problems))
+    if args.results_dir is None:
+        args.results_dir = str(Path(args.work_dir) / "results" if args.cpu else REPO / "benchmarks" / "results")
+    return args
+
+
+def parse_methods(text: str | None) -> list[tuple[str, str]]:
+    """``method[:retain_mode]`` items; only language-model methods of METHODS; 'all' or nothing = the default."""
+    if not text or text == "all":
+        return default_plan()
+    plan = []
+    for item in text.split(","):
+        method, _, retain = item.partition(":")
+        retain = retain or "none"
+        if method not in llm_methods():
+            raise SystemExit(f"--methods: {method!r} is not a language-model method of METHODS; choose among "
+                             f"{', '.join(llm_methods())}")
+        if retain not in RETAIN_MODES:
+            raise SystemExit(f"--methods: retain mode {retain!r} of {method} is not one of {RETAIN_MODES}")
+        if (method, retain) not in plan:
+            plan.append((method, retain))
+    return plan
+
+
+def run_name(split: str, method: str, retain_mode: str, lr: float, seed: int) -> str:
+    return f"{split}_{method}" + ("" if retain_mode == "none" else f"_{retain_mode}") + f"_lr{lr:g}_s{seed}"
+
+
+def check_work_dir(args) -> None:
+    """Record the work directory's settings on the first command; refuse a later one that differs."""
+    path = Path(args.work_dir) / "settings.json"
+    settings = {k: getattr(args, k) for k in FIXED}
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
+        if changed:
+            raise SystemExit(f"--work_dir {args.work_dir} holds runs made with other settings "
+                             f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in changed.items())}): use "
+                             "the same settings or another --work_dir.")
+    elif not args.plan:
+        write_json_atomic(path, settings)
+
+
+def mini_data(args) -> str:
+    """``--retain_subset N``: a TOFU folder where ``full`` = the first N retain items + the forget split and the
+    retain split = those N items; the evaluation sets are copies. Returns the folder to use as ``--data_dir``."""
+    if args.retain_subset is None:
+        return args.data_dir
+    split = args.splits[0]
+    retain = RETAIN_OF_FORGET[split]
+    out = Path(args.work_dir) / "data"
+    if (out / "full.jsonl").is_file():
+        return str(out)
+    tmp = out.with_name(".data-partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    subset = load_tofu(retain, args.data_dir).select(range(args.retain_subset))
+    forget = load_tofu(split, args.data_dir)
+    from datasets import concatenate_datasets
+
+    subset.to_json(tmp / f"{retain}.jsonl", lines=True)
+    concatenate_datasets([subset, forget]).to_json(tmp / "full.jsonl", lines=True)
+    for name in (split, f"{split}_perturbed", *UTILITY_SETS):
+        load_tofu(name, args.data_dir).to_json(tmp / f"{name}.jsonl", lines=True)
+    tmp.rename(out)
+    return str(out)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The work
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def finetune(args, split: str) -> Path:
@@ -85,15 +230,15 @@ def finetune(args, split: str) -> Path:
     if (out / "tofu_eval.json").is_file():
         return out
     argv = [
-        "--model", args.model, "--split", split, "--data_dir", args.data_dir, "--output_dir", str(out),
+        "--model", args.model, "--split", split, "--data_dir", args.data, "--output_dir", str(out),
         "--learning_rate", str(args.finetune_lr), "--num_train_epochs", str(args.finetune_epochs),
         "--per_device_train_batch_size", str(args.batch_size), "--save_strategy", "no", "--report_to", "none",
         "--disable_tqdm", "true", "--logging_steps", "25", "--eval_batch_size", str(args.eval_batch_size),
         "--eval_generation_batch_size", str(args.generation_batch_size), "--max_new_tokens", str(args.max_new_tokens),
-        "--max_steps", str(args.max_steps),
+        "--max_steps", str(args.max_steps), "--eval_protocol", args.protocol,
     ]
     if split == "full":  # evaluated on the benchmark's forget splits (an oracle: on its own one)
-        argv += ["--eval_forget_splits", args.splits]
+        argv += ["--eval_forget_splits", ",".join(args.splits)]
     argv += ["--use_cpu"] if args.cpu else ["--bf16", "--tf32", "true"]
     if args.train_max_items:
         argv += ["--max_train_items", str(args.train_max_items)]
@@ -105,36 +250,45 @@ def finetune(args, split: str) -> Path:
     return out
 
 
-def unlearning_config(args, output_dir: Path, method: str, retain_mode: str, augmented: Path | None) -> UnlearnConfig:
+def unlearning_config(args, output_dir: Path, method: str, retain_mode: str, augmented: Path | None, lr: float,
+                      seed: int) -> UnlearnConfig:
     return UnlearnConfig(
         output_dir=str(output_dir), method=method, retain_mode=retain_mode, teacher_alpha=args.teacher_alpha,
         augmented_model_path=None if augmented is None else str(augmented), augment_epochs=args.augment_epochs,
-        augment_learning_rate=args.augment_lr or args.finetune_lr, learning_rate=args.unlearn_lr,
+        augment_learning_rate=args.augment_lr or args.finetune_lr, learning_rate=lr,
         num_train_epochs=args.unlearn_epochs,
         max_steps=args.max_steps, augment_max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
         bf16=not args.cpu, tf32=None if args.cpu else True, use_cpu=args.cpu, save_strategy="no", report_to="none",
-        logging_steps=5, disable_tqdm=True, seed=0, use_lora=args.lora and METHODS[method].trains,
+        logging_steps=5, disable_tqdm=True, seed=seed, use_lora=args.lora and METHODS[method].trains,
         augment_lora=args.augment_lora,
     )
 
 
-def augmented_model(args, split: str, original, tokenizer) -> tuple[Path, float]:
-    """The split's augmented model (built once, full fine-tune on the forget set) and the seconds it took."""
-    out = Path(args.work_dir) / "augmented" / split
-    timing = Path(args.work_dir) / "augmented" / f"{split}.json"
+def augmented_model(args, split: str, seed: int, original, tokenizer) -> tuple[Path, float]:
+    """The (split, seed)'s augmented model (built once, fine-tuned on the forget set) and the seconds it took."""
+    out = Path(args.work_dir) / "augmented" / f"{split}_s{seed}"
+    timing = out.with_name(f"{out.name}.json")
     if timing.is_file() and is_augmented_dir(out):
         return out, json.loads(timing.read_text())["seconds"]
-    forget = tokenize_qa(load_tofu(split, args.data_dir), tokenizer, 512)
-    config = unlearning_config(args, out.parent / f".{split}-config", "rklu", "none", None)
+    forget = tokenize_qa(load_tofu(split, args.data), tokenizer, 512)
+    config = unlearning_config(args, out.parent / f".{out.name}-config", "rklu", "none", None, args.lrs[0], seed)
     start = time.perf_counter()
     build_augmented_model(original, tokenizer, forget, config, out)
     seconds = time.perf_counter() - start
-    write_json_atomic(timing, {"seconds": seconds})
+    write_json_atomic(timing, {"seconds": seconds, "forget_items": len(forget), "epochs": args.augment_epochs})
     return out, seconds
 
 
-def unlearn(args, split: str, method: str, retain_mode: str) -> dict:
-    name = f"{split}_{method}" + ("" if retain_mode == "none" else f"_{retain_mode}")
+def evaluation_mode(args, split: str, method: str) -> str:
+    if METHODS[method].trains and split in args.every_epoch.split(","):
+        return "every_epoch"
+    if METHODS[method].trains and (args.track_peak == "all" or split in args.track_peak.split(",")):
+        return "track_peak"
+    return "final"
+
+
+def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: int) -> dict:
+    name = run_name(split, method, retain_mode, lr, seed)
     record = Path(args.work_dir) / "runs" / f"{name}.json"
     if record.is_file():
         return json.loads(record.read_text())
@@ -146,21 +300,17 @@ def unlearn(args, split: str, method: str, retain_mode: str) -> dict:
     spec = METHODS[method]
     augmented, augment_seconds = (None, 0.0)
     if spec.needs_augmented:
-        augmented, augment_seconds = augmented_model(args, split, model, tokenizer)
-    forget = load_tofu(split, args.data_dir)
-    retain = load_tofu(RETAIN_OF_FORGET[split], args.data_dir) if retain_mode != "none" else None
+        augmented, augment_seconds = augmented_model(args, split, seed, model, tokenizer)
+    forget = load_tofu(split, args.data)
+    retain = load_tofu(RETAIN_OF_FORGET[split], args.data) if retain_mode != "none" else None
     refusals = load_refusals() if spec.needs_refusals else None
-    dataset = build_unlearning_dataset(tokenizer, forget, retain, refusals, max_length=512, seed=0)
+    dataset = build_unlearning_dataset(tokenizer, forget, retain, refusals, max_length=512, seed=seed)
     eval_kwargs = dict(batch_size=args.eval_batch_size, generation_batch_size=args.generation_batch_size,
-                       max_new_tokens=args.max_new_tokens, max_items=args.eval_max_items)
-    evaluation = "final"
-    if spec.trains and split in args.every_epoch.split(","):
-        evaluation = "every_epoch"
-    elif spec.trains and (args.track_peak == "all" or split in args.track_peak.split(",")):
-        evaluation = "track_peak"
-    callback = TofuEvalCallback(tokenizer, split, args.data_dir, reference,
+                       max_new_tokens=args.max_new_tokens, max_items=args.eval_max_items, protocol=args.protocol)
+    evaluation = evaluation_mode(args, split, method)
+    callback = TofuEvalCallback(tokenizer, split, args.data, reference,
                                 per_epoch="forget_quality" if evaluation == "track_peak" else "full", **eval_kwargs)
-    config = unlearning_config(args, work / "runs" / name, method, retain_mode, augmented)
+    config = unlearning_config(args, work / "runs" / name, method, retain_mode, augmented, lr, seed)
     trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                              callbacks=None if evaluation == "final" else [callback])
     if torch.cuda.is_available():
@@ -177,12 +327,21 @@ def unlearn(args, split: str, method: str, retain_mode: str) -> dict:
     if evaluation == "final":  # one evaluation, after the last epoch
         callback.on_epoch_end(config, trainer.state, trainer.control, model=trainer.model)
         callback.on_train_end(config, trainer.state, trainer.control, model=trainer.model)
+    if evaluation == "track_peak":  # per epoch forget quality only; full evaluations of the final and the peak epoch
+        full_rows = [callback.final] + ([callback.peak] if callback.peak is not callback.final else [])
+        fq_rows = callback.history
+    else:
+        full_rows, fq_rows = callback.history, []
     result = {
-        "name": name, "split": split, "method": method, "retain_mode": retain_mode,
-        "train_seconds": train_seconds, "augment_seconds": augment_seconds,
+        "name": name, "split": split, "method": method, "retain_mode": retain_mode, "lr": lr, "seed": seed,
+        "protocol": args.protocol, "forget_items": len(forget), "epochs_trained": trainer.state.epoch,
+        "steps": trainer.state.global_step, "train_seconds": train_seconds, "augment_seconds": augment_seconds,
         "wall_seconds": train_seconds + augment_seconds, "peak_memory_gib": max(peaks) / 2**30 if peaks else None,
-        "eval_seconds": callback.eval_seconds, "evaluation": evaluation, "final": callback.final,
-        "peak": callback.peak if evaluation != "final" else None, "epochs": callback.history,
+        "eval_seconds": callback.eval_seconds, "evaluation": evaluation,
+        "full_eval_seconds": [r["eval_seconds"] for r in full_rows if r is not None],
+        "fq_eval_seconds": [r["eval_seconds"] for r in fq_rows],
+        "final": callback.final, "peak": callback.peak if evaluation != "final" else None,
+        "epochs": callback.history,
     }
     write_json_atomic(record, result)
     del trainer, model
@@ -190,6 +349,174 @@ def unlearn(args, split: str, method: str, retain_mode: str) -> dict:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The plan and its cost
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def n_items(config: str, data_dir: str) -> int:
+    """Rows of a TOFU config (read once)."""
+    return len(load_tofu(config, data_dir))
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(path.glob("*.json"))] if path.is_dir() else []
+
+
+def eval_items(args, items: int) -> int:
+    """Items of a set evaluated under ``--protocol`` and ``--eval_max_items``."""
+    return min(items, args.eval_max_items or items, PROTOCOLS[args.protocol] or items)
+
+
+def measured_costs(args) -> tuple[dict, list[str]]:
+    """Seconds per unit of work, with where each came from.
+
+    ``train:<method>:<retain mode>`` and ``augment``: per forget item and epoch; ``finetune``: per training item and
+    epoch; ``full_eval``: per full evaluation; ``fq_eval``: per evaluated forget item of a forget-quality-only
+    evaluation. Medians over the finished runs of ``--work_dir`` (same device and settings) where it has them, else
+    over the committed H100 run (``benchmarks/results/tofu_smollm2.json``).
+    """
+    work = Path(args.work_dir)
+    samples: dict[str, dict[str, list[float]]] = {"work_dir": {}, "H100": {}}
+
+    def add(source, key, value):
+        if value is not None and value > 0:
+            samples[source].setdefault(key, []).append(value)
+
+    def add_runs(source, runs, items_of, epochs_default):
+        for run in runs:
+            items = run.get("forget_items") or items_of(run["split"])
+            epochs = run.get("epochs_trained") or epochs_default
+            if METHODS.get(run["method"]) is not None and METHODS[run["method"]].trains:
+                add(source, f"train:{run['method']}:{run['retain_mode']}", run["train_seconds"] / (items * epochs))
+            full = run.get("full_eval_seconds")
+            for seconds in full if full is not None else [(run["final"] or {}).get("eval_seconds")]:
+                add(source, "full_eval", seconds)
+            for seconds in run.get("fq_eval_seconds", []):
+                add(source, "fq_eval", seconds / eval_items(args, items))
+
+    add_runs("work_dir", _records(work / "runs"), lambda split: n_items(split, args.data), args.unlearn_epochs)
+    for timing in sorted((work / "augmented").glob("*.json")) if (work / "augmented").is_dir() else []:
+        t = json.loads(timing.read_text())
+        add("work_dir", "augment", t["seconds"] / (t["forget_items"] * t["epochs"]))
+    for metrics in sorted((work / "models").glob("*/train_metrics.json")) if (work / "models").is_dir() else []:
+        m = json.loads(metrics.read_text())
+        add("work_dir", "finetune", m["train_runtime"] / (m["train_items"] * args.finetune_epochs))
+    if COMMITTED.is_file():
+        committed = json.loads(COMMITTED.read_text())
+        settings = committed["settings"]
+        counts = {s: n_items(s, args.data_dir) for s in SPLITS}
+        add_runs("H100", committed["runs"], counts.get, settings["unlearn_epochs"])
+        for run in committed["runs"]:
+            if run["augment_seconds"] and METHODS.get(run["method"]) and METHODS[run["method"]].needs_augmented:
+                add("H100", "augment", run["augment_seconds"] / (counts[run["split"]] * settings["augment_epochs"]))
+        for name, seconds in committed["finetune_train_seconds"].items():
+            split = "full" if name.endswith("_original") else name.rsplit("_", 1)[-1]
+            add("H100", "finetune", seconds / (n_items(split, args.data_dir) * settings["finetune_epochs"]))
+    costs, sources = {}, []
+    for source in ("work_dir", "H100"):
+        for key, values in sorted(samples[source].items()):
+            if key not in costs:
+                costs[key] = statistics.median(values)
+                sources.append(f"{key}: {source}")
+    return costs, sources
+
+
+def estimate(args, costs: dict, item: tuple, forget_items: int, augment: bool) -> float | None:
+    """Estimated seconds of one piece of work (``None`` when a cost is unknown); ``augment``: it builds the
+    augmented model of its (split, seed)."""
+    kind, split, method, retain_mode, _, _ = item
+    full_eval = costs.get("full_eval")
+    if full_eval is None:
+        return None
+    if kind == "finetune":
+        items = n_items(split, args.data)
+        items = min(items, args.train_max_items or items)
+        return costs["finetune"] * items * args.finetune_epochs + full_eval if "finetune" in costs else None
+    n_eval = eval_items(args, forget_items)
+    if "fq_eval" in costs:
+        fq_eval = costs["fq_eval"] * n_eval
+    else:  # not measured yet: a full evaluation's share of answer pairs (7 per forget / retain item, 4 per factual)
+        factual = eval_items(args, 100) + eval_items(args, 117)
+        fq_eval = full_eval * 7 * n_eval / (7 * n_eval + 7 * eval_items(args, 400) + 4 * factual)
+    spec = METHODS[method]
+    seconds = 0.0
+    if spec.trains:
+        train = costs.get(f"train:{method}:{retain_mode}")
+        if train is None:  # a method not measured yet: the median of the measured ones
+            others = [v for k, v in costs.items() if k.startswith("train:")]
+            train = statistics.median(others) if others else None
+        if train is None:
+            return None
+        seconds += train * forget_items * args.unlearn_epochs
+    if augment:
+        seconds += costs.get("augment", 0.0) * forget_items * args.augment_epochs
+    epochs = math.ceil(args.unlearn_epochs)
+    return seconds + {"every_epoch": epochs * full_eval, "track_peak": epochs * fq_eval + 2 * full_eval,
+                      "final": full_eval}[evaluation_mode(args, split, method)]
+
+
+def todo_list(args) -> list[tuple]:
+    """``(kind, split, method, retain mode, lr, seed)`` of every piece of work, in order."""
+    todo = [("finetune", "full", None, None, None, None)]
+    for split in args.splits:
+        todo.append(("finetune", RETAIN_OF_FORGET[split], None, None, None, None))
+        todo += [("unlearn", split, m, r, lr, seed) for lr in args.lrs for seed in args.seed_list
+                 for m, r in args.plan_runs]
+    return todo
+
+
+def is_done(args, item: tuple) -> bool:
+    kind, split, method, retain_mode, lr, seed = item
+    if kind == "finetune":
+        return (Path(args.work_dir) / "models" / split / "tofu_eval.json").is_file()
+    return (Path(args.work_dir) / "runs" / f"{run_name(split, method, retain_mode, lr, seed)}.json").is_file()
+
+
+def plan_estimates(args, todo: list[tuple]) -> tuple[list[float | None], list[str]]:
+    """Estimated seconds of every piece (0 when finished) and the sources of the costs."""
+    costs, sources = measured_costs(args)
+    augmented = Path(args.work_dir) / "augmented"
+    built = {p.stem for p in augmented.glob("*.json")} if augmented.is_dir() else set()
+    counts = {s: n_items(s, args.data) for s in args.splits}
+    out = []
+    for item in todo:
+        kind, split, method, _, _, seed = item
+        if is_done(args, item):
+            out.append(0.0)
+            continue
+        key = f"{split}_s{seed}"
+        augment = kind == "unlearn" and METHODS[method].needs_augmented and key not in built
+        if augment:
+            built.add(key)
+        out.append(estimate(args, costs, item, counts.get(split, 0), augment))
+    return out, sources
+
+
+def print_plan(args, todo: list[tuple], seconds: list[float | None], sources: list[str]) -> None:
+    device = "GPU" if not args.cpu else "CPU"
+    print(f"Plan: {len(todo)} pieces, {sum(is_done(args, t) for t in todo)} finished (protocol {args.protocol}, "
+          f"{args.unlearn_epochs:g} unlearning epochs).")
+    for item, s in zip(todo, seconds):
+        kind, split, method, retain_mode, lr, seed = item
+        label = f"finetune {split}" if kind == "finetune" else run_name(split, method, retain_mode, lr, seed)
+        status = "done" if is_done(args, item) else ("? min" if s is None else f"{s / 60:.1f} min")
+        print(f"  {label:<45} {status}")
+    known = [s for s in seconds if s is not None]
+    unknown = sum(s is None for s in seconds)
+    print(f"Estimated {device} minutes left: {sum(known) / 60:.1f}" + (f" (+ {unknown} pieces without an estimate)"
+                                                                         if unknown else ""))
+    print("Costs from: " + ("; ".join(sources) if sources else "nothing measured yet") + " (work_dir = measured in "
+          f"{portable_path(args.work_dir)}; H100 = the committed {COMMITTED.name}, 5 epochs, all items, evaluation "
+          "before the faster evaluator).")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Tables and plots
+# --------------------------------------------------------------------------------------------------------------------
 
 
 def reference_rows(args) -> list[dict]:
@@ -203,7 +530,7 @@ def reference_rows(args) -> list[dict]:
         metrics = json.loads((work / split / "train_metrics.json").read_text())
         for forget_split in result["forget"]:
             other_oracle = split != "full" and FORGET_OF_RETAIN[split] != forget_split
-            if forget_split not in args.splits.split(",") or other_oracle:
+            if other_oracle:
                 continue
             row = summary_row(result)
             row.update(name=f"{forget_split}_{'original' if split == 'full' else 'oracle_' + split}",
@@ -212,8 +539,6 @@ def reference_rows(args) -> list[dict]:
             if split == "full":  # forget quality of the original against the split's oracle
                 oracle = work / RETAIN_OF_FORGET[forget_split] / "tofu_eval.json"
                 if oracle.is_file():
-                    from rklu_llm.eval.tofu import compare_to_reference
-
                     items = result["sets"][f"{forget_split}_perturbed"]["items"]
                     fq = compare_to_reference(items["truth_ratio"], items["question"], load_tofu_eval(oracle),
                                               forget_split)
@@ -222,12 +547,46 @@ def reference_rows(args) -> list[dict]:
     return rows
 
 
-def fmt(value, spec=".3f") -> str:
+def aggregate(runs: list[dict]) -> list[dict]:
+    """One entry per (split, method, retain mode, lr): the runs of its seeds and their mean / standard deviation."""
+    groups: dict[tuple, list[dict]] = {}
+    for run in runs:
+        groups.setdefault((run["split"], run["method"], run["retain_mode"], run["lr"]), []).append(run)
+    out = []
+    for (split, method, retain_mode, lr), members in groups.items():
+        entry = {"split": split, "method": method, "retain_mode": retain_mode, "lr": lr,
+                 "seeds": sorted(r["seed"] for r in members), "names": [r["name"] for r in members]}
+        values = {
+            "fq_final": [(r["final"] or {}).get(f"{split}_forget_quality") for r in members],
+            "mu_final": [(r["final"] or {}).get("model_utility") for r in members],
+            "fq_peak": [(r["peak"] or {}).get(f"{split}_forget_quality") for r in members if r["peak"]],
+            "mu_peak": [(r["peak"] or {}).get("model_utility") for r in members if r["peak"]],
+            "peak_epoch": [r["peak"]["epoch"] for r in members if r["peak"]],
+            "forget_p": [(r["final"] or {}).get(f"{split}_probability") for r in members],
+            "forget_r": [(r["final"] or {}).get(f"{split}_rouge_l_recall") for r in members],
+            "retain_p": [(r["final"] or {}).get("retain_probability") for r in members],
+            "retain_r": [(r["final"] or {}).get("retain_rouge_l_recall") for r in members],
+            "wall_s": [r["wall_seconds"] for r in members],
+            "peak_gib": [r["peak_memory_gib"] for r in members],
+        }
+        for key, vals in values.items():
+            vals = [v for v in vals if v is not None]
+            entry[key] = statistics.mean(vals) if vals else None
+            entry[f"{key}_std"] = statistics.stdev(vals) if len(vals) > 1 else None
+        out.append(entry)
+    order = {s: i for i, s in enumerate(SPLITS)}
+    methods = {m: i for i, m in enumerate(dict.fromkeys([m for m, _ in default_plan()] + list(METHODS)))}
+    return sorted(out, key=lambda e: (order[e["split"]], e["retain_mode"] != "none", methods.get(e["method"], 99),
+                                      e["lr"]))
+
+
+def fmt(value, spec=".3f", std=None) -> str:
     if value is None:
         return "n/a"
-    if isinstance(value, float) and spec == "fq":
-        return f"{value:.2e}" if value < 0.01 else f"{value:.3f}"
-    return format(value, spec) if isinstance(value, (int, float)) else str(value)
+    if spec == "fq":
+        text = f"{value:.2e}" if value < 0.01 else f"{value:.3f}"
+        return text + ("" if std is None else f" ± {std:.1e}" if std < 0.01 else f" ± {std:.3f}")
+    return format(value, spec) + ("" if std is None else f" ± {format(std, spec)}")
 
 
 def previous_invocations(args) -> list[dict]:
@@ -237,83 +596,113 @@ def previous_invocations(args) -> list[dict]:
     return [e if isinstance(e, dict) else {"seconds": e, "command": None} for e in entries]
 
 
-def this_invocation(started: float) -> dict:
-    return {"seconds": time.time() - started, "command": " ".join(["python", "benchmarks/tofu.py", *sys.argv[1:]])}
+def this_invocation(started: float, argv) -> dict:
+    return {"seconds": time.time() - started,
+            "command": " ".join(["python", "benchmarks/tofu.py", *(sys.argv[1:] if argv is None else argv)])}
 
 
-def write_outputs(args, runs: list[dict], started: float) -> None:
+def write_outputs(args, started: float, argv=None) -> None:
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     refs = reference_rows(args)
+    runs = _records(Path(args.work_dir) / "runs")
+    groups = aggregate(runs)
+    splits = [s for s in SPLITS if s in args.splits or any(r["split"] == s for r in runs)]
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    settings = {k: v for k, v in vars(args).items() if k not in ("work_dir", "results_dir", "deadline_s")}
-    finetune_seconds = {r["name"]: r["wall_seconds"] for r in refs}
-    write_json_atomic(out / f"{NAME}.json", {"device": device, "settings": settings, "references": refs, "runs": runs,
-                                "finetune_train_seconds": finetune_seconds})
+    settings = {k: v for k, v in vars(args).items() if k not in ("work_dir", "results_dir", "deadline_s", "plan",
+                                                                 "plan_runs", "lrs", "seed_list", "data")}
+    settings["data_dir"] = portable_path(settings["data_dir"])
+    write_json_atomic(out / f"{NAME}.json", {
+        "device": device, "protocol": args.protocol, "settings": settings, "references": refs, "groups": groups,
+        "runs": runs, "finetune_train_seconds": {r["name"]: r["wall_seconds"] for r in refs}})
 
-    invocations = previous_invocations(args) + [this_invocation(started)]
+    invocations = previous_invocations(args) + [this_invocation(started, argv)]
     commands = [f"`{i['command']}` ({i['seconds']:.0f} s)" for i in invocations if i["command"]]
-    lines = [f"# TOFU on SmolLM2-135M-Instruct ({device})", "",
-             "Commands: " + ("; then ".join(commands) or "not recorded") + ". Settings in the JSON. "
+    mini = (f" **CPU mini-run, NOT the benchmark**: the original learned {args.splits[0]} + the first "
+            f"{args.retain_subset} retain items, the oracle those items." if args.retain_subset else "")
+    lines = [f"# TOFU on SmolLM2-135M-Instruct ({device}, protocol {args.protocol})", "",
+             "Commands: " + ("; then ".join(commands) or "not recorded") + ". Settings in the JSON." + mini,
+             f" Item protocol **{args.protocol}** ("
+             + ("every item of every set" if args.protocol == "all" else "TOFU's first 300 items per set")
+             + "; the KS p-value depends on the item count). "
              "FQ = forget quality (KS p-value vs the oracle), MU = model utility; *final* = after the last epoch, "
              "*peak* = the epoch with the highest FQ (FQ followed after every epoch, the peak epoch's weights then "
-             "fully evaluated; n/a: evaluated after the last epoch only). P / R = answer probability / ROUGE-L "
-             "recall. Wall = unlearning seconds (augmentation included, evaluations excluded); memory = peak "
-             "allocated during training.", ""]
-    head = ("| split | method | retain | FQ final | MU final | FQ peak (epoch) | MU peak | forget P | forget R | "
-            "retain P | retain R | wall s | peak GiB |")
+             "fully evaluated; n/a: evaluated after the last epoch only). Values are means over the seeds "
+             "± their standard deviation. P / R = answer probability / ROUGE-L recall after the last epoch. Wall = "
+             "unlearning seconds (augmentation included, evaluations excluded); memory = peak allocated during "
+             "training.", ""]
+    head = ("| split | method | retain | lr | seeds | FQ final | MU final | FQ peak (epoch) | MU peak | forget P | "
+            "forget R | retain P | retain R | wall s | peak GiB |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
-    for split in [s for s in SPLITS if s in args.splits.split(",")]:
+    for split in splits:
         for row in [r for r in refs if r["split"] == split]:
             lines.append(
-                f"| {split} | {row['method']} | | {fmt(row.get(f'{split}_forget_quality'), 'fq')} | "
+                f"| {split} | {row['method']} | | | | {fmt(row.get(f'{split}_forget_quality'), 'fq')} | "
                 f"{fmt(row['model_utility'])} | | | {fmt(row.get(f'{split}_probability'))} | "
                 f"{fmt(row.get(f'{split}_rouge_l_recall'))} | {fmt(row.get('retain_probability'))} | "
                 f"{fmt(row.get('retain_rouge_l_recall'))} | {fmt(row['wall_seconds'], '.0f')} | |")
-        for run in [r for r in runs if r["split"] == split]:
-            f, p = run["final"], run["peak"]
-            peak_text = f"{fmt(p.get(f'{split}_forget_quality'), 'fq')} ({p['epoch']:g})" if p else "n/a"
+        for g in [g for g in groups if g["split"] == split]:
+            peak = ("n/a" if g["fq_peak"] is None else
+                    f"{fmt(g['fq_peak'], 'fq', g['fq_peak_std'])} ({g['peak_epoch']:g})")
             lines.append(
-                f"| {split} | {run['method']} | {run['retain_mode']} | {fmt(f.get(f'{split}_forget_quality'), 'fq')} "
-                f"| {fmt(f['model_utility'])} | {peak_text} | {fmt(p['model_utility']) if p else 'n/a'} | "
-                f"{fmt(f.get(f'{split}_probability'))} | {fmt(f.get(f'{split}_rouge_l_recall'))} | "
-                f"{fmt(f.get('retain_probability'))} | {fmt(f.get('retain_rouge_l_recall'))} | "
-                f"{fmt(run['wall_seconds'], '.0f')} | {fmt(run['peak_memory_gib'], '.2f')} |")
+                f"| {split} | {g['method']} | {g['retain_mode']} | {g['lr']:g} | {len(g['seeds'])} | "
+                f"{fmt(g['fq_final'], 'fq', g['fq_final_std'])} | {fmt(g['mu_final'], '.3f', g['mu_final_std'])} | "
+                f"{peak} | {fmt(g['mu_peak'], '.3f', g['mu_peak_std'])} | {fmt(g['forget_p'])} | "
+                f"{fmt(g['forget_r'])} | {fmt(g['retain_p'])} | {fmt(g['retain_r'])} | {fmt(g['wall_s'], '.0f')} | "
+                f"{fmt(g['peak_gib'], '.2f')} |")
     seconds = [i["seconds"] for i in invocations]
     lines += ["", f"Wall time of the benchmark: {sum(seconds):.0f} s over {len(seconds)} invocation(s) "
               f"({', '.join(f'{s:.0f}' for s in seconds)} s), evaluations included; of it, unlearning evaluations "
               f"{sum(r.get('eval_seconds', 0.0) for r in runs):.0f} s."]
     (out / f"{NAME}.md").write_text("\n".join(lines) + "\n")
-    plot(out / f"{NAME}_fq_vs_mu.png", refs, runs, [s for s in SPLITS if s in args.splits.split(",")])
+    plot_fq_vs_mu(out / f"{NAME}_fq_vs_mu.png", refs, groups, splits)
+    plot_epochs(out / f"{NAME}_epochs.png", runs, splits)
 
 
-def plot(path: Path, refs: list[dict], runs: list[dict], splits: list[str]) -> None:
-    """Forget quality (log) against model utility, one panel per split: a filled marker at the peak epoch, a hollow
-    one at the final epoch (joined), gray circles for the original and the oracle."""
+MARKERS = dict(rklu="*", fklu="P", ga="v", gd="^", npo="o", dpo="s", idk="D", ta="X", token_mask="<",
+               token_redistribute=">")
+
+
+def _style(plt):
+    """Colour per (method, retain mode) and marker per method, the same in every plot."""
+    pairs = default_plan()
+    colors = {f"{m}+{r}": plt.get_cmap("tab20")(i % 20) for i, (m, r) in enumerate(pairs)}
+    return lambda m, r: (colors.get(f"{m}+{r}", "black"), MARKERS.get(m, "o"))
+
+
+def plot_fq_vs_mu(path: Path, refs: list[dict], groups: list[dict], splits: list[str]) -> None:
+    """Forget quality (log) against model utility, one panel per split (the RKL-U paper's Figure 3): per (method,
+    retain mode, lr) a filled marker at the peak epoch and a hollow one at the final epoch (joined), means over the
+    seeds with their standard deviation as error bars; the marker grows with the learning rate; gray circles for the
+    original and the oracle; the dashed line is FQ = 0.05."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.2), sharey=True, squeeze=False)
-    markers = dict(rklu="*", fklu="P", ga="v", gd="^", npo="o", dpo="s", idk="D", ta="X")
-    colors = {f"{m}+{r}": plt.get_cmap("tab20")(i % 20) for i, (m, r) in enumerate(PLAN)}
+    style = _style(plt)
+    lrs = sorted({g["lr"] for g in groups})
+    fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(5 * max(len(splits), 1), 4.2), sharey=True,
+                             squeeze=False)
     legend = {}
     for ax, split in zip(axes[0], splits):
-        for run in [r for r in runs if r["split"] == split]:
-            points = [(row["model_utility"], row.get(f"{split}_forget_quality")) for row in (run["peak"], run["final"])
-                      if row is not None]
-            points = [(mu, max(fq, 1e-30)) for mu, fq in points if mu is not None and fq is not None]
+        for g in [g for g in groups if g["split"] == split]:
+            points = [(g[f"mu_{k}"], g[f"fq_{k}"], g[f"mu_{k}_std"], g[f"fq_{k}_std"]) for k in ("peak", "final")]
+            points = [(mu, max(fq, 1e-30), dmu, dfq) for mu, fq, dmu, dfq in points
+                      if mu is not None and fq is not None]
             if not points:
                 continue
-            label = run["method"] + ("" if run["retain_mode"] == "none" else f"+{run['retain_mode']}")
-            color = colors.get(f"{run['method']}+{run['retain_mode']}", "black")
-            marker, size = markers.get(run["method"], "o"), 90 if run["method"] == "rklu" else 45
-            legend[label] = ax.scatter(*points[0], marker=marker, s=size, color=color,
-                                       edgecolors="black" if run["retain_mode"] != "none" else "none")
-            if len(points) == 2 and points[1] != points[0]:
-                ax.plot(*zip(*points), color=color, lw=0.6, alpha=0.6)
-                ax.scatter(*points[1], marker=marker, s=size, facecolors="none", edgecolors=color)
+            label = g["method"] + ("" if g["retain_mode"] == "none" else f"+{g['retain_mode']}")
+            color, marker = style(g["method"], g["retain_mode"])
+            size = (60 if g["method"] == "rklu" else 30) * (1 + lrs.index(g["lr"]))
+            mu, fq, dmu, dfq = points[0]
+            if dmu is not None or dfq is not None:
+                ax.errorbar(mu, fq, xerr=dmu, yerr=dfq, color=color, lw=0.6, alpha=0.6, fmt="none")
+            legend[label] = ax.scatter(mu, fq, marker=marker, s=size, color=color,
+                                       edgecolors="black" if g["retain_mode"] != "none" else "none")
+            if len(points) == 2 and points[1][:2] != points[0][:2]:
+                ax.plot([points[0][0], points[1][0]], [points[0][1], points[1][1]], color=color, lw=0.6, alpha=0.6)
+                ax.scatter(points[1][0], points[1][1], marker=marker, s=size, facecolors="none", edgecolors=color)
         for row in [r for r in refs if r["split"] == split]:
             fq = row.get(f"{split}_forget_quality")
             if fq is not None and row["model_utility"] is not None:
@@ -325,38 +714,112 @@ def plot(path: Path, refs: list[dict], runs: list[dict], splits: list[str]) -> N
         ax.set_xlabel("model utility")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("forget quality (log)")
-    fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=8)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=8)
     fig.tight_layout(rect=(0, 0, 0.86, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
-def main() -> None:
-    args = parse()
+def plot_epochs(path: Path, runs: list[dict], splits: list[str]) -> None:
+    """Per split (rows): forget quality (log) and model utility after each epoch, one line per (method, retain mode,
+    lr), the mean over the seeds. Utility needs a full evaluation: after every epoch for ``--every_epoch`` splits,
+    else at the peak and the final epoch only (two joined points)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = _style(plt)
+    fig, axes = plt.subplots(max(len(splits), 1), 2, figsize=(11, 3.6 * max(len(splits), 1)), squeeze=False)
+    legend = {}
+    for (ax_fq, ax_mu), split in zip(axes, splits):
+        groups: dict[tuple, list[dict]] = {}
+        for run in runs:
+            if run["split"] == split and run["epochs"]:
+                groups.setdefault((run["method"], run["retain_mode"], run["lr"]), []).append(run)
+        for (method, retain_mode, lr), members in groups.items():
+            color, marker = style(method, retain_mode)
+            label = method + ("" if retain_mode == "none" else f"+{retain_mode}")
+            fq, mu = {}, {}
+            for run in members:
+                rows = run["epochs"] + [r for r in (run["peak"], run["final"]) if r]
+                for row in rows:
+                    if row.get(f"{split}_forget_quality") is not None and row in run["epochs"]:
+                        fq.setdefault(row["epoch"], []).append(max(row[f"{split}_forget_quality"], 1e-30))
+                    if row.get("model_utility") is not None:
+                        mu.setdefault(row["epoch"], []).append(row["model_utility"])
+            for ax, series in ((ax_fq, fq), (ax_mu, mu)):
+                if series:
+                    epochs = sorted(series)
+                    legend[label] = ax.plot(epochs, [statistics.mean(dict.fromkeys(series[e])) for e in epochs],
+                                            marker=marker, color=color, lw=0.8, ms=4, alpha=0.5 + 0.5 / len(groups),
+                                            ls="-" if retain_mode == "none" else "--")[0]
+        ax_fq.axhline(0.05, color="red", lw=0.8, ls="--")
+        ax_fq.set_yscale("log")
+        ax_fq.set_title(f"{split}: forget quality per epoch", fontsize=10)
+        ax_mu.set_title(f"{split}: model utility (full evaluations)", fontsize=10)
+        for ax in (ax_fq, ax_mu):
+            ax.set_xlabel("epoch")
+            ax.grid(alpha=0.3)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def validate_runs(args) -> None:
+    """Build every planned run's UnlearnConfig once (cheap), so a bad method / retain-mode pair fails now."""
+    checked = argparse.Namespace(**{**vars(args), "cpu": True})  # no GPU settings: a plan may be made on a CPU
+    for method, retain_mode in args.plan_runs:
+        try:
+            unlearning_config(checked, Path(args.work_dir) / "runs" / "check", method, retain_mode, None, args.lrs[0],
+                              args.seed_list[0])
+        except ValueError as exc:
+            raise SystemExit(f"--methods {method}:{retain_mode}: {exc}") from exc
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
     started = time.time()
+    validate_runs(args)
+    check_work_dir(args)
+    args.data = mini_data(args)  # the TOFU folder every step reads (a derived one for --retain_subset)
+    todo = todo_list(args)
+    seconds, sources = plan_estimates(args, todo)
+    print_plan(args, todo, seconds, sources)
+    if args.plan:
+        return
     if not args.cpu:
         torch.backends.cuda.matmul.allow_tf32 = True
-    splits = [s for s in args.splits.split(",") if s]
-    plan = PLAN
-    if args.methods:
-        wanted = {tuple((m.split(":") + ["none"])[:2]) for m in args.methods.split(",")}
-        plan = [p for p in PLAN if p in wanted]
-    runs: list[dict] = []
-    todo = [("finetune", "full", None, None)]
-    for split in splits:
-        todo.append(("finetune", RETAIN_OF_FORGET[split], None, None))
-        todo += [("unlearn", split, m, r) for m, r in plan]
-    for kind, split, method, retain_mode in todo:
-        if time.time() - started > args.deadline_s:
-            print(f"deadline reached before {kind} {split} {method or ''}: run the command again to continue")
+    first = True
+    for index, item in enumerate(todo):
+        if is_done(args, item):
+            continue
+        kind, split, method, retain_mode, lr, seed = item
+        elapsed = time.time() - started
+        label = f"{kind} {split}" + ("" if kind == "finetune" else f" {run_name(split, method, retain_mode, lr, seed)}")
+        too_long = seconds[index] is not None and elapsed + seconds[index] > args.deadline_s
+        if not first and (elapsed > args.deadline_s or too_long):  # the first piece of a command always starts
+            needed = "?" if seconds[index] is None else f"{seconds[index]:.0f}"
+            print(f"deadline: {label} not started ({elapsed:.0f} s spent, about {needed} s needed, --deadline_s "
+                  f"{args.deadline_s:g}): run the command again to continue")
             break
-        print(f"=== {kind} {split} {method or ''} {retain_mode or ''} ({time.time() - started:.0f} s)", flush=True)
+        first = False
+        print(f"=== {label} ({elapsed:.0f} s)", flush=True)
         if kind == "finetune":
             finetune(args, split)
         else:
-            runs.append(unlearn(args, split, method, retain_mode))
-        write_outputs(args, runs, started)
-    write_json_atomic(Path(args.work_dir) / "invocations.json", previous_invocations(args) + [this_invocation(started)])
+            unlearn(args, split, method, retain_mode, lr, seed)
+        write_outputs(args, started, argv)
+        seconds, _ = plan_estimates(args, todo)  # the costs just measured refine the rest
+    write_outputs(args, started, argv)
+    write_json_atomic(Path(args.work_dir) / "invocations.json",
+                      previous_invocations(args) + [this_invocation(started, argv)])
     print(f"done in {time.time() - started:.0f} s")
 
 

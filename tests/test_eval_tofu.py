@@ -267,7 +267,8 @@ def test_evaluate_tofu_layout_and_ranges(e2e):
     # real authors: the probability aggregate is normalised over the answer and its 3 perturbed answers
     # (recomputed here from the cached likelihoods: p = exp(-nll_sum / num_tokens))
     real = result["sets"]["real_authors_perturbed"]["items"]
-    cache_file = out / "tofu_eval_cache" / "real_authors_perturbed__likelihood__max_items-4__max_length-512.json"
+    cache_file = (out / "tofu_eval_cache"
+                  / "real_authors_perturbed__likelihood__max_items-4__max_length-512__protocol-all.json")
     cached = json.loads(cache_file.read_text())["data"]
     p_answer = np.exp(-np.array(cached["answer_nll_sum"]) / np.array(cached["answer_num_tokens"]))
     p_perturbed = np.exp(-np.array(cached["perturbed_nll_sum"]) / np.array(cached["perturbed_num_tokens"]))
@@ -289,7 +290,8 @@ def test_evaluate_tofu_layout_and_ranges(e2e):
     assert fq["reference"] is None and fq["reference_items"] == 0
     assert sorted(p.name for p in (out / "tofu_eval_cache").iterdir()) == sorted(
         f"{s}__{m}__{tag}.json" for s in SETS
-        for m, tag in (("likelihood", "max_items-4__max_length-512"), ("generation", "max_items-4__max_new_tokens-8"))
+        for m, tag in (("likelihood", "max_items-4__max_length-512__protocol-all"),
+                       ("generation", "max_items-4__max_new_tokens-8__protocol-all"))
     )
     row = summary_row(result)
     assert row["model_utility"] == result["model_utility"] and row["forget01_forget_quality"] is None
@@ -396,6 +398,55 @@ def test_reference_without_the_split_gives_a_note(e2e):
     with pytest.warns(UserWarning, match="forget05_perturbed"):
         entry = compare_to_reference(items["truth_ratio"], items["question"], out / "tofu_eval.json", "forget05")
     assert entry["forget_quality"] is None and "has no evaluation of forget05_perturbed" in entry["forget_quality_note"]
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Item protocols
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def test_protocol_tofu_takes_the_original_scripts_item_counts(tofu_dir):
+    # TOFU's config/eval_everything.yaml: ds_size 300 for every set; only forget10 and retain have more items
+    expected = {"forget10_perturbed": 300, "retain_perturbed": 300, "forget05_perturbed": 200,
+                "forget01_perturbed": 40, "real_authors_perturbed": 100, "world_facts_perturbed": 117}
+    for name, count in expected.items():
+        rows = tofu_eval._load_set(name, tofu_dir, None, "tofu")
+        assert len(rows["question"]) == count
+        assert len(tofu_eval._load_set(name, tofu_dir, 4, "tofu")["question"]) == 4
+    assert len(tofu_eval._load_set("forget10_perturbed", tofu_dir, None, "all")["question"]) == 400
+    first = [json.loads(line)["question"] for line in open(TOFU_DIR / "forget10_perturbed.jsonl")][:300]
+    assert tofu_eval._load_set("forget10_perturbed", tofu_dir, None, "tofu")["question"] == first
+
+
+def test_the_same_ks_statistic_gives_a_smaller_p_value_over_400_items_than_over_300():
+    # a = (0, 1, ..., n-1) / n and b = a + n/10 / n: the empirical CDFs differ by at most n/10 / n, so D = 0.1 for both
+    p = {}
+    for n in (300, 400):
+        a, b = np.arange(n) / n, (np.arange(n) + n // 10) / n
+        assert ks_2samp(a, b).statistic == pytest.approx(0.1)
+        p[n] = forget_quality(a, b)
+    # ks_2samp: p = 0.0996 over 300 items, 0.0366 over 400: the same model passes the 0.05 threshold under TOFU's
+    # protocol and fails it when every item is scored
+    assert p[400] < 0.05 < p[300]
+
+
+def test_evaluate_tofu_protocol_and_shared_likelihoods(tiny_tokenizer, tofu_dir, monkeypatch):
+    """protocol="tofu" is recorded in the result and its row; forget01 (forget05's last 40 items) is not scored
+    again after forget05."""
+    model = build_tiny_model(tiny_tokenizer)
+    pairs = []
+    real_score = tofu_eval.score_answers
+    monkeypatch.setattr(tofu_eval, "score_answers", lambda m, t, q, a, **k: pairs.append(len(q)) or real_score(
+        m, t, q, a, **k))
+    with pytest.warns(UserWarning, match="not computed"):
+        result = evaluate_tofu(model, tiny_tokenizer, forget_splits=("forget01", "forget05"), data_dir=tofu_dir,
+                               sets=("forget01", "forget05"), generate=False, protocol="tofu", batch_size=64)
+    assert pairs == [200 * 7]  # forget05 first (the larger set); forget01's 280 pairs all reused
+    assert result["settings"]["protocol"] == "tofu" and summary_row(result)["protocol"] == "tofu"
+    f01, f05 = (result["sets"][f"{s}_perturbed"]["items"] for s in ("forget01", "forget05"))
+    assert f01["question"] == f05["question"][-40:] and f01["truth_ratio"] == f05["truth_ratio"][-40:]
+    with pytest.raises(ValueError, match="protocol must be one of all, tofu"):
+        evaluate_tofu(model, tiny_tokenizer, data_dir=tofu_dir, protocol="open-unlearning")
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -16,6 +16,11 @@ class TofuEvalArguments:
     eval_generation_batch_size: int | None = field(
         default=None, metadata={"help": "Prompts per generate call (default: eval_batch_size); large values suit GPUs."}
     )
+    # ---- helper FAST: the item protocol of evaluate_tofu
+    eval_protocol: str = field(
+        default="all", metadata={"help": "TOFU items scored: 'all', or 'tofu' (the original scripts' first 300 a set)."}
+    )
+    # ---- end of the FAST block
     eval_max_items: int | None = field(default=None, metadata={"help": "Evaluate the first N items of each set."})
     max_new_tokens: int = field(default=200, metadata={"help": "Greedy generation length for ROUGE."})
 
@@ -110,7 +115,7 @@ class TofuEvalArguments:
     def evaluate_kwargs(self) -> dict:
         """These settings as keyword arguments of :func:`~rklu_llm.eval.tofu.evaluate_tofu`."""
         return dict(batch_size=self.eval_batch_size, max_new_tokens=self.max_new_tokens, max_items=self.eval_max_items,
-                    generation_batch_size=self.eval_generation_batch_size)
+                    generation_batch_size=self.eval_generation_batch_size, protocol=self.eval_protocol)
 
 
 def check_reference(reference, forget_splits) -> None:

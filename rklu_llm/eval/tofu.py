@@ -19,14 +19,19 @@ the definition above, and aggregates retain-type sets with ``max(0, 1 - 1/that)`
 aggregate ``min(x, 1/x)`` is symmetric in ``x <-> 1/x``, and the KS statistic and p-value are unchanged when both
 samples go through the same monotone map (here ``x -> 1/x``), so every aggregate and the forget quality agree with
 TOFU.
-Unlike the original scripts (first 300 items of each set) every item is scored unless ``max_items`` says otherwise.
+Item counts (``protocol``): ``"all"`` (default, as open-unlearning) scores every item; ``"tofu"`` scores what TOFU's
+own scripts scored (``ds_size: 300`` in their ``config/eval_everything.yaml``): the first 300 items of every set, i.e.
+forget10 and retain_perturbed 300 of their 400, the smaller sets whole (forget05 200, forget01 40, real authors 100,
+world facts 117). The protocol matters for forget quality: at the same KS statistic ``D`` the p-value over 400 items
+is smaller than over 300, so every result names its protocol. ``max_items`` cuts further (smoke tests).
 
 Results JSON (``tofu_eval.json``, also the dict :func:`evaluate_tofu` returns)::
 
     {
       "model": str,                      # model.name_or_path
-      "settings": {"forget_splits": [...], "sets": [...], "data_dir": str|None, "batch_size": int,
-                   "max_new_tokens": int, "max_items": int|None, "max_length": int, "generate": bool,
+      "settings": {"forget_splits": [...], "sets": [...], "protocol": "all"|"tofu", "data_dir": str|None,
+                   "batch_size": int, "max_new_tokens": int, "max_items": int|None, "max_length": int,
+                   "generation_batch_size": int|None, "generate": bool, "scoring": str, "decoder": str,
                    "reference": str|None},
       "sets": {
         "<set name>": {                  # forget10_perturbed, retain_perturbed, real_authors_perturbed, ...
@@ -55,8 +60,10 @@ evaluated items or was matched by position. Non-finite floats are written as ``N
 Resuming: with ``output_dir`` every (set, metric) result, i.e. the answer likelihoods (``likelihood``) and the greedy
 generations (``generation``), is cached as JSON under ``output_dir/tofu_eval_cache/``, keyed by set, metric, model
 name, a digest of sampled weight values, a fingerprint of the set's rows and the settings that change it
-(``max_items``, ``max_length``, ``max_new_tokens``). A re-run with the same ``output_dir`` skips the finished parts; an
-entry written for other weights or data is recomputed (with a warning).
+(``protocol``, ``max_items``, ``max_length``, ``max_new_tokens``). A re-run with the same ``output_dir`` skips the
+finished parts; an entry written for other weights or data is recomputed (with a warning). Likelihoods of
+(question, answer) pairs already scored for another set of the same evaluation are reused (forget01 and forget05 are
+forget10's last 40 / 200 items).
 """
 
 from __future__ import annotations
@@ -87,17 +94,19 @@ from .metrics import (
     rouge_l_recall,
     truth_ratio,
 )
-from .scoring import generate_answers, score_answers
+from .scoring import DECODERS, SCORING, generate_answers, score_answers
 
 __all__ = [
-    "CACHE_DIR", "NO_REFERENCE_NOTE", "RESULT_FILE", "UTILITY_METRICS", "UTILITY_SETS", "answer_probability",
-    "compare_to_reference", "evaluate_tofu", "forget_quality", "forget_truth_ratio_score", "generate_answers",
-    "load_tofu_eval", "model_utility", "normalized_probability", "reference_truth_ratios", "retain_truth_ratio_score",
-    "rouge_l_recall", "score_answers", "summary_row", "truth_ratio", "write_json_atomic",
+    "CACHE_DIR", "NO_REFERENCE_NOTE", "PROTOCOLS", "RESULT_FILE", "UTILITY_METRICS", "UTILITY_SETS",
+    "answer_probability", "compare_to_reference", "evaluate_tofu", "forget_quality", "forget_truth_ratio_score",
+    "generate_answers", "load_tofu_eval", "model_utility", "normalized_probability", "reference_truth_ratios",
+    "retain_truth_ratio_score", "rouge_l_recall", "score_answers", "summary_row", "truth_ratio", "write_json_atomic",
 ]
 
 #: The sets whose aggregates make up model utility.
 UTILITY_SETS = ("retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
+#: protocol -> items scored per set at most (None: all); "tofu" is TOFU's own ``ds_size: 300``.
+PROTOCOLS = {"all": None, "tofu": 300}
 RESULT_FILE = "tofu_eval.json"
 CACHE_DIR = "tofu_eval_cache"
 NO_REFERENCE_NOTE = (
@@ -354,10 +363,12 @@ def _resolve_sets(forget_splits: tuple[str, ...], sets) -> list[str]:
     return [name for name in available if name in chosen]
 
 
-def _load_set(name: str, data_dir, max_items: int | None) -> dict:
+def _load_set(name: str, data_dir, max_items: int | None, protocol: str = "all") -> dict:
+    """The first ``min(max_items, PROTOCOLS[protocol])`` rows of a set (those that are given), checked."""
     dataset = load_tofu(name, data_dir)
-    if max_items is not None:
-        dataset = dataset.select(range(min(max_items, len(dataset))))
+    limits = [m for m in (max_items, PROTOCOLS[protocol]) if m is not None]
+    if limits:
+        dataset = dataset.select(range(min(*limits, len(dataset))))
     base_key = "answer" if _set_kind(name) == "factual" else "paraphrased_answer"
     needed = {"question", "answer", "perturbed_answer", base_key}
     missing = needed - set(dataset.column_names)
@@ -372,31 +383,59 @@ def _load_set(name: str, data_dir, max_items: int | None) -> dict:
     return rows
 
 
-def _likelihoods(model, tokenizer, name: str, rows: dict, batch_size: int, max_length: int) -> dict:
-    """All (question, candidate) pairs of a set in one :func:`score_answers` call."""
-    questions, n = rows["question"], len(rows["question"])
+def _set_pairs(rows: dict) -> list[tuple[str, str]]:
+    """The set's (question, candidate) pairs: every answer, then every paraphrased answer (forget / retain sets),
+    then each item's perturbed answers in order."""
+    questions = rows["question"]
+    pairs = list(zip(questions, rows["answer"]))
+    if rows["base_key"] != "answer":
+        pairs += list(zip(questions, rows["paraphrased_answer"]))
+    pairs += [(q, a) for q, perturbed in zip(questions, rows["perturbed_answer"]) for a in perturbed]
+    return pairs
+
+
+def _likelihoods(model, tokenizer, name: str, rows: dict, batch_size: int, max_length: int, known: dict,
+                 scoring: str = "shared_prefix") -> dict:
+    """The set's answer / paraphrase / perturbed likelihoods.
+
+    Pairs found in ``known`` (``(question, answer) -> (nll_sum, num_tokens)``, filled by the sets scored before in
+    the same evaluation, e.g. forget10 before forget05 and forget01, which are its last 200 / 40 items) are not scored
+    again; the others go to one :func:`score_answers` call and into ``known``.
+    """
+    pairs = _set_pairs(rows)
+    todo = [pair for pair in dict.fromkeys(pairs) if pair not in known]
+    if todo:
+        nll, ntok = score_answers(
+            model, tokenizer, [q for q, _ in todo], [a for _, a in todo], batch_size=batch_size, max_length=max_length,
+            desc=f"{name}: likelihood", scoring=scoring,
+        )
+        known.update(zip(todo, zip(nll.tolist(), ntok.tolist())))
+    nll = np.array([known[pair][0] for pair in pairs], dtype=np.float64)
+    ntok = np.array([known[pair][1] for pair in pairs], dtype=np.int64)
+    n = len(rows["question"])
     k = len(rows["perturbed_answer"][0]) if n else 0
-    pair_q = list(questions)
-    pair_a = list(rows["answer"])
-    with_paraphrase = rows["base_key"] != "answer"
-    if with_paraphrase:
-        pair_q += questions
-        pair_a += rows["paraphrased_answer"]
-    for question, perturbed in zip(questions, rows["perturbed_answer"]):
-        pair_q += [question] * k
-        pair_a += list(perturbed)
-    nll, ntok = score_answers(
-        model, tokenizer, pair_q, pair_a, batch_size=batch_size, max_length=max_length, desc=f"{name}: likelihood"
-    )
     data = {"answer_nll_sum": nll[:n], "answer_num_tokens": ntok[:n]}
     offset = n
-    if with_paraphrase:
+    if rows["base_key"] != "answer":
         data["paraphrased_nll_sum"] = nll[n : 2 * n]
         data["paraphrased_num_tokens"] = ntok[n : 2 * n]
         offset = 2 * n
     data["perturbed_nll_sum"] = nll[offset:].reshape(n, k)
     data["perturbed_num_tokens"] = ntok[offset:].reshape(n, k)
     return to_builtin(data)
+
+
+def _remember(known: dict, rows: dict, likelihood: dict) -> None:
+    """Add a (cached) set's pair likelihoods to ``known`` (see :func:`_likelihoods`)."""
+    nll = list(likelihood["answer_nll_sum"])
+    ntok = list(likelihood["answer_num_tokens"])
+    if rows["base_key"] != "answer":
+        nll += likelihood["paraphrased_nll_sum"]
+        ntok += likelihood["paraphrased_num_tokens"]
+    nll += [v for item in likelihood["perturbed_nll_sum"] for v in item]
+    ntok += [v for item in likelihood["perturbed_num_tokens"] for v in item]
+    for pair, values in zip(_set_pairs(rows), zip(nll, ntok)):
+        known.setdefault(pair, values)
 
 
 def _set_result(name: str, rows: dict, likelihood: dict, generated: list[str] | None) -> dict:
@@ -449,6 +488,9 @@ def evaluate_tofu(
     max_length: int = 512,
     generation_batch_size: int | None = None,
     generate: bool = True,
+    protocol: str = "all",
+    scoring: str = "shared_prefix",
+    decoder: str = "compact",
 ) -> dict:
     """Evaluate ``model`` on TOFU: per-set probability / ROUGE-L / truth ratio, model utility, forget quality.
 
@@ -464,7 +506,7 @@ def evaluate_tofu(
             and a warning).
         batch_size: sequences per forward pass / prompts per ``generate`` call.
         max_new_tokens: greedy generation budget for ROUGE.
-        max_items: evaluate only the first ``max_items`` items of each set (default: all).
+        max_items: evaluate only the first ``max_items`` items of each set (default: all the protocol's).
         sets: evaluate only these sets (names from the default list, ``_perturbed`` suffix optional), e.g.
             ``("forget10", "retain")``; default all of ``<split>_perturbed`` per forget split, ``retain_perturbed``,
             ``real_authors_perturbed``, ``world_facts_perturbed``.
@@ -474,6 +516,13 @@ def evaluate_tofu(
         generate: ``False`` skips the greedy generation, by far the costliest part: ROUGE-L is then ``None`` (items
             without ``rouge_l_recall`` / ``generated``) and so is model utility, while probabilities, truth ratios
             and forget quality are computed as usual (e.g. to follow forget quality after every epoch).
+        protocol: ``"all"`` items of every set, or ``"tofu"``: the original scripts' counts, the first 300 items of
+            every set (forget10 and retain 300 of 400; the others are smaller). Named in the result and its cache.
+        scoring: how likelihoods are computed, ``"shared_prefix"`` (each question once per batch) or ``"plain"``
+            (see :func:`rklu_llm.eval.scoring.score_examples`); the numbers agree up to float rounding.
+        decoder: greedy decoder, ``"compact"`` (finished answers leave the batch), ``"generate"`` or ``"static"``
+            (a static cache, compiled by transformers on a GPU); see
+            :func:`rklu_llm.eval.scoring.generate_continuations`. All give the same tokens.
 
     Returns:
         The result dict whose layout the module docstring gives.
@@ -500,6 +549,13 @@ def evaluate_tofu(
         raise ValueError(f"max_length must be >= 2, got {max_length}")
     if generation_batch_size is not None and generation_batch_size < 1:
         raise ValueError(f"generation_batch_size must be >= 1, got {generation_batch_size}")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)} (all items, or TOFU's first 300 per set), "
+                         f"got {protocol!r}")
+    if scoring not in SCORING:
+        raise ValueError(f"scoring must be one of {SCORING}, got {scoring!r}")
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     set_names = _resolve_sets(forget_splits, sets)
     reference_label = None
     if reference is not None:
@@ -509,7 +565,7 @@ def evaluate_tofu(
                 with contextlib.suppress(KeyError):  # no truth ratios at all: a note in the result, as for ours
                     open_unlearning.forget_truth_ratios(reference_obj, split, reference_label)
         reference = reference_obj
-    data = {name: _load_set(name, data_dir, max_items) for name in set_names}
+    data = {name: _load_set(name, data_dir, max_items, protocol) for name in set_names}
 
     name = model_name(model)
     out = None if output_dir is None else Path(output_dir)
@@ -519,6 +575,7 @@ def evaluate_tofu(
         "settings": {
             "forget_splits": list(forget_splits),
             "sets": set_names,
+            "protocol": protocol,
             "data_dir": portable_path(data_dir),
             "batch_size": batch_size,
             "max_new_tokens": max_new_tokens,
@@ -526,31 +583,37 @@ def evaluate_tofu(
             "max_length": max_length,
             "generation_batch_size": generation_batch_size,
             "generate": generate,
+            "scoring": scoring,
+            "decoder": decoder,
             "reference": reference_label,
         },
         "sets": {},
     }
 
     # ---- per set: likelihoods (probability, truth ratio); then one greedy generation pass over every set (ROUGE)
-    like_settings = {"max_items": max_items, "max_length": max_length}
-    gen_settings = {"max_items": max_items, "max_new_tokens": max_new_tokens}
+    like_settings = {"max_items": max_items, "max_length": max_length, "protocol": protocol}
+    gen_settings = {"max_items": max_items, "max_new_tokens": max_new_tokens, "protocol": protocol}
     likelihoods, generations = {}, {}
     for name in set_names:
-        rows = data[name]
-        likelihood = cache.load(name, "likelihood", like_settings, rows["fingerprint"])
-        if likelihood is None:
-            likelihood = _likelihoods(model, tokenizer, name, rows, batch_size, max_length)
-            cache.save(name, "likelihood", like_settings, rows["fingerprint"], likelihood)
-        likelihoods[name] = likelihood
-        generation = cache.load(name, "generation", gen_settings, rows["fingerprint"]) if generate else None
+        likelihood = cache.load(name, "likelihood", like_settings, data[name]["fingerprint"])
+        if likelihood is not None:
+            likelihoods[name] = likelihood
+        generation = cache.load(name, "generation", gen_settings, data[name]["fingerprint"]) if generate else None
         if generation is not None:
             generations[name] = generation["generated"]
+    known: dict = {}  # (question, answer) -> likelihood, shared by the sets (forget01/05 are forget10's last items)
+    for name in likelihoods:
+        _remember(known, data[name], likelihoods[name])
+    for name in sorted((n for n in set_names if n not in likelihoods), key=lambda n: -len(data[n]["question"])):
+        rows = data[name]
+        likelihoods[name] = _likelihoods(model, tokenizer, name, rows, batch_size, max_length, known, scoring)
+        cache.save(name, "likelihood", like_settings, rows["fingerprint"], likelihoods[name])
     pending = [name for name in set_names if name not in generations] if generate else []
     if pending:  # all questions in one pass: few, large generate calls
         questions = [q for name in pending for q in data[name]["question"]]
         texts = generate_answers(
             model, tokenizer, questions, batch_size=generation_batch_size or batch_size,
-            max_new_tokens=max_new_tokens, desc="Generating answers",
+            max_new_tokens=max_new_tokens, desc="Generating answers", decoder=decoder,
         )
         start = 0
         for name in pending:
@@ -599,9 +662,11 @@ def evaluate_tofu(
 
 
 def summary_row(result: Mapping) -> dict:
-    """One flat table row of a TOFU result: model, model utility, and per forget split its forget quality and
-    forget-set probability / ROUGE-L recall / truth ratio, then the retain set's probability / ROUGE-L recall."""
-    row = {"model": result.get("model"), "model_utility": result.get("model_utility")}
+    """One flat table row of a TOFU result: model, item protocol, model utility, and per forget split its forget
+    quality and forget-set probability / ROUGE-L recall / truth ratio, then the retain set's probability / ROUGE-L
+    recall."""
+    row = {"model": result.get("model"), "protocol": result.get("settings", {}).get("protocol", "all"),
+           "model_utility": result.get("model_utility")}
     for split, entry in result.get("forget", {}).items():
         row[f"{split}_forget_quality"] = entry.get("forget_quality")
     for split in result.get("settings", {}).get("forget_splits", []):
