@@ -59,8 +59,11 @@ class FinetuneTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
 
 
+ARGUMENTS = (FinetuneArguments, TofuEvalArguments, FinetuneTrainingArguments)
+
+
 def main(argv: list[str] | None = None) -> dict | None:
-    script, evaluation, training = parse_arguments((FinetuneArguments, TofuEvalArguments, FinetuneTrainingArguments), argv)
+    script, evaluation, training = parse_arguments(ARGUMENTS, argv)
     if script.split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {script.split!r}")
     forget_splits = (

@@ -22,7 +22,6 @@ transformers.TrainingArguments) are flags.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,11 +62,12 @@ class TofuArguments:
     )
 
 
+ARGUMENTS = (TofuArguments, TofuEvalArguments, UnlearnConfig)
+
+
 def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict | None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a == "--forget_split" or a.startswith("--forget_split=") for a in argv):
-        argv = ["--forget_split", default_split, *argv]
-    script, evaluation, config = parse_arguments((TofuArguments, TofuEvalArguments, UnlearnConfig), argv)
+    # default_split is a default: a --config file or a --forget_split flag overrides it
+    script, evaluation, config = parse_arguments(ARGUMENTS, argv, defaults={"forget_split": default_split})
     if script.forget_split not in RETAIN_OF_FORGET:
         raise ValueError(f"forget_split must be one of {sorted(RETAIN_OF_FORGET)}, got {script.forget_split!r}")
     check_output_dir(config.output_dir, model_path=script.model)
