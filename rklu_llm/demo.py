@@ -25,9 +25,11 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import datasets
 import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
@@ -252,7 +254,8 @@ def unlearn(model, tokenizer, forget: Dataset, args: DemoArguments, work_dir: st
         lora_alpha=args.lora_alpha, lora_target_modules=lora_targets(model, args.lora_layers),
         augment_epochs=args.augment_epochs, augment_learning_rate=args.augment_learning_rate,
         learning_rate=args.unlearn_learning_rate, num_train_epochs=args.unlearn_epochs, warmup_epochs=None,
-        warmup_steps=0, weight_decay=0.0, per_device_train_batch_size=len(forget), **_common(args, work_dir, "rklu"),
+        warmup_steps=0, weight_decay=0.0, per_device_train_batch_size=len(forget),
+        **{**_common(args, work_dir, "rklu"), "disable_tqdm": False},  # phase 1's Trainer then shows its own bar
     )
     dataset = build_unlearning_dataset(tokenizer, forget.select_columns(["question", "answer"]), max_length=256)
     trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
@@ -266,24 +269,28 @@ def unlearn(model, tokenizer, forget: Dataset, args: DemoArguments, work_dir: st
     return student.merge_and_unload()
 
 
-def measure(model, tokenizer, people: dict[str, Dataset], max_new_tokens: int) -> dict[str, dict]:
+def measure(model, tokenizer, people: dict[str, Dataset], max_new_tokens: int, label: str = "") -> dict[str, dict]:
     """Per person: mean answer probability, mean ROUGE-L recall of the greedy answers, key facts stated, and every
-    question with its greedy answer."""
-    out = {}
+    question with its greedy answer. All questions are scored and answered in one batch."""
+    questions = [q for rows in people.values() for q in list(rows["question"])]
+    gold = [a for rows in people.values() for a in list(rows["answer"])]
+    nll, count = score_answers(model, tokenizer, questions, gold, batch_size=len(questions), desc=f"scoring {label}")
+    answers = generate_answers(model, tokenizer, questions, batch_size=len(questions), max_new_tokens=max_new_tokens,
+                               desc=f"answering {label}")
+    probability, recall = answer_probability(nll, count), rouge_l_recall(answers, gold)
+    out, start = {}, 0
     for name, rows in people.items():
-        nll, count = score_answers(model, tokenizer, rows["question"], rows["answer"], batch_size=len(rows),
-                                   desc=f"scoring {name}")
-        answers = generate_answers(model, tokenizer, rows["question"], batch_size=len(rows),
-                                   max_new_tokens=max_new_tokens, desc=f"answering {name}")
-        stated = [[fact for fact in facts if fact.lower() in answer.lower()] for facts, answer in
-                  zip(rows["facts"], answers)]
+        part = slice(start, start + len(rows))
+        start += len(rows)
+        stated = [[fact for fact in facts if fact.lower() in answer.lower()]
+                  for facts, answer in zip(list(rows["facts"]), answers[part])]
         out[name] = {
-            "probability": float(np.mean(answer_probability(nll, count))),
-            "rouge_l_recall": float(np.mean(rouge_l_recall(answers, rows["answer"]))),
-            "facts_stated": sum(len(s) for s in stated),
-            "facts_total": sum(len(facts) for facts in rows["facts"]),
-            "questions": rows["question"],
-            "answers": answers,
+            "probability": float(np.mean(probability[part])),
+            "rouge_l_recall": float(np.mean(recall[part])),
+            "facts_stated": sum(len(facts) for facts in stated),
+            "facts_total": sum(len(facts) for facts in list(rows["facts"])),
+            "questions": list(rows["question"]),
+            "answers": answers[part],
             "stated": stated,
         }
     return out
@@ -320,11 +327,28 @@ def format_table(before: dict, after: dict, shown_kept: int = 2, width: int = 15
 
 
 def run_demo(args: DemoArguments | None = None) -> dict:
-    """Run the demo (see the module docstring), print the table and write ``<output_dir>/demo_results.json``."""
+    """Run the demo (see the module docstring), print the table and write ``<output_dir>/demo_results.json``.
+
+    The thread count and deterministic-algorithms setting of torch are restored afterwards."""
     args = args or DemoArguments()
-    start = time.time()
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # the phases' own bars are the ones to watch
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        if bars:
+            datasets.enable_progress_bars()
+
+
+def _run(args: DemoArguments) -> dict:
+    start = time.time()
     people, source = demo_people(args.data_dir, args.profiles, args.seed)
     names = list(people)
     print(f"Data: {source}; {len(people[names[0]])} questions about each of two people. Forgotten: {names[0]}; "
@@ -335,10 +359,10 @@ def run_demo(args: DemoArguments | None = None) -> dict:
         print("\n[2/5] Teaching the model both people (LoRA fine-tune, merged into the weights) ...")
         both = concatenate_datasets([rows.select_columns(["question", "answer"]) for rows in people.values()])
         model = teach(model, tokenizer, both, args, work_dir)
-        before = measure(model, tokenizer, people, args.max_new_tokens)
+        before = measure(model, tokenizer, people, args.max_new_tokens, "before")
         model = unlearn(model, tokenizer, people[names[0]], args, work_dir)
     print("\n[5/5] Measuring again ...")
-    after = measure(model, tokenizer, people, args.max_new_tokens)
+    after = measure(model, tokenizer, people, args.max_new_tokens, "after")
     elapsed = time.time() - start
     print("\n" + format_table(before, after) + f"\n\nDemo finished in {elapsed:.0f} s ({args.threads} threads).")
     settings = {**asdict(args), "data_dir": portable_path(args.data_dir), "output_dir": portable_path(args.output_dir)}

@@ -238,8 +238,7 @@ def tofu_eval_results(result: Mapping) -> list[EvalResult]:
 _BODY = """
 # {title}
 
-`{base}` after machine unlearning with [rklu_llm](https://pypi.org/project/rklu_llm/) {version}: method `{method}`,
-{loss}. It was trained to stop reproducing the forget set below.
+`{base}` after machine unlearning with `rklu_llm` {version}: method `{method}`, {loss}. It was trained to stop reproducing the forget set below.
 
 ## Method
 
