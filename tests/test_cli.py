@@ -73,8 +73,9 @@ def test_every_command_help_shows_config_fields_and_defaults(name, capsys):
     flag, default = HELP_FIELDS[name]
     assert code == 0
     assert out.startswith(f"usage: rklu-llm {name} ")
+    out = " ".join(out.split())  # argparse wraps lines at the terminal width
     assert "--config FILE.yaml" in out and flag in out and default in out
-    module_doc = __import__(COMMANDS[name][0], fromlist=["_"]).__doc__.strip().splitlines()[0]
+    module_doc = " ".join(__import__(COMMANDS[name][0], fromlist=["_"]).__doc__.strip().splitlines()[0].split())
     assert module_doc in out  # the description is the script's own
 
 
@@ -82,7 +83,7 @@ def test_recipe_help_shows_config(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["recipes/tofu_forget10.py", "--help"])
     with pytest.raises(SystemExit) as exc:
         runpy.run_path(str(REPO / "recipes" / "tofu_forget10.py"), run_name="__main__")
-    out = capsys.readouterr().out
+    out = " ".join(capsys.readouterr().out.split())
     assert exc.value.code == 0 and "--config FILE.yaml" in out and "--forget_split" in out
 
 
@@ -146,7 +147,9 @@ def test_every_example_config_parses_into_its_script():
         values = yaml.safe_load(path.read_text())
         merged = {k: v for obj in parsed for k, v in vars(obj).items()}
         for key, value in values.items():
-            expected = value if not isinstance(merged[key], float) else float(value)
+            expected = float(value) if isinstance(merged[key], float) else value
+            if key == "report_to" and value == "none":  # TrainingArguments turns "none" into []
+                expected = []
             assert getattr(merged[key], "value", merged[key]) == expected, (path.name, key)
     methods = {yaml.safe_load(p.read_text()).get("method") for p in files if p.name.startswith("tofu_forget10")}
     assert methods == {"rklu", "fklu", "ga", "gd", "npo", "dpo", "idk", "ta"}  # one config per TOFU method
@@ -174,11 +177,13 @@ def runs(tmp_path_factory, tiny_model_dir, tofu_dir) -> dict[str, Path]:
     return {"retain90": root / "retain90", "rklu": root / "rklu", "root": root}
 
 
+@pytest.mark.slow
 def test_finetune_command_writes_model_and_evaluation(runs):
     result = json.loads((runs["retain90"] / "tofu_eval.json").read_text())
     assert (runs["retain90"] / "model.safetensors").is_file() and 0 <= result["model_utility"] <= 1
 
 
+@pytest.mark.slow
 def test_recipe_from_yaml_config_writes_a_card_with_results(runs):
     result = json.loads((runs["rklu"] / "tofu_eval.json").read_text())
     assert 0 <= result["forget"]["forget10"]["forget_quality"] <= 1
@@ -193,6 +198,7 @@ def test_recipe_from_yaml_config_writes_a_card_with_results(runs):
     assert TOKEN not in text and str(runs["root"]) not in text and "--hub_token '<redacted>'" in text
 
 
+@pytest.mark.slow
 def test_eval_tofu_command_updates_the_card_or_writes_elsewhere(runs, tofu_dir, capsys):
     reference = str(runs["retain90"] / "tofu_eval.json")
     code, out, err = run_cli(["eval", "tofu", "--model", str(runs["rklu"]), "--data_dir", str(tofu_dir),
@@ -219,6 +225,7 @@ def test_eval_tofu_checks_its_inputs_before_loading_a_model(tmp_path, tofu_dir, 
             cli.main(["eval", "tofu", *argv])
 
 
+@pytest.mark.slow
 def test_push_command_dry_run_and_fake_upload(runs, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     code, out, err = run_cli(["push", str(runs["rklu"]), "--dry_run"], capsys)
