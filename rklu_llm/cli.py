@@ -33,11 +33,15 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "unlearn": ("rklu_llm.scripts.unlearn", "unlearn a TOFU forget split with any method, then evaluate the result"),
     "finetune": ("rklu_llm.scripts.finetune", "fine-tune on TOFU: the model to unlearn, or a retain-only oracle"),
-    "eval tofu": ("rklu_llm.scripts.eval_tofu", "TOFU metrics of a model: probability, ROUGE-L, truth ratio, "
-                  "model utility, forget quality"),
+    "eval tofu": (
+        "rklu_llm.scripts.eval_tofu",
+        "TOFU metrics of a model: probability, ROUGE-L, truth ratio, model utility, forget quality",
+    ),
     "demo": ("rklu_llm.demo", "teach the embedded SmolLM2 two people, make it forget one with RKL-U (CPU, minutes)"),
-    "push": ("rklu_llm.scripts.push", "upload a finished model folder (weights, tokenizer, card, evaluations) to the "
-             "hub, private by default"),
+    "push": (
+        "rklu_llm.scripts.push",
+        "upload a finished model folder (weights, tokenizer, card, evaluations) to the hub, private by default",
+    ),
 }
 
 GROUP_HELP = {"eval": "evaluate a saved model (one evaluator per sub-command)"}
@@ -83,8 +87,13 @@ def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
     return values
 
 
-def parse_arguments(dataclass_types, argv: list[str] | None = None, defaults: dict | None = None,
-                    prog: str | None = None, description: str | None = None):
+def parse_arguments(
+    dataclass_types,
+    argv: list[str] | None = None,
+    defaults: dict | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+):
     """Parse ``dataclass_types`` (HfArgumentParser) from the command line, with an optional YAML file of values.
 
     Precedence, lowest first: the dataclass defaults, ``defaults``, the YAML file of ``--config run.yaml`` (or a lone
@@ -97,7 +106,9 @@ def parse_arguments(dataclass_types, argv: list[str] | None = None, defaults: di
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(dataclass_types, prog=prog, description=description, formatter_class=HelpFormatter)
     parser.add_argument(
-        "--config", metavar="FILE.yaml", default=argparse.SUPPRESS,
+        "--config",
+        metavar="FILE.yaml",
+        default=argparse.SUPPRESS,
         help="YAML file of field: value pairs (any field of this command); flags on the command line override it.",
     )
     config_path, argv = _config_path(argv, parser)

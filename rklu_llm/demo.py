@@ -43,7 +43,7 @@ from .data.tofu import TOFU_DIR_ENV, TOFU_HUB_ID, DataUnavailableError
 from .eval.io import write_json_atomic
 from .eval.metrics import answer_probability, rouge_l_recall
 from .eval.scoring import generate_answers, score_answers
-from .models import DEFAULT_MODEL, lora_config, load_model
+from .models import DEFAULT_MODEL, load_model, lora_config
 from .paths import portable_path
 from .trainer import UnlearnTrainer
 
@@ -77,12 +77,14 @@ class DemoArguments:
 
     data_dir: str | None = field(
         default=None,
-        metadata={"help": f"TOFU folder (default: ${TOFU_DIR_ENV}, then the hub {TOFU_HUB_ID}; generated profiles when "
-                  "neither is available). A folder that does not exist is an error."},
+        metadata={
+            "help": f"TOFU folder (default: ${TOFU_DIR_ENV}, then the hub {TOFU_HUB_ID}; generated profiles when "
+            "neither is available). A folder that does not exist is an error."
+        },
     )
     profiles: bool = field(default=False, metadata={"help": "Use generated profiles even when TOFU is available."})
     output_dir: str = field(default="runs/demo", metadata={"help": f"Where {RESULT_FILE} is written."})
-    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Model to teach: hub id, local dir or embedded:<name>."})
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Model to teach: hub id, local dir, embedded:<name>."})
     threads: int = field(default=2, metadata={"help": "CPU threads (fixed: results depend on the summation order)."})
     seed: int = field(default=0, metadata={"help": "Seed of every phase."})
     lora_layers: str = field(
@@ -103,8 +105,15 @@ class DemoArguments:
     def __post_init__(self):
         if self.lora_layers not in ("upper-half", "all"):
             raise ValueError(f"lora_layers must be 'upper-half' or 'all', got {self.lora_layers!r}")
-        positive = ("threads", "lora_r", "lora_alpha", "teach_epochs", "unlearn_epochs", "augment_epochs",
-                    "max_new_tokens")
+        positive = (
+            "threads",
+            "lora_r",
+            "lora_alpha",
+            "teach_epochs",
+            "unlearn_epochs",
+            "augment_epochs",
+            "max_new_tokens",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -120,8 +129,10 @@ ARGUMENTS = (DemoArguments,)
 # Data
 # ------------------------------------------------------------------------------------------------------------------
 def _offline() -> bool:
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-               for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    return any(
+        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+        for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
 
 
 def _hub_reachable(timeout: float = 5.0) -> str | None:
@@ -149,8 +160,10 @@ def profile_people(seed: int = 0) -> dict[str, Dataset]:
     """Two generated people (:func:`rklu_llm.data.fictitious_profiles`), ten questions each."""
     rows = fictitious_profiles(num_people=2, seed=seed, with_facts=True)
     names = list(dict.fromkeys(rows["person"]))
-    return {name: rows.filter(lambda row, n=name: row["person"] == n).select_columns(["question", "answer", "facts"])
-            for name in names}
+    return {
+        name: rows.filter(lambda row, n=name: row["person"] == n).select_columns(["question", "answer", "facts"])
+        for name in names
+    }
 
 
 def demo_people(data_dir: str | None = None, profiles: bool = False, seed: int = 0) -> tuple[dict[str, Dataset], str]:
@@ -161,8 +174,10 @@ def demo_people(data_dir: str | None = None, profiles: bool = False, seed: int =
     probe of the hub switches at once to generated profiles, and the source says so.
     """
     if data_dir is not None and not Path(data_dir).is_dir():
-        raise DataUnavailableError(f"--data_dir {data_dir!r} is not a folder (leave it out to use ${TOFU_DIR_ENV}, the "
-                                   "hub, or generated profiles).")
+        raise DataUnavailableError(
+            f"--data_dir {data_dir!r} is not a folder (leave it out to use ${TOFU_DIR_ENV}, the "
+            "hub, or generated profiles)."
+        )
     if profiles:
         return profile_people(seed), "generated profiles (asked for)"
     local = data_dir or os.environ.get(TOFU_DIR_ENV) or None
@@ -217,15 +232,28 @@ def lora_targets(model, layers: str) -> str:
     if layers == "all":
         return "all-linear"
     count = model.config.num_hidden_layers
-    names = [name for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and ".layers." in name
-             and int(name.split(".layers.")[1].split(".")[0]) >= count // 2]
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and ".layers." in name
+        and int(name.split(".layers.")[1].split(".")[0]) >= count // 2
+    ]
     return ",".join(names)
 
 
 def _common(args: DemoArguments, work_dir: str, name: str) -> dict:
-    return dict(output_dir=os.path.join(work_dir, name), save_strategy="no", report_to="none", use_cpu=True,
-                seed=args.seed, data_seed=args.seed, logging_steps=1, disable_tqdm=True, lr_scheduler_type="linear")
+    return dict(
+        output_dir=os.path.join(work_dir, name),
+        save_strategy="no",
+        report_to="none",
+        use_cpu=True,
+        seed=args.seed,
+        data_seed=args.seed,
+        logging_steps=1,
+        disable_tqdm=True,
+        lr_scheduler_type="linear",
+    )
 
 
 def teach(model, tokenizer, rows: Dataset, args: DemoArguments, work_dir: str):
@@ -233,14 +261,24 @@ def teach(model, tokenizer, rows: Dataset, args: DemoArguments, work_dir: str):
     from peft import get_peft_model
 
     set_seed(args.seed)
-    model = get_peft_model(model, lora_config(args.lora_r, args.lora_alpha, target_modules=lora_targets(
-        model, args.lora_layers)))
-    training = TrainingArguments(num_train_epochs=args.teach_epochs, learning_rate=args.teach_learning_rate,
-                                 per_device_train_batch_size=len(rows), weight_decay=0.0,
-                                 **_common(args, work_dir, "teach"))
+    model = get_peft_model(
+        model, lora_config(args.lora_r, args.lora_alpha, target_modules=lora_targets(model, args.lora_layers))
+    )
+    training = TrainingArguments(
+        num_train_epochs=args.teach_epochs,
+        learning_rate=args.teach_learning_rate,
+        per_device_train_batch_size=len(rows),
+        weight_decay=0.0,
+        **_common(args, work_dir, "teach"),
+    )
     data = tokenize_qa(rows, tokenizer, max_length=256).select_columns(["input_ids", "labels"])
-    trainer = Trainer(model=model, args=training, train_dataset=data, processing_class=tokenizer,
-                      data_collator=QACollator(tokenizer.pad_token_id))
+    trainer = Trainer(
+        model=model,
+        args=training,
+        train_dataset=data,
+        processing_class=tokenizer,
+        data_collator=QACollator(tokenizer.pad_token_id),
+    )
     _labelled(trainer, "teach").train()
     return trainer.model.merge_and_unload()
 
@@ -250,19 +288,31 @@ def unlearn(model, tokenizer, forget: Dataset, args: DemoArguments, work_dir: st
     LoRA student; returns the student merged into the weights."""
     set_seed(args.seed)
     config = UnlearnConfig(
-        method="rklu", teacher_alpha=args.teacher_alpha, use_lora=True, augment_lora=True, lora_r=args.lora_r,
-        lora_alpha=args.lora_alpha, lora_target_modules=lora_targets(model, args.lora_layers),
-        augment_epochs=args.augment_epochs, augment_learning_rate=args.augment_learning_rate,
-        learning_rate=args.unlearn_learning_rate, num_train_epochs=args.unlearn_epochs, warmup_epochs=None,
-        warmup_steps=0, weight_decay=0.0, per_device_train_batch_size=len(forget),
+        method="rklu",
+        teacher_alpha=args.teacher_alpha,
+        use_lora=True,
+        augment_lora=True,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_target_modules=lora_targets(model, args.lora_layers),
+        augment_epochs=args.augment_epochs,
+        augment_learning_rate=args.augment_learning_rate,
+        learning_rate=args.unlearn_learning_rate,
+        num_train_epochs=args.unlearn_epochs,
+        warmup_epochs=None,
+        warmup_steps=0,
+        weight_decay=0.0,
+        per_device_train_batch_size=len(forget),
         **{**_common(args, work_dir, "rklu"), "disable_tqdm": False},  # phase 1's Trainer then shows its own bar
     )
     dataset = build_unlearning_dataset(tokenizer, forget.select_columns(["question", "answer"]), max_length=256)
     trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     print("\n[3/5] RKL-U phase 1: fine-tune a LoRA adapter on the forgotten person only (the augmented model) ...")
     trainer.setup_frozen_models()
-    print("\n[4/5] RKL-U phase 2: distil a LoRA student from the teacher l_o - alpha * relu(l_a - l_o), reverse KL, "
-          "forget set only ...")
+    print(
+        "\n[4/5] RKL-U phase 2: distil a LoRA student from the teacher l_o - alpha * relu(l_a - l_o), reverse KL, "
+        "forget set only ..."
+    )
     _labelled(trainer, "distil").train()
     student = trainer.accelerator.unwrap_model(trainer.model)
     student.delete_adapter("augmented")
@@ -275,15 +325,18 @@ def measure(model, tokenizer, people: dict[str, Dataset], max_new_tokens: int, l
     questions = [q for rows in people.values() for q in list(rows["question"])]
     gold = [a for rows in people.values() for a in list(rows["answer"])]
     nll, count = score_answers(model, tokenizer, questions, gold, batch_size=len(questions), desc=f"scoring {label}")
-    answers = generate_answers(model, tokenizer, questions, batch_size=len(questions), max_new_tokens=max_new_tokens,
-                               desc=f"answering {label}")
+    answers = generate_answers(
+        model, tokenizer, questions, batch_size=len(questions), max_new_tokens=max_new_tokens, desc=f"answering {label}"
+    )
     probability, recall = answer_probability(nll, count), rouge_l_recall(answers, gold)
     out, start = {}, 0
     for name, rows in people.items():
         part = slice(start, start + len(rows))
         start += len(rows)
-        stated = [[fact for fact in facts if fact.lower() in answer.lower()]
-                  for facts, answer in zip(list(rows["facts"]), answers[part])]
+        stated = [
+            [fact for fact in facts if fact.lower() in answer.lower()]
+            for facts, answer in zip(list(rows["facts"]), answers[part])
+        ]
         out[name] = {
             "probability": float(np.mean(probability[part])),
             "rouge_l_recall": float(np.mean(recall[part])),
@@ -351,8 +404,10 @@ def _run(args: DemoArguments) -> dict:
     start = time.time()
     people, source = demo_people(args.data_dir, args.profiles, args.seed)
     names = list(people)
-    print(f"Data: {source}; {len(people[names[0]])} questions about each of two people. Forgotten: {names[0]}; "
-          f"kept: {names[1]}.")
+    print(
+        f"Data: {source}; {len(people[names[0]])} questions about each of two people. Forgotten: {names[0]}; "
+        f"kept: {names[1]}."
+    )
     print(f"\n[1/5] Loading {args.model} ({args.threads} CPU threads) ...")
     model, tokenizer = load_model(args.model)
     with tempfile.TemporaryDirectory(prefix="rklu-demo-") as work_dir:
@@ -366,8 +421,15 @@ def _run(args: DemoArguments) -> dict:
     elapsed = time.time() - start
     print("\n" + format_table(before, after) + f"\n\nDemo finished in {elapsed:.0f} s ({args.threads} threads).")
     settings = {**asdict(args), "data_dir": portable_path(args.data_dir), "output_dir": portable_path(args.output_dir)}
-    result = {"source": source, "settings": settings, "seconds": round(elapsed, 1), "forgotten": names[0],
-              "kept": names[1], "before": before, "after": after}
+    result = {
+        "source": source,
+        "settings": settings,
+        "seconds": round(elapsed, 1),
+        "forgotten": names[0],
+        "kept": names[1],
+        "before": before,
+        "after": after,
+    }
     write_json_atomic(Path(args.output_dir) / RESULT_FILE, result)
     print(f"Results: {Path(args.output_dir) / RESULT_FILE}")
     return result

@@ -35,9 +35,22 @@ EMBEDDED_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruc
 #: The files :func:`push_to_hub` publishes: top-level files of the model folder matching one of these patterns.
 #: Evaluation results follow the ``<evaluator>_eval.json`` naming (``tofu_eval.json``, ``tofu_eval_epochs.json``).
 PUBLISHED_FILES = (
-    "*.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json", "adapter_config.json",
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json",
-    "merges.txt", "tokenizer.model", "chat_template.jinja", "chat_template.json", CARD_FILE, "*_eval.json",
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "adapter_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+    CARD_FILE,
+    "*_eval.json",
     "*_eval_epochs.json",
 )
 TOFU_DATASET = "locuslab/TOFU"
@@ -52,8 +65,18 @@ _SECRET = re.compile(r"hf_[A-Za-z0-9]{20,}")
 _SECRET_FLAG = re.compile(r"--?[\w-]*(token|secret|password)[\w-]*", re.IGNORECASE)
 #: Fields shown for every method, then the ones each method (or setting) uses.
 _COMMON_FIELDS = (
-    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "weight_decay", "warmup_epochs", "lr_scheduler_type", "max_length", "seed", "bf16", "forget_weight",
+    "learning_rate",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "weight_decay",
+    "warmup_epochs",
+    "lr_scheduler_type",
+    "max_length",
+    "seed",
+    "bf16",
+    "forget_weight",
     "retain_mode",
 )
 _METHOD_FIELDS = {
@@ -67,8 +90,12 @@ _METHOD_FIELDS = {
 _LORA_FIELDS = ("use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 #: TOFU sets shown in the results table, with their display names.
 _TOFU_SETS = {
-    "forget01_perturbed": "forget01", "forget05_perturbed": "forget05", "forget10_perturbed": "forget10",
-    "retain_perturbed": "retain", "real_authors_perturbed": "real authors", "world_facts_perturbed": "world facts",
+    "forget01_perturbed": "forget01",
+    "forget05_perturbed": "forget05",
+    "forget10_perturbed": "forget10",
+    "retain_perturbed": "retain",
+    "real_authors_perturbed": "real authors",
+    "world_facts_perturbed": "world facts",
 }
 _TOFU_METRICS = {"probability": "probability", "rouge_l_recall": "ROUGE-L recall", "truth_ratio": "truth ratio"}
 
@@ -219,11 +246,19 @@ def tofu_eval_results(result: Mapping) -> list[EvalResult]:
     def add(config: str, metric: str, name: str, value) -> None:
         if value is None:
             return
-        entries.append(EvalResult(
-            task_type="question-answering", task_name="TOFU unlearning", dataset_type=TOFU_DATASET,
-            dataset_name=f"TOFU {config}", dataset_config=config, dataset_split="train", metric_type=metric,
-            metric_name=name, metric_value=float(value),
-        ))
+        entries.append(
+            EvalResult(
+                task_type="question-answering",
+                task_name="TOFU unlearning",
+                dataset_type=TOFU_DATASET,
+                dataset_name=f"TOFU {config}",
+                dataset_config=config,
+                dataset_split="train",
+                metric_type=metric,
+                metric_name=name,
+                metric_value=float(value),
+            )
+        )
 
     for split, entry in result.get("forget", {}).items():
         add(f"{split}_perturbed", "forget_quality", f"forget quality ({split})", entry.get("forget_quality"))
@@ -238,7 +273,8 @@ def tofu_eval_results(result: Mapping) -> list[EvalResult]:
 _BODY = """
 # {title}
 
-`{base}` after machine unlearning with `rklu_llm` {version}: method `{method}`, {loss}. It was trained to stop reproducing the forget set below.
+`{base}` after machine unlearning with `rklu_llm` {version}: method `{method}`, {loss}.
+It was trained to stop reproducing the forget set below.
 
 ## Method
 
@@ -282,8 +318,9 @@ def _method_text(config) -> str:
         direction = "KL(p_student || p_teacher)" if config.divergence == "reverse" else "KL(p_teacher || p_student)"
         lines.append(
             f"- **Teacher:** per answer token over the whole vocabulary, `l_t = l_o - {config.teacher_alpha} * "
-            f"relu(l_a - l_o)` (`l_o`: original logits, `l_a`: the augmented model's, fine-tuned {config.augment_epochs}"
-            f" epochs on the forget set); distillation with the {config.divergence} KL `{direction}`"
+            f"relu(l_a - l_o)` (`l_o`: original logits, `l_a`: the augmented model's, fine-tuned "
+            f"{config.augment_epochs} epochs on the forget set); distillation with the {config.divergence} KL "
+            f"`{direction}`"
         )
     if config.method == "ta":
         lines.append(f"- **Edit:** `theta = theta_o - {config.ta_scale} * (theta_a - theta_o)`")
@@ -293,8 +330,10 @@ def _method_text(config) -> str:
         kind = "NLL on the retain set" if config.retain_mode == "rt" else "KL(p_original || p_student) on retain data"
         lines.append(f"- **Retain term:** `{config.retain_mode}` ({kind}), weight {config.retain_weight}")
     if getattr(config, "use_lora", False):
-        lines.append(f"- **LoRA:** rank {config.lora_r}, alpha {config.lora_alpha}; this folder holds the adapter "
-                     "unless it was merged")
+        lines.append(
+            f"- **LoRA:** rank {config.lora_r}, alpha {config.lora_alpha}; this folder holds the adapter "
+            "unless it was merged"
+        )
     return "\n".join(lines)
 
 
@@ -307,8 +346,14 @@ def _forget_text(dataset: str | None, forget_data: Mapping | None) -> str:
     return text
 
 
-def model_card(config, base_model: str | None, dataset: str | None = None, results: Mapping | None = None,
-               forget_data: Mapping | None = None, command: str | None = None) -> ModelCard:
+def model_card(
+    config,
+    base_model: str | None,
+    dataset: str | None = None,
+    results: Mapping | None = None,
+    forget_data: Mapping | None = None,
+    command: str | None = None,
+) -> ModelCard:
     """A ``huggingface_hub.ModelCard`` describing an unlearning run.
 
     Args:
@@ -362,9 +407,15 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_model_card(output_dir: str | os.PathLike, config, base_model: str | None, dataset: str | None = None,
-                     results: Mapping | None = None, forget_data: Mapping | None = None,
-                     command: str | None = None) -> Path:
+def write_model_card(
+    output_dir: str | os.PathLike,
+    config,
+    base_model: str | None,
+    dataset: str | None = None,
+    results: Mapping | None = None,
+    forget_data: Mapping | None = None,
+    command: str | None = None,
+) -> Path:
     """Write ``README.md`` (the model card, see :func:`model_card`) into ``output_dir``, atomically."""
     path = Path(output_dir) / CARD_FILE
     _write_atomic(path, str(model_card(config, base_model, dataset, results, forget_data, command)))
@@ -427,7 +478,8 @@ def publishable_files(model_dir: str | os.PathLike) -> list[Path]:
             f"{str(model_dir)!r} holds neither config.json nor adapter_config.json: not a saved model or adapter."
         )
     files = sorted(
-        path for path in folder.iterdir()
+        path
+        for path in folder.iterdir()
         if path.is_file() and any(fnmatch.fnmatch(path.name, pattern) for pattern in PUBLISHED_FILES)
     )
     if not any(path.suffix == ".safetensors" for path in files):
@@ -474,8 +526,15 @@ def _check_no_secrets(name: str, content: Path | bytes, token: str | None, local
             )
 
 
-def push_to_hub(model_dir: str | os.PathLike, repo_id: str, private: bool = True, token: str | None = None,
-                revision: str | None = None, commit_message: str | None = None, api: HfApi | None = None) -> str:
+def push_to_hub(
+    model_dir: str | os.PathLike,
+    repo_id: str,
+    private: bool = True,
+    token: str | None = None,
+    revision: str | None = None,
+    commit_message: str | None = None,
+    api: HfApi | None = None,
+) -> str:
     """Upload a finished model folder to the hub repository ``repo_id`` (created private when it does not exist).
 
     Only :func:`publishable_files` are uploaded: ``*.safetensors`` weights, LoRA adapter files, ``config.json``,
@@ -497,8 +556,9 @@ def push_to_hub(model_dir: str | os.PathLike, repo_id: str, private: bool = True
     files = publishable_files(model_dir)
     if not _HUB_ID.fullmatch(repo_id):
         raise ValueError(f"repo_id must look like 'owner/name', got {repo_id!r}.")
-    local_paths = sorted({str(Path.home()), str(Path.cwd()), str(Path(model_dir).resolve())} - {"/"}, key=len,
-                         reverse=True)
+    local_paths = sorted(
+        {str(Path.home()), str(Path.cwd()), str(Path(model_dir).resolve())} - {"/"}, key=len, reverse=True
+    )
     contents = {path.name: _upload_content(path) for path in files}
     secret = token or get_token()
     for name, content in contents.items():
@@ -517,12 +577,17 @@ def push_to_hub(model_dir: str | os.PathLike, repo_id: str, private: bool = True
         for name, content in contents.items()
     ]
     commit = api.create_commit(
-        repo_id, operations, commit_message=commit_message or f"Upload {_card_method(files)}model with rklu_llm",
-        token=token, revision=revision,
+        repo_id,
+        operations,
+        commit_message=commit_message or f"Upload {_card_method(files)}model with rklu_llm",
+        token=token,
+        revision=revision,
     )
     url = str(getattr(commit, "commit_url", commit))
-    print(f"Uploaded {len(files)} files to {repo_id} ({'private' if private else 'public'}): "
-          f"{', '.join(path.name for path in files)}\n{url}")
+    print(
+        f"Uploaded {len(files)} files to {repo_id} ({'private' if private else 'public'}): "
+        f"{', '.join(path.name for path in files)}\n{url}"
+    )
     return url
 
 

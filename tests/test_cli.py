@@ -19,8 +19,22 @@ from rklu_llm.cli import COMMANDS, parse_arguments
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "configs"
 FAST_EVAL = ["--eval_max_items", "4", "--max_new_tokens", "8", "--eval_batch_size", "8"]
-TINY_RUN = ["--use_cpu", "true", "--bf16", "false", "--save_strategy", "no", "--disable_tqdm", "true",
-            "--per_device_train_batch_size", "8", "--max_steps", "2", "--max_length", "256"]
+TINY_RUN = [
+    "--use_cpu",
+    "true",
+    "--bf16",
+    "false",
+    "--save_strategy",
+    "no",
+    "--disable_tqdm",
+    "true",
+    "--per_device_train_batch_size",
+    "8",
+    "--max_steps",
+    "2",
+    "--max_length",
+    "256",
+]
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
@@ -52,8 +66,11 @@ def test_version(capsys):
 def test_methods_say_what_each_needs(capsys):
     code, out, _ = run_cli(["methods"], capsys)
     lines = out.splitlines()
-    needs = {lines[i].split()[0]: lines[i + 1] for i in range(0, len(lines) - 1) if lines[i][:1].isalpha()
-             and lines[i + 1].strip().startswith("needs:")}
+    needs = {
+        lines[i].split()[0]: lines[i + 1]
+        for i in range(0, len(lines) - 1)
+        if lines[i][:1].isalpha() and lines[i + 1].strip().startswith("needs:")
+    }
     assert code == 0
     assert "retain data" in needs["gd"] and "retain data" not in needs["ga"]
     assert "augmented model" in needs["rklu"] and "frozen original" in needs["rklu"]
@@ -62,9 +79,13 @@ def test_methods_say_what_each_needs(capsys):
 
 
 #: a field every command's --help must show, with its default
-HELP_FIELDS = {"unlearn": ("--teacher_alpha", "(default: 8.0)"), "finetune": ("--split", "(default: full)"),
-               "eval tofu": ("--forget_splits", "(default: forget10)"), "demo": ("--teach_epochs", "(default:"),
-               "push": ("--dry_run", "(default: False)")}
+HELP_FIELDS = {
+    "unlearn": ("--teacher_alpha", "(default: 8.0)"),
+    "finetune": ("--split", "(default: full)"),
+    "eval tofu": ("--forget_splits", "(default: forget10)"),
+    "demo": ("--teach_epochs", "(default:"),
+    "push": ("--dry_run", "(default: False)"),
+}
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -112,10 +133,12 @@ def test_precedence_of_defaults_yaml_and_flags(tmp_path):
 
 @pytest.mark.parametrize(
     ("content", "message"),
-    [("- rate: 1\n- name: x\n", "must hold a mapping of field: value at its top level"),
-     ("just a string\n", "not a str"),
-     ("rate: 1\nlearning_rat: 2\n", "unknown key(s)"),
-     ("rate: [1\n", "is not valid YAML")],
+    [
+        ("- rate: 1\n- name: x\n", "must hold a mapping of field: value at its top level"),
+        ("just a string\n", "not a str"),
+        ("rate: 1\nlearning_rat: 2\n", "unknown key(s)"),
+        ("rate: [1\n", "is not valid YAML"),
+    ],
 )
 def test_bad_config_files_get_a_clear_error(content, message, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
@@ -126,8 +149,11 @@ def test_bad_config_files_get_a_clear_error(content, message, tmp_path, capsys):
 
 
 def test_missing_config_and_unknown_flags_are_errors(tmp_path, capsys):
-    for argv, message in ((["--config", str(tmp_path / "none.yaml")], "no such file"), (["--config"], "needs a YAML"),
-                          (["--rte", "1"], "unrecognized arguments: --rte 1")):
+    for argv, message in (
+        (["--config", str(tmp_path / "none.yaml")], "no such file"),
+        (["--config"], "needs a YAML"),
+        (["--rte", "1"], "unrecognized arguments: --rte 1"),
+    ):
         with pytest.raises(SystemExit):
             parse_arguments((Example,), argv)
         assert message in capsys.readouterr().err
@@ -142,8 +168,9 @@ def test_every_example_config_parses_into_its_script():
     assert len(files) >= 14
     for path in files:
         module = finetune if path.name.startswith("finetune") else demo if path.name == "demo.yaml" else unlearn
-        parsed = parse_arguments(module.ARGUMENTS, ["--config", str(path), *(["--use_cpu", "true"] if module is not
-                                                                             demo else [])])
+        parsed = parse_arguments(
+            module.ARGUMENTS, ["--config", str(path), *(["--use_cpu", "true"] if module is not demo else [])]
+        )
         values = yaml.safe_load(path.read_text())
         merged = {k: v for obj in parsed for k, v in vars(obj).items()}
         for key, value in values.items():
@@ -164,13 +191,42 @@ def runs(tmp_path_factory, tiny_model_dir, tofu_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     saved_argv = sys.argv[:]
     try:
-        cli.main(["finetune", "--config", str(CONFIGS / "finetune_retain90.yaml"), "--model", str(tiny_model_dir),
-                  "--data_dir", str(tofu_dir), "--output_dir", str(root / "retain90"), "--max_train_items", "16",
-                  *TINY_RUN, *FAST_EVAL])
-        sys.argv = ["recipes/tofu_forget10.py", "--config", "recipes/configs/tofu_forget10_rklu.yaml", "--model",
-                    str(tiny_model_dir), "--data_dir", str(tofu_dir), "--output_dir", str(root / "rklu"),
-                    "--retain_eval", str(root / "retain90" / "tofu_eval.json"), "--augment_max_steps", "2",
-                    "--hub_token", TOKEN, *TINY_RUN, *FAST_EVAL]
+        cli.main(
+            [
+                "finetune",
+                "--config",
+                str(CONFIGS / "finetune_retain90.yaml"),
+                "--model",
+                str(tiny_model_dir),
+                "--data_dir",
+                str(tofu_dir),
+                "--output_dir",
+                str(root / "retain90"),
+                "--max_train_items",
+                "16",
+                *TINY_RUN,
+                *FAST_EVAL,
+            ]
+        )
+        sys.argv = [
+            "recipes/tofu_forget10.py",
+            "--config",
+            "recipes/configs/tofu_forget10_rklu.yaml",
+            "--model",
+            str(tiny_model_dir),
+            "--data_dir",
+            str(tofu_dir),
+            "--output_dir",
+            str(root / "rklu"),
+            "--retain_eval",
+            str(root / "retain90" / "tofu_eval.json"),
+            "--augment_max_steps",
+            "2",
+            "--hub_token",
+            TOKEN,
+            *TINY_RUN,
+            *FAST_EVAL,
+        ]
         runpy.run_path(str(REPO / "recipes" / "tofu_forget10.py"), run_name="__main__")
     finally:
         sys.argv = saved_argv
@@ -189,8 +245,12 @@ def test_recipe_from_yaml_config_writes_a_card_with_results(runs):
     assert 0 <= result["forget"]["forget10"]["forget_quality"] <= 1
     text = (runs["rklu"] / "README.md").read_text()
     meta = card_metadata(text)
-    metrics = {m["type"]: m["value"] for r in meta["model-index"][0]["results"] for m in r["metrics"]
-               if m["name"].endswith("(forget10)") or m["type"] == "model_utility"}
+    metrics = {
+        m["type"]: m["value"]
+        for r in meta["model-index"][0]["results"]
+        for m in r["metrics"]
+        if m["name"].endswith("(forget10)") or m["type"] == "model_utility"
+    }
     assert metrics["forget_quality"] == pytest.approx(result["forget"]["forget10"]["forget_quality"])
     assert metrics["model_utility"] == pytest.approx(result["model_utility"])
     assert "teacher_alpha` | 8" in text and "config `forget10`" in text  # the YAML's settings
@@ -201,26 +261,61 @@ def test_recipe_from_yaml_config_writes_a_card_with_results(runs):
 @pytest.mark.slow
 def test_eval_tofu_command_updates_the_card_or_writes_elsewhere(runs, tofu_dir, capsys):
     reference = str(runs["retain90"] / "tofu_eval.json")
-    code, out, err = run_cli(["eval", "tofu", "--model", str(runs["rklu"]), "--data_dir", str(tofu_dir),
-                              "--retain_eval", reference, "--eval_max_items", "3", "--max_new_tokens", "4"], capsys)
+    code, out, err = run_cli(
+        [
+            "eval",
+            "tofu",
+            "--model",
+            str(runs["rklu"]),
+            "--data_dir",
+            str(tofu_dir),
+            "--retain_eval",
+            reference,
+            "--eval_max_items",
+            "3",
+            "--max_new_tokens",
+            "4",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert json.loads((runs["rklu"] / "tofu_eval.json").read_text())["settings"]["max_items"] == 3
-    assert "| forget10 |" in (runs["rklu"] / "README.md").read_text() and "| 3 |" in (
-        runs["rklu"] / "README.md").read_text()
+    assert (
+        "| forget10 |" in (runs["rklu"] / "README.md").read_text()
+        and "| 3 |" in (runs["rklu"] / "README.md").read_text()
+    )
     elsewhere = runs["root"] / "eval_retain90"
-    code, _, err = run_cli(["eval", "tofu", "--model", str(runs["retain90"]), "--data_dir", str(tofu_dir),
-                            "--forget_splits", "forget01,forget05", "--output_dir", str(elsewhere),
-                            "--eval_max_items", "2", "--max_new_tokens", "4"], capsys)
+    code, _, err = run_cli(
+        [
+            "eval",
+            "tofu",
+            "--model",
+            str(runs["retain90"]),
+            "--data_dir",
+            str(tofu_dir),
+            "--forget_splits",
+            "forget01,forget05",
+            "--output_dir",
+            str(elsewhere),
+            "--eval_max_items",
+            "2",
+            "--max_new_tokens",
+            "4",
+        ],
+        capsys,
+    )
     assert code == 0, err
     result = json.loads((elsewhere / "tofu_eval.json").read_text())
     assert set(result["forget"]) == {"forget01", "forget05"} and not (runs["retain90"] / "README.md").exists()
 
 
 def test_eval_tofu_checks_its_inputs_before_loading_a_model(tmp_path, tofu_dir, capsys):
-    for argv, error in ((["--model", "embedded:nothing-here"], "--output_dir is required"),
-                        (["--model", str(tmp_path), "--forget_splits", "forget11"], "forget_splits"),
-                        (["--model", str(tmp_path), "--retain_eval", str(tmp_path)], "is not a file"),
-                        (["--model", str(tmp_path), "--data_dir", str(tmp_path)], "neither")):
+    for argv, error in (
+        (["--model", "embedded:nothing-here"], "--output_dir is required"),
+        (["--model", str(tmp_path), "--forget_splits", "forget11"], "forget_splits"),
+        (["--model", str(tmp_path), "--retain_eval", str(tmp_path)], "is not a file"),
+        (["--model", str(tmp_path), "--data_dir", str(tmp_path)], "neither"),
+    ):
         with pytest.raises((ValueError, FileNotFoundError, RuntimeError), match=error):
             cli.main(["eval", "tofu", *argv])
 

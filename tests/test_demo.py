@@ -14,8 +14,18 @@ from rklu_llm.data import DataUnavailableError, fictitious_profiles, load_tofu
 from rklu_llm.demo import TOFU_ITEMS, demo_people, format_table, tofu_people
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_DEMO = ["--teach_epochs", "2", "--augment_epochs", "2", "--unlearn_epochs", "1", "--max_new_tokens", "6",
-             "--threads", "1"]
+TINY_DEMO = [
+    "--teach_epochs",
+    "2",
+    "--augment_epochs",
+    "2",
+    "--unlearn_epochs",
+    "1",
+    "--max_new_tokens",
+    "6",
+    "--threads",
+    "1",
+]
 
 
 def test_tofu_key_facts_are_in_the_answers_and_not_given_away_by_the_questions(tofu_dir):
@@ -61,15 +71,30 @@ def test_data_dir_choice(monkeypatch, tofu_dir, tmp_path):
 def test_missing_data_dir_fails_before_any_model_is_loaded(tmp_path):
     start = time.time()
     with pytest.raises(DataUnavailableError, match="is not a folder"):
-        cli.main(["demo", "--data_dir", str(tmp_path / "nope"), "--model", "embedded:not-a-model",
-                  "--output_dir", str(tmp_path / "out")])
+        cli.main(
+            [
+                "demo",
+                "--data_dir",
+                str(tmp_path / "nope"),
+                "--model",
+                "embedded:not-a-model",
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
     assert time.time() - start < 5 and not (tmp_path / "out").exists()
 
 
 def test_table_counts_facts_and_changed_answers():
     def person(probability, answers, stated, total):
-        return {"probability": probability, "rouge_l_recall": 0.5, "facts_stated": stated, "facts_total": total,
-                "questions": [f"q{i}" for i in range(len(answers))], "answers": answers}
+        return {
+            "probability": probability,
+            "rouge_l_recall": 0.5,
+            "facts_stated": stated,
+            "facts_total": total,
+            "questions": [f"q{i}" for i in range(len(answers))],
+            "answers": answers,
+        }
 
     before = {"A": person(0.9, ["a1", "a2"], 3, 3), "B": person(0.8, ["b1", "b2"], 2, 2)}
     after = {"A": person(0.1, ["x", "y"], 0, 3), "B": person(0.8, ["b1", "b2 changed"], 2, 2)}
@@ -85,8 +110,20 @@ def test_table_counts_facts_and_changed_answers():
 def test_demo_from_yaml_on_a_tiny_model_is_labelled_and_deterministic(tiny_model_dir, tofu_dir, tmp_path, capsys):
     results = []
     for run in ("a", "b"):
-        cli.main(["demo", "--config", str(REPO / "recipes" / "configs" / "demo.yaml"), "--model", str(tiny_model_dir),
-                  "--data_dir", str(tofu_dir), "--output_dir", str(tmp_path / run), *TINY_DEMO])
+        cli.main(
+            [
+                "demo",
+                "--config",
+                str(REPO / "recipes" / "configs" / "demo.yaml"),
+                "--model",
+                str(tiny_model_dir),
+                "--data_dir",
+                str(tofu_dir),
+                "--output_dir",
+                str(tmp_path / run),
+                *TINY_DEMO,
+            ]
+        )
         captured = capsys.readouterr()
         for label in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "key facts stated", "answers changed"):
             assert label in captured.out

@@ -12,9 +12,7 @@ import yaml
 from conftest import build_tiny_model
 from huggingface_hub import EvalResult, ModelCard
 
-from rklu_llm import UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_model, load_tofu
-from rklu_llm import hub
-from rklu_llm.teacher import AUGMENTED_MARKER
+from rklu_llm import UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, hub, load_model, load_tofu
 from rklu_llm.hub import (
     RESULTS_END,
     RESULTS_START,
@@ -26,6 +24,7 @@ from rklu_llm.hub import (
     update_model_card,
     write_model_card,
 )
+from rklu_llm.teacher import AUGMENTED_MARKER
 
 TOKEN = "hf_" + "Zq7" * 12  # shaped like a hub token, known to no hub
 
@@ -66,12 +65,19 @@ def tofu_result(forget_quality: float, utility: float, items: int = 40) -> dict:
     return {
         "model": "runs/x",
         "settings": {"forget_splits": ["forget01"], "max_items": None, "max_new_tokens": 200},
-        "sets": {name: {"aggregate": aggregate} for name in
-                 ("forget01_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")},
+        "sets": {
+            name: {"aggregate": aggregate}
+            for name in ("forget01_perturbed", "retain_perturbed", "real_authors_perturbed", "world_facts_perturbed")
+        },
         "model_utility": utility,
         "model_utility_note": None,
-        "forget": {"forget01": {"forget_quality": forget_quality, "forget_quality_note": None,
-                                "reference": "runs/retain99/tofu_eval.json"}},
+        "forget": {
+            "forget01": {
+                "forget_quality": forget_quality,
+                "forget_quality_note": None,
+                "reference": "runs/retain99/tofu_eval.json",
+            }
+        },
     }
 
 
@@ -91,11 +97,26 @@ def unlearned_dir(tmp_path_factory, tiny_tokenizer, tofu_dir) -> Path:
     tiny_tokenizer.save_pretrained(model_dir)
     model, tokenizer = load_model(str(model_dir))
     dataset = build_unlearning_dataset(tokenizer, load_tofu("forget01", tofu_dir).select(range(8)), max_length=256)
-    config = UnlearnConfig(output_dir=str(out), method="rklu", augment_lora=True, augment_max_steps=1, max_steps=1,
-                           per_device_train_batch_size=4, save_strategy="steps", save_steps=1, use_cpu=True,
-                           report_to="none", disable_tqdm=True)
-    trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                             dataset_name="locuslab/TOFU:forget01")
+    config = UnlearnConfig(
+        output_dir=str(out),
+        method="rklu",
+        augment_lora=True,
+        augment_max_steps=1,
+        max_steps=1,
+        per_device_train_batch_size=4,
+        save_strategy="steps",
+        save_steps=1,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+    )
+    trainer = UnlearnTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        dataset_name="locuslab/TOFU:forget01",
+    )
     trainer.train()
     trainer.save_model()
     (out / "tofu_eval.json").write_text(json.dumps(tofu_result(0.5, 0.4)))
@@ -111,8 +132,13 @@ def unlearned_dir(tmp_path_factory, tiny_tokenizer, tofu_dir) -> Path:
 # ---------------------------------------------------------------------------------------------------------------
 def test_card_metadata_names_the_hub_base_model_and_a_valid_dataset_id(tmp_path):
     config = UnlearnConfig(output_dir=str(tmp_path), method="npo", use_cpu=True)
-    card = model_card(config, "embedded:smollm2-135m-instruct", "locuslab/TOFU:forget10",
-                      forget_data={"forget_items": 400, "forget_sha256": "ab" * 32}, command="rklu-llm unlearn")
+    card = model_card(
+        config,
+        "embedded:smollm2-135m-instruct",
+        "locuslab/TOFU:forget10",
+        forget_data={"forget_items": 400, "forget_sha256": "ab" * 32},
+        command="rklu-llm unlearn",
+    )
     meta = card_metadata(str(card))
     assert meta["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert meta["library_name"] == "transformers"
@@ -134,9 +160,19 @@ def test_card_of_a_local_base_model_shows_a_portable_path_and_no_base_model_meta
 
 
 def test_recorded_command_is_portable_and_redacted(tmp_path):
-    command = recorded_command([str(tmp_path / "recipes" / "tofu_forget10.py"), "--hub_token", TOKEN,
-                                "--output_dir", str(tmp_path / "runs" / "a"), f"--push_token={TOKEN}", "--note", TOKEN,
-                                f"--model={tmp_path}/full"])
+    command = recorded_command(
+        [
+            str(tmp_path / "recipes" / "tofu_forget10.py"),
+            "--hub_token",
+            TOKEN,
+            "--output_dir",
+            str(tmp_path / "runs" / "a"),
+            f"--push_token={TOKEN}",
+            "--note",
+            TOKEN,
+            f"--model={tmp_path}/full",
+        ]
+    )
     assert TOKEN not in command and str(tmp_path) not in command
     assert command == (
         "python '<local>/recipes/tofu_forget10.py' --hub_token '<redacted>' --output_dir '<local>/runs/a' "
@@ -149,8 +185,13 @@ def test_update_model_card_adds_results_and_replaces_earlier_tofu_entries(tmp_pa
     config = UnlearnConfig(output_dir=str(tmp_path), method="rklu", use_cpu=True)
     write_model_card(tmp_path, config, "embedded:smollm2-135m-instruct", "locuslab/TOFU:forget01", command="x")
     card = ModelCard.load(tmp_path / "README.md")
-    other = EvalResult(task_type="text-generation", dataset_type="wikitext", dataset_name="WikiText",
-                       metric_type="perplexity", metric_value=12.5)
+    other = EvalResult(
+        task_type="text-generation",
+        dataset_type="wikitext",
+        dataset_name="WikiText",
+        metric_type="perplexity",
+        metric_value=12.5,
+    )
     card.data.eval_results, card.data.model_name = [other], "m"
     card.save(tmp_path / "README.md")
 
@@ -193,8 +234,17 @@ def test_push_uploads_the_allow_list_only_privately_and_no_token(unlearned_dir, 
     assert url == "https://huggingface.co/someone/tiny-rklu/commit/0123"
     names = set(api.uploaded)
     assert {"model.safetensors", "config.json", "README.md", "tokenizer.json", "tofu_eval.json"} <= names
-    assert names <= {"model.safetensors", "config.json", "generation_config.json", "README.md", "tokenizer.json",
-                     "tokenizer_config.json", "chat_template.jinja", "special_tokens_map.json", "tofu_eval.json"}
+    assert names <= {
+        "model.safetensors",
+        "config.json",
+        "generation_config.json",
+        "README.md",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "chat_template.jinja",
+        "special_tokens_map.json",
+        "tofu_eval.json",
+    }
     assert not any("/" in name for name in names)  # nothing from augmented/, checkpoint-1/, tofu_eval_cache/
     assert api.calls[0] == ("create_repo", "someone/tiny-rklu", True, None)  # private by default
     assert api.calls[-1][2] == "Upload rklu unlearned model with rklu_llm"
@@ -218,8 +268,14 @@ def test_push_refuses_an_existing_public_repo_unless_asked(unlearned_dir, hub_to
 def test_push_refuses_what_is_not_a_finished_shareable_model(damage, unlearned_dir, tmp_path, hub_token):
     folder = tmp_path / "model"
     shutil.copytree(unlearned_dir, folder, ignore=shutil.ignore_patterns("checkpoint-*", "augmented"))
-    messages = {"augmented": "augmented model", "staging": "unfinished save", "no_weights": "no \\*.safetensors",
-                "no_config": "neither config.json", "token": "access token", "local_path": "local path"}
+    messages = {
+        "augmented": "augmented model",
+        "staging": "unfinished save",
+        "no_weights": "no \\*.safetensors",
+        "no_config": "neither config.json",
+        "token": "access token",
+        "local_path": "local path",
+    }
     if damage == "augmented":  # wherever the run keeps it
         folder = next(unlearned_dir.parent.rglob(AUGMENTED_MARKER)).parent
     elif damage == "staging":
@@ -247,8 +303,16 @@ def test_push_of_a_lora_adapter_names_its_base_by_hub_id(tmp_path, tiny_tokenize
     tiny_tokenizer.save_pretrained(base)
     model, tokenizer = load_model(str(base))
     dataset = build_unlearning_dataset(tokenizer, load_tofu("forget01", tofu_dir).select(range(4)), max_length=256)
-    config = UnlearnConfig(output_dir=str(tmp_path / "out"), method="ga", use_lora=True, max_steps=1,
-                           save_strategy="no", use_cpu=True, report_to="none", disable_tqdm=True)
+    config = UnlearnConfig(
+        output_dir=str(tmp_path / "out"),
+        method="ga",
+        use_lora=True,
+        max_steps=1,
+        save_strategy="no",
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+    )
     trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     trainer.train()
     trainer.save_model()
@@ -257,6 +321,7 @@ def test_push_of_a_lora_adapter_names_its_base_by_hub_id(tmp_path, tiny_tokenize
     push_to_hub(tmp_path / "out", "someone/adapter", api=api)
     assert {"adapter_model.safetensors", "adapter_config.json", "README.md"} <= set(api.uploaded)
     assert json.loads(api.uploaded["adapter_config.json"])["base_model_name_or_path"] == (
-        "HuggingFaceTB/SmolLM2-135M-Instruct")
+        "HuggingFaceTB/SmolLM2-135M-Instruct"
+    )
     assert (tmp_path / "out" / "adapter_config.json").read_text() == on_disk
     assert card_metadata(api.uploaded["README.md"].decode())["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"

@@ -28,22 +28,27 @@ from rklu_llm.models import load_model
 class EvalTofuArguments:
     model: str | None = field(
         default=None,
-        metadata={"help": "Model to evaluate (required): a local folder (a run's output_dir), a hub id or "
-                  "embedded:<name>."},
+        metadata={
+            "help": "Model to evaluate (required): a local folder (a run's output_dir), a hub id or embedded:<name>."
+        },
     )
     forget_splits: str = field(
-        default="forget10", metadata={"help": f"Comma-separated forget splits to evaluate, of {sorted(RETAIN_OF_FORGET)}."}
+        default="forget10", metadata={"help": f"Comma-separated forget splits, of {sorted(RETAIN_OF_FORGET)}."}
     )
     data_dir: str | None = field(default=None, metadata={"help": "Local TOFU folder (default: $RKLU_TOFU_DIR, hub)."})
     retain_eval: str | None = field(
         default=None,
-        metadata={"help": "Forget-quality reference: tofu_eval.json of the retain-only model (or a TOFU "
-                  "eval_log_forget.json). Without it forget quality is reported as missing."},
+        metadata={
+            "help": "Forget-quality reference: tofu_eval.json of the retain-only model (or a TOFU "
+            "eval_log_forget.json). Without it forget quality is reported as missing."
+        },
     )
     output_dir: str | None = field(
         default=None,
-        metadata={"help": "Where tofu_eval.json and its cache go (default: the model's folder, whose card then gains "
-                  "the results; required for a hub id or an embedded model)."},
+        metadata={
+            "help": "Where tofu_eval.json and its cache go (default: the model's folder, whose card then gains "
+            "the results; required for a hub id or an embedded model)."
+        },
     )
 
 
@@ -67,8 +72,11 @@ def main(argv: list[str] | None = None) -> dict:
     if script.retain_eval is not None and not Path(script.retain_eval).is_file():
         raise FileNotFoundError(f"--retain_eval {script.retain_eval!r} is not a file (a tofu_eval.json).")
     # every evaluation set must be readable before a model is loaded
-    for name in [f"{split}_perturbed" for split in forget_splits] + ["retain_perturbed", "real_authors_perturbed",
-                                                                       "world_facts_perturbed"]:
+    for name in [f"{split}_perturbed" for split in forget_splits] + [
+        "retain_perturbed",
+        "real_authors_perturbed",
+        "world_facts_perturbed",
+    ]:
         load_tofu(name, script.data_dir)
 
     if local and Path(output_dir).resolve() == Path(script.model).resolve():
@@ -77,8 +85,13 @@ def main(argv: list[str] | None = None) -> dict:
     if torch.cuda.is_available():
         model.to("cuda")
     result = evaluate_tofu(
-        model, tokenizer, forget_splits=tuple(forget_splits), data_dir=script.data_dir, output_dir=output_dir,
-        reference=script.retain_eval, **evaluation.evaluate_kwargs(),
+        model,
+        tokenizer,
+        forget_splits=tuple(forget_splits),
+        data_dir=script.data_dir,
+        output_dir=output_dir,
+        reference=script.retain_eval,
+        **evaluation.evaluate_kwargs(),
     )
     print(json.dumps(summary_row(result), indent=2))
     return result

@@ -40,15 +40,23 @@ def main(argv: list[str] | None = None) -> str | list[str]:
     flags = [item for name, value in zip(POSITIONAL, leading) for item in (f"--{name}", value)]
     (args,) = parse_arguments(ARGUMENTS, flags + argv)
     if args.model_dir is None or (args.repo_id is None and not args.dry_run):
-        print("usage: rklu-llm push MODEL_DIR REPO_ID [--public] [--revision BRANCH] [--dry_run]\n"
-              "error: MODEL_DIR and REPO_ID are required (REPO_ID not with --dry_run)", file=sys.stderr)
+        print(
+            "usage: rklu-llm push MODEL_DIR REPO_ID [--public] [--revision BRANCH] [--dry_run]\n"
+            "error: MODEL_DIR and REPO_ID are required (REPO_ID not with --dry_run)",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
     if args.dry_run:
         names = [path.name for path in publishable_files(args.model_dir)]
         print("Would upload:\n  " + "\n  ".join(names))
         return names
-    return push_to_hub(args.model_dir, args.repo_id, private=not args.public, revision=args.revision,
-                       commit_message=args.commit_message)
+    return push_to_hub(
+        args.model_dir,
+        args.repo_id,
+        private=not args.public,
+        revision=args.revision,
+        commit_message=args.commit_message,
+    )
 
 
 if __name__ == "__main__":
