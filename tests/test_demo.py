@@ -58,6 +58,26 @@ def test_offline_without_tofu_switches_to_profiles_at_once(monkeypatch):
     assert [len(rows) for rows in people.values()] == [10, 10]
 
 
+def test_unreachable_hub_is_probed_once_then_profiles(monkeypatch):
+    import huggingface_hub
+
+    for name in ("RKLU_TOFU_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    calls = []
+
+    def unreachable(self, repo_id, timeout=None, **kwargs):
+        calls.append((repo_id, timeout))
+        raise ConnectionError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", unreachable)
+    people, source = demo_people()
+    assert calls == [("locuslab/TOFU", 5.0)]  # one quick probe, no retries
+    assert source == (
+        "generated profiles: no local TOFU and the hub is not usable (ConnectionError: Name or service not known)"
+    )
+    assert len(people) == 2
+
+
 def test_data_dir_choice(monkeypatch, tofu_dir, tmp_path):
     monkeypatch.setenv("RKLU_TOFU_DIR", str(tofu_dir))
     people, source = demo_people()
