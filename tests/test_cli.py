@@ -191,42 +191,13 @@ def runs(tmp_path_factory, tiny_model_dir, tofu_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("runs")
     saved_argv = sys.argv[:]
     try:
-        cli.main(
-            [
-                "finetune",
-                "--config",
-                str(CONFIGS / "finetune_retain90.yaml"),
-                "--model",
-                str(tiny_model_dir),
-                "--data_dir",
-                str(tofu_dir),
-                "--output_dir",
-                str(root / "retain90"),
-                "--max_train_items",
-                "16",
-                *TINY_RUN,
-                *FAST_EVAL,
-            ]
-        )
-        sys.argv = [
-            "recipes/tofu_forget10.py",
-            "--config",
-            "recipes/configs/tofu_forget10_rklu.yaml",
-            "--model",
-            str(tiny_model_dir),
-            "--data_dir",
-            str(tofu_dir),
-            "--output_dir",
-            str(root / "rklu"),
-            "--retain_eval",
-            str(root / "retain90" / "tofu_eval.json"),
-            "--augment_max_steps",
-            "2",
-            "--hub_token",
-            TOKEN,
-            *TINY_RUN,
-            *FAST_EVAL,
-        ]
+        finetune = f"finetune --config {CONFIGS}/finetune_retain90.yaml --model {tiny_model_dir} --data_dir {tofu_dir}"
+        cli.main([*finetune.split(), "--output_dir", str(root / "retain90"), "--max_train_items", "16", *TINY_RUN,
+                  *FAST_EVAL])  # fmt: skip
+        recipe = f"recipes/tofu_forget10.py --config recipes/configs/tofu_forget10_rklu.yaml --model {tiny_model_dir}"
+        sys.argv = [*recipe.split(), "--data_dir", str(tofu_dir), "--output_dir", str(root / "rklu"), "--retain_eval",
+                    str(root / "retain90" / "tofu_eval.json"), "--augment_max_steps", "2", "--hub_token", TOKEN,
+                    *TINY_RUN, *FAST_EVAL]  # fmt: skip
         runpy.run_path(str(REPO / "recipes" / "tofu_forget10.py"), run_name="__main__")
     finally:
         sys.argv = saved_argv
@@ -260,50 +231,17 @@ def test_recipe_from_yaml_config_writes_a_card_with_results(runs):
 
 @pytest.mark.slow
 def test_eval_tofu_command_updates_the_card_or_writes_elsewhere(runs, tofu_dir, capsys):
-    reference = str(runs["retain90"] / "tofu_eval.json")
-    code, out, err = run_cli(
-        [
-            "eval",
-            "tofu",
-            "--model",
-            str(runs["rklu"]),
-            "--data_dir",
-            str(tofu_dir),
-            "--retain_eval",
-            reference,
-            "--eval_max_items",
-            "3",
-            "--max_new_tokens",
-            "4",
-        ],
-        capsys,
-    )
+    reference = runs["retain90"] / "tofu_eval.json"
+    argv = f"eval tofu --model {runs['rklu']} --data_dir {tofu_dir} --retain_eval {reference} --eval_max_items 3"
+    code, out, err = run_cli([*argv.split(), "--max_new_tokens", "4"], capsys)
     assert code == 0, err
     assert json.loads((runs["rklu"] / "tofu_eval.json").read_text())["settings"]["max_items"] == 3
-    assert (
-        "| forget10 |" in (runs["rklu"] / "README.md").read_text()
-        and "| 3 |" in (runs["rklu"] / "README.md").read_text()
-    )
+    card = (runs["rklu"] / "README.md").read_text()
+    assert "| forget10 |" in card and "| 3 |" in card
     elsewhere = runs["root"] / "eval_retain90"
-    code, _, err = run_cli(
-        [
-            "eval",
-            "tofu",
-            "--model",
-            str(runs["retain90"]),
-            "--data_dir",
-            str(tofu_dir),
-            "--forget_splits",
-            "forget01,forget05",
-            "--output_dir",
-            str(elsewhere),
-            "--eval_max_items",
-            "2",
-            "--max_new_tokens",
-            "4",
-        ],
-        capsys,
-    )
+    argv = f"eval tofu --model {runs['retain90']} --data_dir {tofu_dir} --forget_splits forget01,forget05"
+    argv += f" --output_dir {elsewhere} --eval_max_items 2 --max_new_tokens 4"
+    code, _, err = run_cli(argv.split(), capsys)
     assert code == 0, err
     result = json.loads((elsewhere / "tofu_eval.json").read_text())
     assert set(result["forget"]) == {"forget01", "forget05"} and not (runs["retain90"] / "README.md").exists()

@@ -91,17 +91,7 @@ def test_data_dir_choice(monkeypatch, tofu_dir, tmp_path):
 def test_missing_data_dir_fails_before_any_model_is_loaded(tmp_path):
     start = time.time()
     with pytest.raises(DataUnavailableError, match="is not a folder"):
-        cli.main(
-            [
-                "demo",
-                "--data_dir",
-                str(tmp_path / "nope"),
-                "--model",
-                "embedded:not-a-model",
-                "--output_dir",
-                str(tmp_path / "out"),
-            ]
-        )
+        cli.main(f"demo --data_dir {tmp_path / 'nope'} --model embedded:none --output_dir {tmp_path / 'out'}".split())
     assert time.time() - start < 5 and not (tmp_path / "out").exists()
 
 
@@ -130,20 +120,8 @@ def test_table_counts_facts_and_changed_answers():
 def test_demo_from_yaml_on_a_tiny_model_is_labelled_and_deterministic(tiny_model_dir, tofu_dir, tmp_path, capsys):
     results = []
     for run in ("a", "b"):
-        cli.main(
-            [
-                "demo",
-                "--config",
-                str(REPO / "recipes" / "configs" / "demo.yaml"),
-                "--model",
-                str(tiny_model_dir),
-                "--data_dir",
-                str(tofu_dir),
-                "--output_dir",
-                str(tmp_path / run),
-                *TINY_DEMO,
-            ]
-        )
+        argv = f"demo --config {REPO}/recipes/configs/demo.yaml --model {tiny_model_dir} --data_dir {tofu_dir}"
+        cli.main([*argv.split(), "--output_dir", str(tmp_path / run), *TINY_DEMO])
         captured = capsys.readouterr()
         for label in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "key facts stated", "answers changed"):
             assert label in captured.out

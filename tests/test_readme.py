@@ -1,5 +1,5 @@
-"""The README's Python snippet runs as written, on a CPU, with a tiny model in place of the embedded one and a shorter
-TOFU evaluation (both swapped in by monkeypatching; the code itself is executed verbatim)."""
+"""The README's Python snippet runs as written, on a CPU, with a tiny model in place of the embedded one, 8 forget items
+and a shorter TOFU evaluation (swapped in by monkeypatching; the code itself is executed verbatim)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def python_snippet() -> str:
 
 @pytest.mark.slow
 def test_readme_python_snippet_runs(tmp_path, monkeypatch, tiny_model_dir, tofu_dir, capsys):
-    real_load, real_evaluate = rklu_llm.load_model, rklu_llm.eval.evaluate_tofu
+    real_load, real_evaluate, real_tofu = rklu_llm.load_model, rklu_llm.eval.evaluate_tofu, rklu_llm.load_tofu
 
     def load_model(name_or_path, **kwargs):
         return real_load(str(tiny_model_dir) if name_or_path.startswith("embedded:") else name_or_path, **kwargs)
@@ -30,7 +30,11 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch, tiny_model_dir, tofu_
     def evaluate_tofu(*args, **kwargs):
         return real_evaluate(*args, **{**kwargs, "max_items": 4, "max_new_tokens": 8})
 
+    def load_tofu(config, data_dir=None):
+        return real_tofu(config, data_dir).select(range(8))
+
     monkeypatch.setattr(rklu_llm, "load_model", load_model)
+    monkeypatch.setattr(rklu_llm, "load_tofu", load_tofu)
     monkeypatch.setattr(rklu_llm.eval, "evaluate_tofu", evaluate_tofu)
     monkeypatch.setenv("RKLU_TOFU_DIR", str(tofu_dir))
     monkeypatch.chdir(tmp_path)
