@@ -93,13 +93,13 @@ class DemoArguments:
     )
     lora_r: int = field(default=16, metadata={"help": "LoRA rank of every adapter."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha of every adapter."})
-    teach_epochs: int = field(default=8, metadata={"help": "Epochs of the teaching fine-tune (both people)."})
+    teach_epochs: int = field(default=12, metadata={"help": "Epochs of the teaching fine-tune (both people)."})
     teach_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the teaching fine-tune."})
     augment_epochs: int = field(default=4, metadata={"help": "RKL-U phase 1: epochs on the forgotten person."})
     augment_learning_rate: float = field(default=2e-3, metadata={"help": "RKL-U phase 1 learning rate."})
     teacher_alpha: float = field(default=8.0, metadata={"help": "RKL-U teacher: l_o - alpha * relu(l_a - l_o)."})
-    unlearn_epochs: int = field(default=5, metadata={"help": "RKL-U distillation epochs."})
-    unlearn_learning_rate: float = field(default=2e-3, metadata={"help": "RKL-U distillation learning rate."})
+    unlearn_epochs: int = field(default=4, metadata={"help": "RKL-U distillation epochs."})
+    unlearn_learning_rate: float = field(default=1.2e-3, metadata={"help": "RKL-U distillation learning rate."})
     max_new_tokens: int = field(default=48, metadata={"help": "Length of the greedy answers."})
 
     def __post_init__(self):
