@@ -129,6 +129,8 @@ def test_precedence_of_defaults_yaml_and_flags(tmp_path):
     assert parsed == Example("c", 3.0, True)
     (parsed,) = parse_arguments((Example,), [str(config)])  # a lone YAML path
     assert parsed == Example("a", 1e-5, True)
+    config.write_text("rate: 1e-5\n")  # YAML 1.1 reads this as a string; argparse converts it like a flag
+    assert parse_arguments((Example,), ["--config", str(config)]) == (Example("a", 1e-5, False),)
 
 
 @pytest.mark.parametrize(
