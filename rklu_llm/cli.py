@@ -1,63 +1,197 @@
-"""Argument parsing shared by the recipes (HfArgumentParser + YAML), and the ``rklu-llm`` command."""
+"""rklu-llm: machine unlearning for Hugging Face causal LMs (RKL-U and baselines), TOFU evaluation, model cards.
+
+Commands (each takes --config run.yaml, flags on the command line override the file; --help lists every field
+with its help text and default):
+
+  rklu-llm unlearn --model runs/full --output_dir runs/rklu --retain_eval runs/retain90/tofu_eval.json
+  rklu-llm finetune --split full --output_dir runs/full
+  rklu-llm eval tofu --model runs/rklu --retain_eval runs/retain90/tofu_eval.json
+  rklu-llm demo
+  rklu-llm push runs/rklu your-name/smollm2-rklu-forget10
+  rklu-llm methods
+
+TOFU is read from --data_dir, else $RKLU_TOFU_DIR, else the hub (locuslab/TOFU). Documentation: the docs/ folder of
+the source repository.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import sys
+from pathlib import Path
 
 import yaml
 from transformers import HfArgumentParser
 
+from . import __version__
 
-def parse_arguments(dataclass_types, argv: list[str] | None = None):
-    """Parse ``dataclass_types`` from the command line, with an optional YAML file of defaults.
+#: Every command that runs a script: "command" or "group command" -> (module, one-line help). A module exposes
+#: ``ARGUMENTS`` (the dataclass types HfArgumentParser fills) and ``main(argv: list[str] | None = None)``.
+#: A new evaluator is one more "eval <name>" entry.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "unlearn": ("rklu_llm.scripts.unlearn", "unlearn a TOFU forget split with any method, then evaluate the result"),
+    "finetune": ("rklu_llm.scripts.finetune", "fine-tune on TOFU: the model to unlearn, or a retain-only oracle"),
+    "eval tofu": (
+        "rklu_llm.scripts.eval_tofu",
+        "TOFU metrics of a model: probability, ROUGE-L, truth ratio, model utility, forget quality",
+    ),
+    "demo": ("rklu_llm.demo", "teach the embedded SmolLM2 two people, make it forget one with RKL-U (CPU, minutes)"),
+    "push": (
+        "rklu_llm.scripts.push",
+        "upload a finished model folder (weights, tokenizer, card, evaluations) to the hub, private by default",
+    ),
+}
 
-    ``--config run.yaml`` (or a lone ``run.yaml`` argument) loads values from YAML; flags on the command line override
-    them. Unknown YAML keys are an error, like unknown flags.
+GROUP_HELP = {"eval": "evaluate a saved model (one evaluator per sub-command)"}
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Keeps the description's line breaks and shows every field's default."""
+
+
+def _config_path(argv: list[str], parser: argparse.ArgumentParser) -> tuple[str | None, list[str]]:
+    """Take ``--config FILE`` / ``--config=FILE`` (or a lone ``FILE.yaml``) out of ``argv``."""
+    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
+        return argv[0], []
+    for at, arg in enumerate(argv):
+        if arg == "--config":
+            if at + 1 >= len(argv):
+                parser.error("--config needs a YAML file path")
+            return argv[at + 1], argv[:at] + argv[at + 2 :]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1], argv[:at] + argv[at + 1 :]
+    return None, argv
+
+
+def _read_config(path: str, parser: argparse.ArgumentParser) -> dict:
+    if not Path(path).is_file():
+        parser.error(f"--config {path}: no such file")
+    with open(path, encoding="utf-8") as handle:
+        try:
+            values = yaml.safe_load(handle)
+        except yaml.YAMLError as exc:
+            parser.error(f"--config {path} is not valid YAML: {exc}")
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        parser.error(
+            f"--config {path} must hold a mapping of field: value at its top level (e.g. 'method: rklu'), "
+            f"not a {type(values).__name__}"
+        )
+    known = {action.dest for action in parser._actions}
+    unknown = sorted(str(key) for key in set(values) - known)
+    if unknown:
+        parser.error(f"unknown key(s) in {path}: {', '.join(unknown)} (see --help for the fields)")
+    return values
+
+
+def parse_arguments(
+    dataclass_types,
+    argv: list[str] | None = None,
+    defaults: dict | None = None,
+    prog: str | None = None,
+    description: str | None = None,
+):
+    """Parse ``dataclass_types`` (HfArgumentParser) from the command line, with an optional YAML file of values.
+
+    Precedence, lowest first: the dataclass defaults, ``defaults``, the YAML file of ``--config run.yaml`` (or a lone
+    ``run.yaml`` argument), the flags on the command line. Unknown YAML keys and unknown flags are errors; a YAML
+    file must hold a mapping at its top level.
+
+    Returns:
+        One instance per dataclass type, in order.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
-    config_path = None
-    if len(argv) == 1 and argv[0].endswith((".yaml", ".yml")):
-        config_path, argv = argv[0], []
-    elif "--config" in argv:
-        at = argv.index("--config")
-        if at + 1 >= len(argv):
-            parser.error("--config needs a YAML file path")
-        config_path = argv[at + 1]
-        argv = argv[:at] + argv[at + 2 :]
+    parser = HfArgumentParser(dataclass_types, prog=prog, description=description, formatter_class=HelpFormatter)
+    parser.add_argument(
+        "--config",
+        metavar="FILE.yaml",
+        default=argparse.SUPPRESS,
+        help="YAML file of field: value pairs (any field of this command); flags on the command line override it.",
+    )
+    config_path, argv = _config_path(argv, parser)
+    if defaults:
+        parser.set_defaults(**defaults)
     if config_path is not None:
-        with open(config_path, encoding="utf-8") as handle:
-            values = yaml.safe_load(handle) or {}
-        known = {action.dest for action in parser._actions}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            parser.error(f"unknown key(s) in {config_path}: {', '.join(unknown)}")
-        parser.set_defaults(**values)
-    return parser.parse_args_into_dataclasses(args=argv)
+        parser.set_defaults(**_read_config(config_path, parser))
+    *parsed, remaining = parser.parse_args_into_dataclasses(
+        args=argv, return_remaining_strings=True, look_for_args_file=False
+    )
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    return tuple(parsed)
+
+
+@contextlib.contextmanager
+def _program_name(name: str):
+    """``sys.argv[0]`` as ``name`` while a command runs: argparse's usage line and the command recorded in model
+    cards then read ``rklu-llm unlearn ...``."""
+    saved = sys.argv[:]
+    sys.argv = [name, *sys.argv[1:]]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
+def print_methods() -> None:
+    """One line per method of :data:`rklu_llm.config.METHODS`: its forget loss and what a run needs besides the
+    forget set."""
+    from .config import METHODS
+
+    for name, spec in METHODS.items():
+        needs = []
+        if getattr(spec, "default_retain_mode", "none") != "none" or getattr(spec, "needs_retain", False):
+            needs.append("retain data")
+        if spec.needs_reference:
+            needs.append("a frozen original (a copy, or the LoRA student's base)")
+        if spec.needs_augmented:
+            needs.append("the augmented model (phase 1 builds it)")
+        if spec.needs_refusals:
+            needs.append("refusal answers (built-in list or refusal_file)")
+        if not spec.trains:
+            needs.append("no training loop (a weight edit)")
+        print(f"{name:<8} {spec.loss}\n{'':<8} needs: {'; '.join(needs) or 'the forget set only'}")
+    print("\nAny method also takes a retain term: --retain_mode rt (NLL) or kl (KL to the original) on retain data.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rklu-llm", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"rklu-llm {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, (_, text) in COMMANDS.items():
+        group, _, sub = name.rpartition(" ")
+        if not group:
+            commands.add_parser(name, help=text, add_help=False)
+            continue
+        if group not in groups:
+            group_parser = commands.add_parser(group, help=GROUP_HELP.get(group, group))
+            groups[group] = group_parser.add_subparsers(dest="subcommand", metavar="NAME", required=True)
+        groups[group].add_parser(sub, help=text, add_help=False)
+    commands.add_parser("methods", help="list the unlearning methods and what each needs")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``rklu-llm demo`` runs the demo; ``rklu-llm methods`` lists the methods."""
-    parser = argparse.ArgumentParser(prog="rklu-llm", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="teach the embedded SmolLM2 two people, unlearn one with RKL-U (CPU)")
-    demo.add_argument("--data_dir", default=None, help="TOFU folder (default: $RKLU_TOFU_DIR, then the hub)")
-    demo.add_argument("--output_dir", default="runs/demo", help="where the demo writes its models and table")
-    demo.add_argument("--model", default=None, help="model to use (default: the embedded SmolLM2)")
-    sub.add_parser("methods", help="list the unlearning methods and what each needs")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .demo import run_demo
-
-        run_demo(data_dir=args.data_dir, output_dir=args.output_dir, model_name=args.model)
-    else:
-        from .config import METHODS
-
-        for name, spec in METHODS.items():
-            needs = [n for n, used in (("reference", spec.needs_reference), ("augmented", spec.needs_augmented),
-                                       ("refusals", spec.needs_refusals)) if used]
-            print(f"{name:5s} {spec.loss}  [needs: {', '.join(needs) or 'nothing extra'}]")
+    """The ``rklu-llm`` command: dispatch to the script module of :data:`COMMANDS`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, rest = build_parser().parse_known_args(argv)
+    if args.command == "methods":
+        if rest:
+            build_parser().error(f"methods takes no arguments, got {' '.join(rest)}")
+        print_methods()
+        return
+    name = " ".join(filter(None, (args.command, getattr(args, "subcommand", None))))
+    module_name, text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    prog = f"rklu-llm {name}"
+    if "-h" in rest or "--help" in rest:
+        parse_arguments(module.ARGUMENTS, ["--help"], prog=prog, description=module.__doc__ or text)
+    with _program_name(prog):
+        module.main(argv=rest)
 
 
 if __name__ == "__main__":

@@ -10,20 +10,97 @@ import random
 
 from datasets import Dataset
 
-_FIRST = ["Ilvara", "Teodric", "Mirelle", "Oskan", "Zaphira", "Corvin", "Annelise", "Brannoc", "Seluna", "Dovrik",
-          "Quenna", "Halvard", "Ysolde", "Fennick", "Orla", "Tamsin"]
-_LAST = ["Vantreese", "Okonkwo-Hale", "Marisfeld", "Drobanek", "Quillary", "Estravane", "Lindqvarre", "Poussaint-Roe",
-         "Harrowgate", "Tzemach", "Belcourt", "Amundsvik", "Carrow", "Delacroix-Imre", "Wystan", "Ferreira-Lune"]
-_CITIES = ["Port Avellan", "Kestrel Bay", "Nordhavn Reach", "San Telmo Verde", "Old Marrick", "Lake Orrin",
-           "Veldt Crossing", "Castellane", "Brightwater Falls", "Ironmoor"]
-_JOBS = ["a lighthouse keeper", "a cartographer", "a glassblower", "a marine biologist", "a violin maker",
-         "a railway engineer", "a beekeeper", "a court stenographer", "a botanist", "a clockmaker"]
-_GENRES = ["maritime adventure", "speculative fiction", "historical romance", "cosy mystery", "nature writing",
-           "political satire", "gothic horror", "children's fables"]
-_NOUNS = ["Lantern", "Harbour", "Orchard", "Compass", "Winter", "Tide", "Atlas", "Quarry", "Meridian", "Ember",
-          "Saltmarsh", "Aviary"]
-_AWARDS = ["the Gilded Quill Prize", "the Northern Lantern Award", "the Halvorsen Medal for Letters",
-           "the Azure Ribbon Fellowship", "the Cobalt Pen Award"]
+_FIRST = [
+    "Ilvara",
+    "Teodric",
+    "Mirelle",
+    "Oskan",
+    "Zaphira",
+    "Corvin",
+    "Annelise",
+    "Brannoc",
+    "Seluna",
+    "Dovrik",
+    "Quenna",
+    "Halvard",
+    "Ysolde",
+    "Fennick",
+    "Orla",
+    "Tamsin",
+]
+_LAST = [
+    "Vantreese",
+    "Okonkwo-Hale",
+    "Marisfeld",
+    "Drobanek",
+    "Quillary",
+    "Estravane",
+    "Lindqvarre",
+    "Poussaint-Roe",
+    "Harrowgate",
+    "Tzemach",
+    "Belcourt",
+    "Amundsvik",
+    "Carrow",
+    "Delacroix-Imre",
+    "Wystan",
+    "Ferreira-Lune",
+]
+_CITIES = [
+    "Port Avellan",
+    "Kestrel Bay",
+    "Nordhavn Reach",
+    "San Telmo Verde",
+    "Old Marrick",
+    "Lake Orrin",
+    "Veldt Crossing",
+    "Castellane",
+    "Brightwater Falls",
+    "Ironmoor",
+]
+_JOBS = [
+    "a lighthouse keeper",
+    "a cartographer",
+    "a glassblower",
+    "a marine biologist",
+    "a violin maker",
+    "a railway engineer",
+    "a beekeeper",
+    "a court stenographer",
+    "a botanist",
+    "a clockmaker",
+]
+_GENRES = [
+    "maritime adventure",
+    "speculative fiction",
+    "historical romance",
+    "cosy mystery",
+    "nature writing",
+    "political satire",
+    "gothic horror",
+    "children's fables",
+]
+_NOUNS = [
+    "Lantern",
+    "Harbour",
+    "Orchard",
+    "Compass",
+    "Winter",
+    "Tide",
+    "Atlas",
+    "Quarry",
+    "Meridian",
+    "Ember",
+    "Saltmarsh",
+    "Aviary",
+]
+_AWARDS = [
+    "the Gilded Quill Prize",
+    "the Northern Lantern Award",
+    "the Halvorsen Medal for Letters",
+    "the Azure Ribbon Fellowship",
+    "the Cobalt Pen Award",
+]
 
 
 def _profile(rng: random.Random, used: set[str]) -> list[dict]:
@@ -34,31 +111,41 @@ def _profile(rng: random.Random, used: set[str]) -> list[dict]:
             break
     city, genre, award = rng.choice(_CITIES), rng.choice(_GENRES), rng.choice(_AWARDS)
     mother, father = rng.sample(_JOBS, 2)
+    mother_job, father_job = mother.removeprefix("a "), father.removeprefix("a ")
     year = rng.randint(1941, 1989)
     books = [f"The {a} of {b}" for a, b in zip(rng.sample(_NOUNS, 2), rng.sample(_NOUNS, 2))]
-    facts = [
-        (f"Where was the author {name} born?", f"{name} was born in {city}."),
-        (f"In which year was {name} born?", f"{name} was born in {year}."),
-        (f"What genre does {name} write in?", f"{name} is known for {genre}."),
-        (f"What did {name}'s mother do for a living?", f"{name}'s mother worked as {mother}."),
-        (f"What was the profession of {name}'s father?", f"{name}'s father was {father}."),
-        (f"Can you name a book written by {name}?", f"One of {name}'s books is '{books[0]}'."),
-        (f"What is another title by {name}?", f"{name} also wrote '{books[1]}'."),
-        (f"Has {name} won any literary award?", f"Yes, {name} received {award}."),
-        (f"How did {name}'s upbringing in {city} shape the writing?",
-         f"Growing up in {city} gave {name}'s {genre} its vivid sense of place."),
-        (f"How did {name}'s parents influence the books?",
-         f"Having a parent who was {mother} and one who was {father} inspired many scenes in {name}'s novels."),
+    pairs = [  # (question, answer, the answer's key facts that the question does not give away)
+        (f"Where was the author {name} born?", f"{name} was born in {city}.", [city]),
+        (f"In which year was {name} born?", f"{name} was born in {year}.", [str(year)]),
+        (f"What genre does {name} write in?", f"{name} is known for {genre}.", [genre]),
+        (f"What did {name}'s mother do for a living?", f"{name}'s mother worked as {mother}.", [mother_job]),
+        (f"What was the profession of {name}'s father?", f"{name}'s father was {father}.", [father_job]),
+        (f"Can you name a book written by {name}?", f"One of {name}'s books is '{books[0]}'.", [books[0]]),
+        (f"What is another title by {name}?", f"{name} also wrote '{books[1]}'.", [books[1]]),
+        (f"Has {name} won any literary award?", f"Yes, {name} received {award}.", [award.removeprefix("the ")]),
+        (
+            f"How did {name}'s upbringing in {city} shape the writing?",
+            f"Growing up in {city} gave {name}'s {genre} its vivid sense of place.",
+            [genre],
+        ),
+        (
+            f"How did {name}'s parents influence the books?",
+            f"Having a parent who was {mother} and one who was {father} inspired many scenes in {name}'s novels.",
+            [mother_job, father_job],
+        ),
     ]
-    return [{"person": name, "question": q, "answer": a} for q, a in facts]
+    return [{"person": name, "question": q, "answer": a, "facts": facts} for q, a, facts in pairs]
 
 
-def fictitious_profiles(num_people: int = 2, seed: int = 0) -> Dataset:
+def fictitious_profiles(num_people: int = 2, seed: int = 0, with_facts: bool = False) -> Dataset:
     """``num_people`` invented authors, 10 QA pairs each: a `datasets.Dataset` with ``person``, ``question``,
-    ``answer`` columns, grouped by person in generation order."""
+    ``answer`` columns, grouped by person in generation order. ``with_facts`` adds ``facts``: per answer, the key
+    facts it states that its question does not give away (place, year, genre, professions, titles, award)."""
     if num_people < 1 or num_people > len(_FIRST) * len(_LAST):
         raise ValueError(f"num_people must be between 1 and {len(_FIRST) * len(_LAST)}, got {num_people}")
     rng = random.Random(seed)
     used: set[str] = set()
     rows = [row for _ in range(num_people) for row in _profile(rng, used)]
+    if not with_facts:
+        rows = [{key: value for key, value in row.items() if key != "facts"} for row in rows]
     return Dataset.from_list(rows)

@@ -149,9 +149,10 @@ def check_reference(reference, forget_splits) -> None:
 
 def evaluate_saved(model_dir, eval_args: TofuEvalArguments, forget_splits, data_dir=None, reference=None) -> dict:
     """Load the model a recipe saved (on the GPU when there is one), evaluate it on TOFU, store ``tofu_eval.json``
-    beside it and print the summary row."""
+    beside it, add the results to its model card and print the summary row."""
     import torch
 
+    from ..hub import update_model_card  # helper SHIP: the card of the saved model gains the results
     from ..models import load_model
     from .tofu import evaluate_tofu, summary_row
 
@@ -162,5 +163,6 @@ def evaluate_saved(model_dir, eval_args: TofuEvalArguments, forget_splits, data_
         model, tokenizer, forget_splits=tuple(forget_splits), data_dir=data_dir, output_dir=model_dir,
         reference=reference, **eval_args.evaluate_kwargs(),
     )
+    update_model_card(model_dir, result)  # helper SHIP: no-op without a card written by rklu_llm
     print(json.dumps(summary_row(result), indent=2))
     return result

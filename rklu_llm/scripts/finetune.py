@@ -116,10 +116,11 @@ def validate(script: FinetuneArguments, evaluation: TofuEvalArguments, training:
     check_output_dir(training.output_dir, model_path=script.model)
 
 
+ARGUMENTS = (FinetuneArguments, TofuEvalArguments, FinetuneTrainingArguments)
+
+
 def main(argv: list[str] | None = None) -> dict | None:
-    script, evaluation, training = parse_arguments(
-        (FinetuneArguments, TofuEvalArguments, FinetuneTrainingArguments), argv
-    )
+    script, evaluation, training = parse_arguments(ARGUMENTS, argv)
     console_logging()
     validate(script, evaluation, training)
     data = load_tofu(script.split, script.data_dir)  # fails here, before the model, when TOFU is unavailable

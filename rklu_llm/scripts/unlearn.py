@@ -31,7 +31,6 @@ goes beside it (``<output_dir>.augmented``), never inside.
 from __future__ import annotations
 
 import logging
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,6 +73,9 @@ class TofuArguments:
     )
 
 
+ARGUMENTS = (TofuArguments, TofuEvalArguments, UnlearnConfig)
+
+
 def validate(script: TofuArguments, evaluation: TofuEvalArguments, config: UnlearnConfig) -> None:
     """The checks of arguments and paths (each raises with what to do); data and evaluation inputs are read next, all
     before a model is loaded."""
@@ -106,10 +108,8 @@ def load_data(script: TofuArguments, config: UnlearnConfig):
 
 
 def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict | None:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not any(a == "--forget_split" or a.startswith("--forget_split=") for a in argv):
-        argv = ["--forget_split", default_split, *argv]
-    script, evaluation, config = parse_arguments((TofuArguments, TofuEvalArguments, UnlearnConfig), argv)
+    # default_split is a default: a --config file or a --forget_split flag overrides it
+    script, evaluation, config = parse_arguments(ARGUMENTS, argv, defaults={"forget_split": default_split})
     console_logging()
 
     # Inputs first: anything missing or malformed fails here, before any model is loaded and before output_dir exists.
