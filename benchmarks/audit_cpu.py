@@ -61,13 +61,20 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--work_dir", required=True, help="models, evaluations and caches (resumable state)")
     p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--model", default="embedded:smollm2-135m-instruct")
-    p.add_argument("--retain_items", type=int, default=100,
-                   help="retain99 items in both fine-tunes; 0: the oracle is the untouched base model")
+    p.add_argument(
+        "--retain_items",
+        type=int,
+        default=100,
+        help="retain99 items in both fine-tunes; 0: the oracle is the untouched base model",
+    )
     p.add_argument("--forget_items", type=int, default=40, help="first N forget01 items taught, unlearned, audited")
     p.add_argument("--per_epoch", default="full", choices=("full", "forget_quality"))
     p.add_argument("--eval_sets", default="all", help="'all', or 'forget' to evaluate the forget set alone")
-    p.add_argument("--no_generate", action="store_true",
-                   help="oracle and per-epoch evaluations score likelihoods only (no ROUGE-L): a slow CPU")
+    p.add_argument(
+        "--no_generate",
+        action="store_true",
+        help="oracle and per-epoch evaluations score likelihoods only (no ROUGE-L): a slow CPU",
+    )
     p.add_argument("--finetune_epochs", type=float, default=5)
     p.add_argument("--finetune_lr", type=float, default=2e-3)
     p.add_argument("--unlearn_epochs", type=float, default=5)
@@ -78,8 +85,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--eval_items", type=int, default=20)
     p.add_argument("--eval_batch_size", type=int, default=20)
     p.add_argument("--max_new_tokens", type=int, default=40)
-    p.add_argument("--min_model_utility", type=float, default=None,
-                   help="floor of the best checkpoint (needs --per_epoch full and all sets)")
+    p.add_argument(
+        "--min_model_utility",
+        type=float,
+        default=None,
+        help="floor of the best checkpoint (needs --per_epoch full and all sets)",
+    )
     p.add_argument("--leak_k", type=int, default=5)
     p.add_argument("--leak_max_new_tokens", type=int, default=32)
     p.add_argument("--relearn_steps", type=int, default=10)
@@ -94,8 +105,13 @@ def parse(argv=None) -> argparse.Namespace:
 
 def eval_kwargs(args, generate: bool | None = None) -> dict:
     sets = (SPLIT,) if args.eval_sets == "forget" else None
-    return dict(batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, max_items=args.eval_items,
-                sets=sets, generate=not args.no_generate if generate is None else generate)
+    return dict(
+        batch_size=args.eval_batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_items=args.eval_items,
+        sets=sets,
+        generate=not args.no_generate if generate is None else generate,
+    )
 
 
 def forget_rows(args):
@@ -124,13 +140,27 @@ def finetune(args, name: str, with_forget: bool) -> Path:
 
         model = get_peft_model(model, lora_config(16, 32))
         training = TrainingArguments(
-            output_dir=str(out), num_train_epochs=args.finetune_epochs, learning_rate=args.finetune_lr,
-            per_device_train_batch_size=args.batch_size, warmup_steps=0.1, save_strategy="no", report_to="none",
-            logging_steps=1, use_cpu=True, seed=0, max_steps=args.max_steps, disable_tqdm=True,
+            output_dir=str(out),
+            num_train_epochs=args.finetune_epochs,
+            learning_rate=args.finetune_lr,
+            per_device_train_batch_size=args.batch_size,
+            warmup_steps=0.1,
+            save_strategy="no",
+            report_to="none",
+            logging_steps=1,
+            use_cpu=True,
+            seed=0,
+            max_steps=args.max_steps,
+            disable_tqdm=True,
         )
         train = tokenize_qa(data, tokenizer, 512).select_columns(["input_ids", "labels"]).shuffle(seed=0)
-        trainer = Trainer(model=model, args=training, train_dataset=train, processing_class=tokenizer,
-                          data_collator=QACollator(tokenizer.pad_token_id))
+        trainer = Trainer(
+            model=model,
+            args=training,
+            train_dataset=train,
+            processing_class=tokenizer,
+            data_collator=QACollator(tokenizer.pad_token_id),
+        )
         trainer.train()
         trainer.model = trainer.model.merge_and_unload()
         staged_save(trainer, out)
@@ -148,19 +178,40 @@ def unlearn(args, original: Path, oracle: Path) -> dict:
     model, tokenizer = load_model(str(original))
     dataset = build_unlearning_dataset(tokenizer, forget_rows(args), max_length=512, seed=0)
     config = UnlearnConfig(
-        output_dir=str(work / "rklu"), method="rklu", teacher_alpha=args.teacher_alpha, use_lora=True,
-        augment_lora=True, augment_epochs=args.augment_epochs, augment_learning_rate=args.finetune_lr,
-        learning_rate=args.unlearn_lr, num_train_epochs=args.unlearn_epochs,
+        output_dir=str(work / "rklu"),
+        method="rklu",
+        teacher_alpha=args.teacher_alpha,
+        use_lora=True,
+        augment_lora=True,
+        augment_epochs=args.augment_epochs,
+        augment_learning_rate=args.finetune_lr,
+        learning_rate=args.unlearn_lr,
+        num_train_epochs=args.unlearn_epochs,
         per_device_train_batch_size=args.batch_size,
-        lora_r=16, lora_alpha=32, save_strategy="no", report_to="none", logging_steps=2, use_cpu=True, seed=0,
-        disable_tqdm=True, max_steps=args.max_steps, augment_max_steps=args.max_steps,
+        lora_r=16,
+        lora_alpha=32,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=2,
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        max_steps=args.max_steps,
+        augment_max_steps=args.max_steps,
     )
-    callback = TofuEvalCallback(tokenizer, SPLIT, args.data_dir, oracle / "tofu_eval.json", per_epoch=args.per_epoch,
-                                best_dir=work / "rklu" / "best_forget_quality",
-                                min_model_utility=args.min_model_utility if args.per_epoch == "full" else None,
-                                **eval_kwargs(args))
-    trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[callback])
+    callback = TofuEvalCallback(
+        tokenizer,
+        SPLIT,
+        args.data_dir,
+        oracle / "tofu_eval.json",
+        per_epoch=args.per_epoch,
+        best_dir=work / "rklu" / "best_forget_quality",
+        min_model_utility=args.min_model_utility if args.per_epoch == "full" else None,
+        **eval_kwargs(args),
+    )
+    trainer = UnlearnTrainer(
+        model=model, args=config, train_dataset=dataset, processing_class=tokenizer, callbacks=[callback]
+    )
     callback.trainer = trainer
     start = time.perf_counter()
     trainer.train()
@@ -172,21 +223,37 @@ def unlearn(args, original: Path, oracle: Path) -> dict:
     final_dir = work / "rklu" / "final"
     staged_save(trainer, final_dir)
     logged = [entry for entry in trainer.state.log_history if any(k.startswith("tofu/") for k in entry)]
-    result = {"epochs": callback.history, "peak_epoch": callback.peak_epoch, "best_epoch": callback.best_epoch,
-              "final": callback.final, "peak": callback.peak,
-              "train_seconds_without_eval": seconds - callback.eval_seconds, "eval_seconds": callback.eval_seconds,
-              "logged_rows": logged, "final_dir": "rklu/final"}
+    result = {
+        "epochs": callback.history,
+        "peak_epoch": callback.peak_epoch,
+        "best_epoch": callback.best_epoch,
+        "final": callback.final,
+        "peak": callback.peak,
+        "train_seconds_without_eval": seconds - callback.eval_seconds,
+        "eval_seconds": callback.eval_seconds,
+        "logged_rows": logged,
+        "final_dir": "rklu/final",
+    }
     write_json_atomic(record, result)
     return result
 
 
 def audit(args, path: Path, parts: str, **kwargs) -> dict:
     model, tokenizer = load_model(str(path))
-    return evaluate_audit(model, tokenizer, SPLIT, parts=parts, data_dir=args.data_dir, output_dir=path,
-                          max_items=args.eval_items,
-                          batch_size=args.eval_batch_size, max_new_tokens=args.max_new_tokens, leak_k=args.leak_k,
-                          leak_max_new_tokens=args.leak_max_new_tokens,
-                          **kwargs)
+    return evaluate_audit(
+        model,
+        tokenizer,
+        SPLIT,
+        parts=parts,
+        data_dir=args.data_dir,
+        output_dir=path,
+        max_items=args.eval_items,
+        batch_size=args.eval_batch_size,
+        max_new_tokens=args.max_new_tokens,
+        leak_k=args.leak_k,
+        leak_max_new_tokens=args.leak_max_new_tokens,
+        **kwargs,
+    )
 
 
 def plot(path: Path, rows: list[dict], title: str) -> None:
@@ -203,10 +270,12 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
     left.set_xlabel("epoch of unlearning (0 = the original)")
     left.set_ylabel("forget quality", color="tab:red")
     right = left.twinx()
-    for key, label, color in (("model_utility", "model utility", "tab:blue"),
-                              (f"{SPLIT}_probability", "forget probability", "tab:green"),
-                              (f"{SPLIT}_rouge_l_recall", "forget ROUGE-L recall", "tab:olive"),
-                              ("retain_probability", "retain probability", "tab:purple")):
+    for key, label, color in (
+        ("model_utility", "model utility", "tab:blue"),
+        (f"{SPLIT}_probability", "forget probability", "tab:green"),
+        (f"{SPLIT}_rouge_l_recall", "forget ROUGE-L recall", "tab:olive"),
+        ("retain_probability", "retain probability", "tab:purple"),
+    ):
         values = [float("nan") if row.get(key) is None else row[key] for row in rows]
         if any(v == v for v in values):  # not all NaN: the series was evaluated
             right.plot(epochs, values, "s-", ms=4, color=color, label=label)
@@ -224,8 +293,11 @@ def plot(path: Path, rows: list[dict], title: str) -> None:
 def fmt(value) -> str:
     if value is None:
         return "n/a"
-    return f"{value:.2e}" if isinstance(value, float) and 0 < abs(value) < 0.01 else (
-        f"{value:.3f}" if isinstance(value, float) else str(value))
+    return (
+        f"{value:.2e}"
+        if isinstance(value, float) and 0 < abs(value) < 0.01
+        else (f"{value:.3f}" if isinstance(value, float) else str(value))
+    )
 
 
 def main(argv=None) -> None:
@@ -241,10 +313,17 @@ def main(argv=None) -> None:
     oracle_audit = audit(args, oracle, "membership")
     original_audit = audit(args, original, "membership,extraction", membership_reference=oracle)
     final = work / "rklu" / "final"
-    unlearned_audit = audit(args, final, args.audit_parts, membership_reference=oracle,
-                            relearn_original=original if args.relearn_original else None, relearn_oracle=oracle,
-                            relearn_steps=args.relearn_steps, relearn_learning_rate=args.relearn_lr,
-                            relearn_batch_size=args.relearn_batch_size)
+    unlearned_audit = audit(
+        args,
+        final,
+        args.audit_parts,
+        membership_reference=oracle,
+        relearn_original=original if args.relearn_original else None,
+        relearn_oracle=oracle,
+        relearn_steps=args.relearn_steps,
+        relearn_learning_rate=args.relearn_lr,
+        relearn_batch_size=args.relearn_batch_size,
+    )
     print(f"=== audits done ({time.time() - started:.0f} s)", flush=True)
 
     original_eval = load_tofu_eval(original)
@@ -252,57 +331,107 @@ def main(argv=None) -> None:
 
     items = original_eval["sets"][f"{SPLIT}_perturbed"]["items"]
     epoch0 = {"epoch": 0.0, **summary_row(original_eval)}
-    epoch0[FQ] = compare_to_reference(items["truth_ratio"], items["question"], oracle / "tofu_eval.json",
-                                      SPLIT)["forget_quality"]
+    epoch0[FQ] = compare_to_reference(items["truth_ratio"], items["question"], oracle / "tofu_eval.json", SPLIT)[
+        "forget_quality"
+    ]
     rows = [epoch0, *run["epochs"]]
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     command = " ".join(["python", "benchmarks/audit_cpu.py", *(argv if argv is not None else sys.argv[1:])])
     settings = {k: v for k, v in vars(args).items() if k not in ("work_dir", "results_dir", "data_dir")}
-    audits = {"oracle": audit_summary_row(oracle_audit), "original": audit_summary_row(original_audit),
-              "unlearned (rklu, final epoch)": audit_summary_row(unlearned_audit)}
-    write_json_atomic(out / f"{NAME}.json", {
-        "device": "cpu (2 threads)", "command": command, "settings": settings, "epochs": rows,
-        "peak_epoch": run["peak_epoch"], "best_epoch": run["best_epoch"], "logged_rows": run["logged_rows"],
-        "audits": audits,
-        "relearn": {role: {k: v for k, v in entry.items() if k in ("before", "after", "delta", "recovered_fraction")}
-                    for role, entry in unlearned_audit.get("relearn", {}).get("models", {}).items()},
-        "quantization": {k: v for k, v in unlearned_audit.get("quantization", {}).items() if k != "runs"},
-        "leak_examples": {kind: {key: unlearned_audit["leak"][kind]["items"][key][:3]
-                                 for key in ("question", "prompt_suffix", "gold", "candidates", "leaked")}
-                          for kind in ("question", "fill_in_blank")} if "leak" in unlearned_audit else None,
-    })
-    title = (f"RKL-U on TOFU {SPLIT}, SmolLM2-135M + LoRA, CPU run (2 threads): per-epoch TofuEvalCallback\n"
-             f"{args.retain_items} retain items in fine-tuning; first {args.eval_items} items of every eval set")
+    audits = {
+        "oracle": audit_summary_row(oracle_audit),
+        "original": audit_summary_row(original_audit),
+        "unlearned (rklu, final epoch)": audit_summary_row(unlearned_audit),
+    }
+    write_json_atomic(
+        out / f"{NAME}.json",
+        {
+            "device": "cpu (2 threads)",
+            "command": command,
+            "settings": settings,
+            "epochs": rows,
+            "peak_epoch": run["peak_epoch"],
+            "best_epoch": run["best_epoch"],
+            "logged_rows": run["logged_rows"],
+            "audits": audits,
+            "relearn": {
+                role: {k: v for k, v in entry.items() if k in ("before", "after", "delta", "recovered_fraction")}
+                for role, entry in unlearned_audit.get("relearn", {}).get("models", {}).items()
+            },
+            "quantization": {k: v for k, v in unlearned_audit.get("quantization", {}).items() if k != "runs"},
+            "leak_examples": {
+                kind: {
+                    key: unlearned_audit["leak"][kind]["items"][key][:3]
+                    for key in ("question", "prompt_suffix", "gold", "candidates", "leaked")
+                }
+                for kind in ("question", "fill_in_blank")
+            }
+            if "leak" in unlearned_audit
+            else None,
+        },
+    )
+    title = (
+        f"RKL-U on TOFU {SPLIT}, SmolLM2-135M + LoRA, CPU run (2 threads): per-epoch TofuEvalCallback\n"
+        f"{args.retain_items} retain items in fine-tuning; first {args.eval_items} items of "
+        + ("every eval set" if args.eval_sets == "all" else "the forget set (the only set evaluated)")
+    )
     plot(out / f"{NAME}_epochs.png", rows, title)
-    lines = [f"# Audit of an RKL-U run on a CPU (TOFU {SPLIT}, SmolLM2-135M-Instruct + LoRA)", "",
-             f"Command: `{command}` (2-core CPU, {time.time() - started:.0f} s for this invocation). Settings in "
-             f"`{NAME}.json`.", "", f"## Per-epoch evaluation (TofuEvalCallback, per_epoch='{args.per_epoch}')", "",
-             "| epoch | forget quality | model utility | forget P | forget ROUGE-L | retain P |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Audit of an RKL-U run on a CPU (TOFU {SPLIT}, SmolLM2-135M-Instruct + LoRA)",
+        "",
+        f"Command: `{command}` (2-core CPU, {time.time() - started:.0f} s for this invocation). Settings in "
+        f"`{NAME}.json`.",
+        "",
+        f"## Per-epoch evaluation (TofuEvalCallback, per_epoch='{args.per_epoch}')",
+        "",
+        "| epoch | forget quality | model utility | forget P | forget ROUGE-L | retain P |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        lines.append(f"| {row['epoch']:g} | {fmt(row[FQ])} | {fmt(row.get('model_utility'))} | "
-                     f"{fmt(row.get(f'{SPLIT}_probability'))} | {fmt(row.get(f'{SPLIT}_rouge_l_recall'))} | "
-                     f"{fmt(row.get('retain_probability'))} |")
+        lines.append(
+            f"| {row['epoch']:g} | {fmt(row[FQ])} | {fmt(row.get('model_utility'))} | "
+            f"{fmt(row.get(f'{SPLIT}_probability'))} | {fmt(row.get(f'{SPLIT}_rouge_l_recall'))} | "
+            f"{fmt(row.get('retain_probability'))} |"
+        )
     floor = f" at model utility >= {args.min_model_utility}" if args.min_model_utility is not None else ""
-    lines += ["", f"Peak epoch {run['peak_epoch']}; best checkpoint (highest forget quality{floor}) epoch "
-              f"{run['best_epoch']}.", "", "## Audit", ""]
+    lines += [
+        "",
+        f"Peak epoch {run['peak_epoch']}; best checkpoint (highest forget quality{floor}) epoch {run['best_epoch']}.",
+        "",
+        "## Audit",
+        "",
+    ]
     keys = sorted({k for row in audits.values() for k in row})
     lines += ["| metric | " + " | ".join(audits) + " |", "|---" * (len(audits) + 1) + "|"]
     for key in keys:
         lines.append(f"| {key} | " + " | ".join(fmt(row.get(key)) for row in audits.values()) + " |")
     if "relearn" in unlearned_audit:
-        lines += ["", "Relearning attack (odd-position forget items, after fine-tuning on the even ones):", "",
-                  "| model | P before | P after | ROUGE-L before | ROUGE-L after |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Relearning attack (odd-position forget items, after fine-tuning on the even ones):",
+            "",
+            "| model | P before | P after | ROUGE-L before | ROUGE-L after |",
+            "|---|---|---|---|---|",
+        ]
         for role, entry in unlearned_audit["relearn"]["models"].items():
-            lines.append(f"| {role} | {fmt(entry['before']['probability'])} | {fmt(entry['after']['probability'])} "
-                         f"| {fmt(entry['before']['rouge_l_recall'])} | {fmt(entry['after']['rouge_l_recall'])} |")
+            lines.append(
+                f"| {role} | {fmt(entry['before']['probability'])} | {fmt(entry['after']['probability'])} "
+                f"| {fmt(entry['before']['rouge_l_recall'])} | {fmt(entry['after']['rouge_l_recall'])} |"
+            )
     if "quantization" in unlearned_audit:
-        lines += ["", f"Quantization ({unlearned_audit['quantization']['library']}), forget set:", "",
-                  "| weights | P | ROUGE-L |", "|---|---|---|"]
+        lines += [
+            "",
+            f"Quantization ({unlearned_audit['quantization']['library']}), forget set:",
+            "",
+            "| weights | P | ROUGE-L |",
+            "|---|---|---|",
+        ]
         for bits, entry in unlearned_audit["quantization"]["runs"].items():
-            lines.append(f"| {'full precision' if bits == 'none' else bits + '-bit round trip'} | "
-                         f"{fmt(entry['probability'])} | {fmt(entry['rouge_l_recall'])} |")
+            lines.append(
+                f"| {'full precision' if bits == 'none' else bits + '-bit round trip'} | "
+                f"{fmt(entry['probability'])} | {fmt(entry['rouge_l_recall'])} |"
+            )
     (out / f"{NAME}.md").write_text("\n".join(lines) + "\n")
     print(f"done in {time.time() - started:.0f} s")
 

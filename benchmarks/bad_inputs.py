@@ -27,9 +27,27 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
 SECRET = "hf_NOT_A_REAL_TOKEN_bad_inputs"
-FAST = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--augment_max_steps", "2", "--use_cpu",
-        "--report_to", "none", "--max_length", "256", "--disable_tqdm", "true", "--save_strategy", "no",
-        "--learning_rate", "1e-3", "--augment_learning_rate", "1e-3"]
+FAST = [
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "4",
+    "--augment_max_steps",
+    "2",
+    "--use_cpu",
+    "--report_to",
+    "none",
+    "--max_length",
+    "256",
+    "--disable_tqdm",
+    "true",
+    "--save_strategy",
+    "no",
+    "--learning_rate",
+    "1e-3",
+    "--augment_learning_rate",
+    "1e-3",
+]
 FAST_EVAL = ["--eval_max_items", "2", "--max_new_tokens", "4"]
 
 
@@ -69,14 +87,18 @@ def prepare(work: Path, data_dir: Path) -> dict:
             (folder / file).unlink()
             if text is not None:
                 (folder / file).write_text(text)
+
         return change
 
     paths["no_world_facts"] = data_copy("no_world_facts", rewrite("world_facts_perturbed.jsonl", None))
     paths["empty_forget"] = data_copy("empty_forget", rewrite("forget10.jsonl", ""))
-    paths["null_answer"] = data_copy("null_answer", rewrite(
-        "forget10.jsonl", '{"question": "Who?", "answer": "Her."}\n{"question": "Where?", "answer": null}\n'))
+    paths["null_answer"] = data_copy(
+        "null_answer",
+        rewrite("forget10.jsonl", '{"question": "Who?", "answer": "Her."}\n{"question": "Where?", "answer": null}\n'),
+    )
     paths["bad_json"] = data_copy(
-        "bad_json", rewrite("forget10.jsonl", '{"question": "Who?", "answer": "Her."}\n{oops\n'))
+        "bad_json", rewrite("forget10.jsonl", '{"question": "Who?", "answer": "Her."}\n{oops\n')
+    )
     refs = work / "refs"
     refs.mkdir()
     (refs / "malformed.json").write_text('{"sets": {"forget10_perturbed"')
@@ -154,17 +176,59 @@ def cases(work: Path, paths: dict, data_dir: Path) -> list[dict]:
 
     def u(name, *args, data_dir=data, model=model, out=None, **kw):
         out = out or folder(name)
-        return dict(name=name, command=[unlearn, "--model", model, "--data_dir", str(data_dir), "--output_dir", out,
-                                        *FAST, *FAST_EVAL, *args], out=out, **kw)
+        return dict(
+            name=name,
+            command=[
+                unlearn,
+                "--model",
+                model,
+                "--data_dir",
+                str(data_dir),
+                "--output_dir",
+                out,
+                *FAST,
+                *FAST_EVAL,
+                *args,
+            ],
+            out=out,
+            **kw,
+        )
 
     def f(name, *args, **kw):
         out = folder(name)
-        return dict(name=name, command=[finetune, "--model", model, "--split", "retain99", "--data_dir", data,
-                                        "--output_dir", out, "--max_train_items", "8", "--max_steps", "3",
-                                        "--per_device_train_batch_size", "4", "--use_cpu", "--report_to", "none",
-                                        "--save_strategy", "no", "--max_length", "256", "--disable_tqdm", "true",
-                                        *FAST_EVAL, *args],
-                    out=out, **kw)
+        return dict(
+            name=name,
+            command=[
+                finetune,
+                "--model",
+                model,
+                "--split",
+                "retain99",
+                "--data_dir",
+                data,
+                "--output_dir",
+                out,
+                "--max_train_items",
+                "8",
+                "--max_steps",
+                "3",
+                "--per_device_train_batch_size",
+                "4",
+                "--use_cpu",
+                "--report_to",
+                "none",
+                "--save_strategy",
+                "no",
+                "--max_length",
+                "256",
+                "--disable_tqdm",
+                "true",
+                *FAST_EVAL,
+                *args,
+            ],
+            out=out,
+            **kw,
+        )
 
     finished = str(work / "out" / "finished_ga")
     locked = str(work / "out" / "locked")
@@ -197,8 +261,12 @@ def cases(work: Path, paths: dict, data_dir: Path) -> list[dict]:
         u("eval_every_epoch without retain_eval", "--eval_every_epoch"),
         u("output_dir == model", out=model),
         u("output_dir inside the model folder", out=str(paths["model"] / "unlearned")),
-        u("output_dir == augmented_model_path", "--augmented_model_path", str(work / "other-vocab-augmented"),
-          out=str(work / "other-vocab-augmented")),
+        u(
+            "output_dir == augmented_model_path",
+            "--augmented_model_path",
+            str(work / "other-vocab-augmented"),
+            out=str(work / "other-vocab-augmented"),
+        ),
         u("augmented_model_path empty folder", "--augmented_model_path", str(work / "empty_folder")),
         u("augmented_model_path other vocabulary", "--augmented_model_path", str(work / "other-vocab-augmented")),
         u("refusal_file missing", "--method", "idk", "--refusal_file", str(refs / "missing.txt")),
@@ -206,13 +274,41 @@ def cases(work: Path, paths: dict, data_dir: Path) -> list[dict]:
         u("model missing", model="/nonexistent/model"),
         u("model: LoRA adapter, base gone", model=str(work / "orphan-adapter")),
         u("augment_learning_rate 1e10", "--augment_learning_rate", "1e10", "--augment_max_steps", "4", "--skip_eval"),
-        u("finished ga run, then npo in its folder", "--method", "npo", "--skip_eval", out=finished,
-          before=[unlearn, "--model", model, "--data_dir", data, "--output_dir", finished, *FAST, "--method", "ga",
-                  "--skip_eval"]),
+        u(
+            "finished ga run, then npo in its folder",
+            "--method",
+            "npo",
+            "--skip_eval",
+            out=finished,
+            before=[
+                unlearn,
+                "--model",
+                model,
+                "--data_dir",
+                data,
+                "--output_dir",
+                finished,
+                *FAST,
+                "--method",
+                "ga",
+                "--skip_eval",
+            ],
+        ),
         u("same run again (resume, finished)", "--method", "ga", "--skip_eval", out=finished),
         u("output_dir locked by a live run", "--skip_eval", out=locked, hold_lock=locked),
-        u("hub_token given (secret kept out)", "--method", "ga", "--skip_eval", "--hub_token", SECRET,
-          "--save_strategy", "steps", "--save_steps", "1", check_secret=True),
+        u(
+            "hub_token given (secret kept out)",
+            "--method",
+            "ga",
+            "--skip_eval",
+            "--hub_token",
+            SECRET,
+            "--save_strategy",
+            "steps",
+            "--save_steps",
+            "1",
+            check_secret=True,
+        ),
         f("finetune: learning_rate 1e10", "--learning_rate", "1e10", "--warmup_steps", "0", "--max_steps", "6"),
         f("finetune: eval_forget_splits forget50", "--eval_forget_splits", "forget50"),
         f("finetune: per_device_train_batch_size 0", "--per_device_train_batch_size", "0"),
@@ -227,9 +323,16 @@ def run_case(case: dict, env: dict) -> dict:
         subprocess.run([sys.executable, *case["before"]], env=env, capture_output=True, text=True, timeout=600)
     if case.get("hold_lock"):
         holder = subprocess.Popen(
-            [sys.executable, "-c", "import sys, time; from rklu_llm.run_state import acquire_run_lock; "
-             f"acquire_run_lock({case['hold_lock']!r}); print('locked', flush=True); time.sleep(600)"],
-            env=env, stdout=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-c",
+                "import sys, time; from rklu_llm.run_state import acquire_run_lock; "
+                f"acquire_run_lock({case['hold_lock']!r}); print('locked', flush=True); time.sleep(600)",
+            ],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         holder.stdout.readline()
     before = snapshot(out, sibling)
     start = time.perf_counter()
@@ -239,13 +342,20 @@ def run_case(case: dict, env: dict) -> dict:
         holder.kill()
         holder.wait()
     after = snapshot(out, sibling)
-    row = {"case": case["name"], "rc": result.returncode, "when": phase(result.stderr),
-           "message": message(result.stderr, result.returncode),
-           "written": written(before, after, out.parent), "seconds": round(seconds, 1)}
+    row = {
+        "case": case["name"],
+        "rc": result.returncode,
+        "when": phase(result.stderr),
+        "message": message(result.stderr, result.returncode),
+        "written": written(before, after, out.parent),
+        "seconds": round(seconds, 1),
+    }
     if case.get("check_secret"):
         leaks = [p for p in after if SECRET.encode() in Path(p).read_bytes()]
-        row["message"] = f"(accepted) token found in {len(leaks)} of {len(after)} files written; in the logs: " \
-                         f"{SECRET in result.stdout + result.stderr}"
+        row["message"] = (
+            f"(accepted) token found in {len(leaks)} of {len(after)} files written; in the logs: "
+            f"{SECRET in result.stdout + result.stderr}"
+        )
     return row
 
 
@@ -258,8 +368,14 @@ def main():
     work.mkdir(parents=True)
     data_dir = Path(args.data_dir).resolve()
     paths = prepare(work, data_dir)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     chosen = cases(work, paths, data_dir)
     only = None if args.only is None else {int(i) for i in args.only.split(",")}
     rows = []
@@ -275,11 +391,13 @@ def main():
         if len(text) > 300:
             text = text[:297] + "..."
         lines.append(f"| {row['#']} | {row['case']} | {row['rc']} | {row['when']} | {text} | {row['written']} |")
-    header = ("# Bad inputs tried on the recipes\n\nCommand: `python benchmarks/bad_inputs.py --data_dir <TOFU> "
-              "--work_dir <scratch>` (tiny random Llama, 2-core CPU). \"failed\": before load = before any model was "
-              "loaded; before training = after loading, before the first step; later = during training. "
-              "\"written\": files created or changed in the case's output folder (and `<output_dir>.augmented`), "
-              "paths relative to the folder holding it.\n\n")
+    header = (
+        "# Bad inputs tried on the recipes\n\nCommand: `python benchmarks/bad_inputs.py --data_dir <TOFU> "
+        '--work_dir <scratch>` (tiny random Llama, 2-core CPU). "failed": before load = before any model was '
+        "loaded; before training = after loading, before the first step; later = during training. "
+        '"written": files created or changed in the case\'s output folder (and `<output_dir>.augmented`), '
+        "paths relative to the folder holding it.\n\n"
+    )
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(header + "\n".join(lines) + "\n")
     print(f"{len(rows)} cases -> {args.output}")

@@ -3,13 +3,13 @@
     python benchmarks/classifier.py --fashion_mnist_dir ../shared/data/fashion-mnist \
         --books_dir ../shared/data/books --work_dir /tmp/classifier_bench --results_dir benchmarks/results
 
-Scenarios (paper 000 / DELETE protocols): Fashion-MNIST with a small CNN forgetting one class (0, T-shirt/top), two
-classes (0, 1), five classes (0-4), 100 and 500 random training samples; the same single class with a small
-`transformers` ResNet; the six Austen novels with a small BERT forgetting one novel (Emma). Each scenario is one run
-of the recipe body (``rklu_llm.scripts.classifier.main``): the original (trained once per model and dataset, then
-reused), the retrain oracle, then every method from a copy of the original; a finished method is reused when the
-command is run again, so an interrupted benchmark resumes. Timings are wall-clock seconds on this machine; each
-method's time is reported as a fraction of the oracle's training time in the same scenario.
+Scenarios (the redistributive-KL and DELETE protocols): Fashion-MNIST with a small CNN forgetting one class (0,
+T-shirt/top), two classes (0, 1), five classes (0-4), 100 and 500 random training samples; the same single class
+with a small `transformers` ResNet; the six Austen novels with a small BERT forgetting one novel (Emma). Each
+scenario is one run of the recipe body (``rklu_llm.scripts.classifier.main``): the original (trained once per model
+and dataset, then reused), the retrain oracle, then every method from a copy of the original; a finished method is
+reused when the command is run again, so an interrupted benchmark resumes. Timings are wall-clock seconds on this
+machine; each method's time is reported as a fraction of the oracle's training time in the same scenario.
 
 Writes ``classifier_<image dataset>.{json,md}`` and ``classifier_austen.{json,md}`` into ``--results_dir``.
 """
@@ -35,7 +35,8 @@ from rklu_llm.paths import portable_path  # noqa: E402
 from rklu_llm.scripts.classifier import main as run_recipe  # noqa: E402
 
 CLASS_METHODS = "redistribute,mask,ga,random_label,boundary_shrink,jit,finetune"
-#: the two KL methods and the two contrasts (paper 000 leaves Boundary Shrink out of sample unlearning)
+#: the two KL methods and the two contrasts (the redistributive-KL protocol leaves Boundary Shrink out of sample
+#: unlearning)
 CONTRAST_METHODS = "redistribute,mask,ga,random_label"
 #: the two KL methods again at lower learning rates (added after a first run: text and sample unlearning
 #: over-forgot at the shared 1e-3)
@@ -47,21 +48,38 @@ SCENARIOS = {
     "cnn_class5": ("image", "cnn", ["--forget_classes", "0,1,2,3,4"], CONTRAST_METHODS),
     "cnn_samples100": ("image", "cnn", ["--forget_samples", "100"], CONTRAST_METHODS + LOWER_LR),
     "cnn_samples500": ("image", "cnn", ["--forget_samples", "500"], CONTRAST_METHODS + LOWER_LR),
-    "resnet_class1": ("image", "resnet", ["--forget_classes", "0", "--max_train_samples", "20000"],
-                      CONTRAST_METHODS),
-    "bert_class1": ("text", "bert", ["--forget_classes", "0"],
-                    CLASS_METHODS + LOWER_LR + ",redistribute@3e-4,mask@3e-4"),
+    "resnet_class1": ("image", "resnet", ["--forget_classes", "0", "--max_train_samples", "20000"], CONTRAST_METHODS),
+    "bert_class1": (
+        "text",
+        "bert",
+        ["--forget_classes", "0"],
+        CLASS_METHODS + LOWER_LR + ",redistribute@3e-4,mask@3e-4",
+    ),
 }
-PERCENT_KEYS = ("acc_f", "acc_r", "acc_ft", "acc_rt", "acc_test", "h_mean", "mia_svc_confidence", "mia_svc_entropy",
-                "mia_svc_modified_entropy", "mia_entropy_lr")
+PERCENT_KEYS = (
+    "acc_f",
+    "acc_r",
+    "acc_ft",
+    "acc_rt",
+    "acc_test",
+    "h_mean",
+    "mia_svc_confidence",
+    "mia_svc_entropy",
+    "mia_svc_modified_entropy",
+    "mia_entropy_lr",
+)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fashion_mnist_dir", default=None, help="Fashion-MNIST IDX folder ($RKLU_FASHION_MNIST_DIR)")
     parser.add_argument("--books_dir", default=None, help="the six Austen novels ($RKLU_BOOKS_DIR)")
-    parser.add_argument("--image_dataset", default="fashion_mnist", choices=("fashion_mnist", "digits"),
-                        help="digits: sklearn's 8x8 digits (a quick check of the whole pipeline)")
+    parser.add_argument(
+        "--image_dataset",
+        default="fashion_mnist",
+        choices=("fashion_mnist", "digits"),
+        help="digits: sklearn's 8x8 digits (a quick check of the whole pipeline)",
+    )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, from {list(SCENARIOS)}")
     parser.add_argument("--methods", default=None, help="replace every scenario's methods (a quick check)")
     parser.add_argument("--work_dir", required=True, help="models and per-method results (resumable)")
@@ -88,13 +106,38 @@ def recipe_argv(args, name: str) -> list[str]:
     else:
         dataset, data_dir, epochs, lr = "austen", args.books_dir, args.text_train_epochs, args.text_train_lr
     argv = [
-        "--dataset", dataset, "--model", model, *forget, "--methods", args.methods or methods,
-        "--original", str(work / f"{dataset}_{model}_original"), "--output_dir", str(work / f"{dataset}_{name}"),
-        "--train_epochs", str(epochs), "--train_learning_rate", str(lr),
-        "--train_batch_size", str(args.train_batch_size),
-        "--num_train_epochs", str(args.unlearn_epochs), "--learning_rate", str(args.unlearn_lr),
-        "--eval_retain_samples", str(args.eval_retain_samples), "--mia_max_samples", str(args.mia_max_samples),
-        "--num_threads", str(args.threads), "--use_cpu", "--disable_tqdm", "true", "--logging_steps", "1000",
+        "--dataset",
+        dataset,
+        "--model",
+        model,
+        *forget,
+        "--methods",
+        args.methods or methods,
+        "--original",
+        str(work / f"{dataset}_{model}_original"),
+        "--output_dir",
+        str(work / f"{dataset}_{name}"),
+        "--train_epochs",
+        str(epochs),
+        "--train_learning_rate",
+        str(lr),
+        "--train_batch_size",
+        str(args.train_batch_size),
+        "--num_train_epochs",
+        str(args.unlearn_epochs),
+        "--learning_rate",
+        str(args.unlearn_lr),
+        "--eval_retain_samples",
+        str(args.eval_retain_samples),
+        "--mia_max_samples",
+        str(args.mia_max_samples),
+        "--num_threads",
+        str(args.threads),
+        "--use_cpu",
+        "--disable_tqdm",
+        "true",
+        "--logging_steps",
+        "1000",
     ]
     if data_dir is not None and dataset != "digits":
         argv += ["--data_dir", data_dir]
@@ -118,18 +161,25 @@ def scenario_table(name: str, result: dict) -> list[str]:
     else:
         title = f"forget {scenario['forget_samples']} random training samples"
         columns = ("acc_f", "acc_r", "acc_test")
-    heads = {"acc_f": "Acc_f", "acc_r": "Acc_r", "acc_ft": "Acc_ft", "acc_rt": "Acc_rt", "acc_test": "Acc_test",
-             "h_mean": "H-Mean"}
+    heads = {
+        "acc_f": "Acc_f",
+        "acc_r": "Acc_r",
+        "acc_ft": "Acc_ft",
+        "acc_rt": "Acc_rt",
+        "acc_test": "Acc_test",
+        "h_mean": "H-Mean",
+    }
     lines = [
         f"### {name}: {scenario['dataset']}, {scenario['model']}, {title}",
         "",
         f"{scenario['train_samples']} train / {scenario['test_samples']} test samples, "
         f"forget set {scenario['forget_size']}."
-        " Percentages; MIA = fraction of forget-train samples called \"member\" (SVC on confidence / entropy / "
+        ' Percentages; MIA = fraction of forget-train samples called "member" (SVC on confidence / entropy / '
         "modified entropy; entropy logistic regression); time = wall seconds of the run and its fraction of the "
         "oracle's training time.",
         "",
-        "| method | uses retain data | " + " | ".join(heads[c] for c in columns)
+        "| method | uses retain data | "
+        + " | ".join(heads[c] for c in columns)
         + " | MIA SVC conf / ent / m-ent | MIA LR | time (s) | × oracle |",
         "|---" * (len(columns) + 6) + "|",
     ]
@@ -174,8 +224,10 @@ def write_results(args, family: str, names: list[str], results: dict, invocation
     if not names:
         return
     stem = f"classifier_{args.image_dataset if family == 'image' else 'austen'}"
-    machine = (f"{platform.machine()} CPU ({torch.get_num_threads()} torch thread(s) of a shared 2-core machine), "
-               f"torch {torch.__version__}, transformers {transformers.__version__}")
+    machine = (
+        f"{platform.machine()} CPU ({torch.get_num_threads()} torch thread(s) of a shared 2-core machine), "
+        f"torch {torch.__version__}, transformers {transformers.__version__}"
+    )
     data = {"machine": machine, "invocations": invocations, "scenarios": {n: results[n] for n in names}}
     write_json_atomic(Path(args.results_dir) / f"{stem}.json", data)
     lines = [

@@ -64,10 +64,18 @@ def parse() -> argparse.Namespace:
     p.add_argument("--teacher_alpha", type=float, default=4.0)
     p.add_argument("--batch_size", type=int, default=4)
     p.add_argument("--eval_batch_size", type=int, default=32)
-    p.add_argument("--lora", action=argparse.BooleanOptionalAction, default=True,
-                   help="LoRA fine-tune (merged), augmented adapter and students (ta edits full weights)")
-    p.add_argument("--paper", action="store_true", help="the paper's sizes: 300 x 512 (P&P has 327), prefix 200, "
-                   "200 WikiText segments of 512, all lm-eval items, no LoRA")
+    p.add_argument(
+        "--lora",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="LoRA fine-tune (merged), augmented adapter and students (ta edits full weights)",
+    )
+    p.add_argument(
+        "--paper",
+        action="store_true",
+        help="the paper's sizes: 300 x 512 (P&P has 327), prefix 200, "
+        "200 WikiText segments of 512, all lm-eval items, no LoRA",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch threads on the CPU")
     args = p.parse_args()
     if args.paper:
@@ -80,19 +88,68 @@ def recipe_argv(args, methods: str) -> list[str]:
     data = Path(args.data_root)
     cpu = not torch.cuda.is_available()
     argv = [
-        "--model", args.model, "--output_dir", str(Path(args.work_dir) / "runs"), "--methods", methods,
-        "--books_dir", str(data / "books"), "--forget_text", args.forget_text, "--control_text", args.control_text,
-        "--retain_text", args.retain_text, "--wikitext_dir", str(data / "wikitext"),
-        "--general_data_dir", str(data / "general"), "--general_tasks", args.general_tasks,
-        "--chunk_tokens", str(args.chunk_tokens), "--num_chunks", str(args.num_chunks),
-        "--prefix_tokens", str(args.prefix_tokens), "--segment_tokens", str(args.segment_tokens),
-        "--num_segments", str(args.num_segments), "--finetune_epochs", str(args.finetune_epochs),
-        "--finetune_learning_rate", str(args.finetune_lr), "--num_train_epochs", str(args.unlearn_epochs),
-        "--learning_rate", str(args.unlearn_lr), "--augment_epochs", str(args.augment_epochs),
-        "--augment_learning_rate", str(args.finetune_lr), "--teacher_alpha", str(args.teacher_alpha),
-        "--per_device_train_batch_size", str(args.batch_size), "--eval_batch_size", str(args.eval_batch_size),
-        "--general_batch_size", str(args.eval_batch_size), "--save_strategy", "no", "--report_to", "none",
-        "--logging_steps", "1", "--disable_tqdm", "true", "--seed", "0", "--save_models", "false",
+        "--model",
+        args.model,
+        "--output_dir",
+        str(Path(args.work_dir) / "runs"),
+        "--methods",
+        methods,
+        "--books_dir",
+        str(data / "books"),
+        "--forget_text",
+        args.forget_text,
+        "--control_text",
+        args.control_text,
+        "--retain_text",
+        args.retain_text,
+        "--wikitext_dir",
+        str(data / "wikitext"),
+        "--general_data_dir",
+        str(data / "general"),
+        "--general_tasks",
+        args.general_tasks,
+        "--chunk_tokens",
+        str(args.chunk_tokens),
+        "--num_chunks",
+        str(args.num_chunks),
+        "--prefix_tokens",
+        str(args.prefix_tokens),
+        "--segment_tokens",
+        str(args.segment_tokens),
+        "--num_segments",
+        str(args.num_segments),
+        "--finetune_epochs",
+        str(args.finetune_epochs),
+        "--finetune_learning_rate",
+        str(args.finetune_lr),
+        "--num_train_epochs",
+        str(args.unlearn_epochs),
+        "--learning_rate",
+        str(args.unlearn_lr),
+        "--augment_epochs",
+        str(args.augment_epochs),
+        "--augment_learning_rate",
+        str(args.finetune_lr),
+        "--teacher_alpha",
+        str(args.teacher_alpha),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--eval_batch_size",
+        str(args.eval_batch_size),
+        "--general_batch_size",
+        str(args.eval_batch_size),
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--logging_steps",
+        "1",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+        "--save_models",
+        "false",
     ]
     if args.general_limit is not None:
         argv += ["--general_limit", str(args.general_limit)]
@@ -126,27 +183,39 @@ def targets(table: list[dict]) -> list[str]:
     ft, rklu, ga = by.get("finetuned"), by.get("rklu"), by.get("ga")
     if ft:
         r = ratio(ft["forget_bleu"], ft["control_bleu"])
-        lines.append(f"- fine-tuned: forget BLEU {ft['forget_bleu']:.2f} vs control BLEU {ft['control_bleu']:.2f} "
-                     f"= {fmt(r)}x (target >= 5x): {'met' if r is not None and r >= 5 else 'NOT met'}")
+        lines.append(
+            f"- fine-tuned: forget BLEU {ft['forget_bleu']:.2f} vs control BLEU {ft['control_bleu']:.2f} "
+            f"= {fmt(r)}x (target >= 5x): {'met' if r is not None and r >= 5 else 'NOT met'}"
+        )
     if rklu:
-        rb, rr = ratio(rklu["forget_bleu"], rklu["control_bleu"]), ratio(rklu["forget_rouge_l_recall"],
-                                                                          rklu["control_rouge_l_recall"])
-        lines.append(f"- rklu: forget BLEU {rklu['forget_bleu']:.2f} = {fmt(rb)}x its control BLEU, forget ROUGE-L "
-                     f"recall {rklu['forget_rouge_l_recall']:.2f} = {fmt(rr)}x its control's (target <= 1.5x): "
-                     f"{'met' if rb is not None and rr is not None and rb <= 1.5 and rr <= 1.5 else 'NOT met'}")
+        rb, rr = (
+            ratio(rklu["forget_bleu"], rklu["control_bleu"]),
+            ratio(rklu["forget_rouge_l_recall"], rklu["control_rouge_l_recall"]),
+        )
+        lines.append(
+            f"- rklu: forget BLEU {rklu['forget_bleu']:.2f} = {fmt(rb)}x its control BLEU, forget ROUGE-L "
+            f"recall {rklu['forget_rouge_l_recall']:.2f} = {fmt(rr)}x its control's (target <= 1.5x): "
+            f"{'met' if rb is not None and rr is not None and rb <= 1.5 and rr <= 1.5 else 'NOT met'}"
+        )
     if rklu and ft:
         change = rklu["wikitext_perplexity"] / ft["wikitext_perplexity"] - 1
-        lines.append(f"- rklu: WikiText perplexity {rklu['wikitext_perplexity']:.2f} vs fine-tuned "
-                     f"{ft['wikitext_perplexity']:.2f} ({100 * change:+.1f}%, target within 5%): "
-                     f"{'met' if abs(change) <= 0.05 else 'NOT met'}")
+        lines.append(
+            f"- rklu: WikiText perplexity {rklu['wikitext_perplexity']:.2f} vs fine-tuned "
+            f"{ft['wikitext_perplexity']:.2f} ({100 * change:+.1f}%, target within 5%): "
+            f"{'met' if abs(change) <= 0.05 else 'NOT met'}"
+        )
         if rklu.get("general_average_acc") is not None and ft.get("general_average_acc") is not None:
             diff = 100 * (rklu["general_average_acc"] - ft["general_average_acc"])
-            lines.append(f"- rklu: lm-eval mean accuracy {100 * rklu['general_average_acc']:.1f} vs fine-tuned "
-                         f"{100 * ft['general_average_acc']:.1f} ({diff:+.1f} points, target within 1): "
-                         f"{'met' if abs(diff) <= 1 else 'NOT met'}")
+            lines.append(
+                f"- rklu: lm-eval mean accuracy {100 * rklu['general_average_acc']:.1f} vs fine-tuned "
+                f"{100 * ft['general_average_acc']:.1f} ({diff:+.1f} points, target within 1): "
+                f"{'met' if abs(diff) <= 1 else 'NOT met'}"
+            )
     if ga and ft:
-        lines.append(f"- ga: WikiText perplexity {ga['wikitext_perplexity']:.4g} vs fine-tuned "
-                     f"{ft['wikitext_perplexity']:.2f} ({ga['wikitext_perplexity'] / ft['wikitext_perplexity']:.2f}x)")
+        lines.append(
+            f"- ga: WikiText perplexity {ga['wikitext_perplexity']:.4g} vs fine-tuned "
+            f"{ft['wikitext_perplexity']:.2f} ({ga['wikitext_perplexity'] / ft['wikitext_perplexity']:.2f}x)"
+        )
     return lines
 
 
@@ -156,22 +225,31 @@ def write_outputs(args, invocations: list[dict]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "2-core CPU"
     settings = {k: v for k, v in vars(args).items() if k not in ("work_dir", "results_dir", "data_root")}
-    write_json_atomic(out / f"{NAME}.json", {"device": device, "settings": settings, "invocations": invocations,
-                                             "rows": table, "targets": targets(table)})
+    write_json_atomic(
+        out / f"{NAME}.json",
+        {"device": device, "settings": settings, "invocations": invocations, "rows": table, "targets": targets(table)},
+    )
     commands = "; then ".join(
         f"`{i['command']}` ({i['seconds']:.0f} s wall, {i['cpu_seconds']:.0f} s CPU, load average "
-        f"{i['load_average']:.1f}" + ("" if i.get("finished", True) else f"; stopped after the stage "
-                                      f"{i.get('last_stage', '?')}") + ")" for i in invocations)
+        f"{i['load_average']:.1f}"
+        + ("" if i.get("finished", True) else f"; stopped after the stage {i.get('last_stage', '?')}")
+        + ")"
+        for i in invocations
+    )
     reduced = ("Reduced CPU run" if not args.paper else "Paper-size run") + (
         f": {args.num_chunks} chunks of {args.chunk_tokens} tokens of Pride and Prejudice, the first "
         f"{args.prefix_tokens} of each the prompt (paper: 400 x 512, prefix 200); control: the same number of chunks "
         f"of Sense and Sensibility (never trained on); perplexity on {args.num_segments} WikiText-2 test segments of "
         f"{args.segment_tokens} tokens (paper: 200); lm-eval mean accuracy over "
         f"{', '.join(resolve_tasks(args.general_tasks))} on the first {args.general_limit or 'all'} items of each task"
-        + (", LoRA fine-tune / augmented adapter / students (ta edits the full weights)" if args.lora else "") + ".")
+        + (", LoRA fine-tune / augmented adapter / students (ta edits the full weights)" if args.lora else "")
+        + "."
+    )
     lines = [
-        f"# Copyright unlearning on SmolLM2-135M-Instruct ({device})", "",
-        f"Commands: {commands}. {reduced} Settings in the JSON.", "",
+        f"# Copyright unlearning on SmolLM2-135M-Instruct ({device})",
+        "",
+        f"Commands: {commands}. {reduced} Settings in the JSON.",
+        "",
         "BLEU: mean sentence BLEU (sacrebleu, 13a, exp smoothing) x100; R-L: ROUGE-L recall / F1 (rouge_score, "
         "stemmer) x100, of the greedy continuation of each chunk's prefix against its true continuation. "
         "Seconds: training (fine-tune; unlearning with the augmentation included for rklu / fklu / ta) and evaluation.",
@@ -186,11 +264,18 @@ def write_outputs(args, invocations: list[dict]) -> None:
             f"| {r['method']} | {fmt(r['forget_bleu'])} | {fmt(r['forget_rouge_l_recall'])} | "
             f"{fmt(r['forget_rouge_l_f1'])} | {fmt(r['control_bleu'])} | {fmt(r['control_rouge_l_recall'])} | "
             f"{fmt(r['wikitext_perplexity'], '.4g')} | {fmt(None if acc is None else 100 * acc, '.1f')} | "
-            f"{fmt(r['seconds'], '.0f')} | {fmt(r['eval_seconds'], '.0f')} |")
-    lines += ["", "Targets (issue 8), as measured:", "", *targets(table), "",
-              f"Time: {sum(i['seconds'] for i in invocations):.0f} s wall, "
-              f"{sum(i['cpu_seconds'] for i in invocations):.0f} s CPU over {len(invocations)} invocation(s) (the "
-              "machine is shared: the load average is the mean of the 1-minute load sampled at each stage)."]
+            f"{fmt(r['seconds'], '.0f')} | {fmt(r['eval_seconds'], '.0f')} |"
+        )
+    lines += [
+        "",
+        "Targets (issue 8), as measured:",
+        "",
+        *targets(table),
+        "",
+        f"Time: {sum(i['seconds'] for i in invocations):.0f} s wall, "
+        f"{sum(i['cpu_seconds'] for i in invocations):.0f} s CPU over {len(invocations)} invocation(s) (the "
+        "machine is shared: the load average is the mean of the 1-minute load sampled at each stage).",
+    ]
     (out / f"{NAME}.md").write_text("\n".join(lines) + "\n")
     plot(out / f"{NAME}.png", table)
 
@@ -235,8 +320,12 @@ def main() -> None:
 
     def this() -> dict:
         loads.append(os.getloadavg()[0])
-        return {"seconds": time.time() - started, "cpu_seconds": time.process_time() - cpu_started,
-                "load_average": sum(loads) / len(loads), "command": command}
+        return {
+            "seconds": time.time() - started,
+            "cpu_seconds": time.process_time() - cpu_started,
+            "load_average": sum(loads) / len(loads),
+            "command": command,
+        }
 
     def on_stage(name: str) -> None:  # after every stage: an interrupted invocation keeps its record
         current = invocations + [{**this(), "finished": False, "last_stage": name}]

@@ -89,9 +89,15 @@ def timed(device: str, fn):
 
 
 def compare_timings(runs: dict[str, list[tuple[float, float]]], old: str, new: str) -> dict:
-    out = {label: {"wall_seconds": [w for w, _ in values], "cpu_seconds": [c for _, c in values],
-                   "median_wall_seconds": statistics.median(w for w, _ in values),
-                   "median_cpu_seconds": statistics.median(c for _, c in values)} for label, values in runs.items()}
+    out = {
+        label: {
+            "wall_seconds": [w for w, _ in values],
+            "cpu_seconds": [c for _, c in values],
+            "median_wall_seconds": statistics.median(w for w, _ in values),
+            "median_cpu_seconds": statistics.median(c for _, c in values),
+        }
+        for label, values in runs.items()
+    }
     out["ratio_wall"] = out[old]["median_wall_seconds"] / out[new]["median_wall_seconds"]
     out["ratio_cpu"] = out[old]["median_cpu_seconds"] / out[new]["median_cpu_seconds"]
     return out
@@ -103,8 +109,15 @@ def main(argv=None) -> None:
     if args.render:  # the measurement's own settings and command, read back
         stored = json.loads((out / f"{args.name}.json").read_text())
         settings = argparse.Namespace(**stored["settings"])
-        write_markdown(out / f"{args.name}.md", settings, stored["device"], stored["command"], stored["generation"],
-                       stored["likelihood"], stored["full_evaluation"])
+        write_markdown(
+            out / f"{args.name}.md",
+            settings,
+            stored["device"],
+            stored["command"],
+            stored["generation"],
+            stored["likelihood"],
+            stored["full_evaluation"],
+        )
         return
     torch.set_num_threads(args.threads)
     rows = load_tofu("forget10_perturbed", args.data_dir).select_columns(["question"])
@@ -115,8 +128,11 @@ def main(argv=None) -> None:
     model.to(args.device).eval()
     if args.bf16:
         model.to(torch.bfloat16)
-    device = (torch.cuda.get_device_name(0) if args.device.startswith("cuda")
-              else f"{args.threads}-thread CPU of a {os.cpu_count()}-core machine")
+    device = (
+        torch.cuda.get_device_name(0)
+        if args.device.startswith("cuda")
+        else f"{args.threads}-thread CPU of a {os.cpu_count()}-core machine"
+    )
 
     prompts = [encode_prompt(tokenizer, q) for q in rows["question"][: args.prompts]]
     score_rows = score_rows.select(range(args.score_items))
@@ -130,14 +146,17 @@ def main(argv=None) -> None:
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     generators = {
-        "old": lambda: generate_continuations(model, tokenizer, prompts, args.old_batch_size, args.max_new_tokens,
-                                              decoder="generate"),
-        "new": lambda: generate_continuations(model, tokenizer, prompts, args.new_batch_size, args.max_new_tokens,
-                                              decoder="compact"),
+        "old": lambda: generate_continuations(
+            model, tokenizer, prompts, args.old_batch_size, args.max_new_tokens, decoder="generate"
+        ),
+        "new": lambda: generate_continuations(
+            model, tokenizer, prompts, args.new_batch_size, args.max_new_tokens, decoder="compact"
+        ),
     }
     for variant in args.variants:
         generators[variant] = lambda v=variant: generate_continuations(
-            model, tokenizer, prompts, args.new_batch_size, args.max_new_tokens, decoder=v)
+            model, tokenizer, prompts, args.new_batch_size, args.max_new_tokens, decoder=v
+        )
     scorers = {
         "old": lambda: score_examples(model, examples, pad, args.old_batch_size, scoring="plain"),
         "new": lambda: score_examples(model, examples, pad, args.new_batch_size, scoring="shared_prefix"),
@@ -151,25 +170,32 @@ def main(argv=None) -> None:
             texts[label], wall, cpu = timed(args.device, generators[label])
             gen_times[label].append((wall, cpu))
             print(f"repeat {repeat}: generation {label}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
-        for label in (["old", "new"] if repeat % 2 == 0 else ["new", "old"]):
+        for label in ["old", "new"] if repeat % 2 == 0 else ["new", "old"]:
             scores[label], wall, cpu = timed(args.device, scorers[label])
             score_times[label].append((wall, cpu))
             print(f"repeat {repeat}: likelihood {label}: {wall:.1f} s wall, {cpu:.1f} s CPU", flush=True)
 
     new_tokens = [len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts["new"]]
     generation = {
-        "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+        "prompts": len(prompts),
+        "max_new_tokens": args.max_new_tokens,
         "identical_outputs": sum(a == b for a, b in zip(texts["old"], texts["new"])),
         "answer_tokens": {"mean": float(np.mean(new_tokens)), "min": min(new_tokens), "max": max(new_tokens)},
         **compare_timings({k: gen_times[k] for k in ("old", "new")}, "old", "new"),
-        "variants": {v: {"identical_outputs": sum(a == b for a, b in zip(texts["old"], texts[v])),
-                         **compare_timings({"old": gen_times["old"], v: gen_times[v]}, "old", v)}
-                     for v in args.variants},
+        "variants": {
+            v: {
+                "identical_outputs": sum(a == b for a, b in zip(texts["old"], texts[v])),
+                **compare_timings({"old": gen_times["old"], v: gen_times[v]}, "old", v),
+            }
+            for v in args.variants
+        },
         "examples": [{"old": a, "new": b} for a, b in zip(texts["old"][:3], texts["new"][:3])],
     }
     difference = np.abs(scores["old"]["nll_sum"] - scores["new"]["nll_sum"])
     likelihood = {
-        "set": args.score_set, "items": args.score_items, "pairs": len(examples),
+        "set": args.score_set,
+        "items": args.score_items,
+        "pairs": len(examples),
         "tokens_per_pair": float(np.mean([len(e["input_ids"]) for e in examples])),
         "max_abs_nll_difference": float(difference.max()),
         "max_rel_nll_difference": float((difference / np.maximum(np.abs(scores["old"]["nll_sum"]), 1e-12)).max()),
@@ -180,49 +206,93 @@ def main(argv=None) -> None:
     if args.full_eval:
         from rklu_llm.eval.tofu import evaluate_tofu
 
-        result, wall, cpu = timed(args.device, lambda: evaluate_tofu(
-            model, tokenizer, "forget10", data_dir=args.data_dir, batch_size=args.new_batch_size,
-            generation_batch_size=args.new_batch_size, max_new_tokens=args.max_new_tokens))
+        result, wall, cpu = timed(
+            args.device,
+            lambda: evaluate_tofu(
+                model,
+                tokenizer,
+                "forget10",
+                data_dir=args.data_dir,
+                batch_size=args.new_batch_size,
+                generation_batch_size=args.new_batch_size,
+                max_new_tokens=args.max_new_tokens,
+            ),
+        )
         full = {"wall_seconds": wall, "cpu_seconds": cpu, "model_utility": result["model_utility"]}
 
     command = " ".join(["python", "benchmarks/eval_speed.py", *(sys.argv[1:] if argv is None else argv)])
     settings = {k: portable_path(v) if k in ("data_dir", "model", "results_dir") else v for k, v in vars(args).items()}
-    write_json_atomic(out / f"{args.name}.json", {"device": device, "torch": torch.__version__, "command": command,
-                                                   "settings": settings, "generation": generation,
-                                                   "likelihood": likelihood, "full_evaluation": full})
+    write_json_atomic(
+        out / f"{args.name}.json",
+        {
+            "device": device,
+            "torch": torch.__version__,
+            "command": command,
+            "settings": settings,
+            "generation": generation,
+            "likelihood": likelihood,
+            "full_evaluation": full,
+        },
+    )
     write_markdown(out / f"{args.name}.md", args, device, command, generation, likelihood, full)
     print((out / f"{args.name}.md").read_text())
 
 
 def write_markdown(path: Path, args, device: str, command: str, generation: dict, likelihood: dict, full) -> None:
     def row(task, label, entry, batch, note=""):
-        return (f"| {task} | {label} | {batch} | {entry['median_wall_seconds']:.1f} | "
-                f"{entry['median_cpu_seconds']:.1f} | {note} |")
+        return (
+            f"| {task} | {label} | {batch} | {entry['median_wall_seconds']:.1f} | "
+            f"{entry['median_cpu_seconds']:.1f} | {note} |"
+        )
 
     lines = [
-        f"# Evaluation speed, old vs new paths ({device})", "",
+        f"# Evaluation speed, old vs new paths ({device})",
+        "",
         f"Command: `{command}` ({device}; {args.repeats} repeats, old and new alternating; medians). "
-        "Old = the previous implementation (`decoder=\"generate\"`: `model.generate`, finished rows stay in the "
-        "batch; `scoring=\"plain\"`: whole sequences), new = the defaults (`decoder=\"compact\"`: finished rows leave "
-        "the batch; `scoring=\"shared_prefix\"`: each question's prompt once per batch, its key/value cache reused "
+        'Old = the previous implementation (`decoder="generate"`: `model.generate`, finished rows stay in the '
+        'batch; `scoring="plain"`: whole sequences), new = the defaults (`decoder="compact"`: finished rows leave '
+        'the batch; `scoring="shared_prefix"`: each question\'s prompt once per batch, its key/value cache reused '
         "for its answers). CPU = seconds of CPU time of the process (the machine is shared: CPU time is the steadier "
-        "measure).", "",
-        "| task | path | batch | wall s | CPU s | outputs |", "|---|---|---|---|---|---|",
+        "measure).",
+        "",
+        "| task | path | batch | wall s | CPU s | outputs |",
+        "|---|---|---|---|---|---|",
     ]
     gen_task = f"generation, {generation['prompts']} prompts x <= {generation['max_new_tokens']} new tokens"
     lines.append(row(gen_task, "old", generation["old"], args.old_batch_size))
-    lines.append(row(gen_task, "new", generation["new"], args.new_batch_size,
-                     f"{generation['identical_outputs']}/{generation['prompts']} identical texts"))
+    lines.append(
+        row(
+            gen_task,
+            "new",
+            generation["new"],
+            args.new_batch_size,
+            f"{generation['identical_outputs']}/{generation['prompts']} identical texts",
+        )
+    )
     for variant, entry in generation["variants"].items():
-        lines.append(row(gen_task, f"{variant} (decoder)", entry[variant], args.new_batch_size,
-                         f"{entry['identical_outputs']}/{generation['prompts']} identical; × old: "
-                         f"{entry['ratio_wall']:.2f} wall"))
+        lines.append(
+            row(
+                gen_task,
+                f"{variant} (decoder)",
+                entry[variant],
+                args.new_batch_size,
+                f"{entry['identical_outputs']}/{generation['prompts']} identical; × old: "
+                f"{entry['ratio_wall']:.2f} wall",
+            )
+        )
     score_task = f"likelihood, {likelihood['set']} first {likelihood['items']} items ({likelihood['pairs']} pairs)"
     lines.append(row(score_task, "old", likelihood["old"], args.old_batch_size))
-    lines.append(row(score_task, "new", likelihood["new"], args.new_batch_size,
-                     f"max |ΔNLL| {likelihood['max_abs_nll_difference']:.1e} (relative "
-                     f"{likelihood['max_rel_nll_difference']:.1e}), token counts "
-                     f"{'equal' if likelihood['same_token_counts'] else 'DIFFER'}"))
+    lines.append(
+        row(
+            score_task,
+            "new",
+            likelihood["new"],
+            args.new_batch_size,
+            f"max |ΔNLL| {likelihood['max_abs_nll_difference']:.1e} (relative "
+            f"{likelihood['max_rel_nll_difference']:.1e}), token counts "
+            f"{'equal' if likelihood['same_token_counts'] else 'DIFFER'}",
+        )
+    )
     tokens = generation["answer_tokens"]
     lines += [
         "",
@@ -232,14 +302,20 @@ def write_markdown(path: Path, args, device: str, command: str, generation: dict
         f"saves more the more the answer lengths differ. Pairs average {likelihood['tokens_per_pair']:.0f} tokens.",
     ]
     if full is not None:
-        lines += ["", f"One full `evaluate_tofu` (forget10 and the utility sets, every item, new paths): "
-                      f"{full['wall_seconds']:.1f} s wall."]
+        lines += [
+            "",
+            f"One full `evaluate_tofu` (forget10 and the utility sets, every item, new paths): "
+            f"{full['wall_seconds']:.1f} s wall.",
+        ]
     if args.device == "cpu":
-        lines += ["", "GPU target, not measured here: a full TOFU evaluation of SmolLM2-135M (forget10 and the utility "
-                      "sets, every item, 200 new tokens) in <= 4 s. Command: `python benchmarks/eval_speed.py "
-                      "--data_dir ../shared/data/tofu --device cuda --name eval_speed_gpu --prompts 400 --score_items "
-                      "400 --new_batch_size 1024 --variants static --full_eval` (add `--bf16` to evaluate in "
-                      "bfloat16)."]
+        lines += [
+            "",
+            "GPU target, not measured here: a full TOFU evaluation of SmolLM2-135M (forget10 and the utility "
+            "sets, every item, 200 new tokens) in <= 4 s. Command: `python benchmarks/eval_speed.py "
+            "--data_dir ../shared/data/tofu --device cuda --name eval_speed_gpu --prompts 400 --score_items "
+            "400 --new_batch_size 1024 --variants static --full_eval` (add `--bf16` to evaluate in "
+            "bfloat16).",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -96,9 +96,17 @@ class StepTimer(TrainerCallback):
 def config(args, output_dir, **overrides) -> UnlearnConfig:
     precision = {"use_cpu": True} if args.cpu else {"bf16": True, "tf32": True}
     return UnlearnConfig(
-        output_dir=str(output_dir), per_device_train_batch_size=args.batch_size, learning_rate=args.unlearn_lr,
-        save_strategy="no", report_to="none", logging_steps=1000, disable_tqdm=True, seed=0,
-        augment_learning_rate=args.finetune_lr, **precision, **overrides,
+        output_dir=str(output_dir),
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=args.unlearn_lr,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1000,
+        disable_tqdm=True,
+        seed=0,
+        augment_learning_rate=args.finetune_lr,
+        **precision,
+        **overrides,
     )
 
 
@@ -114,18 +122,35 @@ def measure(args, label: str, spec: dict, augmented: dict, data) -> dict:
     if not args.cpu:
         model.to("cuda")
     forget, retain, refusals = data
-    cfg = config(args, Path(args.work_dir) / "speed" / "run", max_steps=args.warmup + args.steps,
-                 augmented_model_path=str(augmented[kind]) if kind else None, augment_lora=kind == "lora", **spec)
+    cfg = config(
+        args,
+        Path(args.work_dir) / "speed" / "run",  # a scratch folder: every configuration starts it over
+        overwrite_output_dir=True,
+        max_steps=args.warmup + args.steps,
+        augmented_model_path=str(augmented[kind]) if kind else None,
+        augment_lora=kind == "lora",
+        **spec,
+    )
     dataset = build_unlearning_dataset(
-        tokenizer, forget, retain if cfg.retain_mode != "none" else None,
-        refusals if cfg.spec.needs_refusals else None, max_length=512, seed=0,
+        tokenizer,
+        forget,
+        retain if cfg.retain_mode != "none" else None,
+        refusals if cfg.spec.needs_refusals else None,
+        max_length=512,
+        seed=0,
     )
     timer = StepTimer(args, args.warmup)
-    trainer = UnlearnTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[timer])
+    trainer = UnlearnTrainer(
+        model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer, callbacks=[timer]
+    )
     trainer.train()
-    row = {"config": label, "method": cfg.method, "step_ms": 1000 * statistics.median(timer.times),
-           "peak_gib": None if timer.peak is None else timer.peak / 2**30, "steps_timed": len(timer.times)}
+    row = {
+        "config": label,
+        "method": cfg.method,
+        "step_ms": 1000 * statistics.median(timer.times),
+        "peak_gib": None if timer.peak is None else timer.peak / 2**30,
+        "steps_timed": len(timer.times),
+    }
     del trainer, model
     gc.collect()
     if not args.cpu:
@@ -141,8 +166,13 @@ def build_augmented(args, forget, kinds: set[str]) -> dict:
     tokenized = tokenize_qa(forget, tokenizer, 512)
     out = {}
     for kind in sorted(kinds):
-        cfg = config(args, Path(args.work_dir) / "speed" / f"aug-{kind}", method="rklu", augment_max_steps=2,
-                     augment_lora=kind == "lora")
+        cfg = config(
+            args,
+            Path(args.work_dir) / "speed" / f"aug-{kind}",
+            method="rklu",
+            augment_max_steps=2,
+            augment_lora=kind == "lora",
+        )
         out[kind] = build_augmented_model(model, tokenizer, tokenized, cfg, Path(args.work_dir) / "speed" / kind)
     del model
     if not args.cpu:
@@ -158,18 +188,42 @@ def end_to_end(args) -> dict:
 
     work = Path(args.work_dir) / "speed"
     oracle = work / "retain90"
-    argv = ["--model", args.base_model, "--split", "retain90", "--data_dir", args.data_dir, "--output_dir",
-            str(oracle), "--learning_rate", str(args.finetune_lr), "--num_train_epochs", str(args.finetune_epochs),
-            "--per_device_train_batch_size", str(args.batch_size), "--save_strategy", "no", "--report_to", "none",
-            "--disable_tqdm", "true", "--skip_eval"]
+    argv = [
+        "--model",
+        args.base_model,
+        "--split",
+        "retain90",
+        "--data_dir",
+        args.data_dir,
+        "--output_dir",
+        str(oracle),
+        "--learning_rate",
+        str(args.finetune_lr),
+        "--num_train_epochs",
+        str(args.finetune_epochs),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--skip_eval",
+    ]
     argv += ["--use_cpu"] if args.cpu else ["--bf16", "--tf32", "true"]
     if args.train_max_items:
         argv += ["--max_train_items", str(args.train_max_items)]
     if not (oracle / "train_metrics.json").is_file():
         finetune_tofu.main(argv)
     retrain = json.loads((oracle / "train_metrics.json").read_text())["train_runtime"]
-    eval_kwargs = {"sets": ("forget10",), "generate": False, "protocol": args.protocol,
-                   "batch_size": args.eval_batch_size, "max_items": args.train_max_items}
+    eval_kwargs = {
+        "sets": ("forget10",),
+        "generate": False,
+        "protocol": args.protocol,
+        "batch_size": args.eval_batch_size,
+        "max_items": args.train_max_items,
+    }
     oracle_model, tokenizer = load_model(str(oracle))
     if not args.cpu:
         oracle_model.to("cuda")
@@ -180,23 +234,42 @@ def end_to_end(args) -> dict:
         model, tokenizer = load_model(args.model)
         if not args.cpu:
             model.to("cuda")
-        cfg = config(args, work / f"rklu_e2e_aug{epochs:g}", method="rklu", num_train_epochs=args.unlearn_epochs,
-                     augment_epochs=epochs, augment_lora=args.augment_lora)
+        cfg = config(
+            args,
+            work / f"rklu_e2e_aug{epochs:g}",
+            method="rklu",
+            num_train_epochs=args.unlearn_epochs,
+            augment_epochs=epochs,
+            augment_lora=args.augment_lora,
+        )
         dataset = build_unlearning_dataset(tokenizer, forget_data(args), max_length=512)
         start = time.perf_counter()
         trainer = UnlearnTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer)
         trainer.train()
         synchronize(args)
         seconds = time.perf_counter() - start
-        result = evaluate_tofu(trainer.model, tokenizer, "forget10", data_dir=args.data_dir, reference=reference,
-                               **eval_kwargs)
-        rows.append({"augment_epochs": epochs, "rklu_forget10_seconds": seconds, "ratio": seconds / retrain,
-                     "forget_quality": result["forget"]["forget10"]["forget_quality"],
-                     "forget_probability": result["sets"]["forget10_perturbed"]["aggregate"]["probability"]})
+        result = evaluate_tofu(
+            trainer.model, tokenizer, "forget10", data_dir=args.data_dir, reference=reference, **eval_kwargs
+        )
+        rows.append(
+            {
+                "augment_epochs": epochs,
+                "rklu_forget10_seconds": seconds,
+                "ratio": seconds / retrain,
+                "forget_quality": result["forget"]["forget10"]["forget_quality"],
+                "forget_probability": result["sets"]["forget10_perturbed"]["aggregate"]["probability"],
+            }
+        )
         del trainer, model
         gc.collect()
-    return {"retrain_retain90_seconds": retrain, "runs": rows, "unlearn_epochs": args.unlearn_epochs,
-            "augment_lora": args.augment_lora, "finetune_epochs": args.finetune_epochs, "protocol": args.protocol}
+    return {
+        "retrain_retain90_seconds": retrain,
+        "runs": rows,
+        "unlearn_epochs": args.unlearn_epochs,
+        "augment_lora": args.augment_lora,
+        "finetune_epochs": args.finetune_epochs,
+        "protocol": args.protocol,
+    }
 
 
 def parse(argv=None) -> argparse.Namespace:
@@ -267,26 +340,42 @@ def main(argv=None) -> None:
     for key in ("data_dir", "model", "base_model", "work_dir", "results_dir"):
         settings[key] = portable_path(settings[key])
     command = " ".join(["python", "benchmarks/speed.py", *(sys.argv[1:] if argv is None else argv)])
-    write_json_atomic(out / "speed_smollm2.json", {"device": device, "command": command, "settings": settings,
-                                                   "rows": rows, "end_to_end": e2e})
+    write_json_atomic(
+        out / "speed_smollm2.json",
+        {"device": device, "command": command, "settings": settings, "rows": rows, "end_to_end": e2e},
+    )
     precision = "fp32 on the CPU" if args.cpu else "bf16 autocast, fp32 master weights, frozen copies in bf16"
-    lines = [f"# Step time and peak memory, SmolLM2-135M, TOFU forget10, batch {args.batch_size} ({device})", "",
-             f"Command: `{command}`; median of {args.steps} steps after {args.warmup} warm-up steps, {precision}.",
-             "", "| configuration | step ms | × GA | peak GiB | × GA |", "|---|---|---|---|---|"]
-    lines += [f"| {r['config']} | {r['step_ms']:.1f} | {r['step_ratio_to_ga']:.2f} | "
-              + ("n/a | n/a |" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} | {r['memory_ratio_to_ga']:.2f} |")
-              for r in rows]
+    lines = [
+        f"# Step time and peak memory, SmolLM2-135M, TOFU forget10, batch {args.batch_size} ({device})",
+        "",
+        f"Command: `{command}`; median of {args.steps} steps after {args.warmup} warm-up steps, {precision}.",
+        "",
+        "| configuration | step ms | × GA | peak GiB | × GA |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['config']} | {r['step_ms']:.1f} | {r['step_ratio_to_ga']:.2f} | "
+        + ("n/a | n/a |" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} | {r['memory_ratio_to_ga']:.2f} |")
+        for r in rows
+    ]
     if e2e:
         lora = " as LoRA" if args.augment_lora else ""
-        lines += ["", f"Retraining the retain90 oracle ({args.finetune_epochs:g} epochs): "
-                      f"{e2e['retrain_retain90_seconds']:.1f} s. RKL-U end to end on forget10 "
-                      f"({args.unlearn_epochs:g} distillation epochs, augmentation{lora} of the length below; forget "
-                      f"quality vs that oracle, protocol {args.protocol}):", "",
-                  "| augmentation epochs | RKL-U s | × retraining | forget quality | forget P |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {r['augment_epochs']:g} | {r['rklu_forget10_seconds']:.1f} | {r['ratio']:.3f} | "
-                  f"{'n/a' if r['forget_quality'] is None else format(r['forget_quality'], '.3g')} | "
-                  f"{r['forget_probability']:.3f} |" for r in e2e["runs"]]
+        lines += [
+            "",
+            f"Retraining the retain90 oracle ({args.finetune_epochs:g} epochs): "
+            f"{e2e['retrain_retain90_seconds']:.1f} s. RKL-U end to end on forget10 "
+            f"({args.unlearn_epochs:g} distillation epochs, augmentation{lora} of the length below; forget "
+            f"quality vs that oracle, protocol {args.protocol}):",
+            "",
+            "| augmentation epochs | RKL-U s | × retraining | forget quality | forget P |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['augment_epochs']:g} | {r['rklu_forget10_seconds']:.1f} | {r['ratio']:.3f} | "
+            f"{'n/a' if r['forget_quality'] is None else format(r['forget_quality'], '.3g')} | "
+            f"{r['forget_probability']:.3f} |"
+            for r in e2e["runs"]
+        ]
     (out / "speed_smollm2.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

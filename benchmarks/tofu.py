@@ -73,9 +73,25 @@ WITH_RETAIN = [("rklu", "rt"), ("gd", "rt"), ("npo", "rt")]
 NAME = "tofu_smollm2"
 COMMITTED = REPO / "benchmarks" / "results" / f"{NAME}.json"
 #: settings every command on one work directory must share (they change what a finished run means)
-FIXED = ("model", "finetune_lr", "finetune_epochs", "unlearn_epochs", "augment_epochs", "augment_lr", "teacher_alpha",
-         "batch_size", "max_new_tokens", "eval_max_items", "train_max_items", "max_steps", "protocol", "retain_subset",
-         "cpu", "lora", "augment_lora")
+FIXED = (
+    "model",
+    "finetune_lr",
+    "finetune_epochs",
+    "unlearn_epochs",
+    "augment_epochs",
+    "augment_lr",
+    "teacher_alpha",
+    "batch_size",
+    "max_new_tokens",
+    "eval_max_items",
+    "train_max_items",
+    "max_steps",
+    "protocol",
+    "retain_subset",
+    "cpu",
+    "lora",
+    "augment_lora",
+)
 
 
 def llm_methods() -> list[str]:
@@ -91,24 +107,38 @@ def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data_dir", required=True, help="local TOFU folder")
     p.add_argument("--work_dir", required=True, help="models and per-run results (resumable state)")
-    p.add_argument("--results_dir", default=None,
-                   help="where the tables and plots go (default: benchmarks/results; <work_dir>/results for --cpu "
-                        "runs, so that a CPU run never overwrites the committed GPU results)")
+    p.add_argument(
+        "--results_dir",
+        default=None,
+        help="where the tables and plots go (default: benchmarks/results; <work_dir>/results for --cpu "
+        "runs, so that a CPU run never overwrites the committed GPU results)",
+    )
     p.add_argument("--model", default="embedded:smollm2-135m-instruct")
-    p.add_argument("--splits", "--forget_split", dest="splits", default=",".join(SPLITS),
-                   help="comma-separated forget splits")
-    p.add_argument("--methods", default=None,
-                   help="comma-separated method[:retain_mode] (default: every LLM method of METHODS without retain "
-                        f"data, plus {', '.join(f'{m}:{r}' for m, r in WITH_RETAIN)}); 'all' = that default")
+    p.add_argument(
+        "--splits", "--forget_split", dest="splits", default=",".join(SPLITS), help="comma-separated forget splits"
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated method[:retain_mode] (default: every LLM method of METHODS without retain "
+        f"data, plus {', '.join(f'{m}:{r}' for m, r in WITH_RETAIN)}); 'all' = that default",
+    )
     p.add_argument("--unlearn_lrs", default="1e-5", help="comma-separated learning rates, the same for every method")
     p.add_argument("--seeds", default="0", help="comma-separated seeds of the unlearning runs (and augmentations)")
-    p.add_argument("--protocol", default="all", choices=sorted(PROTOCOLS),
-                   help="TOFU items scored: all, or tofu (the original scripts' first 300 items per set)")
+    p.add_argument(
+        "--protocol",
+        default="all",
+        choices=sorted(PROTOCOLS),
+        help="TOFU items scored: all, or tofu (the original scripts' first 300 items per set)",
+    )
     p.add_argument("--plan", action="store_true", help="print the runs and their estimated minutes, start nothing")
     p.add_argument("--every_epoch", default="none", help="splits fully evaluated after every epoch")
-    p.add_argument("--track_peak", default="all",
-                   help="splits (or all / none) whose forget quality is followed every epoch, with full evaluations "
-                        "of the peak and the final epoch; the other splits are evaluated after the last epoch only")
+    p.add_argument(
+        "--track_peak",
+        default="all",
+        help="splits (or all / none) whose forget quality is followed every epoch, with full evaluations "
+        "of the peak and the final epoch; the other splits are evaluated after the last epoch only",
+    )
     p.add_argument("--finetune_lr", type=float, default=2e-4)
     p.add_argument("--finetune_epochs", type=float, default=5)
     p.add_argument("--unlearn_epochs", type=float, default=10)
@@ -121,9 +151,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max_new_tokens", type=int, default=200)
     p.add_argument("--eval_max_items", type=int, default=None, help="smoke tests only")
     p.add_argument("--train_max_items", type=int, default=None, help="smoke tests only (fine-tunes)")
-    p.add_argument("--retain_subset", type=int, default=None,
-                   help="CPU mini-run (not the benchmark): the original learns the forget split + the first N items "
-                        "of its retain set, the oracle those N items; needs exactly one split")
+    p.add_argument(
+        "--retain_subset",
+        type=int,
+        default=None,
+        help="CPU mini-run (not the benchmark): the original learns the forget split + the first N items "
+        "of its retain set, the oracle those N items; needs exactly one split",
+    )
     p.add_argument("--max_steps", type=int, default=-1, help="smoke tests only")
     p.add_argument("--deadline_s", type=float, default=math.inf, help="start no new work after this many seconds")
     p.add_argument("--cpu", action="store_true", help="no GPU: fp32, use_cpu")
@@ -164,8 +198,10 @@ def parse_methods(text: str | None) -> list[tuple[str, str]]:
         method, _, retain = item.partition(":")
         retain = retain or "none"
         if method not in llm_methods():
-            raise SystemExit(f"--methods: {method!r} is not a language-model method of METHODS; choose among "
-                             f"{', '.join(llm_methods())}")
+            raise SystemExit(
+                f"--methods: {method!r} is not a language-model method of METHODS; choose among "
+                f"{', '.join(llm_methods())}"
+            )
         if retain not in RETAIN_MODES:
             raise SystemExit(f"--methods: retain mode {retain!r} of {method} is not one of {RETAIN_MODES}")
         if (method, retain) not in plan:
@@ -185,9 +221,11 @@ def check_work_dir(args) -> None:
         stored = json.loads(path.read_text())
         changed = {k: (stored.get(k), v) for k, v in settings.items() if stored.get(k) != v}
         if changed:
-            raise SystemExit(f"--work_dir {args.work_dir} holds runs made with other settings "
-                             f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in changed.items())}): use "
-                             "the same settings or another --work_dir.")
+            raise SystemExit(
+                f"--work_dir {args.work_dir} holds runs made with other settings "
+                f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in changed.items())}): use "
+                "the same settings or another --work_dir."
+            )
     elif not args.plan:
         write_json_atomic(path, settings)
 
@@ -230,12 +268,38 @@ def finetune(args, split: str) -> Path:
     if (out / "tofu_eval.json").is_file():
         return out
     argv = [
-        "--model", args.model, "--split", split, "--data_dir", args.data, "--output_dir", str(out),
-        "--learning_rate", str(args.finetune_lr), "--num_train_epochs", str(args.finetune_epochs),
-        "--per_device_train_batch_size", str(args.batch_size), "--save_strategy", "no", "--report_to", "none",
-        "--disable_tqdm", "true", "--logging_steps", "25", "--eval_batch_size", str(args.eval_batch_size),
-        "--eval_generation_batch_size", str(args.generation_batch_size), "--max_new_tokens", str(args.max_new_tokens),
-        "--max_steps", str(args.max_steps), "--eval_protocol", args.protocol,
+        "--model",
+        args.model,
+        "--split",
+        split,
+        "--data_dir",
+        args.data,
+        "--output_dir",
+        str(out),
+        "--learning_rate",
+        str(args.finetune_lr),
+        "--num_train_epochs",
+        str(args.finetune_epochs),
+        "--per_device_train_batch_size",
+        str(args.batch_size),
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--logging_steps",
+        "25",
+        "--eval_batch_size",
+        str(args.eval_batch_size),
+        "--eval_generation_batch_size",
+        str(args.generation_batch_size),
+        "--max_new_tokens",
+        str(args.max_new_tokens),
+        "--max_steps",
+        str(args.max_steps),
+        "--eval_protocol",
+        args.protocol,
     ]
     if split == "full":  # evaluated on the benchmark's forget splits (an oracle: on its own one)
         argv += ["--eval_forget_splits", ",".join(args.splits)]
@@ -250,16 +314,31 @@ def finetune(args, split: str) -> Path:
     return out
 
 
-def unlearning_config(args, output_dir: Path, method: str, retain_mode: str, augmented: Path | None, lr: float,
-                      seed: int) -> UnlearnConfig:
+def unlearning_config(
+    args, output_dir: Path, method: str, retain_mode: str, augmented: Path | None, lr: float, seed: int
+) -> UnlearnConfig:
     return UnlearnConfig(
-        output_dir=str(output_dir), method=method, retain_mode=retain_mode, teacher_alpha=args.teacher_alpha,
-        augmented_model_path=None if augmented is None else str(augmented), augment_epochs=args.augment_epochs,
-        augment_learning_rate=args.augment_lr or args.finetune_lr, learning_rate=lr,
+        output_dir=str(output_dir),
+        method=method,
+        retain_mode=retain_mode,
+        teacher_alpha=args.teacher_alpha,
+        augmented_model_path=None if augmented is None else str(augmented),
+        augment_epochs=args.augment_epochs,
+        augment_learning_rate=args.augment_lr or args.finetune_lr,
+        learning_rate=lr,
         num_train_epochs=args.unlearn_epochs,
-        max_steps=args.max_steps, augment_max_steps=args.max_steps, per_device_train_batch_size=args.batch_size,
-        bf16=not args.cpu, tf32=None if args.cpu else True, use_cpu=args.cpu, save_strategy="no", report_to="none",
-        logging_steps=5, disable_tqdm=True, seed=seed, use_lora=args.lora and METHODS[method].trains,
+        max_steps=args.max_steps,
+        augment_max_steps=args.max_steps,
+        per_device_train_batch_size=args.batch_size,
+        bf16=not args.cpu,
+        tf32=None if args.cpu else True,
+        use_cpu=args.cpu,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=5,
+        disable_tqdm=True,
+        seed=seed,
+        use_lora=args.lora and METHODS[method].trains,
         augment_lora=args.augment_lora,
     )
 
@@ -305,14 +384,30 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
     retain = load_tofu(RETAIN_OF_FORGET[split], args.data) if retain_mode != "none" else None
     refusals = load_refusals() if spec.needs_refusals else None
     dataset = build_unlearning_dataset(tokenizer, forget, retain, refusals, max_length=512, seed=seed)
-    eval_kwargs = dict(batch_size=args.eval_batch_size, generation_batch_size=args.generation_batch_size,
-                       max_new_tokens=args.max_new_tokens, max_items=args.eval_max_items, protocol=args.protocol)
+    eval_kwargs = dict(
+        batch_size=args.eval_batch_size,
+        generation_batch_size=args.generation_batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_items=args.eval_max_items,
+        protocol=args.protocol,
+    )
     evaluation = evaluation_mode(args, split, method)
-    callback = TofuEvalCallback(tokenizer, split, args.data, reference,
-                                per_epoch="forget_quality" if evaluation == "track_peak" else "full", **eval_kwargs)
+    callback = TofuEvalCallback(
+        tokenizer,
+        split,
+        args.data,
+        reference,
+        per_epoch="forget_quality" if evaluation == "track_peak" else "full",
+        **eval_kwargs,
+    )
     config = unlearning_config(args, work / "runs" / name, method, retain_mode, augmented, lr, seed)
-    trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=None if evaluation == "final" else [callback])
+    trainer = UnlearnTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        callbacks=None if evaluation == "final" else [callback],
+    )
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -333,14 +428,26 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
     else:
         full_rows, fq_rows = callback.history, []
     result = {
-        "name": name, "split": split, "method": method, "retain_mode": retain_mode, "lr": lr, "seed": seed,
-        "protocol": args.protocol, "forget_items": len(forget), "epochs_trained": trainer.state.epoch,
-        "steps": trainer.state.global_step, "train_seconds": train_seconds, "augment_seconds": augment_seconds,
-        "wall_seconds": train_seconds + augment_seconds, "peak_memory_gib": max(peaks) / 2**30 if peaks else None,
-        "eval_seconds": callback.eval_seconds, "evaluation": evaluation,
+        "name": name,
+        "split": split,
+        "method": method,
+        "retain_mode": retain_mode,
+        "lr": lr,
+        "seed": seed,
+        "protocol": args.protocol,
+        "forget_items": len(forget),
+        "epochs_trained": trainer.state.epoch,
+        "steps": trainer.state.global_step,
+        "train_seconds": train_seconds,
+        "augment_seconds": augment_seconds,
+        "wall_seconds": train_seconds + augment_seconds,
+        "peak_memory_gib": max(peaks) / 2**30 if peaks else None,
+        "eval_seconds": callback.eval_seconds,
+        "evaluation": evaluation,
         "full_eval_seconds": [r["eval_seconds"] for r in full_rows if r is not None],
         "fq_eval_seconds": [r["eval_seconds"] for r in fq_rows],
-        "final": callback.final, "peak": callback.peak if evaluation != "final" else None,
+        "final": callback.final,
+        "peak": callback.peak if evaluation != "final" else None,
         "epochs": callback.history,
     }
     write_json_atomic(record, result)
@@ -356,7 +463,7 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
 # --------------------------------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def n_items(config: str, data_dir: str) -> int:
     """Rows of a TOFU config (read once)."""
     return len(load_tofu(config, data_dir))
@@ -455,8 +562,12 @@ def estimate(args, costs: dict, item: tuple, forget_items: int, augment: bool) -
     if augment:
         seconds += costs.get("augment", 0.0) * forget_items * args.augment_epochs
     epochs = math.ceil(args.unlearn_epochs)
-    return seconds + {"every_epoch": epochs * full_eval, "track_peak": epochs * fq_eval + 2 * full_eval,
-                      "final": full_eval}[evaluation_mode(args, split, method)]
+    return (
+        seconds
+        + {"every_epoch": epochs * full_eval, "track_peak": epochs * fq_eval + 2 * full_eval, "final": full_eval}[
+            evaluation_mode(args, split, method)
+        ]
+    )
 
 
 def todo_list(args) -> list[tuple]:
@@ -464,8 +575,9 @@ def todo_list(args) -> list[tuple]:
     todo = [("finetune", "full", None, None, None, None)]
     for split in args.splits:
         todo.append(("finetune", RETAIN_OF_FORGET[split], None, None, None, None))
-        todo += [("unlearn", split, m, r, lr, seed) for lr in args.lrs for seed in args.seed_list
-                 for m, r in args.plan_runs]
+        todo += [
+            ("unlearn", split, m, r, lr, seed) for lr in args.lrs for seed in args.seed_list for m, r in args.plan_runs
+        ]
     return todo
 
 
@@ -498,8 +610,10 @@ def plan_estimates(args, todo: list[tuple]) -> tuple[list[float | None], list[st
 
 def print_plan(args, todo: list[tuple], seconds: list[float | None], sources: list[str]) -> None:
     device = "GPU" if not args.cpu else "CPU"
-    print(f"Plan: {len(todo)} pieces, {sum(is_done(args, t) for t in todo)} finished (protocol {args.protocol}, "
-          f"{args.unlearn_epochs:g} unlearning epochs).")
+    print(
+        f"Plan: {len(todo)} pieces, {sum(is_done(args, t) for t in todo)} finished (protocol {args.protocol}, "
+        f"{args.unlearn_epochs:g} unlearning epochs)."
+    )
     for item, s in zip(todo, seconds):
         kind, split, method, retain_mode, lr, seed = item
         label = f"finetune {split}" if kind == "finetune" else run_name(split, method, retain_mode, lr, seed)
@@ -507,11 +621,15 @@ def print_plan(args, todo: list[tuple], seconds: list[float | None], sources: li
         print(f"  {label:<45} {status}")
     known = [s for s in seconds if s is not None]
     unknown = sum(s is None for s in seconds)
-    print(f"Estimated {device} minutes left: {sum(known) / 60:.1f}" + (f" (+ {unknown} pieces without an estimate)"
-                                                                         if unknown else ""))
-    print("Costs from: " + ("; ".join(sources) if sources else "nothing measured yet") + " (work_dir = measured in "
-          f"{portable_path(args.work_dir)}; H100 = the committed {COMMITTED.name}, 5 epochs, all items, evaluation "
-          "before the faster evaluator).")
+    print(
+        f"Estimated {device} minutes left: {sum(known) / 60:.1f}"
+        + (f" (+ {unknown} pieces without an estimate)" if unknown else "")
+    )
+    print(
+        "Costs from: " + ("; ".join(sources) if sources else "nothing measured yet") + " (work_dir = measured in "
+        f"{portable_path(args.work_dir)}; H100 = the committed {COMMITTED.name}, 5 epochs, all items, evaluation "
+        "before the faster evaluator)."
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -533,15 +651,20 @@ def reference_rows(args) -> list[dict]:
             if other_oracle:
                 continue
             row = summary_row(result)
-            row.update(name=f"{forget_split}_{'original' if split == 'full' else 'oracle_' + split}",
-                       split=forget_split, method="original" if split == "full" else f"oracle ({split})",
-                       retain_mode="", wall_seconds=metrics.get("train_runtime"))
+            row.update(
+                name=f"{forget_split}_{'original' if split == 'full' else 'oracle_' + split}",
+                split=forget_split,
+                method="original" if split == "full" else f"oracle ({split})",
+                retain_mode="",
+                wall_seconds=metrics.get("train_runtime"),
+            )
             if split == "full":  # forget quality of the original against the split's oracle
                 oracle = work / RETAIN_OF_FORGET[forget_split] / "tofu_eval.json"
                 if oracle.is_file():
                     items = result["sets"][f"{forget_split}_perturbed"]["items"]
-                    fq = compare_to_reference(items["truth_ratio"], items["question"], load_tofu_eval(oracle),
-                                              forget_split)
+                    fq = compare_to_reference(
+                        items["truth_ratio"], items["question"], load_tofu_eval(oracle), forget_split
+                    )
                     row[f"{forget_split}_forget_quality"] = fq["forget_quality"]
             rows.append(row)
     return rows
@@ -554,8 +677,14 @@ def aggregate(runs: list[dict]) -> list[dict]:
         groups.setdefault((run["split"], run["method"], run["retain_mode"], run["lr"]), []).append(run)
     out = []
     for (split, method, retain_mode, lr), members in groups.items():
-        entry = {"split": split, "method": method, "retain_mode": retain_mode, "lr": lr,
-                 "seeds": sorted(r["seed"] for r in members), "names": [r["name"] for r in members]}
+        entry = {
+            "split": split,
+            "method": method,
+            "retain_mode": retain_mode,
+            "lr": lr,
+            "seeds": sorted(r["seed"] for r in members),
+            "names": [r["name"] for r in members],
+        }
         values = {
             "fq_final": [(r["final"] or {}).get(f"{split}_forget_quality") for r in members],
             "mu_final": [(r["final"] or {}).get("model_utility") for r in members],
@@ -576,8 +705,9 @@ def aggregate(runs: list[dict]) -> list[dict]:
         out.append(entry)
     order = {s: i for i, s in enumerate(SPLITS)}
     methods = {m: i for i, m in enumerate(dict.fromkeys([m for m, _ in default_plan()] + list(METHODS)))}
-    return sorted(out, key=lambda e: (order[e["split"]], e["retain_mode"] != "none", methods.get(e["method"], 99),
-                                      e["lr"]))
+    return sorted(
+        out, key=lambda e: (order[e["split"]], e["retain_mode"] != "none", methods.get(e["method"], 99), e["lr"])
+    )
 
 
 def fmt(value, spec=".3f", std=None) -> str:
@@ -597,8 +727,10 @@ def previous_invocations(args) -> list[dict]:
 
 
 def this_invocation(started: float, argv) -> dict:
-    return {"seconds": time.time() - started,
-            "command": " ".join(["python", "benchmarks/tofu.py", *(sys.argv[1:] if argv is None else argv)])}
+    return {
+        "seconds": time.time() - started,
+        "command": " ".join(["python", "benchmarks/tofu.py", *(sys.argv[1:] if argv is None else argv)]),
+    }
 
 
 def write_outputs(args, started: float, argv=None) -> None:
@@ -609,30 +741,52 @@ def write_outputs(args, started: float, argv=None) -> None:
     groups = aggregate(runs)
     splits = [s for s in SPLITS if s in args.splits or any(r["split"] == s for r in runs)]
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    settings = {k: v for k, v in vars(args).items() if k not in ("work_dir", "results_dir", "deadline_s", "plan",
-                                                                 "plan_runs", "lrs", "seed_list", "data")}
+    settings = {
+        k: v
+        for k, v in vars(args).items()
+        if k not in ("work_dir", "results_dir", "deadline_s", "plan", "plan_runs", "lrs", "seed_list", "data")
+    }
     settings["data_dir"] = portable_path(settings["data_dir"])
-    write_json_atomic(out / f"{NAME}.json", {
-        "device": device, "protocol": args.protocol, "settings": settings, "references": refs, "groups": groups,
-        "runs": runs, "finetune_train_seconds": {r["name"]: r["wall_seconds"] for r in refs}})
+    write_json_atomic(
+        out / f"{NAME}.json",
+        {
+            "device": device,
+            "protocol": args.protocol,
+            "settings": settings,
+            "references": refs,
+            "groups": groups,
+            "runs": runs,
+            "finetune_train_seconds": {r["name"]: r["wall_seconds"] for r in refs},
+        },
+    )
 
     invocations = previous_invocations(args) + [this_invocation(started, argv)]
     commands = [f"`{i['command']}` ({i['seconds']:.0f} s)" for i in invocations if i["command"]]
-    mini = (f" **CPU mini-run, NOT the benchmark**: the original learned {args.splits[0]} + the first "
-            f"{args.retain_subset} retain items, the oracle those items." if args.retain_subset else "")
-    lines = [f"# TOFU on SmolLM2-135M-Instruct ({device}, protocol {args.protocol})", "",
-             "Commands: " + ("; then ".join(commands) or "not recorded") + ". Settings in the JSON." + mini,
-             f" Item protocol **{args.protocol}** ("
-             + ("every item of every set" if args.protocol == "all" else "TOFU's first 300 items per set")
-             + "; the KS p-value depends on the item count). "
-             "FQ = forget quality (KS p-value vs the oracle), MU = model utility; *final* = after the last epoch, "
-             "*peak* = the epoch with the highest FQ (FQ followed after every epoch, the peak epoch's weights then "
-             "fully evaluated; n/a: evaluated after the last epoch only). Values are means over the seeds "
-             "± their standard deviation. P / R = answer probability / ROUGE-L recall after the last epoch. Wall = "
-             "unlearning seconds (augmentation included, evaluations excluded); memory = peak allocated during "
-             "training.", ""]
-    head = ("| split | method | retain | lr | seeds | FQ final | MU final | FQ peak (epoch) | MU peak | forget P | "
-            "forget R | retain P | retain R | wall s | peak GiB |")
+    mini = (
+        f" **CPU mini-run, NOT the benchmark**: the original learned {args.splits[0]} + the first "
+        f"{args.retain_subset} retain items, the oracle those items."
+        if args.retain_subset
+        else ""
+    )
+    lines = [
+        f"# TOFU on SmolLM2-135M-Instruct ({device}, protocol {args.protocol})",
+        "",
+        "Commands: " + ("; then ".join(commands) or "not recorded") + ". Settings in the JSON." + mini,
+        f" Item protocol **{args.protocol}** ("
+        + ("every item of every set" if args.protocol == "all" else "TOFU's first 300 items per set")
+        + "; the KS p-value depends on the item count). "
+        "FQ = forget quality (KS p-value vs the oracle), MU = model utility; *final* = after the last epoch, "
+        "*peak* = the epoch with the highest FQ (FQ followed after every epoch, the peak epoch's weights then "
+        "fully evaluated; n/a: evaluated after the last epoch only). Values are means over the seeds "
+        "± their standard deviation. P / R = answer probability / ROUGE-L recall after the last epoch. Wall = "
+        "unlearning seconds (augmentation included, evaluations excluded); memory = peak allocated during "
+        "training.",
+        "",
+    ]
+    head = (
+        "| split | method | retain | lr | seeds | FQ final | MU final | FQ peak (epoch) | MU peak | forget P | "
+        "forget R | retain P | retain R | wall s | peak GiB |"
+    )
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for split in splits:
         for row in [r for r in refs if r["split"] == split]:
@@ -640,27 +794,34 @@ def write_outputs(args, started: float, argv=None) -> None:
                 f"| {split} | {row['method']} | | | | {fmt(row.get(f'{split}_forget_quality'), 'fq')} | "
                 f"{fmt(row['model_utility'])} | | | {fmt(row.get(f'{split}_probability'))} | "
                 f"{fmt(row.get(f'{split}_rouge_l_recall'))} | {fmt(row.get('retain_probability'))} | "
-                f"{fmt(row.get('retain_rouge_l_recall'))} | {fmt(row['wall_seconds'], '.0f')} | |")
+                f"{fmt(row.get('retain_rouge_l_recall'))} | {fmt(row['wall_seconds'], '.0f')} | |"
+            )
         for g in [g for g in groups if g["split"] == split]:
-            peak = ("n/a" if g["fq_peak"] is None else
-                    f"{fmt(g['fq_peak'], 'fq', g['fq_peak_std'])} ({g['peak_epoch']:g})")
+            peak = (
+                "n/a" if g["fq_peak"] is None else f"{fmt(g['fq_peak'], 'fq', g['fq_peak_std'])} ({g['peak_epoch']:g})"
+            )
             lines.append(
                 f"| {split} | {g['method']} | {g['retain_mode']} | {g['lr']:g} | {len(g['seeds'])} | "
                 f"{fmt(g['fq_final'], 'fq', g['fq_final_std'])} | {fmt(g['mu_final'], '.3f', g['mu_final_std'])} | "
                 f"{peak} | {fmt(g['mu_peak'], '.3f', g['mu_peak_std'])} | {fmt(g['forget_p'])} | "
                 f"{fmt(g['forget_r'])} | {fmt(g['retain_p'])} | {fmt(g['retain_r'])} | {fmt(g['wall_s'], '.0f')} | "
-                f"{fmt(g['peak_gib'], '.2f')} |")
+                f"{fmt(g['peak_gib'], '.2f')} |"
+            )
     seconds = [i["seconds"] for i in invocations]
-    lines += ["", f"Wall time of the benchmark: {sum(seconds):.0f} s over {len(seconds)} invocation(s) "
-              f"({', '.join(f'{s:.0f}' for s in seconds)} s), evaluations included; of it, unlearning evaluations "
-              f"{sum(r.get('eval_seconds', 0.0) for r in runs):.0f} s."]
+    lines += [
+        "",
+        f"Wall time of the benchmark: {sum(seconds):.0f} s over {len(seconds)} invocation(s) "
+        f"({', '.join(f'{s:.0f}' for s in seconds)} s), evaluations included; of it, unlearning evaluations "
+        f"{sum(r.get('eval_seconds', 0.0) for r in runs):.0f} s.",
+    ]
     (out / f"{NAME}.md").write_text("\n".join(lines) + "\n")
     plot_fq_vs_mu(out / f"{NAME}_fq_vs_mu.png", refs, groups, splits)
     plot_epochs(out / f"{NAME}_epochs.png", runs, splits)
 
 
-MARKERS = dict(rklu="*", fklu="P", ga="v", gd="^", npo="o", dpo="s", idk="D", ta="X", token_mask="<",
-               token_redistribute=">")
+MARKERS = dict(
+    rklu="*", fklu="P", ga="v", gd="^", npo="o", dpo="s", idk="D", ta="X", token_mask="<", token_redistribute=">"
+)
 
 
 def _style(plt):
@@ -682,14 +843,14 @@ def plot_fq_vs_mu(path: Path, refs: list[dict], groups: list[dict], splits: list
 
     style = _style(plt)
     lrs = sorted({g["lr"] for g in groups})
-    fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(5 * max(len(splits), 1), 4.2), sharey=True,
-                             squeeze=False)
+    fig, axes = plt.subplots(1, max(len(splits), 1), figsize=(5 * max(len(splits), 1), 4.2), sharey=True, squeeze=False)
     legend = {}
     for ax, split in zip(axes[0], splits):
         for g in [g for g in groups if g["split"] == split]:
             points = [(g[f"mu_{k}"], g[f"fq_{k}"], g[f"mu_{k}_std"], g[f"fq_{k}_std"]) for k in ("peak", "final")]
-            points = [(mu, max(fq, 1e-30), dmu, dfq) for mu, fq, dmu, dfq in points
-                      if mu is not None and fq is not None]
+            points = [
+                (mu, max(fq, 1e-30), dmu, dfq) for mu, fq, dmu, dfq in points if mu is not None and fq is not None
+            ]
             if not points:
                 continue
             label = g["method"] + ("" if g["retain_mode"] == "none" else f"+{g['retain_mode']}")
@@ -698,16 +859,18 @@ def plot_fq_vs_mu(path: Path, refs: list[dict], groups: list[dict], splits: list
             mu, fq, dmu, dfq = points[0]
             if dmu is not None or dfq is not None:
                 ax.errorbar(mu, fq, xerr=dmu, yerr=dfq, color=color, lw=0.6, alpha=0.6, fmt="none")
-            legend[label] = ax.scatter(mu, fq, marker=marker, s=size, color=color,
-                                       edgecolors="black" if g["retain_mode"] != "none" else "none")
+            legend[label] = ax.scatter(
+                mu, fq, marker=marker, s=size, color=color, edgecolors="black" if g["retain_mode"] != "none" else "none"
+            )
             if len(points) == 2 and points[1][:2] != points[0][:2]:
                 ax.plot([points[0][0], points[1][0]], [points[0][1], points[1][1]], color=color, lw=0.6, alpha=0.6)
                 ax.scatter(points[1][0], points[1][1], marker=marker, s=size, facecolors="none", edgecolors=color)
         for row in [r for r in refs if r["split"] == split]:
             fq = row.get(f"{split}_forget_quality")
             if fq is not None and row["model_utility"] is not None:
-                legend[row["method"]] = ax.scatter(row["model_utility"], max(fq, 1e-30), marker="o",
-                                                   facecolors="none", edgecolors="gray", s=90)
+                legend[row["method"]] = ax.scatter(
+                    row["model_utility"], max(fq, 1e-30), marker="o", facecolors="none", edgecolors="gray", s=90
+                )
         ax.axhline(0.05, color="red", lw=0.8, ls="--")
         ax.set_yscale("log")
         ax.set_title(f"{split} (filled: peak epoch, hollow: final)", fontsize=10)
@@ -738,7 +901,7 @@ def plot_epochs(path: Path, runs: list[dict], splits: list[str]) -> None:
         for run in runs:
             if run["split"] == split and run["epochs"]:
                 groups.setdefault((run["method"], run["retain_mode"], run["lr"]), []).append(run)
-        for (method, retain_mode, lr), members in groups.items():
+        for (method, retain_mode, _lr), members in groups.items():
             color, marker = style(method, retain_mode)
             label = method + ("" if retain_mode == "none" else f"+{retain_mode}")
             fq, mu = {}, {}
@@ -752,9 +915,16 @@ def plot_epochs(path: Path, runs: list[dict], splits: list[str]) -> None:
             for ax, series in ((ax_fq, fq), (ax_mu, mu)):
                 if series:
                     epochs = sorted(series)
-                    legend[label] = ax.plot(epochs, [statistics.mean(dict.fromkeys(series[e])) for e in epochs],
-                                            marker=marker, color=color, lw=0.8, ms=4, alpha=0.5 + 0.5 / len(groups),
-                                            ls="-" if retain_mode == "none" else "--")[0]
+                    legend[label] = ax.plot(
+                        epochs,
+                        [statistics.mean(dict.fromkeys(series[e])) for e in epochs],
+                        marker=marker,
+                        color=color,
+                        lw=0.8,
+                        ms=4,
+                        alpha=0.5 + 0.5 / len(groups),
+                        ls="-" if retain_mode == "none" else "--",
+                    )[0]
         ax_fq.axhline(0.05, color="red", lw=0.8, ls="--")
         ax_fq.set_yscale("log")
         ax_fq.set_title(f"{split}: forget quality per epoch", fontsize=10)
@@ -777,8 +947,15 @@ def validate_runs(args) -> None:
     checked = argparse.Namespace(**{**vars(args), "cpu": True})  # no GPU settings: a plan may be made on a CPU
     for method, retain_mode in args.plan_runs:
         try:
-            unlearning_config(checked, Path(args.work_dir) / "runs" / "check", method, retain_mode, None, args.lrs[0],
-                              args.seed_list[0])
+            unlearning_config(
+                checked,
+                Path(args.work_dir) / "runs" / "check",
+                method,
+                retain_mode,
+                None,
+                args.lrs[0],
+                args.seed_list[0],
+            )
         except ValueError as exc:
             raise SystemExit(f"--methods {method}:{retain_mode}: {exc}") from exc
 
@@ -806,8 +983,10 @@ def main(argv=None) -> None:
         too_long = seconds[index] is not None and elapsed + seconds[index] > args.deadline_s
         if not first and (elapsed > args.deadline_s or too_long):  # the first piece of a command always starts
             needed = "?" if seconds[index] is None else f"{seconds[index]:.0f}"
-            print(f"deadline: {label} not started ({elapsed:.0f} s spent, about {needed} s needed, --deadline_s "
-                  f"{args.deadline_s:g}): run the command again to continue")
+            print(
+                f"deadline: {label} not started ({elapsed:.0f} s spent, about {needed} s needed, --deadline_s "
+                f"{args.deadline_s:g}): run the command again to continue"
+            )
             break
         first = False
         print(f"=== {label} ({elapsed:.0f} s)", flush=True)
@@ -818,8 +997,9 @@ def main(argv=None) -> None:
         write_outputs(args, started, argv)
         seconds, _ = plan_estimates(args, todo)  # the costs just measured refine the rest
     write_outputs(args, started, argv)
-    write_json_atomic(Path(args.work_dir) / "invocations.json",
-                      previous_invocations(args) + [this_invocation(started, argv)])
+    write_json_atomic(
+        Path(args.work_dir) / "invocations.json", previous_invocations(args) + [this_invocation(started, argv)]
+    )
     print(f"done in {time.time() - started:.0f} s")
 
 

@@ -2,12 +2,18 @@
 
 RKL-U (fine-tune an augmented copy on the forget set, build the teacher ``l_o - alpha * relu(l_aug - l_o)``, distil
 with token-level reverse KL) and the GA / GD / NPO / DPO / IDK / FKL-U / task-arithmetic baselines, in one
-`transformers.Trainer` subclass, with the TOFU evaluation, model cards and ``push_to_hub``, and the ``rklu-llm``
-command.
+`transformers.Trainer` subclass that also unlearns classifiers (classes or samples, retain-free); TOFU, copyright,
+lm-eval and audit evaluations, model cards and ``push_to_hub``, and the ``rklu-llm`` command.
 """
 
 from .config import METHODS, UnlearnConfig
-from .data import build_unlearning_dataset, load_refusals, load_tofu
+from .data import (
+    build_classification_unlearning_dataset,
+    build_text_unlearning_dataset,
+    build_unlearning_dataset,
+    load_refusals,
+    load_tofu,
+)
 from .hub import push_to_hub
 from .models import DEFAULT_MODEL, load_model, load_tokenizer
 from .trainer import UnlearnTrainer
@@ -19,6 +25,8 @@ __all__ = [
     "METHODS",
     "UnlearnConfig",
     "UnlearnTrainer",
+    "build_classification_unlearning_dataset",
+    "build_text_unlearning_dataset",
     "build_unlearning_dataset",
     "load_model",
     "load_refusals",

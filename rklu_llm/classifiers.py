@@ -79,16 +79,22 @@ class SmallCNN(nn.Module):
     linear(K)``; ``forward(pixel_values)`` takes ``(B, C, H, W)`` and returns ``(B, K)``.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 8,
-                 hidden: int = 128):
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28, width: int = 8, hidden: int = 128
+    ):
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(width, 2 * width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(in_channels, width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(width, 2 * width, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
         side = image_size // 4
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * side * side, hidden), nn.ReLU(),
-                                  nn.Linear(hidden, num_classes))
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(2 * width * side * side, hidden), nn.ReLU(), nn.Linear(hidden, num_classes)
+        )
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(pixel_values))
@@ -101,15 +107,28 @@ def small_resnet(num_classes: int, num_channels: int = 1, class_names=None):
 
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     config = ResNetConfig(
-        num_channels=num_channels, embedding_size=16, hidden_sizes=[16, 32, 64], depths=[1, 1, 1],
-        layer_type="basic", downsample_in_first_stage=False, num_labels=num_classes,
-        id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        num_channels=num_channels,
+        embedding_size=16,
+        hidden_sizes=[16, 32, 64],
+        depths=[1, 1, 1],
+        layer_type="basic",
+        downsample_in_first_stage=False,
+        num_labels=num_classes,
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
     )
     return ResNetForImageClassification(config)
 
 
-def small_text_classifier(tokenizer, num_classes: int, class_names=None, hidden: int = 64, layers: int = 2,
-                          max_length: int = 128, dropout: float = 0.1):
+def small_text_classifier(
+    tokenizer,
+    num_classes: int,
+    class_names=None,
+    hidden: int = 64,
+    layers: int = 2,
+    max_length: int = 128,
+    dropout: float = 0.1,
+):
     """A small `transformers` ``BertForSequenceClassification`` (``layers`` x ``hidden``) for ``tokenizer``'s
     vocabulary.
 
@@ -123,11 +142,18 @@ def small_text_classifier(tokenizer, num_classes: int, class_names=None, hidden:
 
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     config = BertConfig(
-        vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers,
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
         num_attention_heads=max(1, hidden // 32),
-        intermediate_size=2 * hidden, max_position_embeddings=max_length, pad_token_id=tokenizer.pad_token_id,
-        hidden_dropout_prob=dropout, attention_probs_dropout_prob=0.0,
-        num_labels=num_classes, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)},
+        intermediate_size=2 * hidden,
+        max_position_embeddings=max_length,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=0.0,
+        num_labels=num_classes,
+        id2label=dict(enumerate(names)),
+        label2id={n: i for i, n in enumerate(names)},
     )
     return BertForSequenceClassification(config)
 
@@ -148,8 +174,9 @@ def train_text_tokenizer(texts, vocab_size: int = 8000):
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
     )
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
-                                   sep_token="[SEP]")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]"
+    )
 
 
 @torch.no_grad()

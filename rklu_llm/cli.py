@@ -6,6 +6,11 @@ with its help text and default):
   rklu-llm unlearn --model runs/full --output_dir runs/rklu --retain_eval runs/retain90/tofu_eval.json
   rklu-llm finetune --split full --output_dir runs/full
   rklu-llm eval tofu --model runs/rklu --retain_eval runs/retain90/tofu_eval.json
+  rklu-llm eval audit --model runs/rklu --forget_split forget10 --audit all
+  rklu-llm eval copyright --model runs/book/rklu --output_dir runs/book/rklu --books_dir data/books
+  rklu-llm eval general --model runs/rklu --output_dir runs/rklu --general_limit 100
+  rklu-llm copyright --books_dir data/books --wikitext_dir data/wikitext --output_dir runs/book
+  rklu-llm classifier --dataset fashion_mnist --output_dir runs/fmnist
   rklu-llm demo
   rklu-llm push runs/rklu your-name/smollm2-rklu-forget10
   rklu-llm methods
@@ -36,6 +41,26 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval tofu": (
         "rklu_llm.scripts.eval_tofu",
         "TOFU metrics of a model: probability, ROUGE-L, truth ratio, model utility, forget quality",
+    ),
+    "eval audit": (
+        "rklu_llm.scripts.eval_audit",
+        "membership inference, extraction, leak@k, relearning and quantization audit of a TOFU-unlearned model",
+    ),
+    "eval copyright": (
+        "rklu_llm.scripts.eval_copyright",
+        "continuation BLEU / ROUGE-L of a book's chunks and WikiText perplexity of a model",
+    ),
+    "eval general": (
+        "rklu_llm.scripts.eval_general",
+        "lm-eval-harness accuracy on the shipped tasks (PIQA, HellaSwag, ARC, COPA, WSC273, MathQA, ...)",
+    ),
+    "copyright": (
+        "rklu_llm.scripts.copyright",
+        "make a model memorise a book (optional), unlearn it, evaluate continuations, perplexity and lm-eval",
+    ),
+    "classifier": (
+        "rklu_llm.scripts.classifier",
+        "train an image / text classifier (or load one), make it forget classes or samples, evaluate",
     ),
     "demo": ("rklu_llm.demo", "teach the embedded SmolLM2 two people, make it forget one with RKL-U (CPU, minutes)"),
     "push": (

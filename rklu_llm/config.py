@@ -32,32 +32,84 @@ class MethodSpec(NamedTuple):
 METHODS: dict[str, MethodSpec] = {
     "rklu": MethodSpec("reverse KL to the logit-subtraction teacher", True, True, False, True, "none"),
     "fklu": MethodSpec("forward KL to the logit-subtraction teacher", True, True, False, True, "none"),
-    "ga": MethodSpec("-NLL (classifier: -CE) on the forget set (gradient ascent)", False, False, False, True, "none",
-                     "both"),
+    "ga": MethodSpec(
+        "-NLL (classifier: -CE) on the forget set (gradient ascent)", False, False, False, True, "none", "both"
+    ),
     "gd": MethodSpec("-NLL on forget + NLL on retain (gradient difference)", False, False, False, True, "rt", "both"),
     "npo": MethodSpec("negative preference optimisation against the original", True, False, False, True, "none"),
     "dpo": MethodSpec("DPO: refusal preferred over the forget answer", True, False, True, True, "none"),
     "idk": MethodSpec("NLL on (forget question, refusal answer)", False, False, True, True, "none"),
     "ta": MethodSpec("task arithmetic: theta_o - scale * (theta_a - theta_o)", False, True, False, False, "none"),
     # --- token-level redistributive / masked targets for LLMs (KL direction: `divergence`, default forward) ---
-    "token_redistribute": MethodSpec("KL to the original with each answer token's probability spread over the "
-                                     "vocabulary", True, False, False, True, "none"),
-    "token_mask": MethodSpec("KL to the original with each answer token masked out and renormalised", True, False,
-                             False, True, "none"),
+    "token_redistribute": MethodSpec(
+        "KL to the original with each answer token's probability spread over the vocabulary",
+        True,
+        False,
+        False,
+        True,
+        "none",
+    ),
+    "token_mask": MethodSpec(
+        "KL to the original with each answer token masked out and renormalised", True, False, False, True, "none"
+    ),
     # --- classifiers (papers: redistributive KL; DELETE) ---
-    "redistribute": MethodSpec("KL(t || p), t = original p with p_y spread evenly over the other classes", True,
-                               False, False, True, "none", "classifier"),
-    "mask": MethodSpec("KL(t || p), t = softmax of the original's logits with l_y = -inf (DELETE)", True, False, False,
-                       True, "none", "classifier"),
+    "redistribute": MethodSpec(
+        "KL(t || p), t = original p with p_y spread evenly over the other classes",
+        True,
+        False,
+        False,
+        True,
+        "none",
+        "classifier",
+    ),
+    "mask": MethodSpec(
+        "KL(t || p), t = softmax of the original's logits with l_y = -inf (DELETE)",
+        True,
+        False,
+        False,
+        True,
+        "none",
+        "classifier",
+    ),
     "random_label": MethodSpec("CE to a fixed random wrong label", False, False, False, True, "none", "classifier"),
-    "boundary_shrink": MethodSpec("CE to the original's nearest wrong label after an FGSM step (Boundary Shrink)",
-                                  True, False, False, True, "none", "classifier"),
-    "jit": MethodSpec("Lipschitz quotient of the outputs under input noise (JiT, zero-shot)", False, False, False,
-                      True, "none", "classifier"),
-    "finetune": MethodSpec("REFERENCE, USES RETAIN DATA: CE on the retain set, from the original", False, False, False,
-                           True, "none", "classifier", True),
-    "retrain": MethodSpec("REFERENCE, USES RETAIN DATA: re-initialised weights, CE on the retain set (the oracle)",
-                          False, False, False, True, "none", "classifier", True),
+    "boundary_shrink": MethodSpec(
+        "CE to the original's nearest wrong label after an FGSM step (Boundary Shrink)",
+        True,
+        False,
+        False,
+        True,
+        "none",
+        "classifier",
+    ),
+    "jit": MethodSpec(
+        "Lipschitz quotient of the outputs under input noise (JiT, zero-shot)",
+        False,
+        False,
+        False,
+        True,
+        "none",
+        "classifier",
+    ),
+    "finetune": MethodSpec(
+        "REFERENCE, USES RETAIN DATA: CE on the retain set, from the original",
+        False,
+        False,
+        False,
+        True,
+        "none",
+        "classifier",
+        True,
+    ),
+    "retrain": MethodSpec(
+        "REFERENCE, USES RETAIN DATA: re-initialised weights, CE on the retain set (the oracle)",
+        False,
+        False,
+        False,
+        True,
+        "none",
+        "classifier",
+        True,
+    ),
 }
 
 RETAIN_MODES = ("none", "rt", "kl")
@@ -149,8 +201,11 @@ class UnlearnConfig(TrainingArguments):
     )
     # --- classifier baselines -------------------------------------------------------------------------------------
     boundary_shrink_eps: float = field(
-        default=0.1, metadata={"help": "Boundary Shrink: FGSM step size on the inputs (pixels in [0, 1], or token "
-                               "embeddings) that finds the nearest wrong label."}
+        default=0.1,
+        metadata={
+            "help": "Boundary Shrink: FGSM step size on the inputs (pixels in [0, 1], or token "
+            "embeddings) that finds the nearest wrong label."
+        },
     )
     jit_noise_std: float = field(
         default=0.1, metadata={"help": "JiT: standard deviation of the Gaussian input perturbations."}
@@ -224,8 +279,10 @@ class UnlearnConfig(TrainingArguments):
         check_training_arguments(self)
         self._check_classifier_fields(spec)
         checks = [
-            (self.teacher_alpha >= 0, f"teacher_alpha must be >= 0 (got {self.teacher_alpha}); 0 means the teacher "
-             "is the original model."),
+            (
+                self.teacher_alpha >= 0,
+                f"teacher_alpha must be >= 0 (got {self.teacher_alpha}); 0 means the teacher is the original model.",
+            ),
             (self.npo_beta > 0, f"npo_beta must be > 0 (got {self.npo_beta})."),
             (self.dpo_beta > 0, f"dpo_beta must be > 0 (got {self.dpo_beta})."),
             (self.ta_scale > 0, f"ta_scale must be > 0 (got {self.ta_scale})."),

@@ -185,7 +185,12 @@ def distillation_kl(
     if augmented_logits is not None:
         augmented_logits = augmented_logits.detach()
     return _ChunkedDistillationKL.apply(
-        student_logits, original_logits, augmented_logits, float(alpha), direction == "reverse", int(chunk_size),
+        student_logits,
+        original_logits,
+        augmented_logits,
+        float(alpha),
+        direction == "reverse",
+        int(chunk_size),
         float(student_logits.shape[0] if num_items is None else num_items),
     )
 
@@ -306,8 +311,10 @@ def _check_class_targets(logits: torch.Tensor, labels: torch.Tensor) -> None:
             f"labels must have shape {tuple(logits.shape[:-1])} (logits without K), got {tuple(labels.shape)}"
         )
     if labels.numel() and (labels.min() < 0 or labels.max() >= logits.shape[-1]):
-        raise ValueError(f"labels must be class ids in [0, {logits.shape[-1]}), got values in "
-                         f"[{labels.min().item()}, {labels.max().item()}]")
+        raise ValueError(
+            f"labels must be class ids in [0, {logits.shape[-1]}), got values in "
+            f"[{labels.min().item()}, {labels.max().item()}]"
+        )
 
 
 def redistributive_target(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -367,8 +374,9 @@ def target_kl(student_logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 TOKEN_TARGET_FLOOR = 1e-12
 
 
-def token_target_logits(original_logits: torch.Tensor, labels: torch.Tensor, kind: str,
-                        chunk_size: int = 1024) -> torch.Tensor:
+def token_target_logits(
+    original_logits: torch.Tensor, labels: torch.Tensor, kind: str, chunk_size: int = 1024
+) -> torch.Tensor:
     """Per answer token, the redistributed or masked target of the original model, as log-probabilities.
 
     Row ``n`` is ``log max(t_n, TOKEN_TARGET_FLOOR)`` with ``t_n = redistributive_target`` (``kind="redistribute"``)
@@ -411,8 +419,9 @@ def nearest_wrong_label(logits: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return logits.detach().scatter(-1, labels.unsqueeze(-1), float("-inf")).argmax(-1)
 
 
-def lipschitz_quotient(outputs: torch.Tensor, noisy_outputs: torch.Tensor, inputs: torch.Tensor,
-                       noisy_inputs: torch.Tensor) -> torch.Tensor:
+def lipschitz_quotient(
+    outputs: torch.Tensor, noisy_outputs: torch.Tensor, inputs: torch.Tensor, noisy_inputs: torch.Tensor
+) -> torch.Tensor:
     """JiT's smoothness loss: the mean empirical Lipschitz quotient ``||f(x) - f(x')||_2 / ||x - x'||_2``.
 
     Foster et al., "Zero-Shot Machine Unlearning at Scale via Lipschitz Regularization" (arXiv:2402.01401; the JiT
@@ -431,8 +440,10 @@ def lipschitz_quotient(outputs: torch.Tensor, noisy_outputs: torch.Tensor, input
         Scalar float32.
     """
     if noisy_outputs.shape[1:] != outputs.shape or noisy_inputs.shape[1:] != inputs.shape:
-        raise ValueError(f"noisy tensors must be (S, *x.shape): outputs {tuple(outputs.shape)} vs "
-                         f"{tuple(noisy_outputs.shape)}, inputs {tuple(inputs.shape)} vs {tuple(noisy_inputs.shape)}")
+        raise ValueError(
+            f"noisy tensors must be (S, *x.shape): outputs {tuple(outputs.shape)} vs "
+            f"{tuple(noisy_outputs.shape)}, inputs {tuple(inputs.shape)} vs {tuple(noisy_inputs.shape)}"
+        )
     out_norm = torch.linalg.vector_norm((_upcast(outputs) - _upcast(noisy_outputs)).flatten(2), dim=-1)
     in_norm = torch.linalg.vector_norm((_upcast(inputs) - _upcast(noisy_inputs)).flatten(2), dim=-1)
     return (out_norm / in_norm).mean()

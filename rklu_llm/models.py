@@ -79,7 +79,7 @@ def embedded_model_dir(name: str, cache_dir: str | os.PathLike | None = None) ->
 def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = None) -> str:
     """A hub id or local path as given; ``embedded:<name>`` becomes its cached safetensors directory."""
     if name_or_path.startswith(EMBEDDED_PREFIX):
-        return str(embedded_model_dir(name_or_path[len(EMBEDDED_PREFIX):], cache_dir))
+        return str(embedded_model_dir(name_or_path[len(EMBEDDED_PREFIX) :], cache_dir))
     return name_or_path
 
 
@@ -114,8 +114,10 @@ def check_model_source(name_or_path: str) -> None:
     if name_or_path.startswith(EMBEDDED_PREFIX):
         return
     if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
-        raise ModelLoadError(f"Model {name_or_path!r} does not exist (no such folder). Pass a local model folder, a "
-                             "hub id, or embedded:smollm2-135m-instruct.")
+        raise ModelLoadError(
+            f"Model {name_or_path!r} does not exist (no such folder). Pass a local model folder, a "
+            "hub id, or embedded:smollm2-135m-instruct."
+        )
     base = _adapter_base(name_or_path) if Path(name_or_path).is_dir() else None
     if base and _looks_local(base) and not Path(base).expanduser().exists():
         raise ModelLoadError(
@@ -159,9 +161,7 @@ def load_model(
     path = resolve_model_path(name_or_path, cache_dir)
     base = _adapter_base(path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            base or path, dtype=dtype, trust_remote_code=trust_remote_code
-        )
+        model = AutoModelForCausalLM.from_pretrained(base or path, dtype=dtype, trust_remote_code=trust_remote_code)
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc):
             raise ModelLoadError(
@@ -210,8 +210,12 @@ def path_overlap(a: Path, b: Path) -> str | None:
     return None
 
 
-def check_output_dir(output_dir: str | os.PathLike, model=None, model_path: str | None = None,
-                     augmented_path: str | os.PathLike | None = None) -> None:
+def check_output_dir(
+    output_dir: str | os.PathLike,
+    model=None,
+    model_path: str | None = None,
+    augmented_path: str | os.PathLike | None = None,
+) -> None:
     """Refuse an ``output_dir`` that would write over an input: the input model's folder (or a folder inside it, or
     one holding it; for a LoRA adapter, its base model's folder too) and a given augmented model's folder.
 

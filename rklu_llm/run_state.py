@@ -51,9 +51,25 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
 #: `TrainingArguments` fields that change what a run produces (the rest: logging, saving, evaluation, output).
 TRAINING_FIELDS = (
-    "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
-    "optim_args", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_steps", "num_train_epochs", "max_steps",
-    "per_device_train_batch_size", "gradient_accumulation_steps", "seed", "data_seed", "bf16", "fp16",
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "max_grad_norm",
+    "optim",
+    "optim_args",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "warmup_steps",
+    "num_train_epochs",
+    "max_steps",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "seed",
+    "data_seed",
+    "bf16",
+    "fp16",
     "label_smoothing_factor",
 )
 
@@ -168,8 +184,11 @@ def model_identity(model) -> dict:
     for key in ("_name_or_path", "transformers_version"):
         config_dict.pop(key, None)
     weights = None if is_partitioned(model) else model_fingerprint(_Parameters(model))
-    return {"name": portable_path(name) if name else None, "config_sha256": data_fingerprint(config_dict),
-            "weights_sha256": weights}
+    return {
+        "name": portable_path(name) if name else None,
+        "config_sha256": data_fingerprint(config_dict),
+        "weights_sha256": weights,
+    }
 
 
 def same_model(a: dict, b: dict) -> bool:
@@ -266,8 +285,9 @@ def acquire_run_lock(output_dir: str | os.PathLike) -> RunLock:
         os.close(fd)
     stale = _lock_holder(path).get("pid")
     if stale is not None and stale != os.getpid():
-        logger.warning("Took over the lock of %s left by pid %s, which is no longer running.",
-                       portable_path(output_dir), stale)
+        logger.warning(
+            "Took over the lock of %s left by pid %s, which is no longer running.", portable_path(output_dir), stale
+        )
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}).encode(), 0)
     lock = _HELD[key] = RunLock(key, path, fd)
@@ -313,8 +333,14 @@ def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
     return sorted(((step, p) for step, p in found if p.is_dir()), reverse=True)
 
 
-_MODEL_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors", "pytorch_model.bin",
-                "adapter_model.bin", "pytorch_model.bin.index.json")
+_MODEL_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "adapter_model.safetensors",
+    "pytorch_model.bin",
+    "adapter_model.bin",
+    "pytorch_model.bin.index.json",
+)
 
 
 def check_run_record(output_dir: str | os.PathLike, fingerprint: dict) -> dict | None:
@@ -327,8 +353,10 @@ def check_run_record(output_dir: str | os.PathLike, fingerprint: dict) -> dict |
     output_dir = Path(output_dir)
     record = read_run_record(output_dir)
     fingerprint = json.loads(json.dumps(fingerprint, default=str))  # as it reads back from the file
-    fix = ("Pass --overwrite_output_dir to start over there (it deletes what that run left), or choose another "
-           "--output_dir.")
+    fix = (
+        "Pass --overwrite_output_dir to start over there (it deletes what that run left), or choose another "
+        "--output_dir."
+    )
     if record is None:
         leftovers = [p.name for _, p in _checkpoints(output_dir)]
         leftovers += [name for name in _MODEL_FILES if (output_dir / name).exists()]
@@ -374,8 +402,10 @@ def write_run_record(output_dir: str | os.PathLike, kind: str, fingerprint: dict
     from . import __version__
     from .eval.io import write_json_atomic
 
-    write_json_atomic(Path(output_dir) / RUN_RECORD, {"kind": kind, "status": status, "rklu_llm_version": __version__,
-                                                      **extra, "fingerprint": fingerprint})
+    write_json_atomic(
+        Path(output_dir) / RUN_RECORD,
+        {"kind": kind, "status": status, "rklu_llm_version": __version__, **extra, "fingerprint": fingerprint},
+    )
 
 
 def begin_run(args, kind: str, fingerprint: dict, resume: bool = True) -> str | None:
@@ -407,8 +437,9 @@ def finish_run(args, global_step: int, status: str = "finished") -> None:
         return
     record = read_run_record(args.output_dir)
     if record is not None:
-        write_run_record(args.output_dir, record.get("kind", "?"), record.get("fingerprint", {}), status,
-                         global_step=global_step)
+        write_run_record(
+            args.output_dir, record.get("kind", "?"), record.get("fingerprint", {}), status, global_step=global_step
+        )
     lock = _HELD.get(str(Path(args.output_dir).expanduser().resolve()))
     if lock is not None:
         lock.release()
@@ -453,7 +484,7 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
             try:
                 with safe_open(str(file), framework="pt") as handle:
                     handle.keys()
-            except Exception as exc:  # noqa: BLE001 - any failure to read the header means a broken file
+            except Exception as exc:
                 return f"its {file.name} is unreadable ({type(exc).__name__}: {str(exc)[:80]})"
         elif file.stat().st_size == 0:
             return f"its {file.name} is empty"
@@ -483,8 +514,10 @@ def last_complete_checkpoint(output_dir: str | os.PathLike, remove_incomplete: b
 # ----------------------------------------------------------------------------------------------------------------
 def divergence_hint(args, learning_rate_field: str = "learning_rate") -> str:
     """The likely causes of a diverged run, read from its arguments."""
-    hints = [f"{learning_rate_field}={getattr(args, learning_rate_field, args.learning_rate):g} may be too high "
-             "(try 10x lower)"]
+    hints = [
+        f"{learning_rate_field}={getattr(args, learning_rate_field, args.learning_rate):g} may be too high "
+        "(try 10x lower)"
+    ]
     if getattr(args, "method", None) in ("rklu", "fklu"):
         hints.append(f"teacher_alpha={args.teacher_alpha:g} may be too large (the paper uses 4-8)")
     if getattr(args, "fp16", False):
@@ -555,8 +588,10 @@ def check_finite_weights(model, where: str) -> None:
     """Refuse to save non-finite weights (a run that diverged at its last step, or a weight edit that overflowed)."""
     for name, param in model.named_parameters():
         if param.numel() and param.device.type != "meta" and not bool(torch.isfinite(param.detach()).all()):
-            raise TrainingDiverged(f"Not saving to {portable_path(where)!r}: parameter {name} holds NaN or infinite "
-                                   "values (the run diverged). Lower the learning rate (or the edit's scale).")
+            raise TrainingDiverged(
+                f"Not saving to {portable_path(where)!r}: parameter {name} holds NaN or infinite "
+                "values (the run diverged). Lower the learning rate (or the edit's scale)."
+            )
 
 
 class GuardedTrainer(Trainer):
@@ -575,6 +610,9 @@ class GuardedTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        stop_if_non_finite(result[0] if return_outputs else result, self.state.global_step + 1,
-                           self.divergence_hint or divergence_hint(self.args))
+        stop_if_non_finite(
+            result[0] if return_outputs else result,
+            self.state.global_step + 1,
+            self.divergence_hint or divergence_hint(self.args),
+        )
         return result

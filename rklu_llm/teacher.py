@@ -62,9 +62,11 @@ _INHERITED_FIELDS = (
 def is_augmented_dir(path: str | Path) -> bool:
     """Whether ``path`` holds a finished augmented model (full weights or a LoRA adapter)."""
     path = Path(path)
-    return (path / AUGMENTED_MARKER).is_file() or (path / "config.json").is_file() or (
-        path / "adapter_config.json"
-    ).is_file()
+    return (
+        (path / AUGMENTED_MARKER).is_file()
+        or (path / "config.json").is_file()
+        or (path / "adapter_config.json").is_file()
+    )
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -81,9 +83,13 @@ def augmented_fingerprint(config, base_model: dict, forget: dict) -> dict:
     return {
         "base_model": base_model,
         "forget": {"items": forget["forget_items"], "sha256": forget["forget_sha256"]},
-        "augment": {"epochs": config.augment_epochs, "max_steps": config.augment_max_steps,
-                    "learning_rate": config.augment_learning_rate, "lora": config.augment_lora,
-                    **(lora if config.augment_lora else {})},
+        "augment": {
+            "epochs": config.augment_epochs,
+            "max_steps": config.augment_max_steps,
+            "learning_rate": config.augment_learning_rate,
+            "lora": config.augment_lora,
+            **(lora if config.augment_lora else {}),
+        },
         "training": inherited,
     }
 
@@ -126,11 +132,14 @@ def check_augmented_model(path: str | Path, model_config, fingerprint: dict | No
                 )
     recorded = (read_marker(path) or {}).get("fingerprint")
     if recorded and fingerprint:
-        changed = differences({k: recorded.get(k) for k in ("base_model", "forget")},
-                              {k: fingerprint[k] for k in ("base_model", "forget")})
+        changed = differences(
+            {k: recorded.get(k) for k in ("base_model", "forget")},
+            {k: fingerprint[k] for k in ("base_model", "forget")},
+        )
         if changed:
             raise ValueError(
-                f"augmented_model_path {str(path)!r} was made for another run:\n  " + "\n  ".join(changed)
+                f"augmented_model_path {str(path)!r} was made for another run:\n  "
+                + "\n  ".join(changed)
                 + "\nPass the augmented model of this base model and forget set, or leave augmented_model_path out to "
                 "build one."
             )
@@ -153,8 +162,9 @@ def augmentation_arguments(config, output_dir: str | Path) -> TrainingArguments:
     )
 
 
-def build_augmented_model(model, tokenizer, forget: Dataset, config, output_dir: str | Path,
-                          fingerprint: dict | None = None) -> Path:
+def build_augmented_model(
+    model, tokenizer, forget: Dataset, config, output_dir: str | Path, fingerprint: dict | None = None
+) -> Path:
     """Phase 1: NLL fine-tuning of a copy of ``model`` on the tokenized forget set; returns the saved directory.
 
     Args:
@@ -181,7 +191,8 @@ def build_augmented_model(model, tokenizer, forget: Dataset, config, output_dir:
         if not config.overwrite_output_dir:
             raise RunConflictError(
                 f"{portable_path(output_dir)!r} holds an augmented model made for another run:\n  "
-                + "\n  ".join(changed[:20]) + "\nPass --overwrite_output_dir to rebuild it, or choose another "
+                + "\n  ".join(changed[:20])
+                + "\nPass --overwrite_output_dir to rebuild it, or choose another "
                 "--augmented_dir / --output_dir."
             )
         logger.warning("--overwrite_output_dir: rebuilding the augmented model in %s", portable_path(output_dir))

@@ -103,7 +103,12 @@ from .teacher import (
 AUGMENTED_ADAPTER = "augmented"
 #: UnlearnConfig fields that do not change the result (left out of the run fingerprint).
 _NOT_IN_FINGERPRINT = {
-    "kl_chunk_size", "augmented_model_path", "augmented_dir", "keep_augmented", "overwrite_output_dir", "refusal_file",
+    "kl_chunk_size",
+    "augmented_model_path",
+    "augmented_dir",
+    "keep_augmented",
+    "overwrite_output_dir",
+    "refusal_file",
 }
 
 
@@ -254,8 +259,11 @@ class UnlearnTrainer(Trainer):
         #: identity of the model being unlearned (before any LoRA wrapping): part of the run and augmented fingerprints
         self.base_identity = model_identity(model)
         if args.augmented_model_path is not None:
-            check_augmented_model(args.augmented_model_path, model.config,
-                                  augmented_fingerprint(args, self.base_identity, train_dataset.fingerprint()))
+            check_augmented_model(
+                args.augmented_model_path,
+                model.config,
+                augmented_fingerprint(args, self.base_identity, train_dataset.fingerprint()),
+            )
         self.frozen_dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
         student_is_lora = _is_peft(model) or args.use_lora
         # The frozen original: a copy of the initial weights, unless the student trains through LoRA (its base with
@@ -313,17 +321,25 @@ class UnlearnTrainer(Trainer):
         """
         args = self.args
         inherited = {spec.name for spec in fields(TrainingArguments)}
-        method = {spec.name: getattr(args, spec.name) for spec in fields(args)
-                  if spec.init and spec.name not in inherited and spec.name not in _NOT_IN_FINGERPRINT}
-        fingerprint = {"base_model": self.base_identity, "data": self.train_dataset.fingerprint(), "method": method,
-                       "training": training_settings(args)}
+        method = {
+            spec.name: getattr(args, spec.name)
+            for spec in fields(args)
+            if spec.init and spec.name not in inherited and spec.name not in _NOT_IN_FINGERPRINT
+        }
+        fingerprint = {
+            "base_model": self.base_identity,
+            "data": self.train_dataset.fingerprint(),
+            "method": method,
+            "training": training_settings(args),
+        }
         if args.spec.needs_augmented:
             if args.augmented_model_path is None:
                 fingerprint["augmented"] = self.augmented_fingerprint()
             else:
-                fingerprint["augmented"] = {"path": portable_path(args.augmented_model_path),
-                                            "fingerprint": (read_marker(args.augmented_model_path) or {}).get(
-                                                "fingerprint")}
+                fingerprint["augmented"] = {
+                    "path": portable_path(args.augmented_model_path),
+                    "fingerprint": (read_marker(args.augmented_model_path) or {}).get("fingerprint"),
+                }
         return fingerprint
 
     # ------------------------------------------------------------------------------------------------------------
@@ -351,8 +367,14 @@ class UnlearnTrainer(Trainer):
         if self.args.augmented_model_path is not None:
             return Path(self.args.augmented_model_path)
         original = self.accelerator.unwrap_model(self.model)
-        return build_augmented_model(original, self.processing_class, self.forget_qa_dataset(), self.args,
-                                     self.args.augmented_output_dir, self.augmented_fingerprint())
+        return build_augmented_model(
+            original,
+            self.processing_class,
+            self.forget_qa_dataset(),
+            self.args,
+            self.args.augmented_output_dir,
+            self.augmented_fingerprint(),
+        )
 
     def _load_augmented(self) -> None:
         from peft import PeftModel
@@ -438,12 +460,17 @@ class UnlearnTrainer(Trainer):
         if not batch_samples:
             return None
         groups = list(batch_samples[0])
-        counts = torch.stack([
-            torch.stack([
-                sum(self._count(b[g], "tokens") for b in batch_samples),
-                sum(self._count(b[g], "sequences") for b in batch_samples),
-            ]) for g in groups
-        ]).float()
+        counts = torch.stack(
+            [
+                torch.stack(
+                    [
+                        sum(self._count(b[g], "tokens") for b in batch_samples),
+                        sum(self._count(b[g], "sequences") for b in batch_samples),
+                    ]
+                )
+                for g in groups
+            ]
+        ).float()
         processes = 1
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             counts = self.accelerator.gather(counts.unsqueeze(0)).sum(0)
@@ -510,8 +537,9 @@ class UnlearnTrainer(Trainer):
             original = self.frozen_logits("original", model, forget)[:, :-1][mask]
             kind = args.method.removeprefix("token_")
             target = token_target_logits(original, labels[:, 1:][mask], kind, args.kl_chunk_size)
-            forget_loss = distillation_kl(student, target, direction=args.divergence, chunk_size=args.kl_chunk_size,
-                                          num_items=forget_tokens)
+            forget_loss = distillation_kl(
+                student, target, direction=args.divergence, chunk_size=args.kl_chunk_size, num_items=forget_tokens
+            )
             forget_norm = forget_tokens
         elif args.method == "npo":
             logits = self._logits(model, forget)
@@ -554,10 +582,14 @@ class UnlearnTrainer(Trainer):
             else:  # "kl": forward KL(p_original || p_student) on the retain answers
                 student, mask = answer_positions(retain_logits, retain["labels"])
                 original = self.frozen_logits("original", model, retain)[:, :-1][mask]
-                retain_loss = distillation_kl(student, original, direction="forward", chunk_size=args.kl_chunk_size,
-                                              num_items=retain_tokens)
-                self._record("retain/nll", token_nll(retain_logits.detach(), retain["labels"], 1.0),
-                             self._count(retain, "tokens"))
+                retain_loss = distillation_kl(
+                    student, original, direction="forward", chunk_size=args.kl_chunk_size, num_items=retain_tokens
+                )
+                self._record(
+                    "retain/nll",
+                    token_nll(retain_logits.detach(), retain["labels"], 1.0),
+                    self._count(retain, "tokens"),
+                )
             loss = loss + args.retain_weight * retain_loss
             parts["retain term"] = retain_loss
             self._record("retain/loss", retain_loss * retain_tokens, self._count(retain, "tokens"))
@@ -674,7 +706,6 @@ class UnlearnTrainer(Trainer):
             noisy = classifier_logits(model, {key: noisy_x.flatten(0, 1), **repeated}).view(samples, *logits.shape)
         return logits, lipschitz_quotient(logits, noisy, x.detach(), noisy_x)
 
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._metrics and "loss" in logs:
             for name, values in self._metrics.items():
@@ -704,8 +735,10 @@ class UnlearnTrainer(Trainer):
         elif resume_from_checkpoint:
             problem = checkpoint_problem(resume_from_checkpoint)
             if problem is not None:
-                raise ValueError(f"Cannot resume from {portable_path(resume_from_checkpoint)!r}: {problem}. Pass "
-                                 "resume_from_checkpoint=True to use the newest complete checkpoint.")
+                raise ValueError(
+                    f"Cannot resume from {portable_path(resume_from_checkpoint)!r}: {problem}. Pass "
+                    "resume_from_checkpoint=True to use the newest complete checkpoint."
+                )
         try:
             if not self.args.spec.trains:
                 return self._task_arithmetic()
@@ -779,7 +812,9 @@ class UnlearnTrainer(Trainer):
             self.push_to_hub(commit_message="Unlearned model", revision=self.args.hub_revision)
 
     def _write_card(self, output_dir, metrics: dict | None = None) -> None:
-        write_model_card(output_dir, self.args, self.base_model_name, self.dataset_name, metrics)
+        fingerprint = getattr(self.train_dataset, "fingerprint", None)  # counts and hashes, never the data
+        forget_data = {k: v for k, v in fingerprint().items() if v is not None} if fingerprint else None
+        write_model_card(output_dir, self.args, self.base_model_name, self.dataset_name, metrics, forget_data)
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Used by `push_to_hub`: the rklu_llm card instead of the generic Trainer draft."""

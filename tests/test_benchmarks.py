@@ -22,19 +22,52 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _argv(tiny_model_dir: Path, tofu_dir: Path, work: Path, *extra: str, methods: str = "rklu,ga,ta") -> list[str]:
     return [
-        "--cpu", "--model", str(tiny_model_dir),
-        "--data_dir", str(tofu_dir), "--work_dir", str(work), "--splits", "forget01",
-        "--methods", methods, "--finetune_epochs", "1", "--unlearn_epochs", "2",
-        "--augment_epochs", "1", "--batch_size", "16", "--eval_batch_size", "16", "--generation_batch_size", "64",
-        "--eval_max_items", "8", "--max_new_tokens", "4", "--unlearn_lrs", "1e-3", *extra,
+        "--cpu",
+        "--model",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(tofu_dir),
+        "--work_dir",
+        str(work),
+        "--splits",
+        "forget01",
+        "--methods",
+        methods,
+        "--finetune_epochs",
+        "1",
+        "--unlearn_epochs",
+        "2",
+        "--augment_epochs",
+        "1",
+        "--batch_size",
+        "16",
+        "--eval_batch_size",
+        "16",
+        "--generation_batch_size",
+        "64",
+        "--eval_max_items",
+        "8",
+        "--max_new_tokens",
+        "4",
+        "--unlearn_lrs",
+        "1e-3",
+        *extra,
     ]
 
 
 def run_benchmark(tiny_model_dir: Path, tofu_dir: Path, work: Path, *extra: str, methods: str = "rklu,ga,ta") -> str:
-    command = [sys.executable, str(REPO / "benchmarks" / "tofu.py"),
-               *_argv(tiny_model_dir, tofu_dir, work, *extra, methods=methods)]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        str(REPO / "benchmarks" / "tofu.py"),
+        *_argv(tiny_model_dir, tofu_dir, work, *extra, methods=methods),
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"--- stdout ---\n{done.stdout[-3000:]}\n--- stderr ---\n{done.stderr[-6000:]}"
     return done.stdout
@@ -61,7 +94,8 @@ def test_tofu_benchmark_on_a_tiny_model(tmp_path, tiny_model_dir, tofu_dir, caps
         best = max(row["forget01_forget_quality"] for row in run["epochs"])
         assert run["peak"]["forget01_forget_quality"] == pytest.approx(best)
         assert run["final"]["epoch"] == 2.0 and run["final"]["forget01_forget_quality"] == pytest.approx(
-            run["epochs"][-1]["forget01_forget_quality"])
+            run["epochs"][-1]["forget01_forget_quality"]
+        )
         for row in (run["peak"], run["final"]):
             assert 0 <= row["model_utility"] <= 1
         assert run["train_seconds"] > 0 and run["eval_seconds"] > 0
@@ -79,13 +113,24 @@ def test_tofu_benchmark_on_a_tiny_model(tmp_path, tiny_model_dir, tofu_dir, caps
 
     # a second command: a grid and two seeds for ga, with a deadline that lets exactly one new run start
     records = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*.json")}
-    grid = ("--methods", "ga", "--unlearn_lrs", "1e-3,2e-3", "--seeds", "0,1", "--results_dir", str(results),
-            "--train_max_items", "64")
+    grid = (
+        "--methods",
+        "ga",
+        "--unlearn_lrs",
+        "1e-3,2e-3",
+        "--seeds",
+        "0,1",
+        "--results_dir",
+        str(results),
+        "--train_max_items",
+        "64",
+    )
     stdout = run_benchmark(tiny_model_dir, tofu_dir, work, "--deadline_s", "0", *grid[2:], methods="ga")
     assert "deadline: unlearn forget01 forget01_ga_lr0.002_s0 not started" in stdout and "done in" in stdout
     assert {p: p.stat().st_mtime_ns for p in records} == records  # finished runs are not redone
     assert {p.name for p in (work / "runs").glob("*.json")} - {p.name for p in records} == {
-        "forget01_ga_lr0.001_s1.json"}
+        "forget01_ga_lr0.001_s1.json"
+    }
     data = json.loads((results / "tofu_smollm2.json").read_text())
     ga = next(g for g in data["groups"] if g["method"] == "ga" and g["lr"] == 1e-3)
     assert ga["seeds"] == [0, 1] and ga["mu_final_std"] is not None
@@ -116,8 +161,18 @@ def test_tofu_benchmark_mini_run_with_lora_on_the_cpu(tmp_path, tiny_model_dir, 
     """The no-GPU variant: forget01 + 32 retain items, LoRA fine-tunes (merged), a LoRA augmented adapter, a LoRA
     student; ta edits full weights; results in the work dir; TOFU's item protocol."""
     work = tmp_path / "work"
-    run_benchmark(tiny_model_dir, tofu_dir, work, "--lora", "--augment_lora", "--retain_subset", "32", "--protocol",
-                  "tofu", methods="rklu,ta")
+    run_benchmark(
+        tiny_model_dir,
+        tofu_dir,
+        work,
+        "--lora",
+        "--augment_lora",
+        "--retain_subset",
+        "32",
+        "--protocol",
+        "tofu",
+        methods="rklu,ta",
+    )
     assert len((work / "data" / "full.jsonl").read_text().splitlines()) == 32 + 40
     assert len((work / "data" / "retain99.jsonl").read_text().splitlines()) == 32
     metrics = json.loads((work / "models" / "full" / "train_metrics.json").read_text())
@@ -173,18 +228,44 @@ def test_plan_estimate_from_committed_numbers(bench, monkeypatch, tmp_path, tofu
     committed = {
         "settings": {"unlearn_epochs": 5, "augment_epochs": 10, "finetune_epochs": 5},
         "runs": [  # forget01 has 40 items
-            {"split": "forget01", "method": "ga", "retain_mode": "none", "train_seconds": 4.0, "augment_seconds": 0,
-             "final": {"eval_seconds": 10.0}},
-            {"split": "forget01", "method": "rklu", "retain_mode": "none", "train_seconds": 8.0,
-             "augment_seconds": 2.0, "final": {"eval_seconds": 14.0}},
+            {
+                "split": "forget01",
+                "method": "ga",
+                "retain_mode": "none",
+                "train_seconds": 4.0,
+                "augment_seconds": 0,
+                "final": {"eval_seconds": 10.0},
+            },
+            {
+                "split": "forget01",
+                "method": "rklu",
+                "retain_mode": "none",
+                "train_seconds": 8.0,
+                "augment_seconds": 2.0,
+                "final": {"eval_seconds": 14.0},
+            },
         ],
         "finetune_train_seconds": {"forget01_original": 40.0},
     }
     path = tmp_path / "committed.json"
     path.write_text(json.dumps(committed))
     monkeypatch.setattr(bench, "COMMITTED", path)
-    args = bench.parse(["--data_dir", str(tofu_dir), "--work_dir", str(tmp_path / "work"), "--splits", "forget01",
-                        "--methods", "ga,rklu", "--unlearn_epochs", "10", "--plan", "--cpu"])
+    args = bench.parse(
+        [
+            "--data_dir",
+            str(tofu_dir),
+            "--work_dir",
+            str(tmp_path / "work"),
+            "--splits",
+            "forget01",
+            "--methods",
+            "ga,rklu",
+            "--unlearn_epochs",
+            "10",
+            "--plan",
+            "--cpu",
+        ]
+    )
     args.data = args.data_dir
     costs, sources = bench.measured_costs(args)
     # ga: 4 s / (40 items x 5 epochs) = 0.02 s per item-epoch; rklu 8 / 200 = 0.04; augmentation 2 / (40 x 10)
@@ -207,21 +288,52 @@ def test_speed_benchmark_smoke_on_the_cpu(tmp_path, tiny_model_dir, tofu_dir):
     """benchmarks/speed.py runs without a GPU: step times as ratios to GA (no memory figures), RKL-U end to end for
     two augmentation lengths against retraining the oracle, with forget quality."""
     command = [
-        sys.executable, str(REPO / "benchmarks" / "speed.py"), "--cpu", "--data_dir", str(tofu_dir), "--model",
-        str(tiny_model_dir), "--base_model", str(tiny_model_dir), "--work_dir", str(tmp_path / "work"),
-        "--results_dir", str(tmp_path), "--configs", "ga,fklu", "--steps", "2", "--warmup", "1", "--batch_size",
-        "8", "--train_max_items", "16", "--end_to_end", "--augment_epochs", "1,2", "--unlearn_epochs", "1",
-        "--finetune_epochs", "1",
+        sys.executable,
+        str(REPO / "benchmarks" / "speed.py"),
+        "--cpu",
+        "--data_dir",
+        str(tofu_dir),
+        "--model",
+        str(tiny_model_dir),
+        "--base_model",
+        str(tiny_model_dir),
+        "--work_dir",
+        str(tmp_path / "work"),
+        "--results_dir",
+        str(tmp_path),
+        "--configs",
+        "ga,fklu",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch_size",
+        "8",
+        "--train_max_items",
+        "16",
+        "--end_to_end",
+        "--augment_epochs",
+        "1,2",
+        "--unlearn_epochs",
+        "1",
+        "--finetune_epochs",
+        "1",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-6000:]
     data = json.loads((tmp_path / "speed_smollm2.json").read_text())
     rows = {r["config"]: r for r in data["rows"]}
     assert set(rows) == {"ga", "fklu (augmented = LoRA on the original)"}
-    assert rows["ga"]["step_ratio_to_ga"] == 1.0 and all(r["steps_timed"] == 2 and r["peak_gib"] is None
-                                                         for r in rows.values())
+    assert rows["ga"]["step_ratio_to_ga"] == 1.0 and all(
+        r["steps_timed"] == 2 and r["peak_gib"] is None for r in rows.values()
+    )
     e2e = data["end_to_end"]
     assert [r["augment_epochs"] for r in e2e["runs"]] == [1.0, 2.0]
     for run in e2e["runs"]:

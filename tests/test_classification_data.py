@@ -77,7 +77,7 @@ def test_load_fashion_mnist_from_a_folder(tmp_path, gz, monkeypatch):
     assert len(train) == 6 and train.features["labels"].names == list(FASHION_MNIST_CLASSES)
     arrays = to_arrays(train)
     assert arrays["input"].shape == (6, 1, 28, 28) and arrays["input"].dtype == torch.float32
-    assert 0.0 <= arrays["input"].min() and arrays["input"].max() <= 1.0
+    assert arrays["input"].min() >= 0.0 and arrays["input"].max() <= 1.0
     raw = read_idx(folder / ("train-images-idx3-ubyte" + (".gz" if gz else "")))
     np.testing.assert_allclose(arrays["input"][3, 0].numpy(), raw[3] / 255.0, rtol=1e-6)
     monkeypatch.setenv("RKLU_FASHION_MNIST_DIR", str(folder))  # the environment variable is the default folder
@@ -117,8 +117,9 @@ def test_load_cifar10_from_pickle_batches(tmp_path, monkeypatch):
     train = load_cifar10("train", tmp_path)
     arrays = to_arrays(train)
     assert arrays["input"].shape == (5, 3, 32, 32) and arrays["labels"].tolist() == [0, 1, 2, 0, 1]
-    np.testing.assert_allclose(arrays["input"][4].numpy(), images["data_batch_2"][1].reshape(3, 32, 32) / 255.0,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        arrays["input"][4].numpy(), images["data_batch_2"][1].reshape(3, 32, 32) / 255.0, rtol=1e-6
+    )
     assert train.features["labels"].names[3] == "c3"
     monkeypatch.setenv("RKLU_CIFAR10_DIR", str(tmp_path))
     assert len(load_cifar10("test")) == 4
@@ -157,7 +158,7 @@ def test_load_image_classification_from_an_imagefolder(tmp_path):
 
 def _write_books(folder, words=200):
     folder.mkdir()
-    for i, stem in enumerate(AUSTEN_NOVELS):
+    for stem in AUSTEN_NOVELS:
         body = " ".join(f"{stem}{j}" for j in range(words))
         text = f"TITLE\n\nBy Jane Austen\nCHAPTER I\n{body}\nCHAPTER II\n"
         (folder / f"{stem}.txt").write_text(text, encoding="utf-8")
@@ -186,8 +187,9 @@ def test_tokenize_texts_and_text_batches():
     from conftest import build_tiny_tokenizer
 
     tokenizer = build_tiny_tokenizer()
-    data = Dataset.from_dict({"text": ["a b c d e f g", "a"], "labels": [0, 1]},
-                             features=None).cast_column("labels", ClassLabel(num_classes=2))
+    data = Dataset.from_dict({"text": ["a b c d e f g", "a"], "labels": [0, 1]}, features=None).cast_column(
+        "labels", ClassLabel(num_classes=2)
+    )
     tokens = tokenize_texts(data, tokenizer, max_length=4)
     lengths = [len(ids) for ids in tokens["input_ids"][:]]
     assert max(lengths) <= 4
@@ -252,8 +254,9 @@ def test_paired_dataset_items_and_epochs():
     item = dataset[1]
     assert item["forget"]["labels"] == 2 and item["forget"]["index"] == 1
     assert item["forget"]["random_labels"] in (0, 1)  # a random label, never the true one
-    partners = {epoch: [dataset.set_epoch(epoch) or dataset[i]["retain"]["index"] for i in range(3)]
-                for epoch in range(4)}
+    partners = {
+        epoch: [dataset.set_epoch(epoch) or dataset[i]["retain"]["index"] for i in range(3)] for epoch in range(4)
+    }
     assert all(len(set(p)) == 3 for p in partners.values())  # distinct partners within an epoch
     assert len({tuple(p) for p in partners.values()}) > 1  # re-drawn across epochs
     dataset.set_epoch(0)

@@ -85,8 +85,14 @@ def test_classification_metrics_class_unlearning_worked_example():
     test labels [0, 1, 2, 2], predictions [0, 1, 0, 1]: acc_ft = 0/2 = 0, acc_rt = 2/2 = 1, acc_test = 1/2.
     original acc_ft = 0.8 -> drop_ft = 0.8, h_mean = 2 * 1 * 0.8 / 1.8 = 0.8889."""
     train_labels, test_labels = np.array([0, 0, 1, 1, 2, 2]), np.array([0, 1, 2, 2])
-    out = classification_metrics(_logits_for([0, 1, 1, 1, 2, 0]), train_labels, _logits_for([0, 1, 0, 1]),
-                                 test_labels, forget_classes=[2], original_acc_ft=0.8)
+    out = classification_metrics(
+        _logits_for([0, 1, 1, 1, 2, 0]),
+        train_labels,
+        _logits_for([0, 1, 0, 1]),
+        test_labels,
+        forget_classes=[2],
+        original_acc_ft=0.8,
+    )
     assert out["acc_f"] == 0.5 and out["acc_r"] == 0.75
     assert out["acc_ft"] == 0.0 and out["acc_rt"] == 1.0 and out["acc_test"] == 0.5
     assert out["drop_ft"] == pytest.approx(0.8) and out["h_mean"] == pytest.approx(1.6 / 1.8)
@@ -112,8 +118,14 @@ def test_classification_metrics_mia_recipes():
 def test_classification_metrics_sample_unlearning():
     """Forget rows 1 and 3 of train: acc_f over them, acc_r over the rest; no forget-test set, so acc_ft is None,
     acc_rt = acc_test = accuracy on the whole test set, and there is no h_mean."""
-    out = classification_metrics(_logits_for([0, 0, 1, 1]), np.array([0, 1, 1, 0]), _logits_for([0, 2]),
-                                 np.array([0, 1]), forget_index=[1, 3], original_acc_ft=0.9)
+    out = classification_metrics(
+        _logits_for([0, 0, 1, 1]),
+        np.array([0, 1, 1, 0]),
+        _logits_for([0, 2]),
+        np.array([0, 1]),
+        forget_index=[1, 3],
+        original_acc_ft=0.9,
+    )
     assert out["acc_f"] == 0.0 and out["acc_r"] == 1.0
     assert out["acc_ft"] is None and out["acc_rt"] == out["acc_test"] == 0.5
     assert out["h_mean"] is None

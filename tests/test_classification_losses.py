@@ -47,8 +47,9 @@ def test_four_classes_keep_order_and_sum_to_one():
     y = torch.tensor([3])
     red = redistributive_target(logits, y)
     msk = masked_target(logits, y)
-    torch.testing.assert_close(red, torch.tensor([[0.1 + 0.4 / 3, 0.2 + 0.4 / 3, 0.3 + 0.4 / 3, 0.0]]), atol=1e-6,
-                               rtol=0)
+    torch.testing.assert_close(
+        red, torch.tensor([[0.1 + 0.4 / 3, 0.2 + 0.4 / 3, 0.3 + 0.4 / 3, 0.0]]), atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(msk, torch.tensor([[1 / 6, 2 / 6, 3 / 6, 0.0]]), atol=1e-6, rtol=0)
     for target in (red, msk):
         assert target[0, 3].item() == 0.0

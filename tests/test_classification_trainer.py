@@ -56,9 +56,21 @@ def digits():
 
 def make_config(tmp_path, method, **overrides):
     values = dict(
-        output_dir=str(tmp_path / "out"), method=method, per_device_train_batch_size=16, max_steps=4,
-        learning_rate=1e-2, warmup_epochs=None, weight_decay=0.0, save_strategy="steps", save_steps=2, save_total_limit=None,
-        logging_steps=1, use_cpu=True, report_to="none", seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path / "out"),
+        method=method,
+        per_device_train_batch_size=16,
+        max_steps=4,
+        learning_rate=1e-2,
+        warmup_epochs=None,
+        weight_decay=0.0,
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=None,
+        logging_steps=1,
+        use_cpu=True,
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
     )
     values.update(overrides)
     return UnlearnConfig(**values)
@@ -113,7 +125,8 @@ def check_trains_keeps_original_and_resumes(tmp_path, make, original):
 def test_every_classifier_method_trains_and_resumes(tmp_path, digits, method):
     overrides = {"retain_mode": "rt"} if method == "gd" else {}
     trainer = check_trains_keeps_original_and_resumes(
-        tmp_path, lambda: make_trainer(tmp_path, digits, method, **overrides), digits[2])
+        tmp_path, lambda: make_trainer(tmp_path, digits, method, **overrides), digits[2]
+    )
     assert (trainer.ref_model is not None) == METHODS[method].needs_reference
     assert len(trainer.train_dataset) == (64 if METHODS[method].uses_retain_data else 32)
 
@@ -125,7 +138,8 @@ def test_transformers_resnet(tmp_path, digits, method):
     original = train_original(small_resnet(10, 1), take_rows(retain, range(64)), epochs=1)
     data = (forget, retain, original)
     trainer = check_trains_keeps_original_and_resumes(
-        tmp_path, lambda: make_trainer(tmp_path, data, method, model=copy.deepcopy(original)), original)
+        tmp_path, lambda: make_trainer(tmp_path, data, method, model=copy.deepcopy(original)), original
+    )
     trainer.save_model(str(tmp_path / "saved"))
     reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "saved")
     for (name, p), q in zip(trainer.model.named_parameters(), reloaded.parameters()):
@@ -157,8 +171,9 @@ def test_text_classifier(tmp_path, texts, method):
     def make():
         config = make_config(tmp_path, method, per_device_train_batch_size=4, learning_rate=3e-3)
         dataset = build_classification_unlearning_dataset(forget, forget_classes=[2])
-        return UnlearnTrainer(model=copy.deepcopy(original), args=config, train_dataset=dataset,
-                              processing_class=tokenizer)
+        return UnlearnTrainer(
+            model=copy.deepcopy(original), args=config, train_dataset=dataset, processing_class=tokenizer
+        )
 
     check_trains_keeps_original_and_resumes(tmp_path, make, data[2])
 
@@ -175,8 +190,9 @@ def test_redistribute_and_mask_forget_the_class(tmp_path, digits, method):
         arrays = to_arrays(dataset)
         model.eval()
         with torch.no_grad():
-            right = sum(int((classifier_logits(model, b).argmax(-1) == b.pop("labels")).sum())
-                        for b in batches(arrays, 256))
+            right = sum(
+                int((classifier_logits(model, b).argmax(-1) == b.pop("labels")).sum()) for b in batches(arrays, 256)
+            )
         return right / len(arrays["labels"])
 
     full_forget, full_retain = split_forget_retain(load_digits_dataset("train"), [FORGET_CLASS])[:2]
@@ -241,8 +257,12 @@ def test_methods_and_batches_must_match(tmp_path, digits, tiny_tokenizer, tofu_d
         make_trainer(tmp_path, digits, "npo")
     qa = build_unlearning_dataset(tiny_tokenizer, load_tofu("forget01", tofu_dir).select(range(2)), max_length=128)
     with pytest.raises(ValueError, match="unlearns classifiers"):
-        UnlearnTrainer(model=copy.deepcopy(digits[2]), args=make_config(tmp_path, "mask"), train_dataset=qa,
-                       processing_class=tiny_tokenizer)
+        UnlearnTrainer(
+            model=copy.deepcopy(digits[2]),
+            args=make_config(tmp_path, "mask"),
+            train_dataset=qa,
+            processing_class=tiny_tokenizer,
+        )
 
 
 def test_retain_references_need_retain_data(tmp_path, digits):
@@ -266,10 +286,15 @@ def test_token_inputs_need_a_transformers_model_for_perturbations(tmp_path, text
 
     dataset = build_classification_unlearning_dataset(forget, forget_classes=[2])
     with pytest.raises(ValueError, match="needs a transformers model"):
-        UnlearnTrainer(model=Bag(), args=make_config(tmp_path, "jit"), train_dataset=dataset,
-                       processing_class=tokenizer)
-    trainer = UnlearnTrainer(model=Bag(), args=make_config(tmp_path, "ga", max_steps=1, save_strategy="no"),
-                             train_dataset=dataset, processing_class=tokenizer)
+        UnlearnTrainer(
+            model=Bag(), args=make_config(tmp_path, "jit"), train_dataset=dataset, processing_class=tokenizer
+        )
+    trainer = UnlearnTrainer(
+        model=Bag(),
+        args=make_config(tmp_path, "ga", max_steps=1, save_strategy="no"),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
     assert math.isfinite(trainer.train().training_loss)  # a plain module with several inputs takes keywords
 
 

@@ -85,6 +85,11 @@ HELP_FIELDS = {
     "eval tofu": ("--forget_splits", "(default: forget10)"),
     "demo": ("--teach_epochs", "(default:"),
     "push": ("--dry_run", "(default: False)"),
+    "eval audit": ("--forget_split", "(default: forget10)"),
+    "eval copyright": ("--chunk_tokens", "(default: 512)"),
+    "eval general": ("--general_limit", "(default: None)"),
+    "copyright": ("--finetune_learning_rate", "(default: 0.0001)"),
+    "classifier": ("--dataset", "(default: fashion_mnist)"),
 }
 
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from conftest import build_tiny_tokenizer
 from datasets import Dataset
 
-from conftest import build_tiny_tokenizer
 from rklu_llm.data import (
     TOFU_CONFIGS,
     AnswerTruncatedError,

@@ -12,6 +12,7 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import build_tiny_model
 
 import rklu_llm.eval.audit as audit_module
 from rklu_llm.data import load_tofu
@@ -37,8 +38,6 @@ from rklu_llm.eval.metrics import (
 )
 from rklu_llm.eval.scoring import qa_examples
 from rklu_llm.losses import token_nll
-
-from conftest import build_tiny_model
 
 ITEMS = 8  # forget01 / holdout01 items used with the tiny models
 FAST = dict(max_items=ITEMS, batch_size=16, leak_k=2, leak_max_new_tokens=40, max_new_tokens=40)
@@ -144,8 +143,9 @@ def unlearned(memorized, tiny_tokenizer, forget_rows):
     batch = pad_examples(qa_examples(tiny_tokenizer, *forget_rows), tiny_tokenizer.pad_token_id)
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-2)
     for _ in range(100):
-        nll = token_nll(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                        batch["labels"])
+        nll = token_nll(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
         if nll.item() > 7.0:
             break
         (-nll).backward()
@@ -184,16 +184,27 @@ def test_a_memorizing_model_is_caught_and_a_fresh_one_is_not(memorized, fresh, t
     assert row["mia_auc_min_k"] == caught["membership"]["auc"]["min_k"] and row["leak@2_question"] >= 0.75
 
 
-def test_unlearned_knowledge_comes_back_under_relearning(unlearned, memorized, fresh, tiny_tokenizer, tofu_dir,
-                                                         tmp_path):
+def test_unlearned_knowledge_comes_back_under_relearning(
+    unlearned, memorized, fresh, tiny_tokenizer, tofu_dir, tmp_path
+):
     original_dir, oracle_dir = tmp_path / "original", tmp_path / "oracle"
     for model, path in ((memorized, original_dir), (fresh, oracle_dir)):
         model.save_pretrained(path)
         tiny_tokenizer.save_pretrained(path)
     before = {name: p.detach().clone() for name, p in unlearned.named_parameters()}
-    result = evaluate_audit(unlearned, tiny_tokenizer, "forget01", "relearn", tofu_dir, relearn_original=original_dir,
-                            relearn_oracle=oracle_dir, relearn_steps=10, relearn_learning_rate=1e-3,
-                            relearn_batch_size=4, **{**FAST, "max_new_tokens": 8})
+    result = evaluate_audit(
+        unlearned,
+        tiny_tokenizer,
+        "forget01",
+        "relearn",
+        tofu_dir,
+        relearn_original=original_dir,
+        relearn_oracle=oracle_dir,
+        relearn_steps=10,
+        relearn_learning_rate=1e-3,
+        relearn_batch_size=4,
+        **{**FAST, "max_new_tokens": 8},
+    )
     for name, p in unlearned.named_parameters():  # the attack trained a copy
         assert torch.equal(p, before[name]), name
     relearn = result["relearn"]
@@ -217,17 +228,20 @@ def test_quantization_round_trips_restore_the_weights(fresh, tiny_tokenizer, tof
         assert count == len(changed) > 0
         assert not torch.equal(changed[0].weight, weights["model.layers.0.self_attn.q_proj.weight"])
         # NF4 keeps every weight within its block's absmax of the original
-        assert (changed[0].weight - weights["model.layers.0.self_attn.q_proj.weight"]).abs().max() < \
-            weights["model.layers.0.self_attn.q_proj.weight"].abs().max()
+        assert (changed[0].weight - weights["model.layers.0.self_attn.q_proj.weight"]).abs().max() < weights[
+            "model.layers.0.self_attn.q_proj.weight"
+        ].abs().max()
     for name, p in fresh.named_parameters():
         assert torch.equal(p, weights[name]), name
-    result = evaluate_audit(fresh, tiny_tokenizer, "forget01", "quantization", tofu_dir,
-                            **{**FAST, "max_items": 4, "max_new_tokens": 8})
+    result = evaluate_audit(
+        fresh, tiny_tokenizer, "forget01", "quantization", tofu_dir, **{**FAST, "max_items": 4, "max_new_tokens": 8}
+    )
     quant = result["quantization"]
     assert set(quant["runs"]) == {"none", "8", "4"} and quant["library"].startswith("bitsandbytes")
     for bits in ("8", "4"):
         assert quant["delta"][bits]["probability"] == pytest.approx(
-            quant["runs"][bits]["probability"] - quant["runs"]["none"]["probability"])
+            quant["runs"][bits]["probability"] - quant["runs"]["none"]["probability"]
+        )
     assert abs(quant["delta"]["8"]["probability"]) < 1e-3  # int8 rows barely move a random model
 
 
@@ -245,8 +259,9 @@ def test_the_audit_resumes_from_its_cache(fresh, tiny_tokenizer, tofu_dir, tmp_p
 
 def test_privleak_against_a_stored_reference(fresh, tiny_tokenizer, tofu_dir, tmp_path):
     reference = evaluate_audit(fresh, tiny_tokenizer, "forget01", "membership", tofu_dir, tmp_path / "ref", **FAST)
-    again = evaluate_audit(fresh, tiny_tokenizer, "forget01", "membership", tofu_dir,
-                           membership_reference=tmp_path / "ref", **FAST)
+    again = evaluate_audit(
+        fresh, tiny_tokenizer, "forget01", "membership", tofu_dir, membership_reference=tmp_path / "ref", **FAST
+    )
     membership = again["membership"]
     assert membership["reference"].endswith("audit_eval.json") and membership["reference_note"] is None
     for score, value in membership["privleak"].items():  # the same model as its own reference: no leak
@@ -259,16 +274,19 @@ def test_privleak_against_a_stored_reference(fresh, tiny_tokenizer, tofu_dir, tm
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"holdout_split": "holdout05"}, r"holdout05 has 200 items but forget01 has 40"),
-    ({"leak_k": 0}, r"leak_k .* >= 1"),
-    ({"leak_threshold": 1.5}, r"leak_threshold .* \[0, 1\]"),
-    ({"leak_threshold": -0.1}, r"leak_threshold .* \[0, 1\]"),
-    ({"parts": "membership,tea"}, "Unknown or no audit part"),
-    ({"parts": "quantization", "quantization_bits": (3,)}, "subset of"),
-    ({"parts": "relearn", "relearn_oracle": "/nonexistent/oracle"}, "not a model directory"),
-    ({"parts": "relearn", "relearn_original": "./no_such_model"}, "not a model directory"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"holdout_split": "holdout05"}, r"holdout05 has 200 items but forget01 has 40"),
+        ({"leak_k": 0}, r"leak_k .* >= 1"),
+        ({"leak_threshold": 1.5}, r"leak_threshold .* \[0, 1\]"),
+        ({"leak_threshold": -0.1}, r"leak_threshold .* \[0, 1\]"),
+        ({"parts": "membership,tea"}, "Unknown or no audit part"),
+        ({"parts": "quantization", "quantization_bits": (3,)}, "subset of"),
+        ({"parts": "relearn", "relearn_oracle": "/nonexistent/oracle"}, "not a model directory"),
+        ({"parts": "relearn", "relearn_original": "./no_such_model"}, "not a model directory"),
+    ],
+)
 def test_bad_settings_fail_before_any_model_work(kwargs, match, tofu_dir):
     kwargs = {"parts": "membership,leak", **kwargs}
     with pytest.raises((ValueError, FileNotFoundError), match=match):
@@ -294,9 +312,25 @@ def test_eval_audit_script(tiny_model_dir, tofu_dir, tmp_path):
     from rklu_llm.scripts import eval_audit
 
     out = tmp_path / "audit"
-    argv = ["--model", str(tiny_model_dir), "--forget_split", "forget01", "--data_dir", str(tofu_dir), "--output_dir",
-            str(out), "--eval_max_items", "4", "--leak_k", "2", "--leak_max_new_tokens", "4", "--max_new_tokens", "4",
-            "--open_unlearning_export"]
+    argv = [
+        "--model",
+        str(tiny_model_dir),
+        "--forget_split",
+        "forget01",
+        "--data_dir",
+        str(tofu_dir),
+        "--output_dir",
+        str(out),
+        "--eval_max_items",
+        "4",
+        "--leak_k",
+        "2",
+        "--leak_max_new_tokens",
+        "4",
+        "--max_new_tokens",
+        "4",
+        "--open_unlearning_export",
+    ]
     result = eval_audit.main(argv)
     assert set(result) == {"model", "settings", "membership", "extraction", "leak"}
     assert json.loads((out / "audit_eval.json").read_text()) == result

@@ -7,12 +7,11 @@ import warnings
 
 import pytest
 import torch
+from conftest import build_tiny_model
 from transformers import TrainerControl, TrainerState
 
 from rklu_llm.eval.callback import TofuEvalCallback
 from rklu_llm.eval.tofu import evaluate_tofu
-
-from conftest import build_tiny_model
 
 EVAL = dict(max_items=40, batch_size=16, max_new_tokens=4)
 SMALL = dict(max_items=8, batch_size=16, max_new_tokens=2)  # full evaluations of the best-checkpoint test
@@ -107,8 +106,9 @@ def test_without_the_final_evaluation(two_models, tiny_tokenizer, tofu_dir):
     a, b, reference = two_models
     for order, peak_epoch in (((a, b), 1.0), ((b, a), 2.0)):
         model = build_tiny_model(tiny_tokenizer)
-        callback = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, per_epoch="forget_quality",
-                                    evaluate_final=False, **EVAL)
+        callback = TofuEvalCallback(
+            tiny_tokenizer, "forget01", tofu_dir, reference, per_epoch="forget_quality", evaluate_final=False, **EVAL
+        )
         for epoch, weights in zip((1.0, 2.0), order):
             model.load_state_dict(weights.state_dict())
             _epoch_end(callback, model, epoch)
@@ -147,8 +147,9 @@ def test_rows_are_logged_through_the_trainer(two_models, tiny_tokenizer, tofu_di
             seen.append(dict(logs))
 
     trainer.add_callback(Recorder())  # stands for TensorBoard / W&B: every logger gets on_log
-    callback = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, per_epoch="forget_quality",
-                                trainer=trainer, **EVAL)
+    callback = TofuEvalCallback(
+        tiny_tokenizer, "forget01", tofu_dir, reference, per_epoch="forget_quality", trainer=trainer, **EVAL
+    )
     trainer.state.epoch = 1.0
     callback.on_epoch_end(trainer.args, trainer.state, trainer.control, model=model)
     logged = trainer.state.log_history[-1]
@@ -174,8 +175,9 @@ def test_best_checkpoint_at_a_utility_floor(two_models, tiny_tokenizer, tofu_dir
     model = build_tiny_model(tiny_tokenizer)
     trainer = _trainer(model, tiny_tokenizer, tmp_path / "run")
     best = tmp_path / "run" / "best"
-    callback = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, trainer=trainer, best_dir=best,
-                                min_model_utility=0.0, **SMALL)
+    callback = TofuEvalCallback(
+        tiny_tokenizer, "forget01", tofu_dir, reference, trainer=trainer, best_dir=best, min_model_utility=0.0, **SMALL
+    )
     callback.on_train_begin(trainer.args, trainer.state, trainer.control)
     for epoch, weights in ((1.0, b), (2.0, a)):  # forget quality peaks at epoch 2 (A's weights)
         model.load_state_dict(weights.state_dict())
@@ -191,16 +193,30 @@ def test_best_checkpoint_at_a_utility_floor(two_models, tiny_tokenizer, tofu_dir
 
     # a floor no epoch reaches: nothing is kept
     floor = max(row["model_utility"] for row in callback.history) + 1e-6
-    strict = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, trainer=trainer,
-                              best_dir=tmp_path / "none", min_model_utility=min(floor, 1.0), **SMALL)
+    strict = TofuEvalCallback(
+        tiny_tokenizer,
+        "forget01",
+        tofu_dir,
+        reference,
+        trainer=trainer,
+        best_dir=tmp_path / "none",
+        min_model_utility=min(floor, 1.0),
+        **SMALL,
+    )
     strict.on_epoch_end(trainer.args, trainer.state, trainer.control, model=model)
     assert strict.best_epoch is None and not (tmp_path / "none").exists()
 
 
 def test_best_checkpoint_settings_are_checked(tiny_tokenizer, tmp_path):
     with pytest.raises(ValueError, match="per_epoch='full'"):
-        TofuEvalCallback(tiny_tokenizer, "forget01", reference={}, per_epoch="forget_quality", best_dir=tmp_path,
-                         min_model_utility=0.3)
+        TofuEvalCallback(
+            tiny_tokenizer,
+            "forget01",
+            reference={},
+            per_epoch="forget_quality",
+            best_dir=tmp_path,
+            min_model_utility=0.3,
+        )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         TofuEvalCallback(tiny_tokenizer, "forget01", reference={}, best_dir=tmp_path, min_model_utility=1.5)
     with pytest.raises(ValueError, match="reference"):
@@ -211,8 +227,9 @@ def test_best_checkpoint_settings_are_checked(tiny_tokenizer, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_evaluate_every_epoch_and_keep_the_best(two_models, tiny_tokenizer, tiny_model_dir, tofu_dir,
-                                                              tmp_path):
+def test_two_processes_evaluate_every_epoch_and_keep_the_best(
+    two_models, tiny_tokenizer, tiny_model_dir, tofu_dir, tmp_path
+):
     """``accelerate launch`` with 2 CPU processes (gloo): both ranks evaluate after every epoch, rank 0 writes."""
     import os
     import subprocess
@@ -225,17 +242,57 @@ def test_two_processes_evaluate_every_epoch_and_keep_the_best(two_models, tiny_t
     reference.write_text(json.dumps(two_models[2]))
     out = tmp_path / "ga_ddp"
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
         str(repo / "accelerate_configs" / "cpu.yaml"),
-        str(repo / "recipes" / "tofu_forget01.py"), "--model", str(tiny_model_dir), "--method", "ga", "--data_dir",
-        str(tofu_dir), "--output_dir", str(out), "--retain_eval", str(reference), "--eval_every_epoch",
-        "--best_checkpoint", "--min_model_utility", "0", "--num_train_epochs", "2", "--per_device_train_batch_size",
-        "20", "--save_strategy", "no", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-        "--learning_rate", "1e-3", "--max_length", "256", "--eval_max_items", "4", "--max_new_tokens", "4",
-        "--eval_batch_size", "8", "--logging_steps", "1",
+        str(repo / "recipes" / "tofu_forget01.py"),
+        "--model",
+        str(tiny_model_dir),
+        "--method",
+        "ga",
+        "--data_dir",
+        str(tofu_dir),
+        "--output_dir",
+        str(out),
+        "--retain_eval",
+        str(reference),
+        "--eval_every_epoch",
+        "--best_checkpoint",
+        "--min_model_utility",
+        "0",
+        "--num_train_epochs",
+        "2",
+        "--per_device_train_batch_size",
+        "20",
+        "--save_strategy",
+        "no",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--learning_rate",
+        "1e-3",
+        "--max_length",
+        "256",
+        "--eval_max_items",
+        "4",
+        "--max_new_tokens",
+        "4",
+        "--eval_batch_size",
+        "8",
+        "--logging_steps",
+        "1",
     ]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"--- stdout ---\n{done.stdout[-3000:]}\n--- stderr ---\n{done.stderr[-6000:]}"
     epochs = json.loads((out / "tofu_eval_epochs.json").read_text())

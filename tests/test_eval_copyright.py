@@ -86,16 +86,26 @@ def texts(tmp_path_factory):
     """Excerpts of two novels (small enough for the tiny tokenizer to give a handful of chunks)."""
     folder = tmp_path_factory.mktemp("books")
     for name in ("pride_and_prejudice", "sense_and_sensibility"):
-        (folder / f"{name}.txt").write_text((BOOKS / f"{name}.txt").read_text(encoding="utf-8")[:4000],
-                                            encoding="utf-8")
+        (folder / f"{name}.txt").write_text(
+            (BOOKS / f"{name}.txt").read_text(encoding="utf-8")[:4000], encoding="utf-8"
+        )
     return folder / "pride_and_prejudice.txt", folder / "sense_and_sensibility.txt"
 
 
 @pytest.fixture(scope="module")
 def data(tiny_tokenizer, texts):
     forget, control = texts
-    return prepare_copyright_data(tiny_tokenizer, str(forget), str(control), wikitext_dir=str(WIKITEXT),
-                                  chunk_tokens=40, num_chunks=5, prefix_tokens=24, segment_tokens=32, num_segments=6)
+    return prepare_copyright_data(
+        tiny_tokenizer,
+        str(forget),
+        str(control),
+        wikitext_dir=str(WIKITEXT),
+        chunk_tokens=40,
+        num_chunks=5,
+        prefix_tokens=24,
+        segment_tokens=32,
+        num_segments=6,
+    )
 
 
 def direct_perplexity(model, segments) -> float:
@@ -182,11 +192,18 @@ def test_bad_inputs_fail_before_any_model_work(tmp_path, tiny_tokenizer, texts, 
     with pytest.raises(ValueError, match="is not UTF-8 text"):
         prepare_copyright_data(tiny_tokenizer, str(latin1), chunk_tokens=8, prefix_tokens=4, perplexity=False)
     with pytest.raises(DataUnavailableError, match="wikitext-2-raw-test.txt"):
-        prepare_copyright_data(tiny_tokenizer, str(forget), wikitext_dir=str(tmp_path), chunk_tokens=40,
-                               prefix_tokens=24)
+        prepare_copyright_data(
+            tiny_tokenizer, str(forget), wikitext_dir=str(tmp_path), chunk_tokens=40, prefix_tokens=24
+        )
     # the tiny model's context is 512 positions: a 600-token chunk is refused before any generation
-    big = prepare_copyright_data(tiny_tokenizer, [(BOOKS / "emma.txt").read_text(encoding="utf-8")[:20000]],
-                                 chunk_tokens=600, num_chunks=1, prefix_tokens=200, perplexity=False)
+    big = prepare_copyright_data(
+        tiny_tokenizer,
+        [(BOOKS / "emma.txt").read_text(encoding="utf-8")[:20000]],
+        chunk_tokens=600,
+        num_chunks=1,
+        prefix_tokens=200,
+        perplexity=False,
+    )
     with pytest.raises(ValueError, match="longer than the model's context of 512"):
         evaluate_copyright(tiny_model, tiny_tokenizer, big)
 
@@ -194,8 +211,9 @@ def test_bad_inputs_fail_before_any_model_work(tmp_path, tiny_tokenizer, texts, 
 def test_wikitext_from_the_environment(monkeypatch, tiny_tokenizer, texts, tmp_path):
     forget, _ = texts
     monkeypatch.setenv("RKLU_WIKITEXT_DIR", str(WIKITEXT))
-    data = prepare_copyright_data(tiny_tokenizer, str(forget), chunk_tokens=40, prefix_tokens=24, segment_tokens=16,
-                                  num_segments=3)
+    data = prepare_copyright_data(
+        tiny_tokenizer, str(forget), chunk_tokens=40, prefix_tokens=24, segment_tokens=16, num_segments=3
+    )
     assert len(data.wikitext) == 3 and data.sources["wikitext"].endswith("wikitext-2-raw-test.txt")
     monkeypatch.delenv("RKLU_WIKITEXT_DIR")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
@@ -209,25 +227,46 @@ def test_wikitext_from_the_environment(monkeypatch, tiny_tokenizer, texts, tmp_p
 
 
 def recipe_argv(model_dir, output_dir, *extra) -> list[str]:
-    return ["--model", str(model_dir), "--output_dir", str(output_dir), "--books_dir", str(BOOKS),
-            "--wikitext_dir", str(WIKITEXT), "--general_data_dir", str(SHARED_DATA / "general"),
-            "--chunk_tokens", "48", "--num_chunks", "4", "--prefix_tokens", "24", "--use_cpu", "true",
-            "--methods", "rklu,npo", *extra]  # argparse: a flag given again in extra wins
+    return [
+        "--model",
+        str(model_dir),
+        "--output_dir",
+        str(output_dir),
+        "--books_dir",
+        str(BOOKS),
+        "--wikitext_dir",
+        str(WIKITEXT),
+        "--general_data_dir",
+        str(SHARED_DATA / "general"),
+        "--chunk_tokens",
+        "48",
+        "--num_chunks",
+        "4",
+        "--prefix_tokens",
+        "24",
+        "--use_cpu",
+        "true",
+        "--methods",
+        "rklu,npo",
+        *extra,
+    ]  # argparse: a flag given again in extra wins
 
 
-@pytest.mark.parametrize("extra,match", [
-    (["--chunk_tokens", "1024", "--prefix_tokens", "200"], "longer than the model's context of 512"),
-    (["--prefix_tokens", "48"], "must be at least 1 and shorter than a chunk"),
-    (["--forget_text", "ulysses.txt"], "'ulysses.txt' is neither a file"),
-    (["--methods", "rklu,gd"], "gd .* needs a retain corpus"),
-    (["--methods", "rklu,sgd"], r"unknown \['sgd'\]"),
-    (["--general_tasks", "mmlu"], "Unknown lm-eval task 'mmlu'"),
-    (["--general_limit", "0"], "general_limit must be >= 1"),
-    (["--general_data_dir", "/nonexistent/general"], "does not exist"),
-    (["--finetune_epochs", "-1"], "finetune_epochs must be >= 0"),
-])
-def test_the_book_recipe_refuses_bad_input_before_loading_a_model(tmp_path, tiny_model_dir, monkeypatch, extra,
-                                                                    match):
+@pytest.mark.parametrize(
+    "extra,match",
+    [
+        (["--chunk_tokens", "1024", "--prefix_tokens", "200"], "longer than the model's context of 512"),
+        (["--prefix_tokens", "48"], "must be at least 1 and shorter than a chunk"),
+        (["--forget_text", "ulysses.txt"], "'ulysses.txt' is neither a file"),
+        (["--methods", "rklu,gd"], "gd .* needs a retain corpus"),
+        (["--methods", "rklu,sgd"], r"unknown \['sgd'\]"),
+        (["--general_tasks", "mmlu"], "Unknown lm-eval task 'mmlu'"),
+        (["--general_limit", "0"], "general_limit must be >= 1"),
+        (["--general_data_dir", "/nonexistent/general"], "does not exist"),
+        (["--finetune_epochs", "-1"], "finetune_epochs must be >= 0"),
+    ],
+)
+def test_the_book_recipe_refuses_bad_input_before_loading_a_model(tmp_path, tiny_model_dir, monkeypatch, extra, match):
     from rklu_llm import models
     from rklu_llm.scripts import copyright as recipe
 
@@ -250,10 +289,37 @@ def test_copyright_benchmark_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir
 
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "copyright.py"
     work, results = tmp_path / "work", tmp_path / "results"
-    argv = [str(script), "--data_root", str(SHARED_DATA), "--work_dir", str(work), "--results_dir", str(results),
-            "--model", str(tiny_model_dir), "--methods", "rklu,gd,dpo", "--num_chunks", "4", "--chunk_tokens", "48",
-            "--prefix_tokens", "24", "--num_segments", "4", "--general_tasks", "copa", "--general_limit", "2",
-            "--finetune_epochs", "1", "--unlearn_epochs", "1", "--retain_text", "persuasion.txt"]
+    argv = [
+        str(script),
+        "--data_root",
+        str(SHARED_DATA),
+        "--work_dir",
+        str(work),
+        "--results_dir",
+        str(results),
+        "--model",
+        str(tiny_model_dir),
+        "--methods",
+        "rklu,gd,dpo",
+        "--num_chunks",
+        "4",
+        "--chunk_tokens",
+        "48",
+        "--prefix_tokens",
+        "24",
+        "--num_segments",
+        "4",
+        "--general_tasks",
+        "copa",
+        "--general_limit",
+        "2",
+        "--finetune_epochs",
+        "1",
+        "--unlearn_epochs",
+        "1",
+        "--retain_text",
+        "persuasion.txt",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(script), run_name="__main__")

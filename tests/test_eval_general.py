@@ -26,8 +26,15 @@ def test_every_shipped_task_runs_offline_on_a_tiny_model(tmp_path, tiny_tokenize
     time: wall time on a shared machine measures the neighbours)."""
     monkeypatch.chdir(tmp_path)
     start = time.process_time()
-    result = evaluate_general(tiny_model, tiny_tokenizer, tasks="rklu_general_all", data_dir=GENERAL, limit=20,
-                              batch_size=16, output_dir=tmp_path / "eval")
+    result = evaluate_general(
+        tiny_model,
+        tiny_tokenizer,
+        tasks="rklu_general_all",
+        data_dir=GENERAL,
+        limit=20,
+        batch_size=16,
+        output_dir=tmp_path / "eval",
+    )
     seconds = time.process_time() - start
     assert seconds < 60, f"lm-eval on 10 tasks x 20 items took {seconds:.0f} s of CPU time"
     assert list(result["tasks"]) == list(ALL_TASKS)
@@ -43,8 +50,18 @@ def test_every_shipped_task_runs_offline_on_a_tiny_model(tmp_path, tiny_tokenize
         raise AssertionError("a cached task was evaluated again")
 
     monkeypatch.setattr("lm_eval.simple_evaluate", fail)
-    assert evaluate_general(tiny_model, tiny_tokenizer, tasks="rklu_general_all", data_dir=GENERAL, limit=20,
-                            batch_size=16, output_dir=tmp_path / "eval") == result
+    assert (
+        evaluate_general(
+            tiny_model,
+            tiny_tokenizer,
+            tasks="rklu_general_all",
+            data_dir=GENERAL,
+            limit=20,
+            batch_size=16,
+            output_dir=tmp_path / "eval",
+        )
+        == result
+    )
 
 
 def test_task_names():
@@ -97,11 +114,33 @@ def upstream_lm_eval(model_args: str, output: Path, tasks: str, limit: int) -> s
     """``lm_eval --model hf --model_args ... --include_path <shipped tasks> --tasks ...``, offline, as users run it."""
     script = Path(sys.executable).with_name("lm_eval")
     command = [str(script)] if script.is_file() else [sys.executable, "-m", "lm_eval"]
-    command += ["--model", "hf", "--model_args", model_args, "--include_path", str(TASKS_DIR), "--tasks", tasks,
-                "--limit", str(limit), "--batch_size", "16", "--device", "cpu", "--output_path", str(output),
-                "--metadata", json.dumps({"data_dir": str(GENERAL)})]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
+    command += [
+        "--model",
+        "hf",
+        "--model_args",
+        model_args,
+        "--include_path",
+        str(TASKS_DIR),
+        "--tasks",
+        tasks,
+        "--limit",
+        str(limit),
+        "--batch_size",
+        "16",
+        "--device",
+        "cpu",
+        "--output_path",
+        str(output),
+        "--metadata",
+        json.dumps({"data_dir": str(GENERAL)}),
+    ]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -130,8 +169,10 @@ def test_upstream_lm_eval_on_saved_checkpoints(tmp_path, tiny_tokenizer, tiny_mo
     lora.save_pretrained(adapter)
 
     tasks, limit = "rklu_copa,rklu_wsc273,rklu_arc_easy", 8
-    runs = {"full": upstream_lm_eval(f"pretrained={full}", tmp_path / "out_full", tasks, limit),
-            "lora": upstream_lm_eval(f"pretrained={full},peft={adapter}", tmp_path / "out_lora", tasks, limit)}
+    runs = {
+        "full": upstream_lm_eval(f"pretrained={full}", tmp_path / "out_full", tasks, limit),
+        "lora": upstream_lm_eval(f"pretrained={full},peft={adapter}", tmp_path / "out_lora", tasks, limit),
+    }
     results = {name: finished(process, tmp_path / f"out_{name}") for name, process in runs.items()}
 
     # the same numbers as the in-memory evaluation of the same weights (the adapter off = the saved full model)

@@ -52,11 +52,13 @@ def test_score_examples_token_values_match_a_direct_computation(tiny_tokenizer, 
 
 def test_beam_continuations_return_k_candidates_in_input_order(tiny_tokenizer, tiny_model):
     prompts = [tiny_tokenizer("The author")["input_ids"], tiny_tokenizer("Kuwait City is")["input_ids"]]
-    beams = generate_continuations(tiny_model, tiny_tokenizer, prompts, batch_size=2, max_new_tokens=4, num_beams=3,
-                                   num_return_sequences=3)
+    beams = generate_continuations(
+        tiny_model, tiny_tokenizer, prompts, batch_size=2, max_new_tokens=4, num_beams=3, num_return_sequences=3
+    )
     assert [len(b) for b in beams] == [3, 3]
-    alone = generate_continuations(tiny_model, tiny_tokenizer, prompts[1:], max_new_tokens=4, num_beams=3,
-                                   num_return_sequences=3)
+    alone = generate_continuations(
+        tiny_model, tiny_tokenizer, prompts[1:], max_new_tokens=4, num_beams=3, num_return_sequences=3
+    )
     assert alone[0] == beams[1]
     with pytest.raises(ValueError, match="num_return_sequences"):
         generate_continuations(tiny_model, tiny_tokenizer, prompts, num_beams=2, num_return_sequences=3)
@@ -65,7 +67,9 @@ def test_beam_continuations_return_k_candidates_in_input_order(tiny_tokenizer, t
 def test_metric_cache_recomputes_for_other_weights(tmp_path):
     calls = []
     cache = MetricCache(tmp_path, "x_cache", "m", "fp1")
-    assert cache.get_or_compute("s", "m1", {"k": 1}, "d", lambda: calls.append(1) or {"v": np.arange(2)}) == {"v": [0, 1]}
+    assert cache.get_or_compute("s", "m1", {"k": 1}, "d", lambda: calls.append(1) or {"v": np.arange(2)}) == {
+        "v": [0, 1]
+    }
     assert cache.get_or_compute("s", "m1", {"k": 1}, "d", lambda: calls.append(1) or {"v": [9]}) == {"v": [0, 1]}
     other = MetricCache(tmp_path, "x_cache", "m", "fp2")
     with pytest.warns(UserWarning, match="another model"):

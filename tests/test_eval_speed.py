@@ -97,14 +97,16 @@ def test_every_greedy_decoder_gives_the_same_tokens(sharp_model, tiny_tokenizer,
     reorder = DynamicCache.reorder_cache
     monkeypatch.setattr(DynamicCache, "reorder_cache", lambda self, idx: drops.append(len(idx)) or reorder(self, idx))
     try:
-        reference = generate_continuations(sharp_model, tiny_tokenizer, prompts, batch_size=1, max_new_tokens=24,
-                                           decoder="generate")
+        reference = generate_continuations(
+            sharp_model, tiny_tokenizer, prompts, batch_size=1, max_new_tokens=24, decoder="generate"
+        )
         lengths = {len(tiny_tokenizer(text)["input_ids"]) for text in reference}
         assert len(lengths) > 3 and min(lengths) < 20  # rows really end at different steps
         for decoder, batch_size in (("compact", 1), ("compact", 4), ("compact", 16), ("generate", 16), ("static", 16)):
             drops.clear()
-            out = generate_continuations(sharp_model, tiny_tokenizer, prompts, batch_size=batch_size,
-                                         max_new_tokens=24, decoder=decoder)
+            out = generate_continuations(
+                sharp_model, tiny_tokenizer, prompts, batch_size=batch_size, max_new_tokens=24, decoder=decoder
+            )
             assert out == reference, (decoder, batch_size)
             if decoder == "compact" and batch_size == 16:
                 assert drops and all(d < len(prompts) - 1 for d in drops)  # finished rows were dropped
@@ -113,7 +115,8 @@ def test_every_greedy_decoder_gives_the_same_tokens(sharp_model, tiny_tokenizer,
     assert reference[-1] == reference[2]
     questions = [r["question"] for r in rows]
     assert generate_answers(sharp_model, tiny_tokenizer, questions, batch_size=5, max_new_tokens=6) == (
-        generate_answers(sharp_model, tiny_tokenizer, questions, batch_size=5, max_new_tokens=6, decoder="generate"))
+        generate_answers(sharp_model, tiny_tokenizer, questions, batch_size=5, max_new_tokens=6, decoder="generate")
+    )
 
 
 def test_repeated_prompts_are_generated_once(sharp_model, tiny_tokenizer, monkeypatch):
@@ -145,13 +148,35 @@ def test_bad_switches_fail_before_model_work(tiny_tokenizer):
 @pytest.mark.slow
 def test_eval_speed_benchmark_on_a_tiny_model(tmp_path, tiny_model_dir, tofu_dir):
     command = [
-        sys.executable, str(REPO / "benchmarks" / "eval_speed.py"), "--model", str(tiny_model_dir), "--data_dir",
-        str(tofu_dir), "--results_dir", str(tmp_path), "--name", "eval_speed_test", "--prompts", "6",
-        "--max_new_tokens", "5", "--score_items", "3", "--repeats", "2", "--variants", "static",
+        sys.executable,
+        str(REPO / "benchmarks" / "eval_speed.py"),
+        "--model",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(tofu_dir),
+        "--results_dir",
+        str(tmp_path),
+        "--name",
+        "eval_speed_test",
+        "--prompts",
+        "6",
+        "--max_new_tokens",
+        "5",
+        "--score_items",
+        "3",
+        "--repeats",
+        "2",
+        "--variants",
+        "static",
     ]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                               "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     data = json.loads((tmp_path / "eval_speed_test.json").read_text())
     gen, score = data["generation"], data["likelihood"]

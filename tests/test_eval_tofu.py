@@ -224,8 +224,14 @@ def e2e(tiny_tokenizer, tofu_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("tofu_eval")
     with pytest.warns(UserWarning, match="no reference evaluation given"):
         result = evaluate_tofu(
-            model, tiny_tokenizer, forget_splits=("forget01",), data_dir=tofu_dir, output_dir=out,
-            batch_size=8, max_new_tokens=8, max_items=MAX_ITEMS,
+            model,
+            tiny_tokenizer,
+            forget_splits=("forget01",),
+            data_dir=tofu_dir,
+            output_dir=out,
+            batch_size=8,
+            max_new_tokens=8,
+            max_items=MAX_ITEMS,
         )
     return model, out, result
 
@@ -250,13 +256,19 @@ def test_evaluate_tofu_layout_and_ranges(e2e):
     assert isinstance(result["model"], str) and result["model"]
     assert result["settings"]["max_items"] == MAX_ITEMS and result["settings"]["max_new_tokens"] == 8
     assert tuple(result["sets"]) == SETS
-    rows = {json.loads(line)["question"] for line in open(TOFU_DIR / "forget01_perturbed.jsonl")}
-    for name, entry in result["sets"].items():
+    rows = {json.loads(line)["question"] for line in (TOFU_DIR / "forget01_perturbed.jsonl").read_text().splitlines()}
+    for entry in result["sets"].values():
         aggregate, items = entry["aggregate"], entry["items"]
         assert set(aggregate) == {"probability", "rouge_l_recall", "truth_ratio", "num_items"}
         assert aggregate["num_items"] == MAX_ITEMS
-        assert set(items) == {"question", "probability", "answer_probability", "rouge_l_recall", "truth_ratio",
-                              "generated"}
+        assert set(items) == {
+            "question",
+            "probability",
+            "answer_probability",
+            "rouge_l_recall",
+            "truth_ratio",
+            "generated",
+        }
         assert all(len(v) == MAX_ITEMS for v in items.values())
         assert all(0 <= v <= 1 for key in ("probability", "answer_probability", "rouge_l_recall") for v in items[key])
         assert all(0 < v < math.inf for v in items["truth_ratio"])
@@ -267,8 +279,9 @@ def test_evaluate_tofu_layout_and_ranges(e2e):
     # real authors: the probability aggregate is normalised over the answer and its 3 perturbed answers
     # (recomputed here from the cached likelihoods: p = exp(-nll_sum / num_tokens))
     real = result["sets"]["real_authors_perturbed"]["items"]
-    cache_file = (out / "tofu_eval_cache"
-                  / "real_authors_perturbed__likelihood__max_items-4__max_length-512__protocol-all.json")
+    cache_file = (
+        out / "tofu_eval_cache" / "real_authors_perturbed__likelihood__max_items-4__max_length-512__protocol-all.json"
+    )
     cached = json.loads(cache_file.read_text())["data"]
     p_answer = np.exp(-np.array(cached["answer_nll_sum"]) / np.array(cached["answer_num_tokens"]))
     p_perturbed = np.exp(-np.array(cached["perturbed_nll_sum"]) / np.array(cached["perturbed_num_tokens"]))
@@ -289,9 +302,12 @@ def test_evaluate_tofu_layout_and_ranges(e2e):
     assert fq["forget_quality"] is None and "reference=" in fq["forget_quality_note"]
     assert fq["reference"] is None and fq["reference_items"] == 0
     assert sorted(p.name for p in (out / "tofu_eval_cache").iterdir()) == sorted(
-        f"{s}__{m}__{tag}.json" for s in SETS
-        for m, tag in (("likelihood", "max_items-4__max_length-512__protocol-all"),
-                       ("generation", "max_items-4__max_new_tokens-8__protocol-all"))
+        f"{s}__{m}__{tag}.json"
+        for s in SETS
+        for m, tag in (
+            ("likelihood", "max_items-4__max_length-512__protocol-all"),
+            ("generation", "max_items-4__max_new_tokens-8__protocol-all"),
+        )
     )
     row = summary_row(result)
     assert row["model_utility"] == result["model_utility"] and row["forget01_forget_quality"] is None
@@ -305,8 +321,14 @@ def test_evaluate_tofu_rerun_uses_the_cache(e2e, tiny_tokenizer, tofu_dir, monke
     _forbid_model_work(monkeypatch)
     with pytest.warns(UserWarning, match="no reference"):
         again = evaluate_tofu(
-            model, tiny_tokenizer, forget_splits=("forget01",), data_dir=tofu_dir, output_dir=out,
-            batch_size=2, max_new_tokens=8, max_items=MAX_ITEMS,
+            model,
+            tiny_tokenizer,
+            forget_splits=("forget01",),
+            data_dir=tofu_dir,
+            output_dir=out,
+            batch_size=2,
+            max_new_tokens=8,
+            max_items=MAX_ITEMS,
         )
     assert again["sets"] == result["sets"] and again["model_utility"] == result["model_utility"]
 
@@ -322,8 +344,16 @@ def test_evaluate_tofu_without_generation(e2e, tiny_tokenizer, tofu_dir, monkeyp
     out = tmp_path / "no_generation"
     with pytest.warns(UserWarning, match="generate=False"):
         cheap = evaluate_tofu(
-            model, tiny_tokenizer, forget_splits=("forget01",), data_dir=tofu_dir, output_dir=out, batch_size=8,
-            max_new_tokens=8, max_items=MAX_ITEMS, generate=False, reference=result,
+            model,
+            tiny_tokenizer,
+            forget_splits=("forget01",),
+            data_dir=tofu_dir,
+            output_dir=out,
+            batch_size=8,
+            max_new_tokens=8,
+            max_items=MAX_ITEMS,
+            generate=False,
+            reference=result,
         )
     assert cheap["model_utility"] is None and "generate=False" in cheap["model_utility_note"]
     assert cheap["forget"]["forget01"]["forget_quality"] == pytest.approx(1.0)  # its own evaluation as reference
@@ -344,12 +374,19 @@ def test_evaluate_tofu_cache_is_keyed_by_the_weights(e2e, tiny_tokenizer, tofu_d
     other = build_tiny_model(tiny_tokenizer, seed=1)  # other weights, same name_or_path
     with pytest.warns(UserWarning, match="another model"):
         again = evaluate_tofu(
-            other, tiny_tokenizer, forget_splits="forget01", data_dir=tofu_dir, output_dir=out, max_new_tokens=8,
-            max_items=MAX_ITEMS, sets=("forget01",),
+            other,
+            tiny_tokenizer,
+            forget_splits="forget01",
+            data_dir=tofu_dir,
+            output_dir=out,
+            max_new_tokens=8,
+            max_items=MAX_ITEMS,
+            sets=("forget01",),
         )
     assert again["model"] == result["model"]
-    assert again["sets"]["forget01_perturbed"]["items"]["probability"] != (
-        result["sets"]["forget01_perturbed"]["items"]["probability"]
+    assert (
+        again["sets"]["forget01_perturbed"]["items"]["probability"]
+        != (result["sets"]["forget01_perturbed"]["items"]["probability"])
     )
 
 
@@ -366,8 +403,15 @@ def test_evaluate_tofu_cache_is_keyed_by_generation_settings(e2e, tiny_tokenizer
     monkeypatch.setattr(tofu_eval, "generate_answers", lambda *a, **k: calls.append(1) or real_generate(*a, **k))
     with pytest.warns(UserWarning, match="model utility not computed"):
         again = evaluate_tofu(
-            model, tiny_tokenizer, forget_splits="forget01", data_dir=tofu_dir, output_dir=out, max_new_tokens=4,
-            max_items=MAX_ITEMS, sets=("forget01", "retain"), reference=out / "tofu_eval.json",
+            model,
+            tiny_tokenizer,
+            forget_splits="forget01",
+            data_dir=tofu_dir,
+            output_dir=out,
+            max_new_tokens=4,
+            max_items=MAX_ITEMS,
+            sets=("forget01", "retain"),
+            reference=out / "tofu_eval.json",
         )
     assert len(calls) == 1  # one generation pass recomputes both sets with the new max_new_tokens
     assert tuple(again["sets"]) == ("forget01_perturbed", "retain_perturbed")
@@ -382,8 +426,14 @@ def test_evaluate_tofu_against_its_own_result(e2e, tiny_tokenizer, tofu_dir, mon
     _forbid_model_work(monkeypatch)
     for reference in (out / "tofu_eval.json", str(out), result):
         own = evaluate_tofu(
-            model, tiny_tokenizer, forget_splits=("forget01",), data_dir=tofu_dir, output_dir=out,
-            max_new_tokens=8, max_items=MAX_ITEMS, reference=reference,
+            model,
+            tiny_tokenizer,
+            forget_splits=("forget01",),
+            data_dir=tofu_dir,
+            output_dir=out,
+            max_new_tokens=8,
+            max_items=MAX_ITEMS,
+            reference=reference,
         )
         fq = own["forget"]["forget01"]
         assert fq["forget_quality"] == pytest.approx(1.0)  # identical samples
@@ -407,14 +457,21 @@ def test_reference_without_the_split_gives_a_note(e2e):
 
 def test_protocol_tofu_takes_the_original_scripts_item_counts(tofu_dir):
     # TOFU's config/eval_everything.yaml: ds_size 300 for every set; only forget10 and retain have more items
-    expected = {"forget10_perturbed": 300, "retain_perturbed": 300, "forget05_perturbed": 200,
-                "forget01_perturbed": 40, "real_authors_perturbed": 100, "world_facts_perturbed": 117}
+    expected = {
+        "forget10_perturbed": 300,
+        "retain_perturbed": 300,
+        "forget05_perturbed": 200,
+        "forget01_perturbed": 40,
+        "real_authors_perturbed": 100,
+        "world_facts_perturbed": 117,
+    }
     for name, count in expected.items():
         rows = tofu_eval._load_set(name, tofu_dir, None, "tofu")
         assert len(rows["question"]) == count
         assert len(tofu_eval._load_set(name, tofu_dir, 4, "tofu")["question"]) == 4
     assert len(tofu_eval._load_set("forget10_perturbed", tofu_dir, None, "all")["question"]) == 400
-    first = [json.loads(line)["question"] for line in open(TOFU_DIR / "forget10_perturbed.jsonl")][:300]
+    lines = (TOFU_DIR / "forget10_perturbed.jsonl").read_text().splitlines()
+    first = [json.loads(line)["question"] for line in lines][:300]
     assert tofu_eval._load_set("forget10_perturbed", tofu_dir, None, "tofu")["question"] == first
 
 
@@ -436,11 +493,20 @@ def test_evaluate_tofu_protocol_and_shared_likelihoods(tiny_tokenizer, tofu_dir,
     model = build_tiny_model(tiny_tokenizer)
     pairs = []
     real_score = tofu_eval.score_answers
-    monkeypatch.setattr(tofu_eval, "score_answers", lambda m, t, q, a, **k: pairs.append(len(q)) or real_score(
-        m, t, q, a, **k))
+    monkeypatch.setattr(
+        tofu_eval, "score_answers", lambda m, t, q, a, **k: pairs.append(len(q)) or real_score(m, t, q, a, **k)
+    )
     with pytest.warns(UserWarning, match="not computed"):
-        result = evaluate_tofu(model, tiny_tokenizer, forget_splits=("forget01", "forget05"), data_dir=tofu_dir,
-                               sets=("forget01", "forget05"), generate=False, protocol="tofu", batch_size=64)
+        result = evaluate_tofu(
+            model,
+            tiny_tokenizer,
+            forget_splits=("forget01", "forget05"),
+            data_dir=tofu_dir,
+            sets=("forget01", "forget05"),
+            generate=False,
+            protocol="tofu",
+            batch_size=64,
+        )
     assert pairs == [200 * 7]  # forget05 first (the larger set); forget01's 280 pairs all reused
     assert result["settings"]["protocol"] == "tofu" and summary_row(result)["protocol"] == "tofu"
     f01, f05 = (result["sets"][f"{s}_perturbed"]["items"] for s in ("forget01", "forget05"))
@@ -467,7 +533,9 @@ def test_forget_quality_from_tofu_logs_matches_a_hand_computation():
     assert by_hand == pytest.approx(LLAMA_FULL_VS_RETAIN90_FQ, rel=1e-9)
 
     tr, questions, _ = reference_truth_ratios(LLAMA_FULL, "forget10")
-    forget10 = [json.loads(line)["question"] for line in open(TOFU_DIR / "forget10_perturbed.jsonl")]
+    forget10 = [
+        json.loads(line)["question"] for line in (TOFU_DIR / "forget10_perturbed.jsonl").read_text().splitlines()
+    ]
     assert questions == forget10[:300]  # read back from the prompts in generated_text
     np.testing.assert_allclose(tr, 1 / _tofu_stat_by_hand(LLAMA_FULL), rtol=1e-12)
     stored = json.loads(LLAMA_FULL.read_text())["truth_ratio"]  # the log's own per-item field equals our TR
@@ -492,7 +560,9 @@ def test_forget_quality_from_tofu_logs_matches_a_hand_computation():
 
 
 def test_tofu_log_of_another_set_gives_no_forget_quality():
-    forget01 = [json.loads(line)["question"] for line in open(TOFU_DIR / "forget01_perturbed.jsonl")]
+    forget01 = [
+        json.loads(line)["question"] for line in (TOFU_DIR / "forget01_perturbed.jsonl").read_text().splitlines()
+    ]
     # the retain90 log covers forget10[:300]; forget01 is forget10[360:400]
     with pytest.warns(UserWarning, match="forget quality not computed"):
         entry = compare_to_reference(np.ones(40), forget01, LLAMA_RETAIN90, "forget01")

@@ -44,7 +44,9 @@ def test_adapter_dir_is_merged_into_its_base(tmp_path, tiny_model_dir, tiny_toke
 
 
 def test_non_causal_model_is_refused(tmp_path):
-    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path)
+    ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(
+        tmp_path
+    )
     with pytest.raises(ModelLoadError, match="not a causal language model"):
         load_model(str(tmp_path))
 
@@ -92,9 +94,20 @@ def test_rklu_runs_on_the_embedded_model(tmp_path, tofu_dir):
     forget = load_tofu("forget01", tofu_dir).select(range(4))
     dataset = build_unlearning_dataset(tokenizer, forget, max_length=256)
     config = UnlearnConfig(
-        output_dir=str(tmp_path / "out"), method="rklu", use_lora=True, augment_lora=True, augment_epochs=1,
-        augment_max_steps=2, augment_learning_rate=1e-3, max_steps=2, learning_rate=1e-3,
-        per_device_train_batch_size=2, save_strategy="no", use_cpu=True, report_to="none", disable_tqdm=True,
+        output_dir=str(tmp_path / "out"),
+        method="rklu",
+        use_lora=True,
+        augment_lora=True,
+        augment_epochs=1,
+        augment_max_steps=2,
+        augment_learning_rate=1e-3,
+        max_steps=2,
+        learning_rate=1e-3,
+        per_device_train_batch_size=2,
+        save_strategy="no",
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
         logging_steps=1,
     )
     trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)

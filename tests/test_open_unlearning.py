@@ -21,9 +21,11 @@ from rklu_llm.eval.open_unlearning import (
 from rklu_llm.eval.tofu import compare_to_reference, evaluate_tofu, reference_truth_ratios
 
 # Llama-3 chat prompts, as open-unlearning's forget_Q_A_ROUGE stores them in "input"
-TEMPLATE = ("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
-            "Today Date: 10 Apr 2025\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{q}<|eot_id|>"
-            "<|start_header_id|>assistant<|end_header_id|>\n\n")
+TEMPLATE = (
+    "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December 2023\n"
+    "Today Date: 10 Apr 2025\n\n<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n{q}<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\n"
+)
 
 
 def their_log(questions, truth_ratios, auc=0.7, holdout=None) -> dict:
@@ -32,13 +34,30 @@ def their_log(questions, truth_ratios, auc=0.7, holdout=None) -> dict:
     by_index = {str(i): {"score": float(tr)} for i, tr in enumerate(truth_ratios)}
     scores = {str(i): {"score": float(i)} for i in range(n)}
     return {
-        "forget_truth_ratio": {"agg_value": float(np.mean(np.minimum(truth_ratios, 1 / np.asarray(truth_ratios)))),
-                               "value_by_index": by_index},
-        "forget_Q_A_ROUGE": {"agg_value": 0.4, "value_by_index": {
-            str(i): {"rougeL_recall": 0.4, "rouge1_recall": 0.5, "rougeL_f1": 0.3, "input": TEMPLATE.format(q=q),
-                     "ground_truth": "x", "generation": "y"} for i, q in enumerate(questions)}},
-        "mia_min_k": {"agg_value": auc, "auc": auc, "forget": {"agg_value": 1.0, "value_by_index": scores},
-                      "holdout": {"agg_value": 2.0, "value_by_index": holdout or scores}},
+        "forget_truth_ratio": {
+            "agg_value": float(np.mean(np.minimum(truth_ratios, 1 / np.asarray(truth_ratios)))),
+            "value_by_index": by_index,
+        },
+        "forget_Q_A_ROUGE": {
+            "agg_value": 0.4,
+            "value_by_index": {
+                str(i): {
+                    "rougeL_recall": 0.4,
+                    "rouge1_recall": 0.5,
+                    "rougeL_f1": 0.3,
+                    "input": TEMPLATE.format(q=q),
+                    "ground_truth": "x",
+                    "generation": "y",
+                }
+                for i, q in enumerate(questions)
+            },
+        },
+        "mia_min_k": {
+            "agg_value": auc,
+            "auc": auc,
+            "forget": {"agg_value": 1.0, "value_by_index": scores},
+            "holdout": {"agg_value": 2.0, "value_by_index": holdout or scores},
+        },
         "forget_quality": {"agg_value": None},
         "model_utility": {"agg_value": 0.6},
     }
@@ -97,23 +116,53 @@ def _our_results(questions):
     """A tofu_eval.json and an audit_eval.json as evaluate_tofu / evaluate_audit write them (the keys read here)."""
     n = len(questions)
     tr = np.linspace(0.5, 1.5, n)
-    items = {"question": questions, "probability": [0.5] * n, "answer_probability": [0.5] * n,
-             "truth_ratio": tr.tolist(), "rouge_l_recall": [0.25] * n, "generated": ["g"] * n}
-    retain = {"question": ["r"] * 3, "probability": [0.8] * 3, "answer_probability": [0.8] * 3,
-              "truth_ratio": [0.5] * 3, "rouge_l_recall": [0.9] * 3, "generated": ["g"] * 3}
-    tofu = {"model": "m", "settings": {"forget_splits": ["forget01"]}, "model_utility": 0.55,
-            "sets": {"forget01_perturbed": {"aggregate": {"probability": 0.5, "rouge_l_recall": 0.25,
-                                                          "truth_ratio": 0.8, "num_items": n}, "items": items},
-                     "retain_perturbed": {"aggregate": {"probability": 0.8, "rouge_l_recall": 0.9,
-                                                        "truth_ratio": 0.5, "num_items": 3}, "items": retain}},
-            "forget": {"forget01": {"forget_quality": 0.07}}}
+    items = {
+        "question": questions,
+        "probability": [0.5] * n,
+        "answer_probability": [0.5] * n,
+        "truth_ratio": tr.tolist(),
+        "rouge_l_recall": [0.25] * n,
+        "generated": ["g"] * n,
+    }
+    retain = {
+        "question": ["r"] * 3,
+        "probability": [0.8] * 3,
+        "answer_probability": [0.8] * 3,
+        "truth_ratio": [0.5] * 3,
+        "rouge_l_recall": [0.9] * 3,
+        "generated": ["g"] * 3,
+    }
+    tofu = {
+        "model": "m",
+        "settings": {"forget_splits": ["forget01"]},
+        "model_utility": 0.55,
+        "sets": {
+            "forget01_perturbed": {
+                "aggregate": {"probability": 0.5, "rouge_l_recall": 0.25, "truth_ratio": 0.8, "num_items": n},
+                "items": items,
+            },
+            "retain_perturbed": {
+                "aggregate": {"probability": 0.8, "rouge_l_recall": 0.9, "truth_ratio": 0.5, "num_items": 3},
+                "items": retain,
+            },
+        },
+        "forget": {"forget01": {"forget_quality": 0.07}},
+    }
     scores = {name: [1.0] * n for name in ("loss", "zlib", "min_k", "min_k_plus_plus")}
-    audit = {"model": "m", "settings": {"forget_split": "forget01"},
-             "membership": {"auc": {"loss": 0.6, "zlib": 0.61, "min_k": 0.62, "min_k_plus_plus": 0.63},
-                            "privleak": {"loss": -1.0, "zlib": -2.0, "min_k": -24.0, "min_k_plus_plus": -3.0},
-                            "items": {"forget": scores, "holdout": scores}},
-             "extraction": {"extraction_strength": 0.3, "exact_memorization": 0.4,
-                            "items": {"extraction_strength": [0.3] * n, "exact_memorization": [0.4] * n}}}
+    audit = {
+        "model": "m",
+        "settings": {"forget_split": "forget01"},
+        "membership": {
+            "auc": {"loss": 0.6, "zlib": 0.61, "min_k": 0.62, "min_k_plus_plus": 0.63},
+            "privleak": {"loss": -1.0, "zlib": -2.0, "min_k": -24.0, "min_k_plus_plus": -3.0},
+            "items": {"forget": scores, "holdout": scores},
+        },
+        "extraction": {
+            "extraction_strength": 0.3,
+            "exact_memorization": 0.4,
+            "items": {"extraction_strength": [0.3] * n, "exact_memorization": [0.4] * n},
+        },
+    }
     return tofu, audit, tr
 
 
@@ -128,11 +177,23 @@ def test_ours_in_their_layout_reads_back(forget01, tmp_path):
     assert logs["forget_Q_A_ROUGE"]["value_by_index"]["0"]["rougeL_recall"] == 0.25
     assert logs["retain_Truth_Ratio"]["agg_value"] == 0.5 and logs["retain_Q_A_Prob"]["agg_value"] == 0.8
     assert logs["mia_min_k"]["agg_value"] == logs["mia_min_k"]["auc"] == 0.62
-    assert summary == {"exact_memorization": 0.4, "extraction_strength": 0.3, "forget_Q_A_Prob": 0.5,
-                       "forget_Q_A_ROUGE": 0.25, "forget_quality": 0.07, "forget_truth_ratio": 0.8,
-                       "mia_loss": 0.6, "mia_min_k": 0.62, "mia_min_k_plus_plus": 0.63, "mia_zlib": 0.61,
-                       "model_utility": 0.55, "privleak": -24.0, "retain_Q_A_Prob": 0.8, "retain_Q_A_ROUGE": 0.9,
-                       "retain_Truth_Ratio": 0.5}
+    assert summary == {
+        "exact_memorization": 0.4,
+        "extraction_strength": 0.3,
+        "forget_Q_A_Prob": 0.5,
+        "forget_Q_A_ROUGE": 0.25,
+        "forget_quality": 0.07,
+        "forget_truth_ratio": 0.8,
+        "mia_loss": 0.6,
+        "mia_min_k": 0.62,
+        "mia_min_k_plus_plus": 0.63,
+        "mia_zlib": 0.61,
+        "model_utility": 0.55,
+        "privleak": -24.0,
+        "retain_Q_A_Prob": 0.8,
+        "retain_Q_A_ROUGE": 0.9,
+        "retain_Truth_Ratio": 0.5,
+    }
     # what open-unlearning's ks_test and privleak read from a retain model's file, we read back the same
     entry = compare_to_reference(tr, list(forget01), eval_path, "forget01")
     assert entry["forget_quality"] == pytest.approx(1.0) and entry["matched_by"] == "question"

@@ -17,19 +17,44 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 FAST_EVAL = ["--eval_max_items", "4", "--max_new_tokens", "8", "--eval_batch_size", "8"]
 FAST_UNLEARN = [
-    "--max_steps", "2", "--per_device_train_batch_size", "4", "--augment_epochs", "1", "--augment_max_steps", "2",
-    "--max_retain_items", "16", "--save_strategy", "no", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true",
-    "--learning_rate", "1e-3", "--max_length", "256",
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "4",
+    "--augment_epochs",
+    "1",
+    "--augment_max_steps",
+    "2",
+    "--max_retain_items",
+    "16",
+    "--save_strategy",
+    "no",
+    "--use_cpu",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--learning_rate",
+    "1e-3",
+    "--max_length",
+    "256",
 ]
 
 pytestmark = pytest.mark.slow
 
 
 def run(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{' '.join(command)}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+    assert result.returncode == 0, (
+        f"{' '.join(command)}\n--- stdout ---\n{result.stdout[-3000:]}\n--- stderr ---\n{result.stderr[-6000:]}"
+    )
     return result
 
 
@@ -37,10 +62,35 @@ def run(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.Complet
 def retain_eval(tmp_path_factory, tiny_model_dir, tofu_dir) -> Path:
     """A (barely) fine-tuned retain90 oracle and its stored TOFU evaluation: the forget-quality reference."""
     out = tmp_path_factory.mktemp("retain90")
-    run([sys.executable, str(RECIPES / "finetune_tofu.py"), "--model", str(tiny_model_dir), "--split", "retain90",
-         "--data_dir", str(tofu_dir), "--output_dir", str(out), "--max_train_items", "16", "--max_steps", "2",
-         "--per_device_train_batch_size", "8", "--use_cpu", "--report_to", "none", "--save_strategy", "no",
-         "--max_length", "256", *FAST_EVAL], cwd=REPO)
+    run(
+        [
+            sys.executable,
+            str(RECIPES / "finetune_tofu.py"),
+            "--model",
+            str(tiny_model_dir),
+            "--split",
+            "retain90",
+            "--data_dir",
+            str(tofu_dir),
+            "--output_dir",
+            str(out),
+            "--max_train_items",
+            "16",
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "8",
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+            "--max_length",
+            "256",
+            *FAST_EVAL,
+        ],
+        cwd=REPO,
+    )
     assert (out / "model.safetensors").is_file() and not (out / ".rklu-staging").exists()
     return out / "tofu_eval.json"
 
@@ -52,14 +102,32 @@ def test_finetune_recipe_stores_its_evaluation(retain_eval):
 
 
 # LM methods only; token_redistribute takes token_mask's path through the recipe line for line (45 s a run on the CPU)
-@pytest.mark.parametrize("method", sorted(m for m, spec in METHODS.items()
-                                          if spec.batch != "classifier" and m != "token_redistribute"))
+@pytest.mark.parametrize(
+    "method", sorted(m for m, spec in METHODS.items() if spec.batch != "classifier" and m != "token_redistribute")
+)
 def test_tofu_forget10_recipe_runs_every_method(method, tmp_path, tiny_model_dir, tofu_dir, retain_eval):
     out = tmp_path / method
     retain_mode = ["--retain_mode", "rt"] if method == "gd" else []
-    run([sys.executable, str(RECIPES / "tofu_forget10.py"), "--method", method, *retain_mode,
-         "--model", str(tiny_model_dir), "--data_dir", str(tofu_dir), "--output_dir", str(out),
-         "--retain_eval", str(retain_eval), *FAST_UNLEARN, *FAST_EVAL], cwd=REPO)
+    run(
+        [
+            sys.executable,
+            str(RECIPES / "tofu_forget10.py"),
+            "--method",
+            method,
+            *retain_mode,
+            "--model",
+            str(tiny_model_dir),
+            "--data_dir",
+            str(tofu_dir),
+            "--output_dir",
+            str(out),
+            "--retain_eval",
+            str(retain_eval),
+            *FAST_UNLEARN,
+            *FAST_EVAL,
+        ],
+        cwd=REPO,
+    )
     result = json.loads((out / "tofu_eval.json").read_text())
     assert 0 <= result["forget"]["forget10"]["forget_quality"] <= 1
     assert 0 <= result["model_utility"] <= 1
@@ -68,10 +136,29 @@ def test_tofu_forget10_recipe_runs_every_method(method, tmp_path, tiny_model_dir
 
 def test_accelerate_launch_two_processes(tmp_path, tiny_model_dir, tofu_dir, retain_eval):
     out = tmp_path / "rklu_ddp"
-    run([sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-         str(REPO / "accelerate_configs" / "cpu.yaml"), str(RECIPES / "tofu_forget10.py"),
-         "--model", str(tiny_model_dir), "--data_dir", str(tofu_dir), "--output_dir", str(out),
-         "--retain_eval", str(retain_eval), "--retain_mode", "kl", *FAST_UNLEARN, *FAST_EVAL], cwd=REPO)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(REPO / "accelerate_configs" / "cpu.yaml"),
+            str(RECIPES / "tofu_forget10.py"),
+            "--model",
+            str(tiny_model_dir),
+            "--data_dir",
+            str(tofu_dir),
+            "--output_dir",
+            str(out),
+            "--retain_eval",
+            str(retain_eval),
+            "--retain_mode",
+            "kl",
+            *FAST_UNLEARN,
+            *FAST_EVAL,
+        ],
+        cwd=REPO,
+    )
     result = json.loads((out / "tofu_eval.json").read_text())
     assert 0 <= result["forget"]["forget10"]["forget_quality"] <= 1
     assert 0 <= result["model_utility"] <= 1
@@ -80,28 +167,80 @@ def test_accelerate_launch_two_processes(tmp_path, tiny_model_dir, tofu_dir, ret
 
 
 def test_recipe_refuses_to_overwrite_its_input_model(tiny_model_dir, tofu_dir):
-    command = [sys.executable, str(RECIPES / "tofu_forget10.py"), "--model", str(tiny_model_dir),
-               "--data_dir", str(tofu_dir), "--output_dir", str(tiny_model_dir), "--use_cpu"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        str(RECIPES / "tofu_forget10.py"),
+        "--model",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(tofu_dir),
+        "--output_dir",
+        str(tiny_model_dir),
+        "--use_cpu",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
     assert result.returncode != 0 and "input model's own directory" in result.stderr
 
 
 def test_recipe_fails_before_loading_a_model_without_data(tmp_path):
-    command = [sys.executable, str(RECIPES / "tofu_forget10.py"), "--model", "embedded:does-not-exist",
-               "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o"), "--use_cpu"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        str(RECIPES / "tofu_forget10.py"),
+        "--model",
+        "embedded:does-not-exist",
+        "--data_dir",
+        str(tmp_path),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--use_cpu",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
     assert result.returncode != 0
     assert "DataUnavailableError" in result.stderr and "forget10.jsonl" in result.stderr
 
 
 def test_recipe_follows_forget_quality_every_epoch(tmp_path, tiny_model_dir, tofu_dir, retain_eval):
     out = tmp_path / "ga_epochs"
-    run([sys.executable, str(RECIPES / "tofu_forget10.py"), "--model", str(tiny_model_dir), "--method", "ga",
-         "--data_dir", str(tofu_dir), "--output_dir", str(out), "--retain_eval", str(retain_eval), "--eval_every_epoch",
-         *FAST_UNLEARN, *FAST_EVAL, "--max_steps", "-1", "--num_train_epochs", "2",
-         "--per_device_train_batch_size", "32"], cwd=REPO)
+    run(
+        [
+            sys.executable,
+            str(RECIPES / "tofu_forget10.py"),
+            "--model",
+            str(tiny_model_dir),
+            "--method",
+            "ga",
+            "--data_dir",
+            str(tofu_dir),
+            "--output_dir",
+            str(out),
+            "--retain_eval",
+            str(retain_eval),
+            "--eval_every_epoch",
+            *FAST_UNLEARN,
+            *FAST_EVAL,
+            "--max_steps",
+            "-1",
+            "--num_train_epochs",
+            "2",
+            "--per_device_train_batch_size",
+            "32",
+        ],
+        cwd=REPO,
+    )
     epochs = json.loads((out / "tofu_eval_epochs.json").read_text())
     final = json.loads((out / "tofu_eval.json").read_text())
     assert [row["epoch"] for row in epochs["epochs"]] == [1.0, 2.0]
@@ -113,9 +252,25 @@ def test_recipe_follows_forget_quality_every_epoch(tmp_path, tiny_model_dir, tof
 
 
 def test_eval_every_epoch_needs_a_reference(tmp_path, tiny_model_dir, tofu_dir):
-    command = [sys.executable, str(RECIPES / "tofu_forget10.py"), "--model", str(tiny_model_dir), "--data_dir",
-               str(tofu_dir), "--output_dir", str(tmp_path / "o"), "--use_cpu", "--eval_every_epoch"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    command = [
+        sys.executable,
+        str(RECIPES / "tofu_forget10.py"),
+        "--model",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(tofu_dir),
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--use_cpu",
+        "--eval_every_epoch",
+    ]
+    result = subprocess.run(
+        command,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
     assert result.returncode != 0 and "needs --retain_eval" in result.stderr
     assert not (tmp_path / "o").exists()

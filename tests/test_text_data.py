@@ -163,7 +163,13 @@ def test_chunk_longer_than_the_context_fails_from_the_config_alone(tmp_path, tin
 def test_text_unlearning_dataset_items(tiny_tokenizer, book_excerpt, control_excerpt):
     refusals = ["I don't know.", "No idea."]
     dataset = build_text_unlearning_dataset(
-        tiny_tokenizer, [book_excerpt], [control_excerpt], refusals, chunk_tokens=64, num_chunks=5, prefix_tokens=16,
+        tiny_tokenizer,
+        [book_excerpt],
+        [control_excerpt],
+        refusals,
+        chunk_tokens=64,
+        num_chunks=5,
+        prefix_tokens=16,
     )
     chunks = chunk_text(tiny_tokenizer, [book_excerpt], 64, 5)
     assert len(dataset) == 5
@@ -181,17 +187,29 @@ def test_text_unlearning_dataset_items(tiny_tokenizer, book_excerpt, control_exc
 
 def test_refusals_are_never_cut_by_a_short_prefix(tiny_tokenizer, book_excerpt):
     long = "I am very sorry, but that is a passage I cannot continue for you, now or at any later time."
-    dataset = build_text_unlearning_dataset(tiny_tokenizer, [book_excerpt], refusals=[long], chunk_tokens=8,
-                                            num_chunks=2, prefix_tokens=4)
+    dataset = build_text_unlearning_dataset(
+        tiny_tokenizer, [book_excerpt], refusals=[long], chunk_tokens=8, num_chunks=2, prefix_tokens=4
+    )
     item = dataset[0]["refusal"]
     assert item["input_ids"][4:] == encode_refusal(tiny_tokenizer, long)
 
 
 def make_config(tmp_path, method, **overrides) -> UnlearnConfig:
     values = dict(
-        output_dir=str(tmp_path / method), method=method, per_device_train_batch_size=4, max_steps=2,
-        augment_epochs=1, augment_max_steps=1, augment_learning_rate=1e-3, learning_rate=1e-3, save_strategy="no",
-        logging_steps=1, use_cpu=True, report_to="none", seed=0, disable_tqdm=True,
+        output_dir=str(tmp_path / method),
+        method=method,
+        per_device_train_batch_size=4,
+        max_steps=2,
+        augment_epochs=1,
+        augment_max_steps=1,
+        augment_learning_rate=1e-3,
+        learning_rate=1e-3,
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
     )
     values.update(overrides)
     return UnlearnConfig(**values)
@@ -201,8 +219,13 @@ def make_config(tmp_path, method, **overrides) -> UnlearnConfig:
 def test_every_method_unlearns_book_chunks(tmp_path, tiny_tokenizer, book_excerpt, control_excerpt, method):
     config = make_config(tmp_path, method, retain_mode="rt" if method == "gd" else None)
     dataset = build_text_unlearning_dataset(
-        tiny_tokenizer, [book_excerpt], [control_excerpt] if config.retain_mode != "none" else None,
-        load_refusals() if config.spec.needs_refusals else None, chunk_tokens=48, num_chunks=8, prefix_tokens=16,
+        tiny_tokenizer,
+        [book_excerpt],
+        [control_excerpt] if config.retain_mode != "none" else None,
+        load_refusals() if config.spec.needs_refusals else None,
+        chunk_tokens=48,
+        num_chunks=8,
+        prefix_tokens=16,
         mask_prefix=method == "dpo",
     )
     model = build_tiny_model(tiny_tokenizer)
@@ -218,8 +241,9 @@ def test_every_method_unlearns_book_chunks(tmp_path, tiny_tokenizer, book_excerp
 
 
 def test_the_collator_pads_chunk_batches(tiny_tokenizer, book_excerpt):
-    dataset = build_text_unlearning_dataset(tiny_tokenizer, [book_excerpt], refusals=["No idea."], chunk_tokens=32,
-                                            num_chunks=3, prefix_tokens=8)
+    dataset = build_text_unlearning_dataset(
+        tiny_tokenizer, [book_excerpt], refusals=["No idea."], chunk_tokens=32, num_chunks=3, prefix_tokens=8
+    )
     batch = UnlearnCollator(tiny_tokenizer.pad_token_id)([dataset[i] for i in range(3)])
     assert batch["forget"]["input_ids"].shape == (3, 32) and bool(batch["forget"]["attention_mask"].all())
     assert (batch["forget"]["labels"] != IGNORE_INDEX).sum().item() == 3 * 32

@@ -20,13 +20,28 @@ def forget_qa(tofu_dir):
 
 
 def make_trainer(tmp_path, tokenizer, forget, method, **overrides):
-    values = dict(output_dir=str(tmp_path / "out"), method=method, per_device_train_batch_size=4, max_steps=2,
-                  learning_rate=1e-3, save_strategy="no", logging_steps=1, use_cpu=True, report_to="none", seed=0,
-                  disable_tqdm=True, max_length=256)
+    values = dict(
+        output_dir=str(tmp_path / "out"),
+        method=method,
+        per_device_train_batch_size=4,
+        max_steps=2,
+        learning_rate=1e-3,
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        report_to="none",
+        seed=0,
+        disable_tqdm=True,
+        max_length=256,
+    )
     values.update(overrides)
     dataset = build_unlearning_dataset(tokenizer, forget, max_length=256)
-    return UnlearnTrainer(model=build_tiny_model(tokenizer), args=UnlearnConfig(**values), train_dataset=dataset,
-                          processing_class=tokenizer)
+    return UnlearnTrainer(
+        model=build_tiny_model(tokenizer),
+        args=UnlearnConfig(**values),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
 
 
 def first_batch(trainer):
@@ -90,14 +105,16 @@ def test_token_redistribute_first_loss(tmp_path, tiny_tokenizer, forget_qa):
 
 @pytest.mark.parametrize("method,divergence", [("token_redistribute", "forward"), ("token_mask", "reverse")])
 def test_unlearning_lowers_the_forget_answers_likelihood(tmp_path, tiny_tokenizer, forget_qa, method, divergence):
-    trainer = make_trainer(tmp_path, tiny_tokenizer, forget_qa, method, divergence=divergence, max_steps=6,
-                           learning_rate=3e-3)
+    trainer = make_trainer(
+        tmp_path, tiny_tokenizer, forget_qa, method, divergence=divergence, max_steps=6, learning_rate=3e-3
+    )
     batch = first_batch(trainer)["forget"]
 
     def nll(model):
         with torch.no_grad():
-            return token_nll(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                             batch["labels"]).item()
+            return token_nll(
+                model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+            ).item()
 
     before = nll(trainer.model)
     trainer.train()

@@ -18,8 +18,12 @@ from rklu_llm.teacher import task_arithmetic
 
 TRAINING_METHODS = [m for m, spec in METHODS.items() if spec.trains and spec.batch != "classifier"]  # LM batches
 # token_* share the retain-term code with every other method: their retain-free runs suffice
-CASES = [(m, r) for m in TRAINING_METHODS for r in ("none", "rt", "kl")
-         if not (m == "gd" and r != "rt") and not (m.startswith("token_") and r != "none")]
+CASES = [
+    (m, r)
+    for m in TRAINING_METHODS
+    for r in ("none", "rt", "kl")
+    if not (m == "gd" and r != "rt") and not (m.startswith("token_") and r != "none")
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +33,23 @@ def qa(tofu_dir):
 
 def make_config(tmp_path, method, retain_mode="none", **overrides):
     values = dict(
-        output_dir=str(tmp_path / "out"), method=method, retain_mode=retain_mode, per_device_train_batch_size=4,
-        max_steps=4, augment_epochs=1, augment_max_steps=2, augment_learning_rate=1e-3, learning_rate=1e-3,
-        save_strategy="steps", save_steps=2, save_total_limit=None, logging_steps=1, use_cpu=True, report_to="none",
-        seed=0, max_length=256,
+        output_dir=str(tmp_path / "out"),
+        method=method,
+        retain_mode=retain_mode,
+        per_device_train_batch_size=4,
+        max_steps=4,
+        augment_epochs=1,
+        augment_max_steps=2,
+        augment_learning_rate=1e-3,
+        learning_rate=1e-3,
+        save_strategy="steps",
+        save_steps=2,
+        save_total_limit=None,
+        logging_steps=1,
+        use_cpu=True,
+        report_to="none",
+        seed=0,
+        max_length=256,
         disable_tqdm=True,
     )
     values.update(overrides)
@@ -43,8 +60,11 @@ def make_trainer(tmp_path, tokenizer, qa, method, retain_mode="none", model=None
     config = make_config(tmp_path, method, retain_mode, **overrides)
     forget, retain = qa
     dataset = build_unlearning_dataset(
-        tokenizer, forget, retain if config.retain_mode != "none" else None,
-        load_refusals() if config.spec.needs_refusals else None, max_length=256,
+        tokenizer,
+        forget,
+        retain if config.retain_mode != "none" else None,
+        load_refusals() if config.spec.needs_refusals else None,
+        max_length=256,
     )
     model = model if model is not None else build_tiny_model(tokenizer)
     return UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
@@ -132,8 +152,9 @@ def held_parameter_bytes(trainer) -> int:
         ("rklu", "none", True, True, 1),  # student, original and augmented share one base
     ],
 )
-def test_no_method_holds_a_model_it_does_not_use(tmp_path, tiny_tokenizer, qa, method, retain_mode, lora,
-                                                  augment_lora, copies):
+def test_no_method_holds_a_model_it_does_not_use(
+    tmp_path, tiny_tokenizer, qa, method, retain_mode, lora, augment_lora, copies
+):
     trainer = make_trainer(tmp_path, tiny_tokenizer, qa, method, retain_mode, use_lora=lora, augment_lora=augment_lora)
     trainer.setup_frozen_models()
     base = sum(p.numel() * p.element_size() for p in build_tiny_model(tiny_tokenizer).parameters())
@@ -174,7 +195,9 @@ def test_save_writes_model_card_and_no_staging_left(tmp_path, tiny_tokenizer, qa
     trainer.save_model()
     out = tmp_path / "out"
     card = (out / "README.md").read_text()
-    assert "machine-unlearning" in card and "`ga`" in card
+    assert "- unlearning" in card and "`ga`" in card
+    fingerprint = trainer.train_dataset.fingerprint()  # the forget data is identified by its counts and hashes
+    assert fingerprint["forget_sha256"] in card and f"| forget_items | {fingerprint['forget_items']} |" in card
     assert (out / "model.safetensors").is_file() and not (out / ".rklu-staging").exists()
     reloaded = AutoModelForCausalLM.from_pretrained(out)
     for (name, p), q in zip(trainer.model.named_parameters(), reloaded.parameters(), strict=True):
@@ -210,15 +233,20 @@ def test_retain_mode_needs_retain_set(tmp_path, tiny_tokenizer, qa):
     config = make_config(tmp_path, "ga", "rt")
     dataset = build_unlearning_dataset(tiny_tokenizer, qa[0], max_length=256)
     with pytest.raises(ValueError, match="needs a retain set"):
-        UnlearnTrainer(model=build_tiny_model(tiny_tokenizer), args=config, train_dataset=dataset,
-                       processing_class=tiny_tokenizer)
+        UnlearnTrainer(
+            model=build_tiny_model(tiny_tokenizer), args=config, train_dataset=dataset, processing_class=tiny_tokenizer
+        )
 
 
 def test_refusal_methods_need_refusals(tmp_path, tiny_tokenizer, qa):
     dataset = build_unlearning_dataset(tiny_tokenizer, qa[0], max_length=256)
     with pytest.raises(ValueError, match="needs refusal answers"):
-        UnlearnTrainer(model=build_tiny_model(tiny_tokenizer), args=make_config(tmp_path, "idk"),
-                       train_dataset=dataset, processing_class=tiny_tokenizer)
+        UnlearnTrainer(
+            model=build_tiny_model(tiny_tokenizer),
+            args=make_config(tmp_path, "idk"),
+            train_dataset=dataset,
+            processing_class=tiny_tokenizer,
+        )
 
 
 def test_processes_that_would_train_alone_are_refused(tmp_path, tiny_tokenizer, qa, monkeypatch):
@@ -228,8 +256,9 @@ def test_processes_that_would_train_alone_are_refused(tmp_path, tiny_tokenizer, 
     assert config.world_size == 1
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(RuntimeError, match="accelerate_configs/cpu.yaml"):
-        UnlearnTrainer(model=build_tiny_model(tiny_tokenizer), args=config, train_dataset=dataset,
-                       processing_class=tiny_tokenizer)
+        UnlearnTrainer(
+            model=build_tiny_model(tiny_tokenizer), args=config, train_dataset=dataset, processing_class=tiny_tokenizer
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -242,8 +271,9 @@ def test_model_without_lm_head(tmp_path, tiny_tokenizer, qa):
     headless = LlamaModel(build_tiny_model(tiny_tokenizer).config)
     dataset = build_unlearning_dataset(tiny_tokenizer, qa[0], max_length=256)
     with pytest.raises(ModelLoadError, match="no language-model head"):
-        UnlearnTrainer(model=headless, args=make_config(tmp_path, "ga"), train_dataset=dataset,
-                       processing_class=tiny_tokenizer)
+        UnlearnTrainer(
+            model=headless, args=make_config(tmp_path, "ga"), train_dataset=dataset, processing_class=tiny_tokenizer
+        )
 
 
 def test_output_dir_equal_to_model_dir(tiny_model_dir, tiny_tokenizer, qa):
@@ -274,8 +304,9 @@ def test_saving_a_lora_student_leaves_the_augmented_adapter_out(tmp_path, tiny_t
     """With a LoRA student the augmented adapter rides on the student; PEFT would save it into <output_dir>/augmented
     (and into every checkpoint). Saves hold the student only; the augmented model stays beside the output folder,
     reusable (its marker), and still loaded after the save."""
-    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "rklu", use_lora=True, augment_lora=True, max_steps=2,
-                           save_steps=1)
+    trainer = make_trainer(
+        tmp_path, tiny_tokenizer, qa, "rklu", use_lora=True, augment_lora=True, max_steps=2, save_steps=1
+    )
     trainer.train()
     trainer.save_model()
     out = tmp_path / "out"

@@ -55,9 +55,21 @@ def qa(tofu_dir):
 
 def config(tmp_path, method="ga", retain_mode="none", name="out", **overrides):
     values = dict(
-        output_dir=str(tmp_path / name), method=method, retain_mode=retain_mode, per_device_train_batch_size=4,
-        max_steps=2, augment_epochs=1, augment_max_steps=1, augment_learning_rate=1e-3, learning_rate=1e-3,
-        save_strategy="no", logging_steps=1, use_cpu=True, report_to="none", seed=0, max_length=256,
+        output_dir=str(tmp_path / name),
+        method=method,
+        retain_mode=retain_mode,
+        per_device_train_batch_size=4,
+        max_steps=2,
+        augment_epochs=1,
+        augment_max_steps=1,
+        augment_learning_rate=1e-3,
+        learning_rate=1e-3,
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        report_to="none",
+        seed=0,
+        max_length=256,
         disable_tqdm=True,
     )
     values.update(overrides)
@@ -67,8 +79,11 @@ def config(tmp_path, method="ga", retain_mode="none", name="out", **overrides):
 def trainer_for(tmp_path, tokenizer, qa, method="ga", retain_mode="none", model=None, forget=None, **overrides):
     args = config(tmp_path, method, retain_mode, **overrides)
     dataset = build_unlearning_dataset(
-        tokenizer, forget if forget is not None else qa[0], qa[1] if args.retain_mode != "none" else None,
-        load_refusals() if args.spec.needs_refusals else None, max_length=256,
+        tokenizer,
+        forget if forget is not None else qa[0],
+        qa[1] if args.retain_mode != "none" else None,
+        load_refusals() if args.spec.needs_refusals else None,
+        max_length=256,
     )
     model = model if model is not None else build_tiny_model(tokenizer)
     return UnlearnTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
@@ -84,8 +99,20 @@ def weights_finite(folder: Path) -> bool:
 # ---- 1. divergence -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("field", ["teacher_alpha", "learning_rate", "adam_beta1", "retain_weight", "ta_scale",
-                                   "augment_learning_rate", "forget_weight", "npo_beta", "warmup_epochs"])
+@pytest.mark.parametrize(
+    "field",
+    [
+        "teacher_alpha",
+        "learning_rate",
+        "adam_beta1",
+        "retain_weight",
+        "ta_scale",
+        "augment_learning_rate",
+        "forget_weight",
+        "npo_beta",
+        "warmup_epochs",
+    ],
+)
 @pytest.mark.parametrize("value", [math.inf, math.nan])
 def test_config_rejects_non_finite_numbers(tmp_path, field, value):
     with pytest.raises(ValueError, match=f"{field} must be a finite number"):
@@ -95,8 +122,16 @@ def test_config_rejects_non_finite_numbers(tmp_path, field, value):
 def test_diverging_run_stops_at_the_first_non_finite_loss_and_saves_no_nan(tmp_path, tiny_tokenizer, qa):
     """lr 1e10: step 2 makes the weights huge, step 3's loss is NaN. The run stops there, before the optimizer step,
     names the step and the learning rate; every checkpoint written holds finite weights; no final model."""
-    trainer = trainer_for(tmp_path, tiny_tokenizer, qa, learning_rate=1e10, max_steps=6, save_strategy="steps",
-                          save_steps=1, save_total_limit=None)
+    trainer = trainer_for(
+        tmp_path,
+        tiny_tokenizer,
+        qa,
+        learning_rate=1e10,
+        max_steps=6,
+        save_strategy="steps",
+        save_steps=1,
+        save_total_limit=None,
+    )
     with pytest.raises(TrainingDiverged, match=r"step \d.*learning_rate=1e\+10 may be too high"):
         trainer.train()
     out = tmp_path / "out"
@@ -132,11 +167,38 @@ def test_non_finite_gradient_norm_stops_before_the_optimizer_step(tmp_path, tiny
 def test_finetune_script_stops_on_divergence(tmp_path, tiny_model_dir, tofu_dir):
     out = tmp_path / "ft"
     with pytest.raises(TrainingDiverged, match="learning_rate=1e\\+10"):
-        finetune_script.main(["--model", str(tiny_model_dir), "--split", "retain99", "--data_dir", str(tofu_dir),
-                              "--output_dir", str(out), "--max_train_items", "8", "--max_steps", "6",
-                              "--per_device_train_batch_size", "4", "--learning_rate", "1e10", "--use_cpu",
-                              "--report_to", "none", "--save_strategy", "no", "--skip_eval", "--max_length", "256",
-                              "--warmup_steps", "0", "--disable_tqdm", "true"])
+        finetune_script.main(
+            [
+                "--model",
+                str(tiny_model_dir),
+                "--split",
+                "retain99",
+                "--data_dir",
+                str(tofu_dir),
+                "--output_dir",
+                str(out),
+                "--max_train_items",
+                "8",
+                "--max_steps",
+                "6",
+                "--per_device_train_batch_size",
+                "4",
+                "--learning_rate",
+                "1e10",
+                "--use_cpu",
+                "--report_to",
+                "none",
+                "--save_strategy",
+                "no",
+                "--skip_eval",
+                "--max_length",
+                "256",
+                "--warmup_steps",
+                "0",
+                "--disable_tqdm",
+                "true",
+            ]
+        )
     assert not (out / "model.safetensors").exists() and not (out / ".rklu-staging").exists()
     assert not (out / RUN_LOCK).exists()  # released on the way out
 
@@ -184,12 +246,20 @@ def test_augmented_model_is_reused_only_with_the_same_fingerprint(tmp_path, tiny
     trainer_for(tmp_path, tiny_tokenizer, qa, "rklu", name="other", augmented_dir=str(augmented), max_steps=1).train()
     assert marker.stat().st_mtime_ns == built
     with pytest.raises(RunConflictError, match="augment.learning_rate: 0.001 recorded, 0.002 now"):
-        trainer_for(tmp_path, tiny_tokenizer, qa, "rklu", name="third", augmented_dir=str(augmented),
-                    augment_learning_rate=2e-3).train()
+        trainer_for(
+            tmp_path, tiny_tokenizer, qa, "rklu", name="third", augmented_dir=str(augmented), augment_learning_rate=2e-3
+        ).train()
     # a given augmented model made from another base model is refused before any work
     with pytest.raises(ValueError, match="made for another run"):
-        trainer_for(tmp_path, tiny_tokenizer, qa, "ta", name="ta", augmented_model_path=str(augmented),
-                    model=build_tiny_model(tiny_tokenizer, seed=3))
+        trainer_for(
+            tmp_path,
+            tiny_tokenizer,
+            qa,
+            "ta",
+            name="ta",
+            augmented_model_path=str(augmented),
+            model=build_tiny_model(tiny_tokenizer, seed=3),
+        )
 
 
 def test_dataset_fingerprint(tiny_tokenizer, qa):
@@ -215,8 +285,20 @@ def data_copy(tmp_path, tofu_dir):
 def unlearn(tmp_path, data_dir, *extra):
     """The unlearn script with a model folder that cannot be loaded (empty): any failure is a validation failure."""
     (tmp_path / "no-model-here").mkdir(exist_ok=True)
-    return unlearn_script.main(argv=["--model", str(tmp_path / "no-model-here"), "--data_dir", str(data_dir),
-                                     "--output_dir", str(tmp_path / "o"), "--use_cpu", "--report_to", "none", *extra])
+    return unlearn_script.main(
+        argv=[
+            "--model",
+            str(tmp_path / "no-model-here"),
+            "--data_dir",
+            str(data_dir),
+            "--output_dir",
+            str(tmp_path / "o"),
+            "--use_cpu",
+            "--report_to",
+            "none",
+            *extra,
+        ]
+    )
 
 
 def replace(folder: Path, name: str, text: str) -> Path:
@@ -238,13 +320,21 @@ def replace(folder: Path, name: str, text: str) -> Path:
         (("--eval_max_items", "0"), None, ValueError, "eval_max_items must be >= 1"),
         (("--max_new_tokens", "0"), None, ValueError, "max_new_tokens must be >= 1"),
         (("--per_device_train_batch_size", "0"), None, ValueError, "per_device_train_batch_size must be >= 1"),
-        (("--method", "idk", "--refusal_file", "{tmp}/missing.txt"), None, FileNotFoundError,
-         "missing.txt' does not exist"),
+        (
+            ("--method", "idk", "--refusal_file", "{tmp}/missing.txt"),
+            None,
+            FileNotFoundError,
+            "missing.txt' does not exist",
+        ),
         (("--model", "{tmp}/gone"), None, ModelLoadError, "gone' does not exist"),
         (("--augmented_model_path", "{tmp}/empty"), None, ValueError, "holds neither a model"),
         ((), "forget10.jsonl:", DataUnavailableError, "is empty"),
-        ((), 'forget10.jsonl:{"question": "q?", "answer": "a"}\n{"question": "q2?", "answer": null}\n',
-         ValueError, "row 2: the 'answer' field is null"),
+        (
+            (),
+            'forget10.jsonl:{"question": "q?", "answer": "a"}\n{"question": "q2?", "answer": null}\n',
+            ValueError,
+            "row 2: the 'answer' field is null",
+        ),
     ],
 )
 def test_unlearn_script_validates_before_loading_a_model(tmp_path, data_copy, extra, breaks, error, match):
@@ -264,8 +354,19 @@ def test_unlearn_script_validates_before_loading_a_model(tmp_path, data_copy, ex
 def test_finetune_script_rejects_unknown_eval_split(tmp_path, tofu_dir):
     (tmp_path / "none").mkdir()
     with pytest.raises(ValueError, match=r"Unknown forget split\(s\) \['forget50'\]"):
-        finetune_script.main(["--model", str(tmp_path / "none"), "--data_dir", str(tofu_dir), "--output_dir",
-                              str(tmp_path / "o"), "--eval_forget_splits", "forget10,forget50", "--use_cpu"])
+        finetune_script.main(
+            [
+                "--model",
+                str(tmp_path / "none"),
+                "--data_dir",
+                str(tofu_dir),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--eval_forget_splits",
+                "forget10,forget50",
+                "--use_cpu",
+            ]
+        )
     assert not (tmp_path / "o").exists()
 
 
@@ -372,19 +473,35 @@ def test_second_run_into_a_locked_folder_is_refused(tmp_path, tiny_tokenizer, qa
 
 # ---- 8. gradient accumulation ---------------------------------------------------------------------------------------
 
-ACCUMULATION_CASES = [("ga", "none"), ("gd", "rt"), ("rklu", "none"), ("fklu", "kl"), ("idk", "none"),
-                      ("npo", "rt"), ("dpo", "none")]
+ACCUMULATION_CASES = [
+    ("ga", "none"),
+    ("gd", "rt"),
+    ("rklu", "none"),
+    ("fklu", "kl"),
+    ("idk", "none"),
+    ("npo", "rt"),
+    ("dpo", "none"),
+]
 
 
 def accumulated_gradient(tmp_path, tokenizer, qa, method, retain_mode, batch, steps, name):
     augmented = tmp_path / "augmented"  # built by the first call, given to the second: the same teacher for both
     where = dict(augmented_model_path=str(augmented)) if augmented.is_dir() else dict(augmented_dir=str(augmented))
-    trainer = trainer_for(tmp_path, tokenizer, qa, method, retain_mode, name=name, per_device_train_batch_size=batch,
-                          gradient_accumulation_steps=steps, **where)
+    trainer = trainer_for(
+        tmp_path,
+        tokenizer,
+        qa,
+        method,
+        retain_mode,
+        name=name,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=steps,
+        **where,
+    )
     trainer.setup_frozen_models()
     collate = UnlearnCollator(tokenizer.pad_token_id)
     items = [trainer.train_dataset[i] for i in range(8)]
-    batches = iter([collate(items[i: i + batch]) for i in range(0, 8, batch)])
+    batches = iter([collate(items[i : i + batch]) for i in range(0, 8, batch)])
     samples, counts = trainer.get_batch_samples(batches, steps, torch.device("cpu"))
     trainer.model.zero_grad()
     for inputs in samples:
@@ -406,8 +523,9 @@ def test_accumulation_gives_the_gradient_of_one_batch(tmp_path, tiny_tokenizer, 
 def test_micro_batches_differ_in_answer_tokens(tiny_tokenizer, qa):
     """The premise of the test above: a mean of micro-batch means would differ from the mean over all tokens."""
     dataset = build_unlearning_dataset(tiny_tokenizer, qa[0], max_length=256)
-    counts = [sum(sum(1 for t in dataset[i]["forget"]["labels"][1:] if t != -100) for i in range(j, j + 4))
-              for j in (0, 4)]
+    counts = [
+        sum(sum(1 for t in dataset[i]["forget"]["labels"][1:] if t != -100) for i in range(j, j + 4)) for j in (0, 4)
+    ]
     assert counts[0] != counts[1]
 
 
@@ -491,8 +609,9 @@ def test_frozen_original_is_loaded_from_the_models_path(tmp_path, tiny_model_dir
     assert trainer.reference_source == "path"
     batch = UnlearnCollator(tiny_tokenizer.pad_token_id)([trainer.train_dataset[i] for i in range(2)])["forget"]
     with torch.no_grad():
-        want = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(input_ids=batch["input_ids"],
-                                                                    attention_mask=batch["attention_mask"]).logits
+        want = AutoModelForCausalLM.from_pretrained(tiny_model_dir)(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
     torch.testing.assert_close(trainer.frozen_logits("original", trainer.model, batch), want)
     changed = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     with torch.no_grad():

@@ -1,5 +1,13 @@
-"""Data: TOFU loading, QA tokenization, text-corpus (book) chunks, the forget/retain paired dataset and collators."""
+"""Data: TOFU loading, QA tokenization, text-corpus (book) chunks, classification datasets, the forget/retain paired
+datasets and collators."""
 
+from .classification import (
+    ClassificationCollator,
+    ClassificationUnlearnDataset,
+    build_classification_unlearning_dataset,
+    load_classification_dataset,
+    split_forget_retain,
+)
 from .profiles import fictitious_profiles
 from .qa import (
     AnswerTruncatedError,
@@ -34,6 +42,11 @@ from .tofu import (
 )
 
 __all__ = [
+    "ClassificationCollator",
+    "ClassificationUnlearnDataset",
+    "build_classification_unlearning_dataset",
+    "load_classification_dataset",
+    "split_forget_retain",
     "AnswerTruncatedError",
     "DataUnavailableError",
     "FORGET_OF_RETAIN",

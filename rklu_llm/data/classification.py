@@ -41,7 +41,16 @@ FASHION_MNIST_ENV = "RKLU_FASHION_MNIST_DIR"
 FASHION_MNIST_SYSTEM_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_HUB_ID = "zalando-datasets/fashion_mnist"
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 CIFAR10_ENV = "RKLU_CIFAR10_DIR"
 BOOKS_ENV = "RKLU_BOOKS_DIR"
@@ -187,7 +196,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     0x0E float64), the number of dimensions, one big-endian uint32 per dimension, then the values (big-endian).
     """
     path = Path(path)
-    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
+    with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
         data = handle.read()
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
         raise ValueError(f"{path} is not an IDX file (bad magic number).")
@@ -303,8 +312,9 @@ def load_cifar10(split: str = "train", data_dir: str | os.PathLike | None = None
         with open(folder / "batches.meta", "rb") as handle:
             meta = pickle.load(handle, encoding="bytes")
         class_names = [n.decode() if isinstance(n, bytes) else n for n in meta[b"label_names"]]
-    return image_dataset(np.concatenate(pixels).astype(np.float32) / 255.0, labels, class_names,
-                         num_classes=None if class_names else 10)
+    return image_dataset(
+        np.concatenate(pixels).astype(np.float32) / 255.0, labels, class_names, num_classes=None if class_names else 10
+    )
 
 
 def image_classification_dataset(
@@ -442,8 +452,10 @@ def load_austen_passages(
     for label, stem in enumerate(AUSTEN_NOVELS):
         lines = (folder / f"{stem}.txt").read_text(encoding="utf-8").splitlines()
         words = " ".join(line for line in lines[3:] if not heading.match(line)).split()
-        passages = [" ".join(words[i: i + words_per_passage])
-                    for i in range(0, len(words) - words_per_passage + 1, words_per_passage)]
+        passages = [
+            " ".join(words[i : i + words_per_passage])
+            for i in range(0, len(words) - words_per_passage + 1, words_per_passage)
+        ]
         order = np.random.default_rng([seed, label]).permutation(len(passages))
         n_test = int(round(test_fraction * len(passages)))
         chosen = np.sort(order[:n_test] if split == "test" else order[n_test:])
@@ -458,9 +470,7 @@ def load_austen_passages(
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def forget_indices(
-    labels, forget_classes=None, num_forget_samples: int | None = None, seed: int = 0
-) -> np.ndarray:
+def forget_indices(labels, forget_classes=None, num_forget_samples: int | None = None, seed: int = 0) -> np.ndarray:
     """Indices of the forget set: every sample of ``forget_classes``, or ``num_forget_samples`` random samples.
 
     Raises:
@@ -514,8 +524,14 @@ class ClassificationUnlearnDataset(torch.utils.data.Dataset):
             or a forget set that mixes classes when classes are being forgotten.
     """
 
-    def __init__(self, forget: Dataset, retain: Dataset | None = None, num_classes: int | None = None,
-                 forget_classes=None, seed: int = 0):
+    def __init__(
+        self,
+        forget: Dataset,
+        retain: Dataset | None = None,
+        num_classes: int | None = None,
+        forget_classes=None,
+        seed: int = 0,
+    ):
         if len(forget) == 0:
             raise ValueError("The forget set is empty: there is nothing to unlearn.")
         if retain is not None and len(retain) == 0:
@@ -535,8 +551,12 @@ class ClassificationUnlearnDataset(torch.utils.data.Dataset):
                 check_labels(part["labels"], self.num_classes, f"{name} set")
         self.forget_classes = None if forget_classes is None else sorted({int(c) for c in forget_classes})
         if self.forget_classes is not None:
-            check_forget_classes(self.forget["labels"], self.forget_classes, self.num_classes,
-                                 None if self.retain is None else self.retain["labels"])
+            check_forget_classes(
+                self.forget["labels"],
+                self.forget_classes,
+                self.num_classes,
+                None if self.retain is None else self.retain["labels"],
+            )
         offsets = np.random.default_rng([seed, 1]).integers(1, self.num_classes, size=len(self.forget["labels"]))
         self.random_labels = (self.forget["labels"] + offsets) % self.num_classes
         self.seed = seed
@@ -560,10 +580,16 @@ class ClassificationUnlearnDataset(torch.utils.data.Dataset):
             h.update(np.asarray(part["labels"], dtype=np.int64).tobytes())
             return h.hexdigest()
 
-        return {"forget_items": len(self.forget["labels"]), "forget_sha256": digest(self.forget),
-                "retain_items": None if self.retain is None else len(self.retain["labels"]),
-                "retain_sha256": digest(self.retain), "num_classes": self.num_classes,
-                "forget_classes": self.forget_classes, "pairing_seed": self.seed, "steps_over": self.steps}
+        return {
+            "forget_items": len(self.forget["labels"]),
+            "forget_sha256": digest(self.forget),
+            "retain_items": None if self.retain is None else len(self.retain["labels"]),
+            "retain_sha256": digest(self.retain),
+            "num_classes": self.num_classes,
+            "forget_classes": self.forget_classes,
+            "pairing_seed": self.seed,
+            "steps_over": self.steps,
+        }
 
     def over_retain(self) -> ClassificationUnlearnDataset:
         """A view of this dataset whose items step over the retain set (``{"retain": ex}``), for the references that
@@ -668,7 +694,10 @@ class ClassificationCollator:
 
 
 def build_classification_unlearning_dataset(
-    forget: Dataset, retain: Dataset | None = None, num_classes: int | None = None, forget_classes=None,
+    forget: Dataset,
+    retain: Dataset | None = None,
+    num_classes: int | None = None,
+    forget_classes=None,
     seed: int = 0,
 ) -> ClassificationUnlearnDataset:
     """The `UnlearnTrainer` dataset of a classifier unlearning run (see :class:`ClassificationUnlearnDataset`)."""

@@ -59,8 +59,9 @@ def join_prompt_answer(prompt_ids: list[int], answer_ids: list[int], max_length:
     return {"input_ids": prompt_ids + answer_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + answer_ids}
 
 
-def check_qa(dataset: Dataset, name: str = "QA dataset", question_key: str = "question",
-             answer_key: str = "answer") -> None:
+def check_qa(
+    dataset: Dataset, name: str = "QA dataset", question_key: str = "question", answer_key: str = "answer"
+) -> None:
     """Fail with the row number on a row whose question or answer is missing, not a string, or empty.
 
     Cheap (two columns read, no tokenizer), so the recipes call it before loading a model.
@@ -111,8 +112,10 @@ def load_refusals(path: str | None = None) -> list[str]:
         return list(REFUSALS)
     if not os.path.isfile(path):
         what = "is a folder" if os.path.isdir(path) else "does not exist"
-        raise FileNotFoundError(f"Refusal file {path!r} {what}: pass a text file with one refusal answer per line "
-                                "(or leave refusal_file out for the built-in list).")
+        raise FileNotFoundError(
+            f"Refusal file {path!r} {what}: pass a text file with one refusal answer per line "
+            "(or leave refusal_file out for the built-in list)."
+        )
     with open(path, encoding="utf-8") as handle:
         lines = [line.strip() for line in handle]
     refusals = [line for line in lines if line]
@@ -165,8 +168,11 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
             from ..eval.io import data_fingerprint
 
             def digest(examples):
-                return None if examples is None else data_fingerprint(
-                    {"input_ids": examples["input_ids"], "labels": examples["labels"]})
+                return (
+                    None
+                    if examples is None
+                    else data_fingerprint({"input_ids": examples["input_ids"], "labels": examples["labels"]})
+                )
 
             self._fingerprint = {
                 "forget_items": len(self),
@@ -174,8 +180,9 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
                 "retain_items": None if self.retain is None else len(self.retain["input_ids"]),
                 "retain_sha256": digest(self.retain),
                 "refusals": None if self.refusal_answer_ids is None else len(self.refusal_answer_ids),
-                "refusals_sha256": None if self.refusal_answer_ids is None else data_fingerprint(
-                    self.refusal_answer_ids),
+                "refusals_sha256": None
+                if self.refusal_answer_ids is None
+                else data_fingerprint(self.refusal_answer_ids),
                 "pairing_seed": self.seed,
             }
         return self._fingerprint

@@ -63,7 +63,7 @@ def _read_file(path: Path) -> str:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(
-            f"{describe_source(path)} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 4]!r}). "
+            f"{describe_source(path)} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 4]!r}). "
             "Convert it first, e.g. `iconv -f latin1 -t utf-8 in.txt > out.txt`."
         ) from exc
 
@@ -105,8 +105,9 @@ def read_documents(source, text_column: str = "text") -> list[str]:
     return documents
 
 
-def chunk_token_ids(ids: Sequence[int], chunk_tokens: int, num_chunks: int | None = None,
-                    label: str = "the text") -> list[list[int]]:
+def chunk_token_ids(
+    ids: Sequence[int], chunk_tokens: int, num_chunks: int | None = None, label: str = "the text"
+) -> list[list[int]]:
     """Consecutive non-overlapping chunks ``ids[k * N : (k + 1) * N]``, ``k = 0 .. num_chunks - 1``.
 
     Args:
@@ -141,8 +142,14 @@ def chunk_token_ids(ids: Sequence[int], chunk_tokens: int, num_chunks: int | Non
     return [list(ids[k * chunk_tokens : (k + 1) * chunk_tokens]) for k in range(count)]
 
 
-def chunk_text(tokenizer, source, chunk_tokens: int = PAPER_CHUNK_TOKENS, num_chunks: int | None = None,
-               text_column: str = "text", separator: str = "\n\n") -> list[list[int]]:
+def chunk_text(
+    tokenizer,
+    source,
+    chunk_tokens: int = PAPER_CHUNK_TOKENS,
+    num_chunks: int | None = None,
+    text_column: str = "text",
+    separator: str = "\n\n",
+) -> list[list[int]]:
     """Read a text source, tokenize it (no special tokens) and cut it into chunks (:func:`chunk_token_ids`).
 
     Args:
@@ -160,8 +167,9 @@ def chunk_text(tokenizer, source, chunk_tokens: int = PAPER_CHUNK_TOKENS, num_ch
     return chunk_token_ids(ids, chunk_tokens, num_chunks, label=describe_source(source))
 
 
-def chunk_examples(chunks: Sequence[Sequence[int]], prefix_tokens: int = PAPER_PREFIX_TOKENS,
-                   mask_prefix: bool = False) -> Dataset:
+def chunk_examples(
+    chunks: Sequence[Sequence[int]], prefix_tokens: int = PAPER_PREFIX_TOKENS, mask_prefix: bool = False
+) -> Dataset:
     """Chunks as training examples: ``prompt_ids`` (the first ``prefix_tokens``), ``input_ids`` and ``labels``.
 
     ``labels`` equal ``input_ids`` (every token counts), or ``-100`` on the prefix when ``mask_prefix``.
@@ -254,12 +262,14 @@ def build_text_unlearning_dataset(
         seed: seed of the forget/retain and refusal pairing.
     """
     check_prefix(prefix_tokens, chunk_tokens)
-    forget = chunk_examples(chunk_text(tokenizer, forget_text, chunk_tokens, num_chunks, text_column),
-                            prefix_tokens, mask_prefix)
+    forget = chunk_examples(
+        chunk_text(tokenizer, forget_text, chunk_tokens, num_chunks, text_column), prefix_tokens, mask_prefix
+    )
     retain = None
     if retain_text is not None:
-        retain = chunk_examples(chunk_text(tokenizer, retain_text, chunk_tokens, retain_chunks, text_column),
-                                prefix_tokens)
+        retain = chunk_examples(
+            chunk_text(tokenizer, retain_text, chunk_tokens, retain_chunks, text_column), prefix_tokens
+        )
     refusal_ids = None if refusals is None else [encode_refusal(tokenizer, r) for r in refusals]
     longest = max((len(r) for r in refusal_ids), default=1) if refusal_ids else 1
     return ForgetRetainDataset(forget, retain, refusal_ids, max_length=prefix_tokens + longest, seed=seed)

@@ -8,10 +8,12 @@
 * :mod:`~rklu_llm.eval.open_unlearning`: open-unlearning's TOFU_EVAL.json / TOFU_SUMMARY.json, read and written;
 * :mod:`~rklu_llm.eval.copyright`: continuation BLEU / ROUGE-L of a book's chunks, WikiText perplexity;
 * :mod:`~rklu_llm.eval.general`: lm-eval-harness on the shipped tasks (imported on demand: it loads lm-eval);
+* :mod:`~rklu_llm.eval.classification`: classifier unlearning (Acc_ft / Acc_rt / H-Mean, membership attacks);
 * :mod:`~rklu_llm.eval.callback`: evaluation during training.
 """
 
 from .audit import audit_summary_row, evaluate_audit
+from .classification import classification_metrics, evaluate_classifier
 from .copyright import evaluate_copyright, prepare_copyright_data
 from .metrics import (
     UTILITY_METRICS,
@@ -41,6 +43,8 @@ from .tofu import (
 )
 
 __all__ = [
+    "classification_metrics",
+    "evaluate_classifier",
     "UTILITY_METRICS",
     "UTILITY_SETS",
     "answer_probability",

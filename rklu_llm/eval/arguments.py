@@ -27,15 +27,19 @@ class TofuEvalArguments:
     # ---- audit (rklu_llm.eval.audit) and open-unlearning interchange: used by eval_audit and the unlearning recipes
     audit: str | None = field(
         default=None,
-        metadata={"help": "Also audit the saved model: comma-separated parts of membership, extraction, leak, relearn, "
-                  "quantization, or 'all' (writes audit_eval.json)."},
+        metadata={
+            "help": "Also audit the saved model: comma-separated parts of membership, extraction, leak, relearn, "
+            "quantization, or 'all' (writes audit_eval.json)."
+        },
     )
     audit_reference: str | None = field(
         default=None,
-        metadata={"help": "The retain-only model's audit_eval.json or open-unlearning TOFU_EVAL.json: the reference "
-                  "AUC of privleak (default 0.5, said in the result)."},
+        metadata={
+            "help": "The retain-only model's audit_eval.json or open-unlearning TOFU_EVAL.json: the reference "
+            "AUC of privleak (default 0.5, said in the result)."
+        },
     )
-    audit_min_k: float = field(default=0.4, metadata={"help": "The fraction k of min-k% and min-k%++."})
+    audit_min_k: float = field(default=0.4, metadata={"help": "The fraction k of min-k%% and min-k%%++, 0 < k <= 1."})
     leak_k: int = field(default=5, metadata={"help": "leak@k: candidates per forget item (beam search)."})
     leak_threshold: float = field(default=0.5, metadata={"help": "leak@k: ROUGE-L recall that counts as a leak."})
     leak_blank_words: int = field(
@@ -58,8 +62,10 @@ class TofuEvalArguments:
     )
     best_checkpoint: bool = field(
         default=False,
-        metadata={"help": "With per-epoch evaluation: keep the weights of the epoch of best forget quality in "
-                  "<output_dir>/best_forget_quality (at or above --min_model_utility)."},
+        metadata={
+            "help": "With per-epoch evaluation: keep the weights of the epoch of best forget quality in "
+            "<output_dir>/best_forget_quality (at or above --min_model_utility)."
+        },
     )
     min_model_utility: float | None = field(
         default=None,
@@ -102,20 +108,34 @@ class TofuEvalArguments:
     def audit_kwargs(self) -> dict:
         """The audit settings as keyword arguments of :func:`~rklu_llm.eval.audit.evaluate_audit`."""
         return dict(
-            parts=self.audit, membership_reference=self.audit_reference, min_k=self.audit_min_k, leak_k=self.leak_k,
-            leak_threshold=self.leak_threshold, blank_words=self.leak_blank_words,
-            leak_max_new_tokens=self.leak_max_new_tokens, relearn_original=self.relearn_original,
-            relearn_oracle=self.relearn_oracle, relearn_steps=self.relearn_steps,
-            relearn_learning_rate=self.relearn_learning_rate, relearn_batch_size=self.relearn_batch_size,
+            parts=self.audit,
+            membership_reference=self.audit_reference,
+            min_k=self.audit_min_k,
+            leak_k=self.leak_k,
+            leak_threshold=self.leak_threshold,
+            blank_words=self.leak_blank_words,
+            leak_max_new_tokens=self.leak_max_new_tokens,
+            relearn_original=self.relearn_original,
+            relearn_oracle=self.relearn_oracle,
+            relearn_steps=self.relearn_steps,
+            relearn_learning_rate=self.relearn_learning_rate,
+            relearn_batch_size=self.relearn_batch_size,
             quantization_bits=tuple(int(b) for b in self.quantization_bits.split(",") if b.strip()),
-            batch_size=self.eval_batch_size, generation_batch_size=self.eval_generation_batch_size,
-            max_new_tokens=self.max_new_tokens, max_items=self.eval_max_items,
+            batch_size=self.eval_batch_size,
+            generation_batch_size=self.eval_generation_batch_size,
+            max_new_tokens=self.max_new_tokens,
+            max_items=self.eval_max_items,
         )
 
     def evaluate_kwargs(self) -> dict:
         """These settings as keyword arguments of :func:`~rklu_llm.eval.tofu.evaluate_tofu`."""
-        return dict(batch_size=self.eval_batch_size, max_new_tokens=self.max_new_tokens, max_items=self.eval_max_items,
-                    generation_batch_size=self.eval_generation_batch_size, protocol=self.eval_protocol)
+        return dict(
+            batch_size=self.eval_batch_size,
+            max_new_tokens=self.max_new_tokens,
+            max_items=self.eval_max_items,
+            generation_batch_size=self.eval_generation_batch_size,
+            protocol=self.eval_protocol,
+        )
 
 
 def check_reference(reference, forget_splits) -> None:
@@ -131,20 +151,26 @@ def check_reference(reference, forget_splits) -> None:
     path = Path(reference).expanduser()
     make = ", ".join(f"finetune_tofu.py --split {RETAIN_OF_FORGET[s]}" for s in forget_splits if s in RETAIN_OF_FORGET)
     if not path.exists():
-        raise FileNotFoundError(f"--retain_eval {str(reference)!r} does not exist: pass the {RESULT_FILE} of the "
-                                f"retain-only model ({make} writes it).")
+        raise FileNotFoundError(
+            f"--retain_eval {str(reference)!r} does not exist: pass the {RESULT_FILE} of the "
+            f"retain-only model ({make} writes it)."
+        )
     readable = ("tofu_eval.json", "eval_log_aggregated.json", "eval_log_forget.json")
     if path.is_dir() and not any((path / name).is_file() for name in readable):
-        raise ValueError(f"--retain_eval {str(reference)!r} is a folder, not a file, and holds none of "
-                         f"{', '.join(readable)}: pass the retain-only model's {RESULT_FILE} ({make} writes it).")
+        raise ValueError(
+            f"--retain_eval {str(reference)!r} is a folder, not a file, and holds none of "
+            f"{', '.join(readable)}: pass the retain-only model's {RESULT_FILE} ({make} writes it)."
+        )
     for split in forget_splits:
         try:
             reference_truth_ratios(reference, split)
         except json.JSONDecodeError as exc:
             raise ValueError(f"--retain_eval {str(reference)!r} is not valid JSON ({exc}).") from exc
         except KeyError as exc:
-            raise ValueError(f"--retain_eval: {exc.args[0]}. The reference for {split} is the evaluation of the "
-                             f"model fine-tuned on {RETAIN_OF_FORGET[split]} ({make}).") from exc
+            raise ValueError(
+                f"--retain_eval: {exc.args[0]}. The reference for {split} is the evaluation of the "
+                f"model fine-tuned on {RETAIN_OF_FORGET[split]} ({make})."
+            ) from exc
 
 
 def evaluate_saved(model_dir, eval_args: TofuEvalArguments, forget_splits, data_dir=None, reference=None) -> dict:
@@ -160,8 +186,13 @@ def evaluate_saved(model_dir, eval_args: TofuEvalArguments, forget_splits, data_
     if torch.cuda.is_available():
         model.to("cuda")
     result = evaluate_tofu(
-        model, tokenizer, forget_splits=tuple(forget_splits), data_dir=data_dir, output_dir=model_dir,
-        reference=reference, **eval_args.evaluate_kwargs(),
+        model,
+        tokenizer,
+        forget_splits=tuple(forget_splits),
+        data_dir=data_dir,
+        output_dir=model_dir,
+        reference=reference,
+        **eval_args.evaluate_kwargs(),
     )
     update_model_card(model_dir, result)  # helper SHIP: no-op without a card written by rklu_llm
     print(json.dumps(summary_row(result), indent=2))

@@ -110,8 +110,10 @@ PARTS = ("membership", "extraction", "leak", "relearn", "quantization")
 DEFAULT_PARTS = ("membership", "extraction", "leak")
 HOLDOUT_OF_FORGET = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
 QUANTIZATION_BITS = (8, 4)
-QUANTIZATION_SCHEME = {"8": "row-wise absmax int8 (bitsandbytes int8_vectorwise_quant, the load_in_8bit storage)",
-                       "4": "NF4, blocks of 64 (bitsandbytes quantize_4bit, the load_in_4bit nf4 storage)"}
+QUANTIZATION_SCHEME = {
+    "8": "row-wise absmax int8 (bitsandbytes int8_vectorwise_quant, the load_in_8bit storage)",
+    "4": "NF4, blocks of 64 (bitsandbytes quantize_4bit, the load_in_4bit nf4 storage)",
+}
 NO_MEMBERSHIP_REFERENCE_NOTE = (
     "no reference AUC given: privleak is computed against AUC_ref = 0.5 (chance); pass membership_reference=<the "
     "retain-only model's audit_eval.json or open-unlearning TOFU_EVAL.json>"
@@ -164,8 +166,10 @@ def membership_reference_aucs(reference, split: str) -> tuple[dict[str, float], 
         if path.is_dir():
             found = [path / name for name in (AUDIT_FILE, open_unlearning.EVAL_FILE) if (path / name).is_file()]
             if not found:
-                raise FileNotFoundError(f"Membership reference folder {str(path)!r} holds neither {AUDIT_FILE} nor "
-                                        f"{open_unlearning.EVAL_FILE}.")
+                raise FileNotFoundError(
+                    f"Membership reference folder {str(path)!r} holds neither {AUDIT_FILE} nor "
+                    f"{open_unlearning.EVAL_FILE}."
+                )
             path = found[0]
         if not path.is_file():
             raise FileNotFoundError(f"Membership reference {str(path)!r} does not exist.")
@@ -181,8 +185,10 @@ def membership_reference_aucs(reference, split: str) -> tuple[dict[str, float], 
         obj, label = open_unlearning.read_eval_log(obj, label)
         aucs = open_unlearning.membership_aucs(obj, split, label)
     if not aucs:
-        raise ValueError(f"Membership reference {label} holds no membership AUC (no 'membership' part, no mia_* "
-                         "metric): audit the retain-only model with the membership part first.")
+        raise ValueError(
+            f"Membership reference {label} holds no membership AUC (no 'membership' part, no mia_* "
+            "metric): audit the retain-only model with the membership part first."
+        )
     return aucs, label
 
 
@@ -214,8 +220,10 @@ def membership_scores(values: Mapping, k: float) -> dict[str, list[float]]:
     scores = {name: [] for name in MEMBERSHIP_SCORES}
     for i, text in enumerate(values["text"]):
         loss = values["nll_sum"][i] / max(values["num_tokens"][i], 1)
-        lp, mu, sigma = (np.asarray(values[key][i], dtype=np.float64)[:-1]  # the final (EOS) token left out
-                         for key in ("token_logprob", "token_mu", "token_sigma"))
+        lp, mu, sigma = (
+            np.asarray(values[key][i], dtype=np.float64)[:-1]  # the final (EOS) token left out
+            for key in ("token_logprob", "token_mu", "token_sigma")
+        )
         scores["loss"].append(loss)
         scores["zlib"].append(zlib_score(loss, text))
         scores["min_k"].append(min_k_score(lp, k))
@@ -223,21 +231,37 @@ def membership_scores(values: Mapping, k: float) -> dict[str, list[float]]:
     return scores
 
 
-def answer_scores(model, tokenizer, questions, answers, batch_size: int, generation_batch_size: int | None,
-                  max_new_tokens: int, max_length: int, desc: str) -> dict:
+def answer_scores(
+    model,
+    tokenizer,
+    questions,
+    answers,
+    batch_size: int,
+    generation_batch_size: int | None,
+    max_new_tokens: int,
+    max_length: int,
+    desc: str,
+) -> dict:
     """Mean answer probability and ROUGE-L recall of greedy answers (TOFU's definitions), with per-item values."""
     examples = qa_examples(tokenizer, questions, answers, max_length)
     scored = score_examples(model, examples, pad_token_id(tokenizer), batch_size, f"{desc}: likelihood")
     prob = answer_probability(scored["nll_sum"], scored["num_tokens"])
-    generated = generate_answers(model, tokenizer, questions, generation_batch_size or batch_size, max_new_tokens,
-                                 f"{desc}: generating")
+    generated = generate_answers(
+        model, tokenizer, questions, generation_batch_size or batch_size, max_new_tokens, f"{desc}: generating"
+    )
     rouge = rouge_l_recall(generated, answers)
-    return to_builtin({"probability": float(np.mean(prob)), "rouge_l_recall": float(np.mean(rouge)),
-                       "items": {"probability": prob, "rouge_l_recall": rouge, "generated": generated}})
+    return to_builtin(
+        {
+            "probability": float(np.mean(prob)),
+            "rouge_l_recall": float(np.mean(rouge)),
+            "items": {"probability": prob, "rouge_l_recall": rouge, "generated": generated},
+        }
+    )
 
 
-def relearn_attack(model, tokenizer, questions, answers, steps: int, learning_rate: float, batch_size: int,
-                   max_length: int = 512) -> list[float]:
+def relearn_attack(
+    model, tokenizer, questions, answers, steps: int, learning_rate: float, batch_size: int, max_length: int = 512
+) -> list[float]:
     """Fine-tune ``model`` in place on (question, answer) pairs: ``steps`` AdamW steps (no weight decay) of the mean
     answer NLL over batches taken in order, cycling through the items. Returns the per-step losses.
 
@@ -247,16 +271,18 @@ def relearn_attack(model, tokenizer, questions, answers, steps: int, learning_ra
     examples = qa_examples(tokenizer, questions, answers, max_length)
     device = model_device(model)
     model.requires_grad_(True)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=learning_rate,
-                                  weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=learning_rate, weight_decay=0.0
+    )
     losses = []
     was_training = model.training
     model.train()
     try:
         for step in tqdm(range(steps), desc="Relearning attack", unit="step", leave=False):
             index = [(step * batch_size + j) % len(examples) for j in range(batch_size)]
-            batch = {k: v.to(device) for k, v in pad_examples([examples[i] for i in index],
-                                                              pad_token_id(tokenizer)).items()}
+            batch = {
+                k: v.to(device) for k, v in pad_examples([examples[i] for i in index], pad_token_id(tokenizer)).items()
+            }
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             loss = token_nll(logits, batch["labels"])
             if not torch.isfinite(loss):
@@ -306,9 +332,24 @@ def quantized_weights(model, bits: int):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _check_settings(parts, forget_split, min_k, leak_k, leak_threshold, blank_words, leak_max_new_tokens,
-                    relearn_steps, relearn_learning_rate, relearn_batch_size, quantization_bits, batch_size,
-                    generation_batch_size, max_new_tokens, max_items, max_length) -> None:
+def _check_settings(
+    parts,
+    forget_split,
+    min_k,
+    leak_k,
+    leak_threshold,
+    blank_words,
+    leak_max_new_tokens,
+    relearn_steps,
+    relearn_learning_rate,
+    relearn_batch_size,
+    quantization_bits,
+    batch_size,
+    generation_batch_size,
+    max_new_tokens,
+    max_items,
+    max_length,
+) -> None:
     if forget_split not in RETAIN_OF_FORGET:
         raise ValueError(f"Unknown forget split {forget_split!r}; valid: {', '.join(RETAIN_OF_FORGET)}.")
     checks = [
@@ -321,8 +362,10 @@ def _check_settings(parts, forget_split, min_k, leak_k, leak_threshold, blank_wo
         (relearn_learning_rate > 0, f"relearn_learning_rate must be > 0, got {relearn_learning_rate}"),
         (relearn_batch_size >= 1, f"relearn_batch_size must be >= 1, got {relearn_batch_size}"),
         (batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"),
-        (generation_batch_size is None or generation_batch_size >= 1,
-         f"generation_batch_size must be >= 1, got {generation_batch_size}"),
+        (
+            generation_batch_size is None or generation_batch_size >= 1,
+            f"generation_batch_size must be >= 1, got {generation_batch_size}",
+        ),
         (max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {max_new_tokens}"),
         (max_items is None or max_items >= 1, f"max_items must be >= 1 or None, got {max_items}"),
         (max_length >= 2, f"max_length must be >= 2, got {max_length}"),
@@ -333,23 +376,60 @@ def _check_settings(parts, forget_split, min_k, leak_k, leak_threshold, blank_wo
     if "quantization" in parts:
         bad = [b for b in quantization_bits if b not in QUANTIZATION_BITS]
         if bad or not quantization_bits:
-            raise ValueError(f"quantization_bits must be a non-empty subset of {QUANTIZATION_BITS}, got "
-                             f"{list(quantization_bits)}")
+            raise ValueError(
+                f"quantization_bits must be a non-empty subset of {QUANTIZATION_BITS}, got {list(quantization_bits)}"
+            )
         if not quantization_available():
-            raise ImportError("The quantization audit needs bitsandbytes (CPU and CUDA): pip install 'rklu_llm[audit]' "
-                              "(or pip install bitsandbytes), or leave 'quantization' out of the audit parts.")
+            raise ImportError(
+                "The quantization audit needs bitsandbytes (CPU and CUDA): pip install 'rklu_llm[audit]' "
+                "(or pip install bitsandbytes), or leave 'quantization' out of the audit parts."
+            )
 
 
-def _prepare(forget_split, parts, data_dir, membership_reference, holdout_split, min_k, leak_k, leak_threshold,
-             blank_words, leak_max_new_tokens, relearn_original, relearn_oracle, relearn_steps, relearn_learning_rate,
-             relearn_batch_size, quantization_bits, batch_size, generation_batch_size, max_new_tokens, max_items,
-             max_length) -> dict:
+def _prepare(
+    forget_split,
+    parts,
+    data_dir,
+    membership_reference,
+    holdout_split,
+    min_k,
+    leak_k,
+    leak_threshold,
+    blank_words,
+    leak_max_new_tokens,
+    relearn_original,
+    relearn_oracle,
+    relearn_steps,
+    relearn_learning_rate,
+    relearn_batch_size,
+    quantization_bits,
+    batch_size,
+    generation_batch_size,
+    max_new_tokens,
+    max_items,
+    max_length,
+) -> dict:
     """Every check of :func:`evaluate_audit` that needs no model, and the data it audits."""
     parts = resolve_parts(parts)
     quantization_bits = tuple(int(b) for b in quantization_bits)
-    _check_settings(parts, forget_split, min_k, leak_k, leak_threshold, blank_words, leak_max_new_tokens,
-                    relearn_steps, relearn_learning_rate, relearn_batch_size, quantization_bits, batch_size,
-                    generation_batch_size, max_new_tokens, max_items, max_length)
+    _check_settings(
+        parts,
+        forget_split,
+        min_k,
+        leak_k,
+        leak_threshold,
+        blank_words,
+        leak_max_new_tokens,
+        relearn_steps,
+        relearn_learning_rate,
+        relearn_batch_size,
+        quantization_bits,
+        batch_size,
+        generation_batch_size,
+        max_new_tokens,
+        max_items,
+        max_length,
+    )
     if "relearn" in parts:
         _check_model_path(relearn_original, "relearn_original")
         _check_model_path(relearn_oracle, "relearn_oracle")
@@ -369,8 +449,15 @@ def _prepare(forget_split, parts, data_dir, membership_reference, holdout_split,
     reference_aucs, reference_label = ({}, None)
     if "membership" in parts and membership_reference is not None:
         reference_aucs, reference_label = membership_reference_aucs(membership_reference, forget_split)
-    return {"parts": parts, "quantization_bits": quantization_bits, "forget": forget, "holdout": holdout,
-            "holdout_split": holdout_split, "reference_aucs": reference_aucs, "reference": reference_label}
+    return {
+        "parts": parts,
+        "quantization_bits": quantization_bits,
+        "forget": forget,
+        "holdout": holdout,
+        "holdout_split": holdout_split,
+        "reference_aucs": reference_aucs,
+        "reference": reference_label,
+    }
 
 
 def check_audit(forget_split: str = "forget10", **kwargs) -> None:
@@ -443,10 +530,29 @@ def evaluate_audit(
             a reference of another split, missing data or a missing quantization library; all before any model work.
     """
     # ---- validate everything (settings, data, reference, library) before touching the model
-    plan = _prepare(forget_split, parts, data_dir, membership_reference, holdout_split, min_k, leak_k, leak_threshold,
-                    blank_words, leak_max_new_tokens, relearn_original, relearn_oracle, relearn_steps,
-                    relearn_learning_rate, relearn_batch_size, quantization_bits, batch_size, generation_batch_size,
-                    max_new_tokens, max_items, max_length)
+    plan = _prepare(
+        forget_split,
+        parts,
+        data_dir,
+        membership_reference,
+        holdout_split,
+        min_k,
+        leak_k,
+        leak_threshold,
+        blank_words,
+        leak_max_new_tokens,
+        relearn_original,
+        relearn_oracle,
+        relearn_steps,
+        relearn_learning_rate,
+        relearn_batch_size,
+        quantization_bits,
+        batch_size,
+        generation_batch_size,
+        max_new_tokens,
+        max_items,
+        max_length,
+    )
     parts, quantization_bits = plan["parts"], plan["quantization_bits"]
     forget, holdout = plan["forget"], plan["holdout"]
     holdout_split, reference_aucs, reference_label = plan["holdout_split"], plan["reference_aucs"], plan["reference"]
@@ -456,44 +562,116 @@ def evaluate_audit(
     fingerprint = model_fingerprint(model) if out is not None else None
     cache = MetricCache(out, CACHE_DIR, name, fingerprint)
     settings = {
-        "forget_split": forget_split, "parts": list(parts), "data_dir": portable_path(data_dir),
-        "holdout_split": holdout_split if "membership" in parts else None, "min_k": min_k, "leak_k": leak_k,
-        "leak_threshold": leak_threshold, "blank_words": blank_words, "leak_max_new_tokens": leak_max_new_tokens,
-        "relearn_original": portable_path(relearn_original), "relearn_oracle": portable_path(relearn_oracle),
-        "relearn_steps": relearn_steps, "relearn_learning_rate": relearn_learning_rate,
-        "relearn_batch_size": relearn_batch_size, "quantization_bits": list(quantization_bits),
-        "batch_size": batch_size, "generation_batch_size": generation_batch_size, "max_new_tokens": max_new_tokens,
-        "max_items": max_items, "max_length": max_length, "membership_reference": reference_label,
+        "forget_split": forget_split,
+        "parts": list(parts),
+        "data_dir": portable_path(data_dir),
+        "holdout_split": holdout_split if "membership" in parts else None,
+        "min_k": min_k,
+        "leak_k": leak_k,
+        "leak_threshold": leak_threshold,
+        "blank_words": blank_words,
+        "leak_max_new_tokens": leak_max_new_tokens,
+        "relearn_original": portable_path(relearn_original),
+        "relearn_oracle": portable_path(relearn_oracle),
+        "relearn_steps": relearn_steps,
+        "relearn_learning_rate": relearn_learning_rate,
+        "relearn_batch_size": relearn_batch_size,
+        "quantization_bits": list(quantization_bits),
+        "batch_size": batch_size,
+        "generation_batch_size": generation_batch_size,
+        "max_new_tokens": max_new_tokens,
+        "max_items": max_items,
+        "max_length": max_length,
+        "membership_reference": reference_label,
     }
     result = {"model": name, "settings": settings}
     size = {"max_items": max_items, "max_length": max_length}
 
     def forget_values():
         return cache.get_or_compute(
-            forget_split, "token_values", size, forget["fingerprint"],
-            lambda: token_values(model, tokenizer, forget["question"], forget["answer"], batch_size, max_length,
-                                 f"{forget_split}: token values"))
+            forget_split,
+            "token_values",
+            size,
+            forget["fingerprint"],
+            lambda: token_values(
+                model,
+                tokenizer,
+                forget["question"],
+                forget["answer"],
+                batch_size,
+                max_length,
+                f"{forget_split}: token values",
+            ),
+        )
 
     if "membership" in parts:
         holdout_values = cache.get_or_compute(
-            holdout_split, "token_values", size, holdout["fingerprint"],
-            lambda: token_values(model, tokenizer, holdout["question"], holdout["answer"], batch_size, max_length,
-                                 f"{holdout_split}: token values"))
-        result["membership"] = _membership(forget, holdout, forget_values(), holdout_values, min_k, reference_aucs,
-                                           reference_label, forget_split, holdout_split)
+            holdout_split,
+            "token_values",
+            size,
+            holdout["fingerprint"],
+            lambda: token_values(
+                model,
+                tokenizer,
+                holdout["question"],
+                holdout["answer"],
+                batch_size,
+                max_length,
+                f"{holdout_split}: token values",
+            ),
+        )
+        result["membership"] = _membership(
+            forget,
+            holdout,
+            forget_values(),
+            holdout_values,
+            min_k,
+            reference_aucs,
+            reference_label,
+            forget_split,
+            holdout_split,
+        )
     if "extraction" in parts:
         result["extraction"] = _extraction(forget, forget_values())
     if "leak" in parts:
-        result["leak"] = _leak(model, tokenizer, forget, cache, forget_split, leak_k, leak_threshold, blank_words,
-                               leak_max_new_tokens, generation_batch_size or batch_size, max_items)
-    scoring = dict(batch_size=batch_size, generation_batch_size=generation_batch_size, max_new_tokens=max_new_tokens,
-                   max_length=max_length)
+        result["leak"] = _leak(
+            model,
+            tokenizer,
+            forget,
+            cache,
+            forget_split,
+            leak_k,
+            leak_threshold,
+            blank_words,
+            leak_max_new_tokens,
+            generation_batch_size or batch_size,
+            max_items,
+        )
+    scoring = dict(
+        batch_size=batch_size,
+        generation_batch_size=generation_batch_size,
+        max_new_tokens=max_new_tokens,
+        max_length=max_length,
+    )
     if "relearn" in parts:
-        result["relearn"] = _relearn(model, tokenizer, forget, cache, forget_split, relearn_original, relearn_oracle,
-                                     relearn_steps, relearn_learning_rate, relearn_batch_size, max_items, scoring)
+        result["relearn"] = _relearn(
+            model,
+            tokenizer,
+            forget,
+            cache,
+            forget_split,
+            relearn_original,
+            relearn_oracle,
+            relearn_steps,
+            relearn_learning_rate,
+            relearn_batch_size,
+            max_items,
+            scoring,
+        )
     if "quantization" in parts:
-        result["quantization"] = _quantization(model, tokenizer, forget, cache, forget_split, quantization_bits,
-                                               max_items, scoring)
+        result["quantization"] = _quantization(
+            model, tokenizer, forget, cache, forget_split, quantization_bits, max_items, scoring
+        )
 
     result = to_builtin(result)
     if out is not None:
@@ -501,8 +679,9 @@ def evaluate_audit(
     return result
 
 
-def _membership(forget, holdout, forget_values, holdout_values, k, reference_aucs, reference_label, forget_split,
-                holdout_split) -> dict:
+def _membership(
+    forget, holdout, forget_values, holdout_values, k, reference_aucs, reference_label, forget_split, holdout_split
+) -> dict:
     scores = {"forget": membership_scores(forget_values, k), "holdout": membership_scores(holdout_values, k)}
     auc = {name: membership_auc(scores["forget"][name], scores["holdout"][name]) for name in MEMBERSHIP_SCORES}
     reference = {name: reference_aucs.get(name, 0.5) for name in MEMBERSHIP_SCORES}
@@ -513,11 +692,18 @@ def _membership(forget, holdout, forget_values, holdout_values, k, reference_auc
     elif missing:
         note = f"the reference has no AUC for {', '.join(missing)}: 0.5 (chance) used for those"
     return {
-        "forget_set": forget_split, "holdout_set": holdout_split, "num_items": len(forget["question"]), "auc": auc,
-        "reference": reference_label, "reference_auc": reference, "reference_note": note,
+        "forget_set": forget_split,
+        "holdout_set": holdout_split,
+        "num_items": len(forget["question"]),
+        "auc": auc,
+        "reference": reference_label,
+        "reference_auc": reference,
+        "reference_note": note,
         "privleak": {name: privleak(auc[name], reference[name]) for name in MEMBERSHIP_SCORES},
-        "items": {"forget": {"question": forget["question"], **scores["forget"]},
-                  "holdout": {"question": holdout["question"], **scores["holdout"]}},
+        "items": {
+            "forget": {"question": forget["question"], **scores["forget"]},
+            "holdout": {"question": holdout["question"], **scores["holdout"]},
+        },
     }
 
 
@@ -525,21 +711,40 @@ def _extraction(forget, values) -> dict:
     hits = [np.asarray(h, dtype=bool)[:-1] for h in values["token_is_argmax"]]  # the final (EOS) token left out
     em = [exact_memorization(h) for h in hits]
     es = [extraction_strength(h) for h in hits]
-    return {"exact_memorization": float(np.mean([v for v in em if v is not None])) if any(v is not None for v in em)
-            else None,
-            "extraction_strength": float(np.mean(es)),
-            "items": {"question": forget["question"], "exact_memorization": em, "extraction_strength": es}}
+    return {
+        "exact_memorization": float(np.mean([v for v in em if v is not None]))
+        if any(v is not None for v in em)
+        else None,
+        "extraction_strength": float(np.mean(es)),
+        "items": {"question": forget["question"], "exact_memorization": em, "extraction_strength": es},
+    }
 
 
-def _leak(model, tokenizer, forget, cache, forget_split, k, threshold, blank_words, max_new_tokens,
-          generation_batch_size, max_items) -> dict:
+def _leak(
+    model,
+    tokenizer,
+    forget,
+    cache,
+    forget_split,
+    k,
+    threshold,
+    blank_words,
+    max_new_tokens,
+    generation_batch_size,
+    max_items,
+) -> dict:
     questions, answers = forget["question"], forget["answer"]
     blanks = [fill_in_blank(a, blank_words) for a in answers]
     kinds = {
         "question": ([encode_prompt(tokenizer, q) for q in questions], [""] * len(questions), list(answers)),
-        "fill_in_blank": ([encode_prompt(tokenizer, q) + (encode_answer(tokenizer, prefix)[:-1] if prefix else [])
-                           for q, (prefix, _) in zip(questions, blanks)],
-                          [prefix for prefix, _ in blanks], [blank for _, blank in blanks]),
+        "fill_in_blank": (
+            [
+                encode_prompt(tokenizer, q) + (encode_answer(tokenizer, prefix)[:-1] if prefix else [])
+                for q, (prefix, _) in zip(questions, blanks)
+            ],
+            [prefix for prefix, _ in blanks],
+            [blank for _, blank in blanks],
+        ),
     }
     out = {"k": k, "threshold": threshold, "blank_words": blank_words, "max_new_tokens": max_new_tokens}
     for kind, (prompts, suffixes, gold) in kinds.items():
@@ -548,52 +753,125 @@ def _leak(model, tokenizer, forget, cache, forget_split, k, threshold, blank_wor
             settings["blank_words"] = blank_words
 
         def generate(prompts=prompts, kind=kind):
-            candidates = generate_continuations(model, tokenizer, prompts, generation_batch_size, max_new_tokens,
-                                                f"leak@{k} ({kind})", num_beams=k, num_return_sequences=k)
+            candidates = generate_continuations(
+                model,
+                tokenizer,
+                prompts,
+                generation_batch_size,
+                max_new_tokens,
+                f"leak@{k} ({kind})",
+                num_beams=k,
+                num_return_sequences=k,
+            )
             return {"candidates": [c if isinstance(c, list) else [c] for c in candidates]}
 
-        candidates = cache.get_or_compute(forget_split, f"leak_{kind}", settings, forget["fingerprint"],
-                                          generate)["candidates"]
-        recall = rouge_l_recall([c for row in candidates for c in row],
-                                [g for g, row in zip(gold, candidates) for _ in row]).reshape(len(gold), k)
+        candidates = cache.get_or_compute(forget_split, f"leak_{kind}", settings, forget["fingerprint"], generate)[
+            "candidates"
+        ]
+        recall = rouge_l_recall(
+            [c for row in candidates for c in row], [g for g, row in zip(gold, candidates) for _ in row]
+        ).reshape(len(gold), k)
         leaked = leak_flags(recall, threshold)
-        out[kind] = {"leak_rate": float(leaked.mean()) if len(leaked) else 0.0,
-                     "items": {"question": questions, "prompt_suffix": suffixes, "gold": gold,
-                               "candidates": candidates, "rouge_l_recall": recall, "leaked": leaked}}
+        out[kind] = {
+            "leak_rate": float(leaked.mean()) if len(leaked) else 0.0,
+            "items": {
+                "question": questions,
+                "prompt_suffix": suffixes,
+                "gold": gold,
+                "candidates": candidates,
+                "rouge_l_recall": recall,
+                "leaked": leaked,
+            },
+        }
     return out
 
 
 def _scores_of(model, tokenizer, questions, answers, cache, set_name, metric, settings, fingerprint, scoring) -> dict:
-    return cache.get_or_compute(set_name, metric, settings, fingerprint, lambda: answer_scores(
-        model, tokenizer, questions, answers, scoring["batch_size"], scoring["generation_batch_size"],
-        scoring["max_new_tokens"], scoring["max_length"], f"{set_name} {metric}"))
+    return cache.get_or_compute(
+        set_name,
+        metric,
+        settings,
+        fingerprint,
+        lambda: answer_scores(
+            model,
+            tokenizer,
+            questions,
+            answers,
+            scoring["batch_size"],
+            scoring["generation_batch_size"],
+            scoring["max_new_tokens"],
+            scoring["max_length"],
+            f"{set_name} {metric}",
+        ),
+    )
 
 
 def _delta(after: Mapping, before: Mapping) -> dict:
     return {m: after[m] - before[m] for m in ("probability", "rouge_l_recall")}
 
 
-def _relearn(model, tokenizer, forget, cache, forget_split, original_path, oracle_path, steps, learning_rate,
-             batch_size, max_items, scoring) -> dict:
+def _relearn(
+    model,
+    tokenizer,
+    forget,
+    cache,
+    forget_split,
+    original_path,
+    oracle_path,
+    steps,
+    learning_rate,
+    batch_size,
+    max_items,
+    scoring,
+) -> dict:
     from ..models import load_model
 
     attack = {key: forget[key][0::2] for key in ("question", "answer")}
     held = {key: forget[key][1::2] for key in ("question", "answer")}
     set_name = f"{forget_split}_odd"
-    settings = {"max_items": max_items, "max_new_tokens": scoring["max_new_tokens"], "steps": steps,
-                "lr": learning_rate, "batch": batch_size}
+    settings = {
+        "max_items": max_items,
+        "max_new_tokens": scoring["max_new_tokens"],
+        "steps": steps,
+        "lr": learning_rate,
+        "batch": batch_size,
+    }
 
     def attacked(subject, subject_cache, role):
         def compute():
-            before = answer_scores(subject, tokenizer, held["question"], held["answer"], scoring["batch_size"],
-                                   scoring["generation_batch_size"], scoring["max_new_tokens"],
-                                   scoring["max_length"], f"{role}: before the attack")
+            before = answer_scores(
+                subject,
+                tokenizer,
+                held["question"],
+                held["answer"],
+                scoring["batch_size"],
+                scoring["generation_batch_size"],
+                scoring["max_new_tokens"],
+                scoring["max_length"],
+                f"{role}: before the attack",
+            )
             victim = subject if role != "unlearned" else copy.deepcopy(subject)
-            losses = relearn_attack(victim, tokenizer, attack["question"], attack["answer"], steps, learning_rate,
-                                    batch_size, scoring["max_length"])
-            after = answer_scores(victim, tokenizer, held["question"], held["answer"], scoring["batch_size"],
-                                  scoring["generation_batch_size"], scoring["max_new_tokens"],
-                                  scoring["max_length"], f"{role}: after the attack")
+            losses = relearn_attack(
+                victim,
+                tokenizer,
+                attack["question"],
+                attack["answer"],
+                steps,
+                learning_rate,
+                batch_size,
+                scoring["max_length"],
+            )
+            after = answer_scores(
+                victim,
+                tokenizer,
+                held["question"],
+                held["answer"],
+                scoring["batch_size"],
+                scoring["generation_batch_size"],
+                scoring["max_new_tokens"],
+                scoring["max_length"],
+                f"{role}: after the attack",
+            )
             del victim
             return {"model": model_name(subject), "before": before, "after": after, "train_loss": losses}
 
@@ -605,8 +883,12 @@ def _relearn(model, tokenizer, forget, cache, forget_split, original_path, oracl
             continue
         other, other_tokenizer = load_model(str(path))
         other.to(model_device(model))
-        other_cache = MetricCache(cache.folder.parent if cache.folder is not None else None, CACHE_DIR,
-                                  model_name(other), model_fingerprint(other) if cache.folder is not None else None)
+        other_cache = MetricCache(
+            cache.folder.parent if cache.folder is not None else None,
+            CACHE_DIR,
+            model_name(other),
+            model_fingerprint(other) if cache.folder is not None else None,
+        )
         models[role] = attacked(other, other_cache, role)
         del other
     reference = models.get("original", {}).get("before")
@@ -616,12 +898,20 @@ def _relearn(model, tokenizer, forget, cache, forget_split, original_path, oracl
         if reference is not None:
             entry["recovered_fraction"] = {
                 m: (entry["after"][m] - entry["before"][m]) / (reference[m] - entry["before"][m])
-                if reference[m] != entry["before"][m] else None for m in ("probability", "rouge_l_recall")}
-    return {"attack_items": len(attack["question"]), "eval_items": len(held["question"]), "steps": steps,
-            "learning_rate": learning_rate, "batch_size": batch_size,
-            "attack_set": f"{forget_split} items at even positions",
-            "eval_set": f"{forget_split} items at odd positions",
-            "models": models}
+                if reference[m] != entry["before"][m]
+                else None
+                for m in ("probability", "rouge_l_recall")
+            }
+    return {
+        "attack_items": len(attack["question"]),
+        "eval_items": len(held["question"]),
+        "steps": steps,
+        "learning_rate": learning_rate,
+        "batch_size": batch_size,
+        "attack_set": f"{forget_split} items at even positions",
+        "eval_set": f"{forget_split} items at odd positions",
+        "models": models,
+    }
 
 
 def _quantization(model, tokenizer, forget, cache, forget_split, bits_list, max_items, scoring) -> dict:
@@ -631,19 +921,33 @@ def _quantization(model, tokenizer, forget, cache, forget_split, bits_list, max_
     args = (model, tokenizer, forget["question"], forget["answer"], cache, forget_split)
     runs = {"none": _scores_of(*args, "quantization_none", settings, forget["fingerprint"], scoring)}
     for bits in bits_list:
+
         def compute(bits=bits):
             with quantized_weights(model, bits):
-                return answer_scores(model, tokenizer, forget["question"], forget["answer"], scoring["batch_size"],
-                                     scoring["generation_batch_size"], scoring["max_new_tokens"],
-                                     scoring["max_length"], f"{forget_split} {bits}-bit")
+                return answer_scores(
+                    model,
+                    tokenizer,
+                    forget["question"],
+                    forget["answer"],
+                    scoring["batch_size"],
+                    scoring["generation_batch_size"],
+                    scoring["max_new_tokens"],
+                    scoring["max_length"],
+                    f"{forget_split} {bits}-bit",
+                )
 
-        runs[str(bits)] = cache.get_or_compute(forget_split, f"quantization_{bits}", settings, forget["fingerprint"],
-                                               compute)
+        runs[str(bits)] = cache.get_or_compute(
+            forget_split, f"quantization_{bits}", settings, forget["fingerprint"], compute
+        )
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     modules = sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head)
-    return {"library": f"bitsandbytes {bitsandbytes.__version__}",
-            "scheme": {str(b): QUANTIZATION_SCHEME[str(b)] for b in bits_list}, "linear_modules": modules,
-            "runs": runs, "delta": {str(b): _delta(runs[str(b)], runs["none"]) for b in bits_list}}
+    return {
+        "library": f"bitsandbytes {bitsandbytes.__version__}",
+        "scheme": {str(b): QUANTIZATION_SCHEME[str(b)] for b in bits_list},
+        "linear_modules": modules,
+        "runs": runs,
+        "delta": {str(b): _delta(runs[str(b)], runs["none"]) for b in bits_list},
+    }
 
 
 def load_audit(path) -> dict:

@@ -54,25 +54,42 @@ class TofuEvalCallback(TrainerCallback):
     it from wall time. The state is not part of a checkpoint: a resumed run tracks only the epochs it trains.
     """
 
-    def __init__(self, tokenizer, forget_split: str, data_dir=None, reference=None, per_epoch: str = "full",
-                 evaluate_final: bool = True, trainer=None, best_dir=None, min_model_utility: float | None = None,
-                 log_prefix: str = "tofu/", **eval_kwargs):
+    def __init__(
+        self,
+        tokenizer,
+        forget_split: str,
+        data_dir=None,
+        reference=None,
+        per_epoch: str = "full",
+        evaluate_final: bool = True,
+        trainer=None,
+        best_dir=None,
+        min_model_utility: float | None = None,
+        log_prefix: str = "tofu/",
+        **eval_kwargs,
+    ):
         if per_epoch not in PER_EPOCH:
             raise ValueError(f"per_epoch must be one of {PER_EPOCH}, got {per_epoch!r}")
         if per_epoch == "forget_quality" and reference is None:
-            raise ValueError("per_epoch='forget_quality' selects the epoch by forget quality: pass reference=<the "
-                             "retain-only model's tofu_eval.json>.")
+            raise ValueError(
+                "per_epoch='forget_quality' selects the epoch by forget quality: pass reference=<the "
+                "retain-only model's tofu_eval.json>."
+            )
         if best_dir is not None and reference is None:
-            raise ValueError("best_dir keeps the epoch of best forget quality: pass reference=<the retain-only "
-                             "model's tofu_eval.json>.")
+            raise ValueError(
+                "best_dir keeps the epoch of best forget quality: pass reference=<the retain-only "
+                "model's tofu_eval.json>."
+            )
         if min_model_utility is not None:
             if best_dir is None:
                 raise ValueError("min_model_utility is the floor of the best checkpoint: pass best_dir as well.")
             if not 0.0 <= min_model_utility <= 1.0:
                 raise ValueError(f"min_model_utility must be in [0, 1], got {min_model_utility}")
             if per_epoch != "full":
-                raise ValueError("min_model_utility needs the model utility of every epoch: use per_epoch='full' (a "
-                                 "per-epoch evaluation with generation), or drop the floor.")
+                raise ValueError(
+                    "min_model_utility needs the model utility of every epoch: use per_epoch='full' (a "
+                    "per-epoch evaluation with generation), or drop the floor."
+                )
         self.tokenizer = tokenizer
         self.forget_split = forget_split
         self.data_dir = data_dir
@@ -105,8 +122,14 @@ class TofuEvalCallback(TrainerCallback):
         with warnings.catch_warnings():
             if not full:  # utility is left out on purpose here
                 warnings.filterwarnings("ignore", message="TOFU model utility not computed")
-            result = evaluate_tofu(model, self.tokenizer, forget_splits=(self.forget_split,), data_dir=self.data_dir,
-                                   reference=self.reference, **kwargs)
+            result = evaluate_tofu(
+                model,
+                self.tokenizer,
+                forget_splits=(self.forget_split,),
+                data_dir=self.data_dir,
+                reference=self.reference,
+                **kwargs,
+            )
         seconds = time.perf_counter() - start
         self.eval_seconds += seconds
         return result, {"epoch": epoch, "eval_seconds": seconds, **summary_row(result)}
@@ -115,16 +138,24 @@ class TofuEvalCallback(TrainerCallback):
         """The row's numbers through ``trainer.log`` (the Trainer's loggers), when a trainer is attached."""
         if self.trainer is None:
             return
-        logs = {f"{self.log_prefix}{tag}{key}": float(value) for key, value in row.items()
-                if key not in ("epoch", "model") and isinstance(value, (int, float)) and not isinstance(value, bool)
-                and value is not None and math.isfinite(value)}
+        logs = {
+            f"{self.log_prefix}{tag}{key}": float(value)
+            for key, value in row.items()
+            if key not in ("epoch", "model")
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and value is not None
+            and math.isfinite(value)
+        }
         if logs:
             self.trainer.log(logs)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.best_dir is not None and self.trainer is None:
-            raise ValueError("best_dir saves checkpoints through the Trainer: create the callback with "
-                             "trainer=<the Trainer> (or set callback.trainer before training).")
+            raise ValueError(
+                "best_dir saves checkpoints through the Trainer: create the callback with "
+                "trainer=<the Trainer> (or set callback.trainer before training)."
+            )
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if model is None:

@@ -135,8 +135,15 @@ def entropy_lr_mia(member_entropy, nonmember_entropy, target_entropy) -> float |
 
 
 def classification_metrics(
-    train_logits, train_labels, test_logits, test_labels, forget_classes=None, forget_index=None,
-    original_acc_ft: float | None = None, seed: int = 0, mia_max_samples: int | None = None,
+    train_logits,
+    train_labels,
+    test_logits,
+    test_labels,
+    forget_classes=None,
+    forget_index=None,
+    original_acc_ft: float | None = None,
+    seed: int = 0,
+    mia_max_samples: int | None = None,
 ) -> dict:
     """Every metric of the module docstring from the logits of one model on the train and test sets.
 
@@ -177,20 +184,27 @@ def classification_metrics(
         out["drop_ft"] = original_acc_ft - out["acc_ft"]
         out["h_mean"] = h_mean(out["acc_rt"], out["drop_ft"])
     rng = np.random.default_rng(seed)
-    cap = (lambda idx: idx if mia_max_samples is None or len(idx) <= mia_max_samples
-           else np.sort(rng.choice(idx, mia_max_samples, replace=False)))
+
+    def cap(idx):
+        if mia_max_samples is None or len(idx) <= mia_max_samples:
+            return idx
+        return np.sort(rng.choice(idx, mia_max_samples, replace=False))
+
     train_features = mia_features(softmax(train_logits), train_labels)
     test_features = mia_features(softmax(test_logits), test_labels)
     retain_rows, forget_rows = np.flatnonzero(~forget), np.flatnonzero(forget)
     nonmembers = cap(np.flatnonzero(retain_test))
     members = np.sort(rng.choice(retain_rows, min(len(nonmembers), len(retain_rows)), replace=False))
     for name in MIA_FEATURES:
-        out[f"mia_svc_{name}"] = svc_mia(train_features[name][members], test_features[name][nonmembers],
-                                         train_features[name][forget_rows])
+        out[f"mia_svc_{name}"] = svc_mia(
+            train_features[name][members], test_features[name][nonmembers], train_features[name][forget_rows]
+        )
     lr_members, lr_nonmembers = cap(retain_rows), cap(np.arange(len(test_labels)))
-    out["mia_entropy_lr"] = entropy_lr_mia(train_features["entropy"][lr_members],
-                                           test_features["entropy"][lr_nonmembers],
-                                           train_features["entropy"][forget_rows])
+    out["mia_entropy_lr"] = entropy_lr_mia(
+        train_features["entropy"][lr_members],
+        test_features["entropy"][lr_nonmembers],
+        train_features["entropy"][forget_rows],
+    )
     return out
 
 
@@ -242,8 +256,16 @@ def predict_logits(model, dataset, batch_size: int = 512, pad_token_id: int = 0,
 
 
 def evaluate_classifier(
-    model, train, test, forget_classes=None, forget_index=None, original_acc_ft: float | None = None,
-    batch_size: int = 512, pad_token_id: int = 0, seed: int = 0, mia_max_samples: int | None = None,
+    model,
+    train,
+    test,
+    forget_classes=None,
+    forget_index=None,
+    original_acc_ft: float | None = None,
+    batch_size: int = 512,
+    pad_token_id: int = 0,
+    seed: int = 0,
+    mia_max_samples: int | None = None,
     retain_train_samples: int | None = None,
 ) -> dict:
     """:func:`classification_metrics` of ``model`` on the datasets ``train`` (forget + retain) and ``test``.
@@ -268,5 +290,14 @@ def evaluate_classifier(
     test_logits = predict_logits(model, test_arrays, batch_size, pad_token_id, "predict test")
     if train_logits.shape[1] != test_logits.shape[1] or (k is not None and train_logits.shape[1] != k):
         raise ValueError(f"The model has {train_logits.shape[1]} outputs but the data has {k} classes.")
-    return classification_metrics(train_logits, train_arrays["labels"], test_logits, test_arrays["labels"],
-                                  forget_classes, forget_index, original_acc_ft, seed, mia_max_samples)
+    return classification_metrics(
+        train_logits,
+        train_arrays["labels"],
+        test_logits,
+        test_arrays["labels"],
+        forget_classes,
+        forget_index,
+        original_acc_ft,
+        seed,
+        mia_max_samples,
+    )

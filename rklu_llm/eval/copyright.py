@@ -147,8 +147,13 @@ def prepare_copyright_data(
         documents, sources["wikitext"] = load_wikitext(wikitext_dir)
         wikitext = chunk_text(tokenizer, documents, segment_tokens, num_segments)
     data = CopyrightData(
-        sets=sets, sources=sources, chunk_tokens=chunk_tokens, num_chunks=num_chunks, prefix_tokens=prefix_tokens,
-        wikitext=wikitext, segment_tokens=segment_tokens if perplexity else None,
+        sets=sets,
+        sources=sources,
+        chunk_tokens=chunk_tokens,
+        num_chunks=num_chunks,
+        prefix_tokens=prefix_tokens,
+        wikitext=wikitext,
+        segment_tokens=segment_tokens if perplexity else None,
         num_segments=num_segments if perplexity else None,
     )
     data.fingerprints = {name: data_fingerprint(chunks) for name, chunks in sets.items()}
@@ -161,8 +166,13 @@ def continuation_scores(generated: list[str], references: list[str]) -> dict:
     """Per-item and aggregate BLEU / ROUGE-L (x100) of continuations against the true ones."""
     bleu = sentence_bleu(generated, references)
     rouge = rouge_l(generated, references)
-    items = {"reference": references, "generated": generated, "bleu": bleu,
-             "rouge_l_recall": 100.0 * rouge["recall"], "rouge_l_f1": 100.0 * rouge["fmeasure"]}
+    items = {
+        "reference": references,
+        "generated": generated,
+        "bleu": bleu,
+        "rouge_l_recall": 100.0 * rouge["recall"],
+        "rouge_l_f1": 100.0 * rouge["fmeasure"],
+    }
     aggregate = {
         "bleu": float(np.mean(bleu)),
         "corpus_bleu": corpus_bleu(generated, references),
@@ -211,37 +221,59 @@ def evaluate_copyright(
     result = {
         "model": name,
         "settings": {
-            "chunk_tokens": data.chunk_tokens, "num_chunks": data.num_chunks, "prefix_tokens": data.prefix_tokens,
-            "max_new_tokens": max_new_tokens, "segment_tokens": data.segment_tokens,
-            "num_segments": data.num_segments, "batch_size": batch_size,
-            "generation_batch_size": generation_batch_size, "sources": dict(data.sources), "bleu": BLEU_VARIANT,
+            "chunk_tokens": data.chunk_tokens,
+            "num_chunks": data.num_chunks,
+            "prefix_tokens": data.prefix_tokens,
+            "max_new_tokens": max_new_tokens,
+            "segment_tokens": data.segment_tokens,
+            "num_segments": data.num_segments,
+            "batch_size": batch_size,
+            "generation_batch_size": generation_batch_size,
+            "sources": dict(data.sources),
+            "bleu": BLEU_VARIANT,
             "rouge": ROUGE_VARIANT,
         },
         "sets": {},
         "perplexity": {},
     }
-    settings = {"chunk_tokens": data.chunk_tokens, "num_chunks": data.num_chunks, "prefix_tokens": data.prefix_tokens,
-                "max_new_tokens": max_new_tokens}
+    settings = {
+        "chunk_tokens": data.chunk_tokens,
+        "num_chunks": data.num_chunks,
+        "prefix_tokens": data.prefix_tokens,
+        "max_new_tokens": max_new_tokens,
+    }
     for set_name, chunks in data.sets.items():
+
         def generate(chunks=chunks, set_name=set_name):
             prompts = [chunk[: data.prefix_tokens] for chunk in chunks]
-            return {"generated": generate_continuations(
-                model, tokenizer, prompts, generation_batch_size or batch_size, max_new_tokens,
-                desc=f"{set_name}: continuations",
-            )}
+            return {
+                "generated": generate_continuations(
+                    model,
+                    tokenizer,
+                    prompts,
+                    generation_batch_size or batch_size,
+                    max_new_tokens,
+                    desc=f"{set_name}: continuations",
+                )
+            }
 
         generated = cache.get_or_compute(set_name, "generation", settings, data.fingerprints[set_name], generate)
-        references = [tokenizer.decode(c[data.prefix_tokens:], skip_special_tokens=True).strip() for c in chunks]
+        references = [tokenizer.decode(c[data.prefix_tokens :], skip_special_tokens=True).strip() for c in chunks]
         result["sets"][set_name] = continuation_scores(generated["generated"], references)
 
     if data.wikitext is not None:
+
         def likelihood():
             examples = [{"input_ids": s, "labels": s} for s in data.wikitext]
             return score_examples(model, examples, pad_token_id(tokenizer), batch_size, desc="WikiText perplexity")
 
-        scored = cache.get_or_compute("wikitext", "likelihood", {"segment_tokens": data.segment_tokens,
-                                                                 "num_segments": data.num_segments},
-                                      data.fingerprints["wikitext"], likelihood)
+        scored = cache.get_or_compute(
+            "wikitext",
+            "likelihood",
+            {"segment_tokens": data.segment_tokens, "num_segments": data.num_segments},
+            data.fingerprints["wikitext"],
+            likelihood,
+        )
         result["perplexity"]["wikitext"] = {
             "perplexity": perplexity(scored["nll_sum"], scored["num_tokens"]),
             "nll_sum": float(np.sum(scored["nll_sum"])),

@@ -99,8 +99,10 @@ def resolve_data(tasks: Sequence[str], data_dir: str | os.PathLike | None = None
     """
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     if not chosen:
-        if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on") for v in
-               ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")):
+        if any(
+            os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+            for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+        ):
             raise DataUnavailableError(
                 f"lm-eval tasks {', '.join(tasks)}: no data folder (data_dir= or ${DATA_DIR_ENV}) and the hub is "
                 "offline (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE). Point data_dir at a folder with <task>/<split>.jsonl "
@@ -199,14 +201,20 @@ def evaluate_general(
     logging.getLogger("lm_eval").setLevel(logging.WARNING)
     with eval_mode(model):
         for task in tqdm(names, desc="lm-eval tasks", unit="task", leave=False):
+
             def run(task=task):
                 nonlocal lm
                 if lm is None:
                     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
                 manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
                 results = lm_eval.simple_evaluate(
-                    model=lm, tasks=[f"rklu_{task}"], num_fewshot=num_fewshot, limit=limit, task_manager=manager,
-                    log_samples=False, verbosity="WARNING",
+                    model=lm,
+                    tasks=[f"rklu_{task}"],
+                    num_fewshot=num_fewshot,
+                    limit=limit,
+                    task_manager=manager,
+                    log_samples=False,
+                    verbosity="WARNING",
                 )
                 return _task_numbers(results, task)
 
@@ -215,8 +223,12 @@ def evaluate_general(
     result = {
         "model": name,
         "settings": {
-            "tasks": names, "limit": limit, "num_fewshot": num_fewshot, "batch_size": batch_size,
-            "data": portable_path(root) if root else "hub", "lm_eval_version": lm_eval.__version__,
+            "tasks": names,
+            "limit": limit,
+            "num_fewshot": num_fewshot,
+            "batch_size": batch_size,
+            "data": portable_path(root) if root else "hub",
+            "lm_eval_version": lm_eval.__version__,
         },
         "tasks": per_task,
         "average_acc": sum(per_task[t]["acc"] for t in names) / len(names),

@@ -93,8 +93,9 @@ class MetricCache:
         model_fingerprint: :func:`model_fingerprint` of the evaluated weights, recorded in every key.
     """
 
-    def __init__(self, output_dir: str | os.PathLike | None, folder: str, model_name: str,
-                 model_fingerprint: str | None):
+    def __init__(
+        self, output_dir: str | os.PathLike | None, folder: str, model_name: str, model_fingerprint: str | None
+    ):
         self.folder = None if output_dir is None else Path(output_dir) / folder
         self.model_name = model_name
         self.model_fingerprint = model_fingerprint
@@ -104,8 +105,14 @@ class MetricCache:
         return self.folder / f"{set_name}__{metric}__{tag}.json"
 
     def _key(self, set_name, metric, settings, fingerprint) -> dict:
-        return {"set": set_name, "metric": metric, "model": self.model_name,
-                "model_fingerprint": self.model_fingerprint, "data_sha256": fingerprint, **settings}
+        return {
+            "set": set_name,
+            "metric": metric,
+            "model": self.model_name,
+            "model_fingerprint": self.model_fingerprint,
+            "data_sha256": fingerprint,
+            **settings,
+        }
 
     def load(self, set_name: str, metric: str, settings: dict, fingerprint: str):
         """The cached data, or ``None`` when absent, unreadable or written for another model / data / settings."""
@@ -122,7 +129,8 @@ class MetricCache:
             return None
         if stored.get("key") != to_builtin(self._key(set_name, metric, settings, fingerprint)):
             warnings.warn(
-                f"Cache file {path} was written for another model or other data; recomputing it.", UserWarning,
+                f"Cache file {path} was written for another model or other data; recomputing it.",
+                UserWarning,
                 stacklevel=2,
             )
             return None

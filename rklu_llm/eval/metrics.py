@@ -206,8 +206,10 @@ def rouge_l(generated: Sequence[str], gold: Sequence[str]) -> dict[str, np.ndarr
         raise ValueError(f"rouge_l: {len(generated)} generations but {len(gold)} references.")
     scorer = _rouge_l_scorer()
     scores = [scorer.score(g, s)["rougeL"] for s, g in zip(generated, gold, strict=True)]
-    return {key: np.array([getattr(x, key) for x in scores], dtype=np.float64)
-            for key in ("recall", "precision", "fmeasure")}
+    return {
+        key: np.array([getattr(x, key) for x in scores], dtype=np.float64)
+        for key in ("recall", "precision", "fmeasure")
+    }
 
 
 def sentence_bleu(generated: Sequence[str], references: Sequence[str]) -> np.ndarray:

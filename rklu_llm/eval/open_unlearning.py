@@ -45,16 +45,23 @@ SET_PREFIX = {"retain_perturbed": "retain", "real_authors_perturbed": "ra", "wor
 
 def is_eval_log(obj) -> bool:
     """Whether ``obj`` looks like an open-unlearning ``TOFU_EVAL.json`` (metric entries with ``agg_value``)."""
-    return isinstance(obj, Mapping) and bool(obj) and any(
-        isinstance(v, Mapping) and "agg_value" in v for v in obj.values()
-    ) and "sets" not in obj
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and any(isinstance(v, Mapping) and "agg_value" in v for v in obj.values())
+        and "sets" not in obj
+    )
 
 
 def is_summary(obj) -> bool:
     """Whether ``obj`` looks like an open-unlearning ``TOFU_SUMMARY.json`` (metric names -> numbers)."""
     known = {"forget_quality", "model_utility", "forget_truth_ratio", "privleak", "extraction_strength"}
-    return (isinstance(obj, Mapping) and bool(obj) and bool(known & set(obj))
-            and all(v is None or isinstance(v, (int, float)) for v in obj.values()))
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and bool(known & set(obj))
+        and all(v is None or isinstance(v, (int, float)) for v in obj.values())
+    )
 
 
 def read_eval_log(source, label: str | None = None) -> tuple[dict, str]:
@@ -104,8 +111,9 @@ def _check_split(count: int, split: str, label: str, what: str) -> None:
         )
 
 
-def forget_truth_ratios(obj: Mapping, split: str, label: str = "open-unlearning log") -> tuple[np.ndarray,
-                                                                                               list[str] | None]:
+def forget_truth_ratios(
+    obj: Mapping, split: str, label: str = "open-unlearning log"
+) -> tuple[np.ndarray, list[str] | None]:
     """Per-item forget truth ratios of a ``TOFU_EVAL.json`` and, when it has ``forget_Q_A_ROUGE``, the prompt texts
     they were scored on (the question inside its chat template; matched to our questions by containment).
 
@@ -168,16 +176,21 @@ def _tofu_entries(tofu: Mapping, split: str) -> dict:
     with np.errstate(divide="ignore"):
         avg_loss = -np.log(probs)
     logs = {
-        "forget_truth_ratio": {"agg_value": aggregate["truth_ratio"],
-                               "value_by_index": _by_index(items["truth_ratio"])},
-        "forget_Q_A_Prob": {"agg_value": float(np.mean(probs)),
-                            "value_by_index": _by_index(probs, "prob", avg_loss=avg_loss)},
+        "forget_truth_ratio": {
+            "agg_value": aggregate["truth_ratio"],
+            "value_by_index": _by_index(items["truth_ratio"]),
+        },
+        "forget_Q_A_Prob": {
+            "agg_value": float(np.mean(probs)),
+            "value_by_index": _by_index(probs, "prob", avg_loss=avg_loss),
+        },
     }
     if "rouge_l_recall" in items:
         logs["forget_Q_A_ROUGE"] = {
             "agg_value": aggregate["rouge_l_recall"],
-            "value_by_index": _by_index(items["rouge_l_recall"], "rougeL_recall", input=items["question"],
-                                        generation=items["generated"]),
+            "value_by_index": _by_index(
+                items["rouge_l_recall"], "rougeL_recall", input=items["question"], generation=items["generated"]
+            ),
         }
     entry = tofu.get("forget", {}).get(split, {})
     if entry.get("forget_quality") is not None:
@@ -189,15 +202,20 @@ def _tofu_entries(tofu: Mapping, split: str) -> dict:
             continue
         items, aggregate = tofu["sets"][name]["items"], tofu["sets"][name]["aggregate"]
         prob_metric = f"{prefix}_Q_A_Prob" if prefix == "retain" else f"{prefix}_Q_A_Prob_normalised"
-        logs[prob_metric] = {"agg_value": aggregate["probability"], "value_by_index": _by_index(items["probability"],
-                                                                                               "prob")}
-        logs[f"{prefix}_Truth_Ratio"] = {"agg_value": aggregate["truth_ratio"],
-                                         "value_by_index": _by_index(items["truth_ratio"])}
+        logs[prob_metric] = {
+            "agg_value": aggregate["probability"],
+            "value_by_index": _by_index(items["probability"], "prob"),
+        }
+        logs[f"{prefix}_Truth_Ratio"] = {
+            "agg_value": aggregate["truth_ratio"],
+            "value_by_index": _by_index(items["truth_ratio"]),
+        }
         if "rouge_l_recall" in items:
             logs[f"{prefix}_Q_A_ROUGE"] = {
                 "agg_value": aggregate["rouge_l_recall"],
-                "value_by_index": _by_index(items["rouge_l_recall"], "rougeL_recall", input=items["question"],
-                                            generation=items["generated"]),
+                "value_by_index": _by_index(
+                    items["rouge_l_recall"], "rougeL_recall", input=items["question"], generation=items["generated"]
+                ),
             }
     return logs
 
@@ -208,21 +226,25 @@ def _audit_entries(audit: Mapping) -> dict:
     if membership:
         for ours, theirs in MIA_METRICS.items():
             auc = membership["auc"][ours]
-            sides = {side: {"agg_value": float(np.mean(membership["items"][side][ours])),
-                            "value_by_index": _by_index(membership["items"][side][ours])}
-                     for side in ("forget", "holdout")}
+            sides = {
+                side: {
+                    "agg_value": float(np.mean(membership["items"][side][ours])),
+                    "value_by_index": _by_index(membership["items"][side][ours]),
+                }
+                for side in ("forget", "holdout")
+            }
             logs[theirs] = {"agg_value": auc, "auc": auc, **sides}
         logs["privleak"] = {"agg_value": membership["privleak"]["min_k"]}
     extraction = audit.get("extraction")
     if extraction:
         for metric in ("extraction_strength", "exact_memorization"):
-            logs[metric] = {"agg_value": extraction[metric],
-                            "value_by_index": _by_index(extraction["items"][metric])}
+            logs[metric] = {"agg_value": extraction[metric], "value_by_index": _by_index(extraction["items"][metric])}
     return logs
 
 
-def to_open_unlearning(tofu: Mapping | None = None, audit: Mapping | None = None, split: str | None = None
-                       ) -> tuple[dict, dict]:
+def to_open_unlearning(
+    tofu: Mapping | None = None, audit: Mapping | None = None, split: str | None = None
+) -> tuple[dict, dict]:
     """``(TOFU_EVAL, TOFU_SUMMARY)`` dicts in open-unlearning's layout from our ``tofu_eval.json`` and / or
     ``audit_eval.json`` results.
 
@@ -258,8 +280,9 @@ def to_open_unlearning(tofu: Mapping | None = None, audit: Mapping | None = None
     return logs, summary
 
 
-def write_open_unlearning(output_dir: str | os.PathLike, tofu: Mapping | None = None, audit: Mapping | None = None,
-                          split: str | None = None) -> tuple[Path, Path]:
+def write_open_unlearning(
+    output_dir: str | os.PathLike, tofu: Mapping | None = None, audit: Mapping | None = None, split: str | None = None
+) -> tuple[Path, Path]:
     """Write ``TOFU_EVAL.json`` and ``TOFU_SUMMARY.json`` (atomically) into ``output_dir``; see
     :func:`to_open_unlearning`. open-unlearning reads the ``TOFU_EVAL.json`` of a retain model as
     ``retain_logs_path`` (forget quality, privleak). Returns the two paths."""

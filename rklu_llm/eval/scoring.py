@@ -136,8 +136,9 @@ def score_examples(
 TOKEN_VALUES = ("token_logprob", "token_mu", "token_sigma")
 
 
-def _store(out: dict, rows: Sequence[Sequence[int]], selected: torch.Tensor, targets: torch.Tensor,
-           counts: list[int]) -> None:
+def _store(
+    out: dict, rows: Sequence[Sequence[int]], selected: torch.Tensor, targets: torch.Tensor, counts: list[int]
+) -> None:
     """Write the scores of one batch into ``out``.
 
     Args:
@@ -149,8 +150,9 @@ def _store(out: dict, rows: Sequence[Sequence[int]], selected: torch.Tensor, tar
     """
     log_p = F.log_softmax(selected.float(), dim=-1)
     token_logprob = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
-    row_of = torch.repeat_interleave(torch.arange(len(rows), device=log_p.device),
-                                     torch.tensor(counts, device=log_p.device))
+    row_of = torch.repeat_interleave(
+        torch.arange(len(rows), device=log_p.device), torch.tensor(counts, device=log_p.device)
+    )
     nll = torch.zeros(len(rows), dtype=torch.float64, device=log_p.device).index_add_(0, row_of, -token_logprob)
     nll = nll.cpu().numpy()
     for r, indices in enumerate(rows):
@@ -161,8 +163,12 @@ def _store(out: dict, rows: Sequence[Sequence[int]], selected: torch.Tensor, tar
     p = log_p.exp()
     mu = (p * log_p).sum(-1)
     sigma = (p * (log_p - mu.unsqueeze(-1)).square()).sum(-1).sqrt()
-    values = {"token_logprob": token_logprob, "token_mu": mu, "token_sigma": sigma,
-              "token_is_argmax": selected.argmax(-1) == targets}
+    values = {
+        "token_logprob": token_logprob,
+        "token_mu": mu,
+        "token_sigma": sigma,
+        "token_is_argmax": selected.argmax(-1) == targets,
+    }
     for key, tensor in values.items():
         tensor = tensor.cpu() if key == "token_is_argmax" else tensor.double().cpu()
         for indices, part in zip(rows, tensor.split(counts)):
@@ -212,11 +218,17 @@ def _score_shared_prefix(model, examples: Sequence[dict], pad_id: int, batch_siz
     for chunk in batches(ordered, batch_size, desc):
         prefixes = list(dict.fromkeys(k[0] for k in chunk))
         group_of = torch.tensor([prefixes.index(k[0]) for k in chunk], device=device)
-        prompt = {k: v.to(device) for k, v in pad_examples([{"input_ids": list(p)} for p in prefixes], pad_id,
-                                                             "left").items()}
+        prompt = {
+            k: v.to(device) for k, v in pad_examples([{"input_ids": list(p)} for p in prefixes], pad_id, "left").items()
+        }
         positions = (prompt["attention_mask"].cumsum(-1) - 1).clamp(min=0)
-        first = model(input_ids=prompt["input_ids"], attention_mask=prompt["attention_mask"], position_ids=positions,
-                      use_cache=True, **extra)
+        first = model(
+            input_ids=prompt["input_ids"],
+            attention_mask=prompt["attention_mask"],
+            position_ids=positions,
+            use_cache=True,
+            **extra,
+        )
         first_logits = first.logits[:, -1]  # (G, V): predicts each continuation's first token
         longest = max(len(k[1]) for k in chunk)
         labels = pad_examples([{"input_ids": list(k[1]), "labels": list(k[2])} for k in chunk], pad_id)["labels"]
@@ -227,8 +239,13 @@ def _score_shared_prefix(model, examples: Sequence[dict], pad_id: int, batch_siz
             rest = pad_examples([{"input_ids": list(k[1][:-1])} for k in chunk], pad_id)
             attention = torch.cat([prompt["attention_mask"][group_of], rest["attention_mask"].to(device)], dim=1)
             rest_positions = positions[group_of, -1:] + 1 + torch.arange(longest - 1, device=device)
-            rest_logits = model(input_ids=rest["input_ids"].to(device), attention_mask=attention,
-                                position_ids=rest_positions, past_key_values=cache, use_cache=True).logits
+            rest_logits = model(
+                input_ids=rest["input_ids"].to(device),
+                attention_mask=attention,
+                position_ids=rest_positions,
+                past_key_values=cache,
+                use_cache=True,
+            ).logits
         counted = labels != IGNORE_INDEX  # (R, C)
         row, col = counted.nonzero(as_tuple=True)  # row-major: each row's positions in order
         at_first = col == 0
@@ -406,8 +423,9 @@ def generate_continuations(
     return [texts[tuple(p)] for p in prompts]
 
 
-def greedy_compact(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                   eos_token_id) -> list[list[int]]:
+def greedy_compact(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int, eos_token_id
+) -> list[list[int]]:
     """Greedy decoding that drops finished rows: ``x_{t+1} = argmax_v logits_t(v)`` (float32), stop at EOS.
 
     Position ids are ``cumsum(attention_mask) - 1`` for the left-padded prompts and one more per new token, as
@@ -425,8 +443,7 @@ def greedy_compact(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     Returns:
         ``B`` lists of new token ids (an EOS included when one was generated).
     """
-    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id),
-                       device=input_ids.device)
+    eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=input_ids.device)
     extra = {"logits_to_keep": 1} if accepts_argument(model, "logits_to_keep") else {}
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **extra)
@@ -449,8 +466,13 @@ def greedy_compact(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             finished = finished[keep]
         position = position + 1
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones((len(rows), 1))], dim=1)
-        out = model(input_ids=token.unsqueeze(-1), attention_mask=attention_mask, position_ids=position.unsqueeze(-1),
-                    past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=token.unsqueeze(-1),
+            attention_mask=attention_mask,
+            position_ids=position.unsqueeze(-1),
+            past_key_values=cache,
+            use_cache=True,
+        )
     return generated
 
 

@@ -97,10 +97,28 @@ from .metrics import (
 from .scoring import DECODERS, SCORING, generate_answers, score_answers
 
 __all__ = [
-    "CACHE_DIR", "NO_REFERENCE_NOTE", "PROTOCOLS", "RESULT_FILE", "UTILITY_METRICS", "UTILITY_SETS",
-    "answer_probability", "compare_to_reference", "evaluate_tofu", "forget_quality", "forget_truth_ratio_score",
-    "generate_answers", "load_tofu_eval", "model_utility", "normalized_probability", "reference_truth_ratios",
-    "retain_truth_ratio_score", "rouge_l_recall", "score_answers", "summary_row", "truth_ratio", "write_json_atomic",
+    "CACHE_DIR",
+    "NO_REFERENCE_NOTE",
+    "PROTOCOLS",
+    "RESULT_FILE",
+    "UTILITY_METRICS",
+    "UTILITY_SETS",
+    "answer_probability",
+    "compare_to_reference",
+    "evaluate_tofu",
+    "forget_quality",
+    "forget_truth_ratio_score",
+    "generate_answers",
+    "load_tofu_eval",
+    "model_utility",
+    "normalized_probability",
+    "reference_truth_ratios",
+    "retain_truth_ratio_score",
+    "rouge_l_recall",
+    "score_answers",
+    "summary_row",
+    "truth_ratio",
+    "write_json_atomic",
 ]
 
 #: The sets whose aggregates make up model utility.
@@ -267,8 +285,13 @@ def compare_to_reference(truth_ratios, questions: Sequence[str], reference, spli
         "reference_items": int, "matched_by": "question"|"index"|None}``. A ``None`` forget quality is never silent:
         the note says why and a ``UserWarning`` is emitted.
     """
-    entry = {"forget_quality": None, "forget_quality_note": None, "reference": None, "reference_items": 0,
-             "matched_by": None}
+    entry = {
+        "forget_quality": None,
+        "forget_quality_note": None,
+        "reference": None,
+        "reference_items": 0,
+        "matched_by": None,
+    }
 
     def missing(note: str) -> dict:
         entry["forget_quality_note"] = note
@@ -394,8 +417,16 @@ def _set_pairs(rows: dict) -> list[tuple[str, str]]:
     return pairs
 
 
-def _likelihoods(model, tokenizer, name: str, rows: dict, batch_size: int, max_length: int, known: dict,
-                 scoring: str = "shared_prefix") -> dict:
+def _likelihoods(
+    model,
+    tokenizer,
+    name: str,
+    rows: dict,
+    batch_size: int,
+    max_length: int,
+    known: dict,
+    scoring: str = "shared_prefix",
+) -> dict:
     """The set's answer / paraphrase / perturbed likelihoods.
 
     Pairs found in ``known`` (``(question, answer) -> (nll_sum, num_tokens)``, filled by the sets scored before in
@@ -406,8 +437,14 @@ def _likelihoods(model, tokenizer, name: str, rows: dict, batch_size: int, max_l
     todo = [pair for pair in dict.fromkeys(pairs) if pair not in known]
     if todo:
         nll, ntok = score_answers(
-            model, tokenizer, [q for q, _ in todo], [a for _, a in todo], batch_size=batch_size, max_length=max_length,
-            desc=f"{name}: likelihood", scoring=scoring,
+            model,
+            tokenizer,
+            [q for q, _ in todo],
+            [a for _, a in todo],
+            batch_size=batch_size,
+            max_length=max_length,
+            desc=f"{name}: likelihood",
+            scoring=scoring,
         )
         known.update(zip(todo, zip(nll.tolist(), ntok.tolist())))
     nll = np.array([known[pair][0] for pair in pairs], dtype=np.float64)
@@ -550,8 +587,9 @@ def evaluate_tofu(
     if generation_batch_size is not None and generation_batch_size < 1:
         raise ValueError(f"generation_batch_size must be >= 1, got {generation_batch_size}")
     if protocol not in PROTOCOLS:
-        raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)} (all items, or TOFU's first 300 per set), "
-                         f"got {protocol!r}")
+        raise ValueError(
+            f"protocol must be one of {', '.join(PROTOCOLS)} (all items, or TOFU's first 300 per set), got {protocol!r}"
+        )
     if scoring not in SCORING:
         raise ValueError(f"scoring must be one of {SCORING}, got {scoring!r}")
     if decoder not in DECODERS:
@@ -612,8 +650,13 @@ def evaluate_tofu(
     if pending:  # all questions in one pass: few, large generate calls
         questions = [q for name in pending for q in data[name]["question"]]
         texts = generate_answers(
-            model, tokenizer, questions, batch_size=generation_batch_size or batch_size,
-            max_new_tokens=max_new_tokens, desc="Generating answers", decoder=decoder,
+            model,
+            tokenizer,
+            questions,
+            batch_size=generation_batch_size or batch_size,
+            max_new_tokens=max_new_tokens,
+            desc="Generating answers",
+            decoder=decoder,
         )
         start = 0
         for name in pending:
@@ -665,8 +708,11 @@ def summary_row(result: Mapping) -> dict:
     """One flat table row of a TOFU result: model, item protocol, model utility, and per forget split its forget
     quality and forget-set probability / ROUGE-L recall / truth ratio, then the retain set's probability / ROUGE-L
     recall."""
-    row = {"model": result.get("model"), "protocol": result.get("settings", {}).get("protocol", "all"),
-           "model_utility": result.get("model_utility")}
+    row = {
+        "model": result.get("model"),
+        "protocol": result.get("settings", {}).get("protocol", "all"),
+        "model_utility": result.get("model_utility"),
+    }
     for split, entry in result.get("forget", {}).items():
         row[f"{split}_forget_quality"] = entry.get("forget_quality")
     for split in result.get("settings", {}).get("forget_splits", []):

@@ -76,8 +76,10 @@ class ClassifierArguments:
     )
     data_dir: str | None = field(
         default=None,
-        metadata={"help": "Local folder of the named set (Fashion-MNIST IDX files, cifar-10-batches-py, the Austen "
-                  "books); default: its environment variable, then the hub."},
+        metadata={
+            "help": "Local folder of the named set (Fashion-MNIST IDX files, cifar-10-batches-py, the Austen "
+            "books); default: its environment variable, then the hub."
+        },
     )
     test_split: str = field(default="test", metadata={"help": "Held-out split of a `datasets` set."})
     image_column: str | None = field(default=None, metadata={"help": "Image column of a `datasets` set."})
@@ -85,8 +87,10 @@ class ClassifierArguments:
     label_column: str = field(default="label", metadata={"help": "Label column of a `datasets` set."})
     model: str = field(
         default="cnn",
-        metadata={"help": "cnn (small CNN), resnet (a small transformers ResNet), bert (a small BERT for text), or "
-                  "a local transformers classifier folder used as the original."},
+        metadata={
+            "help": "cnn (small CNN), resnet (a small transformers ResNet), bert (a small BERT for text), or "
+            "a local transformers classifier folder used as the original."
+        },
     )
     forget_classes: str | None = field(
         default=None, metadata={"help": "Comma-separated class ids to forget (class unlearning), e.g. 0 or 0,6."}
@@ -96,13 +100,17 @@ class ClassifierArguments:
     )
     methods: str = field(
         default=DEFAULT_METHODS,
-        metadata={"help": f"Comma-separated methods; 'all' = {', '.join(CLASSIFIER_METHODS)}; method@1e-4 runs a "
-                  "method at its own learning rate."},
+        metadata={
+            "help": f"Comma-separated methods; 'all' = {', '.join(CLASSIFIER_METHODS)}; method@1e-4 runs a "
+            "method at its own learning rate."
+        },
     )
     original: str | None = field(
         default=None,
-        metadata={"help": "Folder of a trained original (a previous run's original/); default: <output_dir>/original, "
-                  "trained when missing."},
+        metadata={
+            "help": "Folder of a trained original (a previous run's original/); default: <output_dir>/original, "
+            "trained when missing."
+        },
     )
     oracle: bool = field(default=True, metadata={"help": "Train the retrain oracle (retain data) for comparison."})
     train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the original and of the oracle."})
@@ -120,8 +128,11 @@ class ClassifierArguments:
         default=2000, metadata={"help": "Cap on each side of the membership attacks' training sets (SVC cost)."}
     )
     eval_retain_samples: int | None = field(
-        default=None, metadata={"help": "Score Acc_r (and the attacks' retain-train side) on this many random retain "
-                                "samples instead of all (every forget sample is scored)."}
+        default=None,
+        metadata={
+            "help": "Score Acc_r (and the attacks' retain-train side) on this many random retain "
+            "samples instead of all (every forget sample is scored)."
+        },
     )
     num_threads: int | None = field(default=None, metadata={"help": "torch.set_num_threads (CPU)."})
 
@@ -169,11 +180,18 @@ def _subset(data, limit: int | None, seed: int):
 
 def load_data(script: ClassifierArguments, seed: int):
     """``(train, test)`` datasets of the run (raw: text not yet tokenized)."""
-    key = (script.dataset, script.data_dir, script.words_per_passage, script.image_column, script.text_column,
-           script.label_column)
+    key = (
+        script.dataset,
+        script.data_dir,
+        script.words_per_passage,
+        script.image_column,
+        script.text_column,
+        script.label_column,
+    )
     train = _raw_split(script.dataset, script.data_dir, "train", *key[2:])
-    test = _raw_split(script.dataset, script.data_dir, script.test_split if script.dataset not in NAMED_SETS else
-                      "test", *key[2:])
+    test = _raw_split(
+        script.dataset, script.data_dir, script.test_split if script.dataset not in NAMED_SETS else "test", *key[2:]
+    )
     return _subset(train, script.max_train_samples, seed), _subset(test, script.max_test_samples, seed + 1)
 
 
@@ -187,8 +205,14 @@ def build_model(script, kind: str, num_classes: int, class_names, sample_shape, 
         return SmallCNN(num_classes, sample_shape[0], sample_shape[-1])
     if kind == "resnet":
         return small_resnet(num_classes, sample_shape[0], class_names)
-    return small_text_classifier(tokenizer, num_classes, class_names, hidden=script.text_hidden_size,
-                                 layers=script.text_layers, max_length=script.text_max_length)
+    return small_text_classifier(
+        tokenizer,
+        num_classes,
+        class_names,
+        hidden=script.text_hidden_size,
+        layers=script.text_layers,
+        max_length=script.text_max_length,
+    )
 
 
 def save_classifier(model, tokenizer, folder: Path, info: dict) -> None:
@@ -245,18 +269,36 @@ def train_original(script, config, train, kind, num_classes, names, tokenizer, f
     torch.manual_seed(config.seed)
     model = build_model(script, kind, num_classes, names, sample_shape, tokenizer)
     args = TrainingArguments(
-        output_dir=str(folder.parent / f".{folder.name}.run"), learning_rate=script.train_learning_rate,
-        num_train_epochs=script.train_epochs, per_device_train_batch_size=script.train_batch_size, weight_decay=0.0,
-        save_strategy="no", report_to="none", logging_steps=100, seed=config.seed, use_cpu=config.use_cpu,
-        disable_tqdm=config.disable_tqdm, remove_unused_columns=False,
+        output_dir=str(folder.parent / f".{folder.name}.run"),
+        learning_rate=script.train_learning_rate,
+        num_train_epochs=script.train_epochs,
+        per_device_train_batch_size=script.train_batch_size,
+        weight_decay=0.0,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=100,
+        seed=config.seed,
+        use_cpu=config.use_cpu,
+        disable_tqdm=config.disable_tqdm,
+        remove_unused_columns=False,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=ClassificationRows(train),
-                      data_collator=ClassificationCollator(_pad_id(tokenizer)), compute_loss_func=_cross_entropy)
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ClassificationRows(train),
+        data_collator=ClassificationCollator(_pad_id(tokenizer)),
+        compute_loss_func=_cross_entropy,
+    )
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
-    info = {"kind": kind, "train_seconds": seconds, "epochs": script.train_epochs,
-            "learning_rate": script.train_learning_rate, "train_samples": len(train)}
+    info = {
+        "kind": kind,
+        "train_seconds": seconds,
+        "epochs": script.train_epochs,
+        "learning_rate": script.train_learning_rate,
+        "train_samples": len(train),
+    }
     if kind == "cnn":
         info["cnn_args"] = [num_classes, sample_shape[0], sample_shape[-1]]
     save_classifier(trainer.model, tokenizer, folder, info)
@@ -280,8 +322,10 @@ def parse_methods(text: str) -> list[str]:
         methods += list(CLASSIFIER_METHODS) if name == "all" else [name]
     unknown = [m for m in methods if m.partition("@")[0] not in CLASSIFIER_METHODS]
     if unknown:
-        raise ValueError(f"Unknown classifier method(s) {unknown}; choose from {list(CLASSIFIER_METHODS)} "
-                         "(the retrain oracle runs with --oracle).")
+        raise ValueError(
+            f"Unknown classifier method(s) {unknown}; choose from {list(CLASSIFIER_METHODS)} "
+            "(the retrain oracle runs with --oracle)."
+        )
     for method in methods:
         if "@" in method:
             try:
@@ -291,8 +335,11 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
+ARGUMENTS = (ClassifierArguments, ClassifierUnlearnConfig)
+
+
 def main(argv: list[str] | None = None) -> dict:
-    script, config = parse_arguments((ClassifierArguments, ClassifierUnlearnConfig), argv)
+    script, config = parse_arguments(ARGUMENTS, argv)
     if script.num_threads:
         torch.set_num_threads(script.num_threads)
     methods = parse_methods(script.methods)
@@ -312,8 +359,10 @@ def main(argv: list[str] | None = None) -> dict:
     names = class_names_of(train)
     is_text = "text" in train.column_names
     if is_text != (script.model == "bert") and known_model:
-        raise ValueError(f"--model {script.model} does not fit {'text' if is_text else 'image'} data "
-                         f"({'bert' if is_text else 'cnn or resnet'}).")
+        raise ValueError(
+            f"--model {script.model} does not fit {'text' if is_text else 'image'} data "
+            f"({'bert' if is_text else 'cnn or resnet'})."
+        )
     labels = train.select_columns(["labels"]).with_format("numpy")[:]["labels"]
     forget_index = forget_indices(labels, classes, script.forget_samples, config.seed)
 
@@ -324,8 +373,16 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         if is_text:
             tokenizer = train_text_tokenizer(train["text"][:], script.vocab_size)
-        original_info = train_original(script, config, _tokenized(train, tokenizer, script), script.model,
-                                       num_classes, names, tokenizer, original_dir)
+        original_info = train_original(
+            script,
+            config,
+            _tokenized(train, tokenizer, script),
+            script.model,
+            num_classes,
+            names,
+            tokenizer,
+            original_dir,
+        )
         original, tokenizer, _ = load_classifier(original_dir)
     train, test = _tokenized(train, tokenizer, script), _tokenized(test, tokenizer, script)
     input_column(train)
@@ -334,33 +391,70 @@ def main(argv: list[str] | None = None) -> dict:
     # builds (and checks) the paired data before any model trains
     build_classification_unlearning_dataset(forget, retain, num_classes, classes, config.seed)
 
-    scenario = {"dataset": script.dataset, "model": script.model, "forget_classes": classes,
-                "forget_samples": script.forget_samples, "train_samples": len(train), "test_samples": len(test),
-                "forget_size": len(forget), "num_classes": num_classes, "class_names": names}
+    scenario = {
+        "dataset": script.dataset,
+        "model": script.model,
+        "forget_classes": classes,
+        "forget_samples": script.forget_samples,
+        "train_samples": len(train),
+        "test_samples": len(test),
+        "forget_size": len(forget),
+        "num_classes": num_classes,
+        "class_names": names,
+    }
     key = {"scenario": scenario, "settings": _settings(script, config)}
 
     def evaluate(model, acc_ft=None):
-        return evaluate_classifier(model, train, test, classes, None if classes else forget_index, acc_ft,
-                                   script.eval_batch_size, _pad_id(tokenizer), config.seed, script.mia_max_samples,
-                                   script.eval_retain_samples)
+        return evaluate_classifier(
+            model,
+            train,
+            test,
+            classes,
+            None if classes else forget_index,
+            acc_ft,
+            script.eval_batch_size,
+            _pad_id(tokenizer),
+            config.seed,
+            script.mia_max_samples,
+            script.eval_retain_samples,
+        )
 
     original_eval = _reuse(out / f"original_{EVAL_FILE}", key)
     if original_eval is None:
         original_eval = {"seconds": original_info.get("train_seconds"), "metrics": evaluate(original)}
         write_json_atomic(out / f"original_{EVAL_FILE}", {"key": key, **original_eval})
-    rows = [{"method": "original", "uses_retain_data": False, "seconds": original_eval["seconds"],
-             **original_eval["metrics"]}]
+    rows = [
+        {
+            "method": "original",
+            "uses_retain_data": False,
+            "seconds": original_eval["seconds"],
+            **original_eval["metrics"],
+        }
+    ]
     original_acc_ft = rows[0]["acc_ft"]
     oracle_seconds = None
     for method in (["retrain"] if script.oracle else []) + methods:
-        row = run_method(method, config, script, original, tokenizer, forget, retain, num_classes, classes,
-                         out / method, key, lambda model: evaluate(model, original_acc_ft))
+        row = run_method(
+            method,
+            config,
+            script,
+            original,
+            tokenizer,
+            forget,
+            retain,
+            num_classes,
+            classes,
+            out / method,
+            key,
+            lambda model: evaluate(model, original_acc_ft),
+        )
         if method == "retrain":
             oracle_seconds = row["seconds"]
         rows.append(row)
     for row in rows:
-        row["fraction_of_oracle_time"] = (row["seconds"] / oracle_seconds
-                                          if oracle_seconds and row["seconds"] is not None else None)
+        row["fraction_of_oracle_time"] = (
+            row["seconds"] / oracle_seconds if oracle_seconds and row["seconds"] is not None else None
+        )
     result = {**key, "rows": rows}
     write_json_atomic(out / RESULTS_FILE, result)
     return result
@@ -390,15 +484,26 @@ _NEUTRAL = ("methods", "oracle", "original", "num_threads", "eval_batch_size", "
 
 
 def _settings(script, config) -> dict:
-    keep = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "lr_scheduler_type", "weight_decay",
-            "seed", "boundary_shrink_eps", "jit_noise_std", "jit_samples", "forget_weight")
+    keep = (
+        "learning_rate",
+        "num_train_epochs",
+        "per_device_train_batch_size",
+        "lr_scheduler_type",
+        "weight_decay",
+        "seed",
+        "boundary_shrink_eps",
+        "jit_noise_std",
+        "jit_samples",
+        "forget_weight",
+    )
     settings = {k: getattr(config, k) for k in keep}
     script_values = {k: v for k, v in dataclasses.asdict(script).items() if k not in _NEUTRAL}
     return {"unlearning": settings, "script": script_values}
 
 
-def run_method(method, config, script, original, tokenizer, forget, retain, num_classes, classes, folder: Path,
-               key: dict, evaluate) -> dict:
+def run_method(
+    method, config, script, original, tokenizer, forget, retain, num_classes, classes, folder: Path, key: dict, evaluate
+) -> dict:
     """Unlearn (or retrain) one copy of the original, save it, evaluate it; reuse a finished run in ``folder``."""
     path = folder / EVAL_FILE
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
@@ -407,8 +512,12 @@ def run_method(method, config, script, original, tokenizer, forget, retain, num_
     if learning_rate:
         values.update(learning_rate=float(learning_rate))
     if method == "retrain":  # the oracle trains like the original
-        values.update(learning_rate=script.train_learning_rate, num_train_epochs=script.train_epochs,
-                      per_device_train_batch_size=script.train_batch_size, lr_scheduler_type="linear")
+        values.update(
+            learning_rate=script.train_learning_rate,
+            num_train_epochs=script.train_epochs,
+            per_device_train_batch_size=script.train_batch_size,
+            lr_scheduler_type="linear",
+        )
     run_config = type(config)(**values)
     uses_retain = run_config.spec.uses_retain_data or run_config.retain_mode != "none"
     stored = _reuse(path, key)
@@ -418,8 +527,9 @@ def run_method(method, config, script, original, tokenizer, forget, retain, num_
         forget, retain if uses_retain else None, num_classes, classes, config.seed
     )
     start = time.perf_counter()
-    trainer = UnlearnTrainer(model=copy.deepcopy(original), args=run_config, train_dataset=dataset,
-                             processing_class=tokenizer)
+    trainer = UnlearnTrainer(
+        model=copy.deepcopy(original), args=run_config, train_dataset=dataset, processing_class=tokenizer
+    )
     trainer.train()
     seconds = time.perf_counter() - start
     trainer.save_model()

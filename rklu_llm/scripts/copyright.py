@@ -69,14 +69,18 @@ class BookRecipeArguments:
     methods: str = field(default=",".join(DEFAULT_METHODS), metadata={"help": "Comma-separated methods to run."})
     retain_text: str | None = field(
         default=None,
-        metadata={"help": "Retain corpus (another novel; not the control, not WikiText) for gd and --retain_mode "
-                  "rt/kl: a file, a folder, or a name inside --books_dir."},
+        metadata={
+            "help": "Retain corpus (another novel; not the control, not WikiText) for gd and --retain_mode "
+            "rt/kl: a file, a folder, or a name inside --books_dir."
+        },
     )
     retain_chunks: int | None = field(default=None, metadata={"help": "Retain chunks (default: every full chunk)."})
     finetune_epochs: float = field(
         default=10.0,
-        metadata={"help": "Epochs of NLL fine-tuning on the book's chunks; 0: the model already knows the book and is "
-                  "unlearned as given."},
+        metadata={
+            "help": "Epochs of NLL fine-tuning on the book's chunks; 0: the model already knows the book and is "
+            "unlearned as given."
+        },
     )
     finetune_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of that fine-tune."})
     finetune_lora: bool = field(
@@ -101,15 +105,23 @@ class BookUnlearnConfig(UnlearnConfig):
     )
 
 
-ARGUMENTS = (BookRecipeArguments, CopyrightDataArguments, CopyrightEvalArguments, GeneralEvalArguments,
-             BookUnlearnConfig)
+ARGUMENTS = (
+    BookRecipeArguments,
+    CopyrightDataArguments,
+    CopyrightEvalArguments,
+    GeneralEvalArguments,
+    BookUnlearnConfig,
+)
 
 
 def method_config(config: UnlearnConfig, method: str, output_dir: Path, augmented: Path | None) -> UnlearnConfig:
     """The recipe's config for one method: its own output folder, gd with its retain NLL, no LoRA for ta (a weight
     edit), the divergence of rklu / fklu, the shared augmented model."""
     return dataclasses.replace(
-        config, method=method, output_dir=str(output_dir), divergence=None,
+        config,
+        method=method,
+        output_dir=str(output_dir),
+        divergence=None,
         retain_mode="rt" if method == "gd" else config.retain_mode,
         use_lora=config.use_lora and METHODS[method].trains,
         augmented_model_path=None if augmented is None else str(augmented),
@@ -132,33 +144,56 @@ def finetune(model_name: str, recipe: BookRecipeArguments, config: UnlearnConfig
 
         model = get_peft_model(model, lora_config(config.lora_r, config.lora_alpha, 0.0, config.lora_target_modules))
     args = TrainingArguments(
-        output_dir=str(out / ".trainer"), num_train_epochs=recipe.finetune_epochs,
-        learning_rate=recipe.finetune_learning_rate, per_device_train_batch_size=config.per_device_train_batch_size,
-        gradient_accumulation_steps=config.gradient_accumulation_steps, weight_decay=config.weight_decay,
-        warmup_steps=0.1, lr_scheduler_type="linear", save_strategy="no", report_to="none", seed=config.seed,
-        logging_steps=config.logging_steps, disable_tqdm=config.disable_tqdm, use_cpu=config.use_cpu, bf16=config.bf16,
+        output_dir=str(out / ".trainer"),
+        num_train_epochs=recipe.finetune_epochs,
+        learning_rate=recipe.finetune_learning_rate,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        weight_decay=config.weight_decay,
+        warmup_steps=0.1,
+        lr_scheduler_type="linear",
+        save_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        logging_steps=config.logging_steps,
+        disable_tqdm=config.disable_tqdm,
+        use_cpu=config.use_cpu,
+        bf16=config.bf16,
         fp16=config.fp16,
     )
-    trainer = Trainer(model=model, args=args, train_dataset=forget.select_columns(["input_ids", "labels"]),
-                      processing_class=tokenizer, data_collator=QACollator(tokenizer.pad_token_id))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=forget.select_columns(["input_ids", "labels"]),
+        processing_class=tokenizer,
+        data_collator=QACollator(tokenizer.pad_token_id),
+    )
     start = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - start
     if not math.isfinite(result.training_loss):
-        raise RuntimeError(f"The fine-tune on the book diverged (loss {result.training_loss}); lower "
-                           "--finetune_learning_rate.")
+        raise RuntimeError(
+            f"The fine-tune on the book diverged (loss {result.training_loss}); lower --finetune_learning_rate."
+        )
     if recipe.finetune_lora:
         trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-    metrics = {"train_seconds": seconds, "train_loss": result.training_loss, "chunks": len(forget),
-               "epochs": recipe.finetune_epochs, "learning_rate": recipe.finetune_learning_rate,
-               "lora": recipe.finetune_lora}
-    staged_save(trainer, out,
-                lambda staging: (staging / "train_metrics.json").write_text(json.dumps(metrics, indent=2)))
+    metrics = {
+        "train_seconds": seconds,
+        "train_loss": result.training_loss,
+        "chunks": len(forget),
+        "epochs": recipe.finetune_epochs,
+        "learning_rate": recipe.finetune_learning_rate,
+        "lora": recipe.finetune_lora,
+    }
+    staged_save(
+        trainer, out, lambda staging: (staging / "train_metrics.json").write_text(json.dumps(metrics, indent=2))
+    )
     return metrics
 
 
-def evaluate(model, tokenizer, data, evaluation: CopyrightEvalArguments, general: GeneralEvalArguments,
-             out: Path) -> dict:
+def evaluate(
+    model, tokenizer, data, evaluation: CopyrightEvalArguments, general: GeneralEvalArguments, out: Path
+) -> dict:
     """Copyright scores and lm-eval accuracy of one model, written into ``out``; returns the flat row."""
     from ..eval.copyright import evaluate_copyright, summary_row
     from ..eval.general import evaluate_general
@@ -202,8 +237,10 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
     retain_path = None
     if "gd" in methods or config.retain_mode != "none":
         if recipe.retain_text is None:
-            raise ValueError("gd (and --retain_mode rt/kl) needs a retain corpus: pass --retain_text (another novel, "
-                             "e.g. emma.txt), or leave gd out of --methods.")
+            raise ValueError(
+                "gd (and --retain_mode rt/kl) needs a retain corpus: pass --retain_text (another novel, "
+                "e.g. emma.txt), or leave gd out of --methods."
+            )
         retain_path = texts.resolve(recipe.retain_text, "retain_text")
     general.check_data()
     refusals = load_refusals(config.refusal_file) if any(METHODS[m].needs_refusals for m in methods) else None
@@ -214,10 +251,16 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
         """The forget set of ``method``: the book's chunks, with retain chunks / refusals when it uses them."""
         needs_retain = method == "gd" or config.retain_mode != "none"
         return build_text_unlearning_dataset(
-            tokenizer, forget_path, retain_path if needs_retain else None,
+            tokenizer,
+            forget_path,
+            retain_path if needs_retain else None,
             refusals if METHODS[method].needs_refusals else None,
-            chunk_tokens=texts.chunk_tokens, num_chunks=texts.num_chunks, retain_chunks=recipe.retain_chunks,
-            prefix_tokens=texts.prefix_tokens, mask_prefix=method == "dpo", text_column=texts.text_column,
+            chunk_tokens=texts.chunk_tokens,
+            num_chunks=texts.num_chunks,
+            retain_chunks=recipe.retain_chunks,
+            prefix_tokens=texts.prefix_tokens,
+            mask_prefix=method == "dpo",
+            text_column=texts.text_column,
             seed=config.seed,
         )
 
@@ -228,15 +271,26 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
 
     def record(name: str, row: dict) -> None:
         rows[name] = row
-        write_json_atomic(root / RESULTS_FILE, {
-            "forget": data.sources["forget"], "control": data.sources["control"],
-            "wikitext": data.sources["wikitext"], "chunk_tokens": data.chunk_tokens,
-            "num_chunks": len(data.sets["forget"]), "prefix_tokens": data.prefix_tokens,
-            "general_tasks": None if general.skip_general else general.task_names,
-            "general_limit": general.general_limit, "methods": methods, "rows": list(rows.values()),
-        })
-        shown = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if not k.endswith("_acc")
-                 or k == "general_average_acc"}
+        write_json_atomic(
+            root / RESULTS_FILE,
+            {
+                "forget": data.sources["forget"],
+                "control": data.sources["control"],
+                "wikitext": data.sources["wikitext"],
+                "chunk_tokens": data.chunk_tokens,
+                "num_chunks": len(data.sets["forget"]),
+                "prefix_tokens": data.prefix_tokens,
+                "general_tasks": None if general.skip_general else general.task_names,
+                "general_limit": general.general_limit,
+                "methods": methods,
+                "rows": list(rows.values()),
+            },
+        )
+        shown = {
+            k: (round(v, 3) if isinstance(v, float) else v)
+            for k, v in row.items()
+            if not k.endswith("_acc") or k == "general_average_acc"
+        }
         print(f"[copyright] {name}: {json.dumps(shown)}", flush=True)
         if on_stage is not None:
             on_stage(name)
@@ -254,10 +308,14 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
 
     # ---- 1. the untouched model
     if recipe.evaluate_base:
+
         def base():
             model, _ = load_model(recipe.model)
-            return {"method": "base (never saw the book)", "seconds": None,
-                    **evaluate(model, tokenizer, data, evaluation, general, root / "base")}
+            return {
+                "method": "base (never saw the book)",
+                "seconds": None,
+                **evaluate(model, tokenizer, data, evaluation, general, root / "base"),
+            }
 
         stage("base", base)
 
@@ -270,8 +328,11 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
         if recipe.finetune_epochs > 0:
             seconds = finetune(recipe.model, recipe, config, chunks, finetuned)["train_seconds"]
         model, _ = load_model(str(finetuned))
-        return {"method": "fine-tuned on the book" if recipe.finetune_epochs > 0 else "given model (no fine-tune)",
-                "seconds": seconds, **evaluate(model, tokenizer, data, evaluation, general, root / "finetuned")}
+        return {
+            "method": "fine-tuned on the book" if recipe.finetune_epochs > 0 else "given model (no fine-tune)",
+            "seconds": seconds,
+            **evaluate(model, tokenizer, data, evaluation, general, root / "finetuned"),
+        }
 
     stage("finetuned", memorise)
 
@@ -283,22 +344,29 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
         if not timing.is_file():
             model, _ = load_model(str(finetuned))
             start = time.perf_counter()
-            build_augmented_model(model, tokenizer, chunks, method_config(config, "rklu", root / ".augment", None),
-                                  augmented)
+            build_augmented_model(
+                model, tokenizer, chunks, method_config(config, "rklu", root / ".augment", None), augmented
+            )
             write_json_atomic(timing, {"seconds": time.perf_counter() - start})
             del model
         augment_seconds = json.loads(timing.read_text())["seconds"]
 
     # ---- 4. unlearn with each method, evaluate
     for method in methods:
+
         def unlearn(method=method):
             out = root / method
             model, _ = load_model(str(finetuned))
             if torch.cuda.is_available():
                 model.to("cuda")
             cfg = method_config(config, method, out, augmented)
-            trainer = UnlearnTrainer(model=model, args=cfg, train_dataset=dataset(method), processing_class=tokenizer,
-                                     dataset_name=f"text:{data.sources['forget']}")
+            trainer = UnlearnTrainer(
+                model=model,
+                args=cfg,
+                train_dataset=dataset(method),
+                processing_class=tokenizer,
+                dataset_name=f"text:{data.sources['forget']}",
+            )
             start = time.perf_counter()
             trainer.train()
             seconds = time.perf_counter() - start + (augment_seconds if METHODS[method].needs_augmented else 0.0)
@@ -306,8 +374,12 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
                 trainer.save_model()
             unlearned = trainer.accelerator.unwrap_model(trainer.model)
             del trainer
-            row = {"method": method, "retain_mode": cfg.retain_mode, "seconds": seconds,
-                   **evaluate(unlearned, tokenizer, data, evaluation, general, out)}
+            row = {
+                "method": method,
+                "retain_mode": cfg.retain_mode,
+                "seconds": seconds,
+                **evaluate(unlearned, tokenizer, data, evaluation, general, out),
+            }
             del unlearned, model
             gc.collect()
             return row

@@ -38,8 +38,14 @@ class AuditScriptArguments:
 ARGUMENTS = (AuditScriptArguments, TofuEvalArguments)
 
 
-def audit_saved(model_path, evaluation: TofuEvalArguments, forget_split: str, data_dir=None, output_dir=None,
-                tofu_result: dict | None = None) -> dict:
+def audit_saved(
+    model_path,
+    evaluation: TofuEvalArguments,
+    forget_split: str,
+    data_dir=None,
+    output_dir=None,
+    tofu_result: dict | None = None,
+) -> dict:
     """Check the audit settings, load the model (on the GPU when there is one), audit it, store ``audit_eval.json`` in
     ``output_dir`` (default ``model_path``), optionally the open-unlearning files, and print the summary row."""
     import torch

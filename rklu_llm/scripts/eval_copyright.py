@@ -37,8 +37,10 @@ class CopyrightDataArguments:
 
     forget_text: str | None = field(
         default=None,
-        metadata={"help": "The book to forget / evaluate: a .txt file, a folder of .txt files, or a file name inside "
-                  "--books_dir."},
+        metadata={
+            "help": "The book to forget / evaluate: a .txt file, a folder of .txt files, or a file name inside "
+            "--books_dir."
+        },
     )
     control_text: str | None = field(
         default=None,
@@ -84,9 +86,17 @@ class CopyrightDataArguments:
         if model_or_path is not None:
             check_chunk_fits(model_or_path, max(self.chunk_tokens, 0 if self.skip_perplexity else self.segment_tokens))
         return prepare_copyright_data(
-            tokenizer, forget, control, wikitext_dir=self.wikitext_dir, chunk_tokens=self.chunk_tokens,
-            num_chunks=self.num_chunks, prefix_tokens=self.prefix_tokens, segment_tokens=self.segment_tokens,
-            num_segments=self.num_segments, perplexity=not self.skip_perplexity, text_column=self.text_column,
+            tokenizer,
+            forget,
+            control,
+            wikitext_dir=self.wikitext_dir,
+            chunk_tokens=self.chunk_tokens,
+            num_chunks=self.num_chunks,
+            prefix_tokens=self.prefix_tokens,
+            segment_tokens=self.segment_tokens,
+            num_segments=self.num_segments,
+            perplexity=not self.skip_perplexity,
+            text_column=self.text_column,
         )
 
 
@@ -110,8 +120,11 @@ class CopyrightEvalArguments:
 
     def evaluate_kwargs(self) -> dict:
         """These settings as keyword arguments of :func:`~rklu_llm.eval.copyright.evaluate_copyright`."""
-        return dict(batch_size=self.eval_batch_size, generation_batch_size=self.eval_generation_batch_size,
-                    max_new_tokens=self.max_new_tokens)
+        return dict(
+            batch_size=self.eval_batch_size,
+            generation_batch_size=self.eval_generation_batch_size,
+            max_new_tokens=self.max_new_tokens,
+        )
 
 
 ARGUMENTS = (EvaluatedModelArguments, CopyrightDataArguments, CopyrightEvalArguments)

@@ -27,8 +27,10 @@ class GeneralEvalArguments:
 
     general_tasks: str = field(
         default=",".join(PAPER_TASKS),
-        metadata={"help": "Comma-separated tasks (piqa, hellaswag, arc_easy, arc_challenge, copa, wsc273, mathqa, "
-                  "winogrande, boolq, openbookqa), or rklu_general (the paper's seven) / rklu_general_all."},
+        metadata={
+            "help": "Comma-separated tasks (piqa, hellaswag, arc_easy, arc_challenge, copa, wsc273, mathqa, "
+            "winogrande, boolq, openbookqa), or rklu_general (the paper's seven) / rklu_general_all."
+        },
     )
     general_data_dir: str | None = field(
         default=None,
@@ -57,8 +59,13 @@ class GeneralEvalArguments:
 
     def evaluate_kwargs(self) -> dict:
         """These settings as keyword arguments of :func:`~rklu_llm.eval.general.evaluate_general`."""
-        return dict(tasks=self.task_names, data_dir=self.general_data_dir, limit=self.general_limit,
-                    batch_size=self.general_batch_size, num_fewshot=self.general_num_fewshot)
+        return dict(
+            tasks=self.task_names,
+            data_dir=self.general_data_dir,
+            limit=self.general_limit,
+            batch_size=self.general_batch_size,
+            num_fewshot=self.general_num_fewshot,
+        )
 
 
 ARGUMENTS = (EvaluatedModelArguments, GeneralEvalArguments)
@@ -78,8 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
     if torch.cuda.is_available():
         model.to("cuda")
     result = evaluate_general(model, tokenizer, output_dir=target.output_dir, **general.evaluate_kwargs())
-    summary = {"model": result["model"], "average_acc": result["average_acc"],
-               **{f"{task}_acc": values["acc"] for task, values in result["tasks"].items()}}
+    summary = {
+        "model": result["model"],
+        "average_acc": result["average_acc"],
+        **{f"{task}_acc": values["acc"] for task, values in result["tasks"].items()},
+    }
     print(json.dumps(summary, indent=2))
     return result
 

@@ -61,8 +61,10 @@ class FinetuneArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
     eval_forget_splits: str | None = field(
         default=None,
-        metadata={"help": "Comma-separated forget splits to evaluate (default: all three for full, the "
-                  "complement for retainXX)."},
+        metadata={
+            "help": "Comma-separated forget splits to evaluate (default: all three for full, the "
+            "complement for retainXX)."
+        },
     )
 
 
@@ -140,13 +142,15 @@ def main(argv: list[str] | None = None) -> dict | None:
         train_set = tokenize_qa(data, tokenizer, script.max_length).select_columns(["input_ids", "labels"])
         fingerprint = {
             "base_model": base_model,
-            "data": {"split": script.split, "items": len(train_set),
-                     "sha256": data_fingerprint(train_set.to_dict())},
+            "data": {"split": script.split, "items": len(train_set), "sha256": data_fingerprint(train_set.to_dict())},
             "settings": {"use_lora": script.use_lora, "lora_r": script.lora_r, "lora_alpha": script.lora_alpha},
             "training": training_settings(training),
         }
         trainer = GuardedTrainer(
-            model=model, args=training, train_dataset=train_set, processing_class=tokenizer,
+            model=model,
+            args=training,
+            train_dataset=train_set,
+            processing_class=tokenizer,
             data_collator=QACollator(tokenizer.pad_token_id),
         )
         checkpoint = begin_run(training, "finetune", fingerprint)
@@ -160,8 +164,11 @@ def main(argv: list[str] | None = None) -> dict | None:
             trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         check_finite_weights(trainer.accelerator.unwrap_model(trainer.model), training.output_dir)
         metrics = {"split": script.split, "train_items": len(train_set), **train_result.metrics}
-        staged_save(trainer, training.output_dir, lambda staging: (staging / "train_metrics.json").write_text(
-            json.dumps(metrics, indent=2)))
+        staged_save(
+            trainer,
+            training.output_dir,
+            lambda staging: (staging / "train_metrics.json").write_text(json.dumps(metrics, indent=2)),
+        )
         finish_run(training, trainer.state.global_step)
         if evaluation.skip_eval or not trainer.is_world_process_zero():
             return None

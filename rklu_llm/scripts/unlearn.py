@@ -54,22 +54,28 @@ EPOCHS_FILE = "tofu_eval_epochs.json"
 class TofuArguments:
     model: str = field(
         default=DEFAULT_MODEL,
-        metadata={"help": "Model to unlearn: hub id, local dir or embedded:<name>; normally the output of "
-                  "finetune_tofu.py --split full."},
+        metadata={
+            "help": "Model to unlearn: hub id, local dir or embedded:<name>; normally the output of "
+            "finetune_tofu.py --split full."
+        },
     )
     forget_split: str = field(default="forget10", metadata={"help": f"One of {sorted(RETAIN_OF_FORGET)}."})
     data_dir: str | None = field(default=None, metadata={"help": "Local TOFU folder (default: $RKLU_TOFU_DIR, hub)."})
     retain_eval: str | None = field(
         default=None,
-        metadata={"help": "tofu_eval.json of the retain-only model (finetune_tofu.py --split retainXX): the "
-                  "forget-quality reference. Without it forget quality is reported as missing."},
+        metadata={
+            "help": "tofu_eval.json of the retain-only model (finetune_tofu.py --split retainXX): the "
+            "forget-quality reference. Without it forget quality is reported as missing."
+        },
     )
     max_retain_items: int | None = field(default=None, metadata={"help": "Use only the first N retain items."})
     eval_every_epoch: bool = field(
         default=False,
-        metadata={"help": "Follow forget quality after every epoch (forget-set likelihoods only; needs --retain_eval) "
-                  "and fully evaluate the epoch where it peaks; writes tofu_eval_epochs.json. The saved model is "
-                  "the final one."},
+        metadata={
+            "help": "Follow forget quality after every epoch (forget-set likelihoods only; needs --retain_eval) "
+            "and fully evaluate the epoch where it peaks; writes tofu_eval_epochs.json. The saved model is "
+            "the final one."
+        },
     )
 
 
@@ -86,8 +92,10 @@ def validate(script: TofuArguments, evaluation: TofuEvalArguments, config: Unlea
     check_model_source(script.model)
     check_output_dir(config.output_dir, model_path=script.model, augmented_path=config.augmented_model_path)
     if config.augmented_model_path is not None and not is_augmented_dir(config.augmented_model_path):
-        raise ValueError(f"augmented_model_path {config.augmented_model_path!r} holds neither a model (config.json) "
-                         "nor a LoRA adapter (adapter_config.json).")
+        raise ValueError(
+            f"augmented_model_path {config.augmented_model_path!r} holds neither a model (config.json) "
+            "nor a LoRA adapter (adapter_config.json)."
+        )
     if script.eval_every_epoch and (script.retain_eval is None or evaluation.skip_eval):
         raise ValueError("--eval_every_epoch picks epochs by forget quality: it needs --retain_eval, not --skip_eval.")
 
@@ -130,14 +138,23 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
         epochs = None
         if script.eval_every_epoch:  # final weights: evaluated below, from the saved model; every rank evaluates
             epochs = TofuEvalCallback(
-                tokenizer, script.forget_split, script.data_dir, script.retain_eval,
-                per_epoch="forget_quality" if evaluation.min_model_utility is None else "full", evaluate_final=False,
+                tokenizer,
+                script.forget_split,
+                script.data_dir,
+                script.retain_eval,
+                per_epoch="forget_quality" if evaluation.min_model_utility is None else "full",
+                evaluate_final=False,
                 best_dir=Path(config.output_dir) / "best_forget_quality" if evaluation.best_checkpoint else None,
-                min_model_utility=evaluation.min_model_utility, **evaluation.evaluate_kwargs(),
+                min_model_utility=evaluation.min_model_utility,
+                **evaluation.evaluate_kwargs(),
             )
         trainer = UnlearnTrainer(
-            model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
-            dataset_name=f"locuslab/TOFU:{script.forget_split}", callbacks=None if epochs is None else [epochs],
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            dataset_name=f"locuslab/TOFU:{script.forget_split}",
+            callbacks=None if epochs is None else [epochs],
         )
         if epochs is not None:
             epochs.trainer = trainer  # per-epoch rows go through trainer.log (TensorBoard, ...); best checkpoint saves
@@ -148,8 +165,9 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
             return None
 
         del trainer, model
-        result = evaluate_saved(config.output_dir, evaluation, (script.forget_split,), script.data_dir,
-                                reference=script.retain_eval)
+        result = evaluate_saved(
+            config.output_dir, evaluation, (script.forget_split,), script.data_dir, reference=script.retain_eval
+        )
         if epochs is not None:
             write_epochs(Path(config.output_dir), epochs, result)
         if evaluation.audit:  # audit_eval.json beside tofu_eval.json (and open-unlearning's files when asked)
@@ -169,8 +187,10 @@ def write_epochs(output_dir: Path, callback: TofuEvalCallback, final_result: dic
     peak = callback.peak
     if peak is None and callback.peak_epoch is not None and callback.peak_epoch == final["epoch"]:
         peak = final
-    write_json_atomic(output_dir / EPOCHS_FILE, {"epochs": callback.history, "peak_epoch": callback.peak_epoch,
-                                                 "peak": peak, "final": final})
+    write_json_atomic(
+        output_dir / EPOCHS_FILE,
+        {"epochs": callback.history, "peak_epoch": callback.peak_epoch, "peak": peak, "final": final},
+    )
     curve = [row.get(f"{callback.forget_split}_forget_quality") for row in callback.history]
     print(f"forget quality per epoch: {curve}; peak epoch {callback.peak_epoch} (see {output_dir / EPOCHS_FILE})")
 

@@ -123,7 +123,18 @@ def winogrande_doc_to_choice(doc):
 
 
 __all__ = [
-    "DATA_DIR_ENV", "PAPER_TASKS", "TASKS", "copa_doc_to_choice", "copa_doc_to_target", "copa_doc_to_text",
-    "data_file", "hellaswag_process_docs", "load", "mathqa_doc_to_choice", "winogrande_doc_to_choice",
-    "winogrande_doc_to_target", "winogrande_doc_to_text", "wsc273_process_docs",
+    "DATA_DIR_ENV",
+    "PAPER_TASKS",
+    "TASKS",
+    "copa_doc_to_choice",
+    "copa_doc_to_target",
+    "copa_doc_to_text",
+    "data_file",
+    "hellaswag_process_docs",
+    "load",
+    "mathqa_doc_to_choice",
+    "winogrande_doc_to_choice",
+    "winogrande_doc_to_target",
+    "winogrande_doc_to_text",
+    "wsc273_process_docs",
 ]
