@@ -61,7 +61,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_model, load_refusals  # noqa: E402
 from rklu_llm.config import RETAIN_MODES  # noqa: E402
-from rklu_llm.data import FORGET_OF_RETAIN, RETAIN_OF_FORGET, load_tofu, tokenize_qa  # noqa: E402
+from rklu_llm.data import FORGET_OF_RETAIN, RETAIN_OF_FORGET, DataUnavailableError, load_tofu, tokenize_qa  # noqa: E402
+from rklu_llm.eval.audit import audit_summary_row, check_audit, evaluate_audit, resolve_parts  # noqa: E402
 from rklu_llm.eval.callback import TofuEvalCallback  # noqa: E402
 from rklu_llm.eval.io import write_json_atomic  # noqa: E402
 from rklu_llm.eval.tofu import PROTOCOLS, UTILITY_SETS, compare_to_reference, load_tofu_eval, summary_row  # noqa: E402
@@ -132,6 +133,12 @@ def parse(argv=None) -> argparse.Namespace:
         help="TOFU items scored: all, or tofu (the original scripts' first 300 items per set)",
     )
     p.add_argument("--plan", action="store_true", help="print the runs and their estimated minutes, start nothing")
+    p.add_argument(
+        "--audit",
+        default="none",
+        help="audit parts (rklu_llm.eval.audit: membership, extraction, leak; 'none') of every final model, the "
+        "original and the oracle (the privleak reference), as a second table",
+    )
     p.add_argument("--every_epoch", default="none", help="splits fully evaluated after every epoch")
     p.add_argument(
         "--track_peak",
@@ -237,10 +244,14 @@ def mini_data(args) -> str:
         return args.data_dir
     split = args.splits[0]
     retain = RETAIN_OF_FORGET[split]
-    out = Path(args.work_dir) / "data"
-    if (out / "full.jsonl").is_file():
-        return str(out)
-    tmp = out.with_name(".data-partial")
+    out = Path(args.work_dir) / f"data-{split}-retain{args.retain_subset}"  # named by what it holds: never reused
+    holdout = f"holdout{split.removeprefix('forget')}"  # the audit's non-members (copied when the source has them)
+    copies = [split, f"{split}_perturbed", *UTILITY_SETS]
+    if any((Path(args.data_dir) / f"{holdout}{ext}").is_file() for ext in (".jsonl", ".json")):
+        copies.append(holdout)
+    if all((out / f"{name}.jsonl").is_file() for name in ["full", retain, *copies]):
+        return str(out)  # named by its split and subset: never another setting's folder
+    tmp = out.with_name(f".{out.name}-partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     subset = load_tofu(retain, args.data_dir).select(range(args.retain_subset))
@@ -249,8 +260,9 @@ def mini_data(args) -> str:
 
     subset.to_json(tmp / f"{retain}.jsonl", lines=True)
     concatenate_datasets([subset, forget]).to_json(tmp / "full.jsonl", lines=True)
-    for name in (split, f"{split}_perturbed", *UTILITY_SETS):
+    for name in copies:
         load_tofu(name, args.data_dir).to_json(tmp / f"{name}.jsonl", lines=True)
+    shutil.rmtree(out, ignore_errors=True)  # an older, incomplete copy
     tmp.rename(out)
     return str(out)
 
@@ -366,6 +378,51 @@ def evaluation_mode(args, split: str, method: str) -> str:
     return "final"
 
 
+#: audit parts the benchmark runs on each model (the relearning attack and quantization are separate studies)
+AUDIT_PARTS = ("membership", "extraction", "leak")
+
+
+def audit(args, model, tokenizer, split: str, name: str, reference: Path | None) -> dict | None:
+    """``--audit`` of one model on ``split`` (written to ``<work_dir>/audits/<name>/audit_eval.json``, resumable);
+    returns its :func:`~rklu_llm.eval.audit.audit_summary_row`, or ``None`` without ``--audit``."""
+    if args.audit == "none":
+        return None
+    result = evaluate_audit(
+        model,
+        tokenizer,
+        split,
+        args.audit,
+        data_dir=args.data,
+        output_dir=Path(args.work_dir) / "audits" / name,
+        membership_reference=reference if reference is not None and reference.is_file() else None,
+        batch_size=args.eval_batch_size,
+        generation_batch_size=args.generation_batch_size,
+        max_new_tokens=args.max_new_tokens,
+        max_items=args.eval_max_items,
+    )
+    return audit_summary_row(result)
+
+
+def reference_audits(args, split: str) -> Path | None:
+    """Audit the original and the split's oracle once (the oracle's AUCs are every run's privleak reference);
+    returns the oracle's ``audit_eval.json``."""
+    if args.audit == "none":
+        return None
+    work = Path(args.work_dir)
+    oracle_name = f"{split}_oracle_{RETAIN_OF_FORGET[split]}"  # the names of reference_rows
+    oracle = work / "audits" / oracle_name / "audit_eval.json"
+    for model_split, name in ((RETAIN_OF_FORGET[split], oracle_name), ("full", f"{split}_original")):
+        if (work / "audits" / name / "audit_eval.json").is_file():
+            continue
+        model, tokenizer = load_model(str(work / "models" / model_split))
+        if not args.cpu:
+            model.to("cuda")
+        audit(args, model, tokenizer, split, name, oracle if model_split == "full" else None)
+        del model
+        gc.collect()
+    return oracle
+
+
 def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: int) -> dict:
     name = run_name(split, method, retain_mode, lr, seed)
     record = Path(args.work_dir) / "runs" / f"{name}.json"
@@ -373,6 +430,7 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         return json.loads(record.read_text())
     work = Path(args.work_dir)
     reference = work / "models" / RETAIN_OF_FORGET[split] / "tofu_eval.json"
+    audit_reference = reference_audits(args, split)
     model, tokenizer = load_model(str(work / "models" / "full"))
     if not args.cpu:
         model.to("cuda")
@@ -449,6 +507,7 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         "final": callback.final,
         "peak": callback.peak if evaluation != "final" else None,
         "epochs": callback.history,
+        "audit": audit(args, trainer.model, tokenizer, split, name, audit_reference),  # the final weights
     }
     write_json_atomic(record, result)
     del trainer, model
@@ -666,6 +725,8 @@ def reference_rows(args) -> list[dict]:
                         items["truth_ratio"], items["question"], load_tofu_eval(oracle), forget_split
                     )
                     row[f"{forget_split}_forget_quality"] = fq["forget_quality"]
+            audited = Path(args.work_dir) / "audits" / row["name"] / "audit_eval.json"
+            row["audit"] = audit_summary_row(json.loads(audited.read_text())) if audited.is_file() else None
             rows.append(row)
     return rows
 
@@ -697,6 +758,10 @@ def aggregate(runs: list[dict]) -> list[dict]:
             "retain_r": [(r["final"] or {}).get("retain_rouge_l_recall") for r in members],
             "wall_s": [r["wall_seconds"] for r in members],
             "peak_gib": [r["peak_memory_gib"] for r in members],
+            **{
+                f"audit_{key}": [(r.get("audit") or {}).get(key) for r in members]
+                for key in ("mia_auc_min_k", "privleak", "extraction_strength", "exact_memorization")
+            },
         }
         for key, vals in values.items():
             vals = [v for v in vals if v is not None]
@@ -807,6 +872,9 @@ def write_outputs(args, started: float, argv=None) -> None:
                 f"{fmt(g['forget_r'])} | {fmt(g['retain_p'])} | {fmt(g['retain_r'])} | {fmt(g['wall_s'], '.0f')} | "
                 f"{fmt(g['peak_gib'], '.2f')} |"
             )
+    audited = [r for r in refs if r.get("audit")] + [g for g in groups if g["audit_mia_auc_min_k"] is not None]
+    if audited:
+        lines += audit_table(refs, groups, splits)
     seconds = [i["seconds"] for i in invocations]
     lines += [
         "",
@@ -817,6 +885,34 @@ def write_outputs(args, started: float, argv=None) -> None:
     (out / f"{NAME}.md").write_text("\n".join(lines) + "\n")
     plot_fq_vs_mu(out / f"{NAME}_fq_vs_mu.png", refs, groups, splits)
     plot_epochs(out / f"{NAME}_epochs.png", runs, splits)
+
+
+def audit_table(refs: list[dict], groups: list[dict], splits: list[str]) -> list[str]:
+    """The ``--audit`` columns: min-k% membership AUC (forget vs holdout; 0.5 = cannot tell), privleak against the
+    oracle (0 = leaks like the oracle), extraction strength and exact memorisation of the final weights."""
+    lines = [
+        "",
+        "Audit of the final weights (rklu_llm.eval.audit; the same items as the evaluation): min-k% AUC of telling "
+        "forget from holdout items (0.5 = cannot tell), privleak vs the oracle's AUC (0 = like the oracle, -100 = "
+        "every forget item recognised), extraction strength and exact memorisation of the forget answers.",
+        "",
+        "| split | method | retain | lr | min-k% AUC | privleak | extraction strength | exact memorisation |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for split in splits:
+        for row in [r for r in refs if r["split"] == split and r.get("audit")]:
+            a = row["audit"]
+            lines.append(
+                f"| {split} | {row['method']} | | | {fmt(a.get('mia_auc_min_k'))} | {fmt(a.get('privleak'), '.1f')} | "
+                f"{fmt(a.get('extraction_strength'))} | {fmt(a.get('exact_memorization'))} |"
+            )
+        for g in [g for g in groups if g["split"] == split and g["audit_mia_auc_min_k"] is not None]:
+            lines.append(
+                f"| {split} | {g['method']} | {g['retain_mode']} | {g['lr']:g} | {fmt(g['audit_mia_auc_min_k'])} | "
+                f"{fmt(g['audit_privleak'], '.1f')} | {fmt(g['audit_extraction_strength'])} | "
+                f"{fmt(g['audit_exact_memorization'])} |"
+            )
+    return lines
 
 
 MARKERS = dict(
@@ -943,7 +1039,15 @@ def plot_epochs(path: Path, runs: list[dict], splits: list[str]) -> None:
 
 
 def validate_runs(args) -> None:
-    """Build every planned run's UnlearnConfig once (cheap), so a bad method / retain-mode pair fails now."""
+    """Build every planned run's UnlearnConfig once (cheap), so a bad method / retain-mode pair fails now; check the
+    audit parts (the relearning attack and quantization need more than a run has: not offered here)."""
+    if args.audit != "none":
+        try:
+            parts = resolve_parts(args.audit)
+        except ValueError as exc:
+            raise SystemExit(f"--audit: {exc}") from exc
+        if set(parts) - set(AUDIT_PARTS):
+            raise SystemExit(f"--audit: choose among {', '.join(AUDIT_PARTS)} (got {args.audit!r}).")
     checked = argparse.Namespace(**{**vars(args), "cpu": True})  # no GPU settings: a plan may be made on a CPU
     for method, retain_mode in args.plan_runs:
         try:
@@ -966,6 +1070,12 @@ def main(argv=None) -> None:
     validate_runs(args)
     check_work_dir(args)
     args.data = mini_data(args)  # the TOFU folder every step reads (a derived one for --retain_subset)
+    if args.audit != "none":  # the audit's data (holdout sets) and settings, before any work
+        for split in args.splits:
+            try:
+                check_audit(split, parts=args.audit, data_dir=args.data, max_items=args.eval_max_items)
+            except (ValueError, OSError, DataUnavailableError) as exc:
+                raise SystemExit(f"--audit: {exc}") from exc
     todo = todo_list(args)
     seconds, sources = plan_estimates(args, todo)
     print_plan(args, todo, seconds, sources)

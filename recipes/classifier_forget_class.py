@@ -3,9 +3,9 @@
 The body lives in the package (``rklu_llm.scripts.classifier``); see ``python recipes/classifier_forget_class.py
 --help`` and that module's docstring.
 
-    python recipes/classifier_forget_class.py --dataset fashion_mnist --data_dir ../shared/data/fashion-mnist \
+    python recipes/classifier_forget_class.py --dataset fashion_mnist --data_dir data/fashion-mnist \
         --model cnn --forget_classes 0 --output_dir runs/fmnist_class0
-    python recipes/classifier_forget_class.py --dataset austen --data_dir ../shared/data/books --model bert \
+    python recipes/classifier_forget_class.py --dataset austen --data_dir data/books --model bert \
         --forget_classes 0 --output_dir runs/austen_emma
 """
 

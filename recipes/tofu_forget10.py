@@ -1,7 +1,7 @@
 """TOFU forget10: unlearn 10% of the fictitious authors (RKL-U by default, no retain data), then evaluate.
 
     accelerate launch recipes/tofu_forget10.py --model runs/full --output_dir runs/rklu_forget10 \
-        --data_dir ../shared/data/tofu --retain_eval runs/retain90/tofu_eval.json
+        --data_dir data/tofu --retain_eval runs/retain90/tofu_eval.json
     python recipes/tofu_forget10.py --method npo --model runs/full --output_dir runs/npo_forget10 ...
     accelerate launch --config_file accelerate_configs/deepspeed_zero3.yaml recipes/tofu_forget10.py ...
 

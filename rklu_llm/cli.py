@@ -166,19 +166,26 @@ def print_methods() -> None:
     forget set."""
     from .config import METHODS
 
+    width = max(len(name) for name in METHODS) + 1
     for name, spec in METHODS.items():
         needs = []
-        if getattr(spec, "default_retain_mode", "none") != "none" or getattr(spec, "needs_retain", False):
+        if spec.default_retain_mode != "none" or spec.uses_retain_data:
             needs.append("retain data")
         if spec.needs_reference:
-            needs.append("a frozen original (a copy, or the LoRA student's base)")
+            shared = "a copy" if spec.batch == "classifier" else "a copy, or the LoRA student's base"
+            needs.append(f"a frozen original ({shared})")
         if spec.needs_augmented:
             needs.append("the augmented model (phase 1 builds it)")
         if spec.needs_refusals:
             needs.append("refusal answers (built-in list or refusal_file)")
         if not spec.trains:
             needs.append("no training loop (a weight edit)")
-        print(f"{name:<8} {spec.loss}\n{'':<8} needs: {'; '.join(needs) or 'the forget set only'}")
+        kind = {"lm": "language models", "classifier": "classifiers", "both": "language models and classifiers"}
+        needs.append(f"for {kind[spec.batch]}")
+        print(
+            f"{name:<{width}} {spec.loss}\n{'':<{width}} needs: {'; '.join(needs[:-1]) or 'the forget set only'}; "
+            f"{needs[-1]}"
+        )
     print("\nAny method also takes a retain term: --retain_mode rt (NLL) or kl (KL to the original) on retain data.")
 
 

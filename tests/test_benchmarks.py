@@ -171,10 +171,12 @@ def test_tofu_benchmark_mini_run_with_lora_on_the_cpu(tmp_path, tiny_model_dir, 
         "32",
         "--protocol",
         "tofu",
+        "--audit",
+        "membership,extraction",
         methods="rklu,ta",
     )
-    assert len((work / "data" / "full.jsonl").read_text().splitlines()) == 32 + 40
-    assert len((work / "data" / "retain99.jsonl").read_text().splitlines()) == 32
+    assert len((work / "data-forget01-retain32" / "full.jsonl").read_text().splitlines()) == 32 + 40
+    assert len((work / "data-forget01-retain32" / "retain99.jsonl").read_text().splitlines()) == 32
     metrics = json.loads((work / "models" / "full" / "train_metrics.json").read_text())
     assert metrics["train_items"] == 72
     assert (work / "models" / "full" / "model.safetensors").is_file()  # the fine-tune's adapter was merged
@@ -187,6 +189,17 @@ def test_tofu_benchmark_mini_run_with_lora_on_the_cpu(tmp_path, tiny_model_dir, 
     assert runs["forget01_ta_lr0.001_s0"]["final"]["model_utility"] is not None
     table = (results / "tofu_smollm2.md").read_text()
     assert "NOT the benchmark" in table and "protocol **tofu**" in table
+    # --audit: every final model, the original and the oracle (privleak's reference) in a second table
+    for run in runs.values():
+        assert 0 <= run["audit"]["mia_auc_min_k"] <= 1 and 0 <= run["audit"]["extraction_strength"] <= 1
+    oracle = json.loads((work / "audits" / "forget01_oracle_retain99" / "audit_eval.json").read_text())
+    assert rklu["audit"]["privleak"] == pytest.approx(
+        ((1 - rklu["audit"]["mia_auc_min_k"]) - (1 - oracle["membership"]["auc"]["min_k"]))
+        / (1 - oracle["membership"]["auc"]["min_k"] + 1e-10)
+        * 100
+    )
+    assert {r["method"] for r in data["references"] if r["audit"]} == {"original", "oracle (retain99)"}
+    assert "| min-k% AUC | privleak |" in table and "| forget01 | rklu | none | 0.001 |" in table
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ class TofuEvalArguments:
     eval_generation_batch_size: int | None = field(
         default=None, metadata={"help": "Prompts per generate call (default: eval_batch_size); large values suit GPUs."}
     )
-    # ---- helper FAST: the item protocol of evaluate_tofu
+    # ---- the item protocol of evaluate_tofu
     eval_protocol: str = field(
         default="all", metadata={"help": "TOFU items scored: 'all', or 'tofu' (the original scripts' first 300 a set)."}
     )
@@ -178,7 +178,7 @@ def evaluate_saved(model_dir, eval_args: TofuEvalArguments, forget_splits, data_
     beside it, add the results to its model card and print the summary row."""
     import torch
 
-    from ..hub import update_model_card  # helper SHIP: the card of the saved model gains the results
+    from ..hub import update_model_card  # the card of the saved model gains the results
     from ..models import load_model
     from .tofu import evaluate_tofu, summary_row
 
@@ -194,6 +194,6 @@ def evaluate_saved(model_dir, eval_args: TofuEvalArguments, forget_splits, data_
         reference=reference,
         **eval_args.evaluate_kwargs(),
     )
-    update_model_card(model_dir, result)  # helper SHIP: no-op without a card written by rklu_llm
+    update_model_card(model_dir, result)  # no-op without a card written by rklu_llm
     print(json.dumps(summary_row(result), indent=2))
     return result

@@ -5,12 +5,12 @@ Run by ``recipes/classifier_forget_class.py``. Read top to bottom: arguments -> 
 USES RETAIN DATA) -> each method from a copy of the original -> evaluation -> ``classifier_results.json``.
 
     # Fashion-MNIST, forget class 0 (T-shirt/top), small CNN, the retain-free methods and the references
-    python recipes/classifier_forget_class.py --dataset fashion_mnist --data_dir ../shared/data/fashion-mnist \\
+    python recipes/classifier_forget_class.py --dataset fashion_mnist --data_dir data/fashion-mnist \\
         --model cnn --forget_classes 0 --output_dir runs/fmnist_class0
     # two classes, a transformers ResNet; 500 random samples; the Austen novels with a small BERT
     python recipes/classifier_forget_class.py --model resnet --forget_classes 0,6 --output_dir runs/fm_resnet ...
     python recipes/classifier_forget_class.py --forget_samples 500 --output_dir runs/fm_500 ...
-    python recipes/classifier_forget_class.py --dataset austen --data_dir ../shared/data/books --model bert \\
+    python recipes/classifier_forget_class.py --dataset austen --data_dir data/books --model bert \\
         --forget_classes 0 --output_dir runs/austen_emma
 
 Output folder: ``original/`` (reused when complete; or ``--original <dir>``), ``retrain/``, one folder per method

@@ -2,10 +2,10 @@
 memorisation, leak@k, the relearning attack and weight-only quantization (see :mod:`rklu_llm.eval.audit`).
 
     # the retain-only oracle first: its AUCs are the privleak reference of every audit of that split
-    python -m rklu_llm.scripts.eval_audit --model runs/retain99 --forget_split forget01 --data_dir ../shared/data/tofu
+    python -m rklu_llm.scripts.eval_audit --model runs/retain99 --forget_split forget01 --data_dir data/tofu
     # then the unlearned model, every part, with the original and the oracle under the same relearning attack
     python -m rklu_llm.scripts.eval_audit --model runs/rklu_forget01 --forget_split forget01 \\
-        --data_dir ../shared/data/tofu --audit all --audit_reference runs/retain99/audit_eval.json \\
+        --data_dir data/tofu --audit all --audit_reference runs/retain99/audit_eval.json \\
         --relearn_original runs/full --relearn_oracle runs/retain99 --open_unlearning_export
 
 Writes ``audit_eval.json`` (and its cache, so a rerun resumes) into ``--output_dir`` (default: the model's folder);

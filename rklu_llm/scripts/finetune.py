@@ -3,9 +3,9 @@
 The ``full`` model is what unlearning starts from; a ``retainXX`` model never saw the matching forget set, and its
 stored ``tofu_eval.json`` is the reference of forget quality for that split.
 
-    python recipes/finetune_tofu.py --split full --output_dir runs/full --data_dir ../shared/data/tofu
+    python recipes/finetune_tofu.py --split full --output_dir runs/full --data_dir data/tofu
     accelerate launch recipes/finetune_tofu.py --split retain90 --output_dir runs/retain90 \
-        --data_dir ../shared/data/tofu --num_train_epochs 5 --learning_rate 1e-5 --bf16
+        --data_dir data/tofu --num_train_epochs 5 --learning_rate 1e-5 --bf16
     python recipes/finetune_tofu.py --config finetune.yaml
 
 Flags: FinetuneArguments below, rklu_llm.eval.arguments.TofuEvalArguments and every transformers.TrainingArguments

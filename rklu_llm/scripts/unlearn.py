@@ -4,17 +4,17 @@ Run by ``recipes/tofu_forget01.py`` / ``05`` / ``10`` (which only fix the split)
 Read top to bottom: arguments -> data (fails early when unavailable) -> model -> trainer -> save -> evaluation.
 
     # 1. the model that knows TOFU and the retain-only oracle (its evaluation is the forget-quality reference)
-    python recipes/finetune_tofu.py --split full --output_dir runs/full --data_dir ../shared/data/tofu
-    python recipes/finetune_tofu.py --split retain90 --output_dir runs/retain90 --data_dir ../shared/data/tofu
+    python recipes/finetune_tofu.py --split full --output_dir runs/full --data_dir data/tofu
+    python recipes/finetune_tofu.py --split retain90 --output_dir runs/retain90 --data_dir data/tofu
     # 2. unlearn forget10 with RKL-U (no retain data), evaluate, forget quality against the oracle
     accelerate launch recipes/tofu_forget10.py --model runs/full --output_dir runs/rklu_forget10 \
-        --data_dir ../shared/data/tofu --retain_eval runs/retain90/tofu_eval.json
+        --data_dir data/tofu --retain_eval runs/retain90/tofu_eval.json
     # any method of the toolkit, LoRA, a retain term, a YAML config:
     python recipes/tofu_forget10.py --method npo --retain_mode rt --model runs/full --output_dir runs/npo_rt ...
     python recipes/tofu_forget10.py --config my_run.yaml --output_dir runs/x
     # forget quality after every epoch, and a full evaluation of the epoch where it peaks (the paper's protocol)
     python recipes/tofu_forget10.py --model runs/full --output_dir runs/rklu_10ep --num_train_epochs 10 \
-        --retain_eval runs/retain90/tofu_eval.json --eval_every_epoch --data_dir ../shared/data/tofu
+        --retain_eval runs/retain90/tofu_eval.json --eval_every_epoch --data_dir data/tofu
     # ... keeping the best epoch at a utility floor, then auditing the saved model (audit_eval.json)
     python recipes/tofu_forget10.py ... --eval_every_epoch --best_checkpoint --min_model_utility 0.3 --audit all \
         --audit_reference runs/retain90/audit_eval.json --relearn_original runs/full --relearn_oracle runs/retain90
@@ -96,6 +96,8 @@ def validate(script: TofuArguments, evaluation: TofuEvalArguments, config: Unlea
             f"augmented_model_path {config.augmented_model_path!r} holds neither a model (config.json) "
             "nor a LoRA adapter (adapter_config.json)."
         )
+    if evaluation.audit and evaluation.skip_eval:
+        raise ValueError("--audit audits the saved model after its evaluation: leave out --skip_eval (or --audit).")
     if script.eval_every_epoch and (script.retain_eval is None or evaluation.skip_eval):
         raise ValueError("--eval_every_epoch picks epochs by forget quality: it needs --retain_eval, not --skip_eval.")
 
