@@ -15,6 +15,7 @@ from test_hub import TOKEN, FakeHfApi, card_metadata
 
 from rklu_llm import __version__, cli, hub
 from rklu_llm.cli import COMMANDS, parse_arguments
+from rklu_llm.models import ModelLoadError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "configs"
@@ -281,3 +282,44 @@ def test_push_command_dry_run_and_fake_upload(runs, monkeypatch, capsys):
     assert TOKEN not in out + err and all(TOKEN.encode() not in content for content in api.uploaded.values())
     code, _, err = run_cli(["push", str(runs["rklu"])], capsys)
     assert code != 0 and "usage: rklu-llm push MODEL_DIR REPO_ID" in err
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The other evaluators through the command (their metrics are pinned in test_eval_copyright / test_eval_general)
+# ---------------------------------------------------------------------------------------------------------------
+def test_eval_copyright_command_on_a_tiny_model(tiny_model_dir, tofu_dir, tmp_path, capsys):
+    data = tofu_dir.parent
+    argv = ["eval", "copyright", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "eval")]
+    argv += ["--books_dir", str(data / "books"), "--forget_text", "pride_and_prejudice.txt", "--control_text"]
+    argv += ["sense_and_sensibility.txt", "--wikitext_dir", str(data / "wikitext"), "--chunk_tokens", "32"]
+    argv += ["--num_chunks", "3", "--prefix_tokens", "16", "--segment_tokens", "32", "--num_segments", "4"]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "eval" / "copyright_eval.json").read_text())
+    forget, wikitext = result["sets"]["forget"]["aggregate"], result["perplexity"]["wikitext"]
+    assert forget["num_chunks"] == 3 and result["sets"]["control"]["aggregate"]["num_chunks"] == 3
+    assert wikitext["num_segments"] == 4 and wikitext["perplexity"] > 1 and 0 <= forget["bleu"] <= 100
+    assert str(tmp_path) not in json.dumps(result)
+
+
+def test_eval_general_command_on_a_tiny_model(tiny_model_dir, tofu_dir, tmp_path, capsys):
+    argv = ["eval", "general", "--model", str(tiny_model_dir), "--output_dir", str(tmp_path / "eval")]
+    argv += ["--general_tasks", "copa,piqa", "--general_data_dir", str(tofu_dir.parent / "general")]
+    code, out, err = run_cli([*argv, "--general_limit", "4"], capsys)
+    assert code == 0, err
+    result = json.loads((tmp_path / "eval" / "general_eval.json").read_text())
+    assert set(result["tasks"]) == {"copa", "piqa"} and all(v["num_samples"] == 4 for v in result["tasks"].values())
+
+
+def test_new_evaluators_check_inputs_before_loading_a_model(tmp_path, capsys):
+    missing = str(tmp_path / "no-such-model")
+    for argv, error in (
+        (["eval", "general", "--model", missing, "--output_dir", str(tmp_path), "--general_limit", "0"], "limit"),
+        (["eval", "general", "--model", missing, "--output_dir", str(tmp_path), "--general_tasks", "chess"], "chess"),
+        (
+            ["eval", "copyright", "--model", missing, "--output_dir", str(tmp_path), "--forget_text", "x"],
+            "no-such-model",
+        ),
+    ):
+        with pytest.raises((ValueError, FileNotFoundError, ModelLoadError), match=error):
+            cli.main(argv)

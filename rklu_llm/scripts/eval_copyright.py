@@ -135,9 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ..cli import parse_arguments
     from ..eval.copyright import evaluate_copyright, summary_row
-    from ..models import load_model, load_tokenizer
+    from ..models import check_model_source, load_model, load_tokenizer
 
     target, texts, evaluation = parse_arguments(ARGUMENTS, argv)
+    check_model_source(target.model)  # a missing local model is named before anything is read
     data = texts.prepare(load_tokenizer(target.model), target.model)  # every input checked; no weights loaded yet
     model, tokenizer = load_model(target.model)
     if torch.cuda.is_available():

@@ -76,11 +76,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     from ..cli import parse_arguments
     from ..eval.general import evaluate_general
-    from ..models import load_model
+    from ..models import check_model_source, load_model
 
     target, general = parse_arguments(ARGUMENTS, argv)
     general.skip_general = False
     general.check_data()
+    check_model_source(target.model)
     model, tokenizer = load_model(target.model)
     if torch.cuda.is_available():
         model.to("cuda")
