@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import Trainer, TrainingArguments
+from transformers import TrainingArguments
 
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer
 from rklu_llm.classifiers import SmallCNN, small_resnet, small_text_classifier, train_text_tokenizer
@@ -58,6 +58,7 @@ from rklu_llm.data.classification import (
 from rklu_llm.eval.classification import evaluate_classifier
 from rklu_llm.eval.io import write_json_atomic
 from rklu_llm.models import publish_dir
+from rklu_llm.run_state import GuardedTrainer
 
 CLASSIFIER_METHODS = tuple(m for m, spec in METHODS.items() if spec.batch != "lm" and m != "retrain")
 DEFAULT_METHODS = "redistribute,mask,ga,random_label,boundary_shrink,jit,finetune"
@@ -282,7 +283,7 @@ def train_original(script, config, train, kind, num_classes, names, tokenizer, f
         disable_tqdm=config.disable_tqdm,
         remove_unused_columns=False,
     )
-    trainer = Trainer(
+    trainer = GuardedTrainer(  # stops at the first non-finite loss or gradient norm
         model=model,
         args=args,
         train_dataset=ClassificationRows(train),

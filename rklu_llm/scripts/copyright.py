@@ -130,10 +130,11 @@ def method_config(config: UnlearnConfig, method: str, output_dir: Path, augmente
 
 def finetune(model_name: str, recipe: BookRecipeArguments, config: UnlearnConfig, forget, out: Path) -> dict:
     """NLL fine-tuning on every token of the book's chunks; the model (full weights) is saved into ``out``."""
-    from transformers import Trainer, TrainingArguments
+    from transformers import TrainingArguments
 
     from ..data.qa import QACollator
     from ..models import load_model, lora_config, staged_save
+    from ..run_state import GuardedTrainer
 
     metrics_file = out / "train_metrics.json"
     if metrics_file.is_file():
@@ -161,7 +162,7 @@ def finetune(model_name: str, recipe: BookRecipeArguments, config: UnlearnConfig
         bf16=config.bf16,
         fp16=config.fp16,
     )
-    trainer = Trainer(
+    trainer = GuardedTrainer(  # stops at the first non-finite loss or gradient norm
         model=model,
         args=args,
         train_dataset=forget.select_columns(["input_ids", "labels"]),
@@ -368,7 +369,7 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
                 dataset_name=f"text:{data.sources['forget']}",
             )
             start = time.perf_counter()
-            trainer.train()
+            trainer.train(resume_from_checkpoint=True)  # a killed method continues from its newest checkpoint
             seconds = time.perf_counter() - start + (augment_seconds if METHODS[method].needs_augmented else 0.0)
             if recipe.save_models:
                 trainer.save_model()
