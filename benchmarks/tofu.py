@@ -902,8 +902,10 @@ def audit_table(refs: list[dict], groups: list[dict], splits: list[str]) -> list
     for split in splits:
         for row in [r for r in refs if r["split"] == split and r.get("audit")]:
             a = row["audit"]
+            oracle = row["method"].startswith("oracle")  # the reference itself: privleak 0 by definition
+            leak = "0 (the reference)" if oracle else fmt(a.get("privleak"), ".1f")
             lines.append(
-                f"| {split} | {row['method']} | | | {fmt(a.get('mia_auc_min_k'))} | {fmt(a.get('privleak'), '.1f')} | "
+                f"| {split} | {row['method']} | | | {fmt(a.get('mia_auc_min_k'))} | {leak} | "
                 f"{fmt(a.get('extraction_strength'))} | {fmt(a.get('exact_memorization'))} |"
             )
         for g in [g for g in groups if g["split"] == split and g["audit_mia_auc_min_k"] is not None]:
