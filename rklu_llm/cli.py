@@ -161,6 +161,10 @@ def _program_name(name: str):
         sys.argv = saved
 
 
+#: what a method's batches come from (``MethodSpec.batch``), in words
+MODEL_KINDS = {"lm": "language models", "classifier": "classifiers", "both": "language models and classifiers"}
+
+
 def print_methods() -> None:
     """One line per method of :data:`rklu_llm.config.METHODS`: its forget loss and what a run needs besides the
     forget set."""
@@ -180,8 +184,7 @@ def print_methods() -> None:
             needs.append("refusal answers (built-in list or refusal_file)")
         if not spec.trains:
             needs.append("no training loop (a weight edit)")
-        kind = {"lm": "language models", "classifier": "classifiers", "both": "language models and classifiers"}
-        needs.append(f"for {kind[spec.batch]}")
+        needs.append(f"for {MODEL_KINDS[spec.batch]}")
         print(
             f"{name:<{width}} {spec.loss}\n{'':<{width}} needs: {'; '.join(needs[:-1]) or 'the forget set only'}; "
             f"{needs[-1]}"

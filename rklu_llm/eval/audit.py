@@ -460,12 +460,16 @@ def _prepare(
     }
 
 
+#: evaluate_audit's parameters that are not audit settings (everything else goes to _prepare, by name)
+_NOT_SETTINGS = ("model", "tokenizer", "output_dir")
+
+
 def check_audit(forget_split: str = "forget10", **kwargs) -> None:
     """Run every check of :func:`evaluate_audit` that needs no model (settings, data, holdout size, reference,
     quantization library) with the same keyword arguments, so a script fails before loading a model."""
     bound = inspect.signature(evaluate_audit).bind(None, None, forget_split, **kwargs)
     bound.apply_defaults()
-    settings = {k: v for k, v in bound.arguments.items() if k not in ("model", "tokenizer", "output_dir")}
+    settings = {k: v for k, v in bound.arguments.items() if k not in _NOT_SETTINGS}
     _prepare(**settings)
 
 
@@ -530,29 +534,8 @@ def evaluate_audit(
             a reference of another split, missing data or a missing quantization library; all before any model work.
     """
     # ---- validate everything (settings, data, reference, library) before touching the model
-    plan = _prepare(
-        forget_split,
-        parts,
-        data_dir,
-        membership_reference,
-        holdout_split,
-        min_k,
-        leak_k,
-        leak_threshold,
-        blank_words,
-        leak_max_new_tokens,
-        relearn_original,
-        relearn_oracle,
-        relearn_steps,
-        relearn_learning_rate,
-        relearn_batch_size,
-        quantization_bits,
-        batch_size,
-        generation_batch_size,
-        max_new_tokens,
-        max_items,
-        max_length,
-    )
+    settings = {name: value for name, value in locals().items() if name not in _NOT_SETTINGS}  # the parameters
+    plan = _prepare(**settings)
     parts, quantization_bits = plan["parts"], plan["quantization_bits"]
     forget, holdout = plan["forget"], plan["holdout"]
     holdout_split, reference_aucs, reference_label = plan["holdout_split"], plan["reference_aucs"], plan["reference"]

@@ -100,6 +100,8 @@ def validate(script: TofuArguments, evaluation: TofuEvalArguments, config: Unlea
         raise ValueError("--audit audits the saved model after its evaluation: leave out --skip_eval (or --audit).")
     if script.eval_every_epoch and (script.retain_eval is None or evaluation.skip_eval):
         raise ValueError("--eval_every_epoch picks epochs by forget quality: it needs --retain_eval, not --skip_eval.")
+    if evaluation.best_checkpoint and not script.eval_every_epoch:
+        raise ValueError("--best_checkpoint keeps the best epoch of the per-epoch evaluation: add --eval_every_epoch.")
 
 
 def load_data(script: TofuArguments, config: UnlearnConfig):
@@ -126,9 +128,7 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
     validate(script, evaluation, config)
     forget, retain, refusals = load_data(script, config)
     evaluation.check_inputs((script.forget_split,), script.data_dir, script.retain_eval)
-    if evaluation.best_checkpoint and not script.eval_every_epoch:
-        raise ValueError("--best_checkpoint keeps the best epoch of the per-epoch evaluation: add --eval_every_epoch.")
-    if evaluation.audit and not evaluation.skip_eval:
+    if evaluation.audit:  # validate() refused --audit with --skip_eval
         from rklu_llm.eval.audit import check_audit
 
         check_audit(script.forget_split, data_dir=script.data_dir, **evaluation.audit_kwargs())
