@@ -22,6 +22,30 @@ CHATML = (
 )
 
 
+#: a tiny, quick unlearning run on the CPU; each test module overrides what it is about
+TINY_RUN = dict(
+    per_device_train_batch_size=4,
+    max_steps=2,
+    augment_epochs=1,
+    augment_max_steps=1,
+    augment_learning_rate=1e-3,
+    learning_rate=1e-3,
+    save_strategy="no",
+    logging_steps=1,
+    use_cpu=True,
+    report_to="none",
+    seed=0,
+    disable_tqdm=True,
+)
+
+
+def tiny_config(output_dir, method: str, **overrides):
+    """An ``UnlearnConfig`` of :data:`TINY_RUN` writing to ``output_dir``, with ``overrides`` on top."""
+    from rklu_llm import UnlearnConfig
+
+    return UnlearnConfig(**{**TINY_RUN, "output_dir": str(output_dir), "method": method, **overrides})
+
+
 def build_tiny_tokenizer(chat_template: bool = True, vocab_size: int = 1000):
     """A byte-level BPE tokenizer (~1k tokens) trained on TOFU text; pad == eos, like SmolLM2."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import SHARED_DATA, build_tiny_model
+from conftest import SHARED_DATA, build_tiny_model, tiny_config
 from datasets import Dataset
 
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, load_refusals
@@ -195,24 +195,7 @@ def test_refusals_are_never_cut_by_a_short_prefix(tiny_tokenizer, book_excerpt):
 
 
 def make_config(tmp_path, method, **overrides) -> UnlearnConfig:
-    values = dict(
-        output_dir=str(tmp_path / method),
-        method=method,
-        per_device_train_batch_size=4,
-        max_steps=2,
-        augment_epochs=1,
-        augment_max_steps=1,
-        augment_learning_rate=1e-3,
-        learning_rate=1e-3,
-        save_strategy="no",
-        logging_steps=1,
-        use_cpu=True,
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return UnlearnConfig(**values)
+    return tiny_config(tmp_path / method, method, **overrides)
 
 
 @pytest.mark.parametrize("method", sorted(m for m, spec in METHODS.items() if spec.batch != "classifier"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, tiny_config
 
 from rklu_llm import UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_tofu
 from rklu_llm.data.qa import UnlearnCollator
@@ -20,25 +20,11 @@ def forget_qa(tofu_dir):
 
 
 def make_trainer(tmp_path, tokenizer, forget, method, **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        method=method,
-        per_device_train_batch_size=4,
-        max_steps=2,
-        learning_rate=1e-3,
-        save_strategy="no",
-        logging_steps=1,
-        use_cpu=True,
-        report_to="none",
-        seed=0,
-        disable_tqdm=True,
-        max_length=256,
-    )
-    values.update(overrides)
+    config = tiny_config(tmp_path / "out", method, **{"max_length": 256, **overrides})
     dataset = build_unlearning_dataset(tokenizer, forget, max_length=256)
     return UnlearnTrainer(
         model=build_tiny_model(tokenizer),
-        args=UnlearnConfig(**values),
+        args=config,
         train_dataset=dataset,
         processing_class=tokenizer,
     )

@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import build_tiny_model
+from conftest import build_tiny_model, tiny_config
 from peft import PeftModel
 from transformers import AutoModelForCausalLM, LlamaModel
 
@@ -32,28 +32,8 @@ def qa(tofu_dir):
 
 
 def make_config(tmp_path, method, retain_mode="none", **overrides):
-    values = dict(
-        output_dir=str(tmp_path / "out"),
-        method=method,
-        retain_mode=retain_mode,
-        per_device_train_batch_size=4,
-        max_steps=4,
-        augment_epochs=1,
-        augment_max_steps=2,
-        augment_learning_rate=1e-3,
-        learning_rate=1e-3,
-        save_strategy="steps",
-        save_steps=2,
-        save_total_limit=None,
-        logging_steps=1,
-        use_cpu=True,
-        report_to="none",
-        seed=0,
-        max_length=256,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return UnlearnConfig(**values)
+    steps = dict(max_steps=4, augment_max_steps=2, save_strategy="steps", save_steps=2, save_total_limit=None)
+    return tiny_config(tmp_path / "out", method, retain_mode=retain_mode, **{"max_length": 256, **steps, **overrides})
 
 
 def make_trainer(tmp_path, tokenizer, qa, method, retain_mode="none", model=None, **overrides):

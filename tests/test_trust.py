@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny_model
+from conftest import build_tiny_model, tiny_config
 from datasets import Dataset
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM
@@ -54,26 +54,7 @@ def qa(tofu_dir):
 
 
 def config(tmp_path, method="ga", retain_mode="none", name="out", **overrides):
-    values = dict(
-        output_dir=str(tmp_path / name),
-        method=method,
-        retain_mode=retain_mode,
-        per_device_train_batch_size=4,
-        max_steps=2,
-        augment_epochs=1,
-        augment_max_steps=1,
-        augment_learning_rate=1e-3,
-        learning_rate=1e-3,
-        save_strategy="no",
-        logging_steps=1,
-        use_cpu=True,
-        report_to="none",
-        seed=0,
-        max_length=256,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return UnlearnConfig(**values)
+    return tiny_config(tmp_path / name, method, retain_mode=retain_mode, **{"max_length": 256, **overrides})
 
 
 def trainer_for(tmp_path, tokenizer, qa, method="ga", retain_mode="none", model=None, forget=None, **overrides):
