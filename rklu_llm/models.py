@@ -310,10 +310,15 @@ STAGING_DIR = ".rklu-staging"
 def staged_save(trainer, output_dir: str | os.PathLike, before_publish=None) -> None:
     """Save a Trainer's model into ``output_dir`` through a staging folder, so no half-written model is ever there.
 
-    Every process calls it (DeepSpeed/FSDP gather the weights collectively); the main process writes, runs
-    ``before_publish(staging_dir)`` (e.g. a model card) and moves the files into place.
+    Non-finite weights are refused first (:func:`~rklu_llm.run_state.check_finite_weights`). Every process calls it
+    (DeepSpeed/FSDP gather the weights collectively); the main process writes, runs ``before_publish(staging_dir)``
+    (e.g. a model card) and moves the files into place.
     """
     from transformers import Trainer
+
+    from .run_state import check_finite_weights
+
+    check_finite_weights(trainer.accelerator.unwrap_model(trainer.model), output_dir)
 
     staging = Path(output_dir) / STAGING_DIR
     if trainer.is_world_process_zero():

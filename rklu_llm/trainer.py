@@ -82,7 +82,6 @@ from .run_state import (
     DivergenceGuard,
     TrainingDiverged,
     begin_run,
-    check_finite_weights,
     check_run_record,
     checkpoint_problem,
     divergence_hint,
@@ -801,8 +800,7 @@ class UnlearnTrainer(Trainer):
                 if self.is_world_process_zero():
                     self._write_card(output_dir)
                 return
-            check_finite_weights(self.accelerator.unwrap_model(self.model), output_dir)
-            staged_save(self, output_dir, self._write_card)
+            staged_save(self, output_dir, self._write_card)  # refuses non-finite weights
         if Path(output_dir).resolve() == Path(self.args.output_dir).resolve():
             finish_run(self.args, self.state.global_step)
             built = self.args.augmented_model_path is None and self.args.spec.needs_augmented

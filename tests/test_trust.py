@@ -126,6 +126,21 @@ def test_diverging_run_stops_at_the_first_non_finite_loss_and_saves_no_nan(tmp_p
         trainer.save_model()
 
 
+def test_every_staged_save_refuses_non_finite_weights(tmp_path, tiny_tokenizer):
+    """The shared save path (final models, TOFU and book fine-tunes, best checkpoints) checks the weights itself."""
+    from transformers import Trainer, TrainingArguments
+
+    from rklu_llm.models import STAGING_DIR, staged_save
+
+    model = build_tiny_model(tiny_tokenizer)
+    with torch.no_grad():
+        next(model.parameters())[0] = math.inf
+    args = TrainingArguments(output_dir=str(tmp_path / "scratch"), use_cpu=True, report_to="none")
+    with pytest.raises(TrainingDiverged, match="NaN or infinite"):
+        staged_save(Trainer(model=model, args=args), tmp_path / "out")
+    assert not (tmp_path / "out" / "model.safetensors").exists() and not (tmp_path / "out" / STAGING_DIR).exists()
+
+
 def test_diverging_augmentation_publishes_nothing(tmp_path, tiny_tokenizer, qa):
     trainer = trainer_for(tmp_path, tiny_tokenizer, qa, "rklu", augment_learning_rate=1e10, augment_max_steps=3)
     with pytest.raises(TrainingDiverged, match="augmentation fine-tune.*augment_learning_rate=1e\\+10"):

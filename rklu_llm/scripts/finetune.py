@@ -34,7 +34,6 @@ from rklu_llm.run_state import (
     GuardedTrainer,
     TrainingDiverged,
     begin_run,
-    check_finite_weights,
     check_training_arguments,
     console_logging,
     finish_run,
@@ -162,7 +161,6 @@ def main(argv: list[str] | None = None) -> dict | None:
             raise
         if script.use_lora:  # save a plain model: merge the adapter into the base weights
             trainer.model = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
-        check_finite_weights(trainer.accelerator.unwrap_model(trainer.model), training.output_dir)
         metrics = {"split": script.split, "train_items": len(train_set), **train_result.metrics}
         staged_save(
             trainer,
