@@ -1,6 +1,6 @@
 # Two commands for a fresh machine:
 #   make demo   install into .venv, then teach the embedded SmolLM2 two people and make it forget one (CPU, minutes)
-#   make test   install into .venv with the test extras, lint, then run the whole test suite offline
+#   make test   install into .venv with the test extras, lint, then run the whole test suite offline, on every core
 # `make demo` is `rklu-llm demo` in the installed venv: it reads TOFU from $RKLU_TOFU_DIR (or DEMO_ARGS=--data_dir ...),
 # else the hub, else it uses generated profiles and says so.
 PYTHON ?= python3
@@ -37,7 +37,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 test: lint
-	$(TEST_ENV) $(BIN)/python -m pytest -q --durations=15
+	$(TEST_ENV) $(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=15
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

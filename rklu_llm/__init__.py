@@ -4,23 +4,35 @@ RKL-U (fine-tune an augmented copy on the forget set, build the teacher ``l_o - 
 with token-level reverse KL) and the GA / GD / NPO / DPO / IDK / FKL-U / task-arithmetic baselines, in one
 `transformers.Trainer` subclass that also unlearns classifiers (classes or samples, retain-free); TOFU, copyright,
 lm-eval and audit evaluations, model cards and ``push_to_hub``, and the ``rklu-llm`` command.
+
+The public names below are imported on first use (PEP 562), so ``import rklu_llm`` and ``rklu-llm --version`` do not
+pay for torch, transformers and peft until something needs them.
 """
 
-from .config import METHODS, UnlearnConfig
-from .data import (
-    build_classification_unlearning_dataset,
-    build_text_unlearning_dataset,
-    build_unlearning_dataset,
-    load_refusals,
-    load_tofu,
-)
-from .hub import push_to_hub
-from .models import DEFAULT_MODEL, load_model, load_tokenizer
-from .trainer import UnlearnTrainer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
 
-__all__ = [
+#: public name -> the submodule that defines it
+_EXPORTS = {
+    "DEFAULT_MODEL": ".models",
+    "METHODS": ".config",
+    "UnlearnConfig": ".config",
+    "UnlearnTrainer": ".trainer",
+    "build_classification_unlearning_dataset": ".data",
+    "build_text_unlearning_dataset": ".data",
+    "build_unlearning_dataset": ".data",
+    "load_model": ".models",
+    "load_refusals": ".data",
+    "load_tofu": ".data",
+    "load_tokenizer": ".models",
+    "push_to_hub": ".hub",
+}
+
+__all__ = [  # the keys of _EXPORTS (a test checks), written out for static analysers
     "DEFAULT_MODEL",
     "METHODS",
     "UnlearnConfig",
@@ -34,3 +46,28 @@ __all__ = [
     "load_tokenizer",
     "push_to_hub",
 ]
+
+if TYPE_CHECKING:  # what static analysers and IDEs see
+    from .config import METHODS, UnlearnConfig
+    from .data import (
+        build_classification_unlearning_dataset,
+        build_text_unlearning_dataset,
+        build_unlearning_dataset,
+        load_refusals,
+        load_tofu,
+    )
+    from .hub import push_to_hub
+    from .models import DEFAULT_MODEL, load_model, load_tokenizer
+    from .trainer import UnlearnTrainer
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value  # the next access is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

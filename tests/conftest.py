@@ -12,6 +12,38 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+#: Tests that start processes of their own (recipes, launches, benchmark drivers, upstream lm_eval). `make test` runs
+#: the suite on every core (pytest-xdist, ``--dist loadgroup``): each group below runs on one worker, one test at a
+#: time, so two multi-process tests never compete for the same cores, and a module-scoped fixture of a grouped module
+#: (the recipes' retain oracle) is built once. Keys: a test file, or ``file::test`` for one test of it.
+PROCESS_GROUPS = {
+    "test_recipes.py": "recipes",
+    "test_benchmarks.py": "benchmarks",
+    "test_eval_speed.py": "processes",
+    "test_distributed.py::test_fsdp2_on_two_cpu_processes_matches_one_process": "processes",
+    "test_eval_callback.py::test_two_processes_evaluate_every_epoch_and_keep_the_best": "processes",
+    "test_eval_general.py::test_upstream_lm_eval_on_saved_checkpoints": "processes",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = Path(str(item.fspath)).name
+        group = PROCESS_GROUPS.get(f"{name}::{item.originalname}") or PROCESS_GROUPS.get(name)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_configure(config):
+    """Under pytest-xdist, each worker's torch gets its share of the cores (not all of them: workers would fight)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("RKLU_SHARED_DATA", REPO.parent / "shared" / "data"))
 TOFU_DIR = SHARED_DATA / "tofu"

@@ -64,6 +64,47 @@ def test_version(capsys):
     assert code == 0 and out.strip() == f"rklu-llm {__version__}"
 
 
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_version_and_help_import_no_heavy_package(flag):
+    """`rklu-llm --version` / `--help` start without torch, transformers, peft or bitsandbytes (what made every
+    command take seconds and print a bitsandbytes warning): checked by what a fresh interpreter imported, not by a
+    clock."""
+    import subprocess
+
+    heavy = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "datasets"]
+    code = (
+        "import sys\n"
+        "from rklu_llm import cli\n"
+        f"try:\n    cli.main([{flag!r}])\nexcept SystemExit:\n    pass\n"
+        f"print('IMPORTED', sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "IMPORTED []" in done.stdout and "rklu-llm" in done.stdout
+    assert "gemm_4bit" not in done.stderr
+
+
+def test_only_the_cpu_kernel_hint_of_bitsandbytes_is_dropped(capsys):
+    import logging
+
+    logger = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    run_cli(["--version"], capsys)  # installs the filter
+    hint = "Failed to load CPU gemm_4bit_forward from kernels-community: %s."
+    record = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, hint, ("No module named 'kernels'",), None)
+    other = logger.makeRecord(logger.name, logging.WARNING, __file__, 1, "something else", (), None)
+    assert not logger.filter(record) and logger.filter(other)
+
+
+def test_package_exports_load_on_first_use():
+    import rklu_llm
+
+    assert sorted(rklu_llm.__all__) == sorted(rklu_llm._EXPORTS) and set(rklu_llm.__all__) <= set(dir(rklu_llm))
+    for name in rklu_llm.__all__:
+        assert getattr(rklu_llm, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'nonsense'"):
+        rklu_llm.nonsense  # noqa: B018
+
+
 def test_methods_say_what_each_needs(capsys):
     code, out, _ = run_cli(["methods"], capsys)
     lines = out.splitlines()

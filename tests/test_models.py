@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 
@@ -74,9 +75,15 @@ def test_unknown_embedded_model(tmp_path):
         load_model("embedded:gpt-17", cache_dir=tmp_path)
 
 
+@pytest.fixture(scope="module")
+def embedded():
+    """The embedded SmolLM2, loaded once per test process; a test that trains it takes a deep copy."""
+    return load_model(DEFAULT_MODEL)
+
+
 @pytest.mark.slow
-def test_embedded_model_loads_from_gguf_and_keeps_its_eos(tiny_tokenizer):
-    model, tokenizer = load_model(DEFAULT_MODEL)
+def test_embedded_model_loads_from_gguf_and_keeps_its_eos(embedded):
+    model, tokenizer = embedded
     assert type(model).__name__ == "LlamaForCausalLM"
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert model.config.vocab_size == 49152
@@ -88,9 +95,9 @@ def test_embedded_model_loads_from_gguf_and_keeps_its_eos(tiny_tokenizer):
 
 
 @pytest.mark.slow
-def test_rklu_runs_on_the_embedded_model(tmp_path, tofu_dir):
+def test_rklu_runs_on_the_embedded_model(tmp_path, tofu_dir, embedded):
     """A few RKL-U steps on the real SmolLM2 (LoRA student and LoRA augmented model: one copy of the weights)."""
-    model, tokenizer = load_model(DEFAULT_MODEL)
+    model, tokenizer = copy.deepcopy(embedded[0]), embedded[1]
     forget = load_tofu("forget01", tofu_dir).select(range(4))
     dataset = build_unlearning_dataset(tokenizer, forget, max_length=256)
     config = UnlearnConfig(

@@ -1,10 +1,16 @@
 """The recipes end to end on a tiny model: fine-tune a retain oracle, unlearn with every method through
-``python recipes/tofu_forget10.py --method M``, and a 2-process ``accelerate launch`` run with forget quality."""
+``python recipes/tofu_forget10.py --method M``, and a 2-process ``accelerate launch`` run with forget quality.
+
+Each entry point runs once as its own process (``finetune_tofu.py``, ``tofu_forget10.py``, ``accelerate launch``);
+the other runs execute the same recipe file in this process (``runpy``, ``sys.argv`` set), which proves the same and
+saves the ~10 s start-up of a Python process that imports torch, transformers and peft.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +64,15 @@ def run(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.Complet
     return result
 
 
+def run_in_process(monkeypatch, recipe: str, argv: list[str]) -> None:
+    """``python recipes/<recipe> argv`` inside this test process: the recipe file runs as ``__main__``."""
+    for name, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", [str(RECIPES / recipe), *argv])
+    runpy.run_path(str(RECIPES / recipe), run_name="__main__")
+
+
 @pytest.fixture(scope="module")
 def retain_eval(tmp_path_factory, tiny_model_dir, tofu_dir) -> Path:
     """A (barely) fine-tuned retain90 oracle and its stored TOFU evaluation: the forget-quality reference."""
@@ -105,29 +120,30 @@ def test_finetune_recipe_stores_its_evaluation(retain_eval):
 @pytest.mark.parametrize(
     "method", sorted(m for m, spec in METHODS.items() if spec.batch != "classifier" and m != "token_redistribute")
 )
-def test_tofu_forget10_recipe_runs_every_method(method, tmp_path, tiny_model_dir, tofu_dir, retain_eval):
+def test_tofu_forget10_recipe_runs_every_method(method, tmp_path, tiny_model_dir, tofu_dir, retain_eval, monkeypatch):
+    """rklu through ``python recipes/tofu_forget10.py`` (its own process); every other method through the same file
+    in this process."""
     out = tmp_path / method
     retain_mode = ["--retain_mode", "rt"] if method == "gd" else []
-    run(
-        [
-            sys.executable,
-            str(RECIPES / "tofu_forget10.py"),
-            "--method",
-            method,
-            *retain_mode,
-            "--model",
-            str(tiny_model_dir),
-            "--data_dir",
-            str(tofu_dir),
-            "--output_dir",
-            str(out),
-            "--retain_eval",
-            str(retain_eval),
-            *FAST_UNLEARN,
-            *FAST_EVAL,
-        ],
-        cwd=REPO,
-    )
+    argv = [
+        "--method",
+        method,
+        *retain_mode,
+        "--model",
+        str(tiny_model_dir),
+        "--data_dir",
+        str(tofu_dir),
+        "--output_dir",
+        str(out),
+        "--retain_eval",
+        str(retain_eval),
+        *FAST_UNLEARN,
+        *FAST_EVAL,
+    ]
+    if method == "rklu":
+        run([sys.executable, str(RECIPES / "tofu_forget10.py"), *argv], cwd=REPO)
+    else:
+        run_in_process(monkeypatch, "tofu_forget10.py", argv)
     result = json.loads((out / "tofu_eval.json").read_text())
     assert 0 <= result["forget"]["forget10"]["forget_quality"] <= 1
     assert 0 <= result["model_utility"] <= 1
@@ -166,59 +182,26 @@ def test_accelerate_launch_two_processes(tmp_path, tiny_model_dir, tofu_dir, ret
     assert not (out / "augmented").exists()
 
 
-def test_recipe_refuses_to_overwrite_its_input_model(tiny_model_dir, tofu_dir):
-    command = [
-        sys.executable,
-        str(RECIPES / "tofu_forget10.py"),
-        "--model",
-        str(tiny_model_dir),
-        "--data_dir",
-        str(tofu_dir),
-        "--output_dir",
-        str(tiny_model_dir),
-        "--use_cpu",
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-    )
-    assert result.returncode != 0 and "input model's own directory" in result.stderr
+def test_recipe_refuses_to_overwrite_its_input_model(tiny_model_dir, tofu_dir, monkeypatch):
+    argv = ["--model", str(tiny_model_dir), "--data_dir", str(tofu_dir), "--output_dir", str(tiny_model_dir)]
+    with pytest.raises(ValueError, match="input model's own directory"):
+        run_in_process(monkeypatch, "tofu_forget10.py", [*argv, "--use_cpu"])
 
 
-def test_recipe_fails_before_loading_a_model_without_data(tmp_path):
-    command = [
-        sys.executable,
-        str(RECIPES / "tofu_forget10.py"),
-        "--model",
-        "embedded:does-not-exist",
-        "--data_dir",
-        str(tmp_path),
-        "--output_dir",
-        str(tmp_path / "o"),
-        "--use_cpu",
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-    )
-    assert result.returncode != 0
-    assert "DataUnavailableError" in result.stderr and "forget10.jsonl" in result.stderr
+def test_recipe_fails_before_loading_a_model_without_data(tmp_path, monkeypatch):
+    from rklu_llm.data import DataUnavailableError
+
+    argv = ["--model", "embedded:does-not-exist", "--data_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(DataUnavailableError, match="forget10.jsonl"):
+        run_in_process(monkeypatch, "tofu_forget10.py", [*argv, "--use_cpu"])
 
 
-def test_recipe_follows_forget_quality_every_epoch(tmp_path, tiny_model_dir, tofu_dir, retain_eval):
+def test_recipe_follows_forget_quality_every_epoch(tmp_path, tiny_model_dir, tofu_dir, retain_eval, monkeypatch):
     out = tmp_path / "ga_epochs"
-    run(
+    run_in_process(
+        monkeypatch,
+        "tofu_forget10.py",
         [
-            sys.executable,
-            str(RECIPES / "tofu_forget10.py"),
             "--model",
             str(tiny_model_dir),
             "--method",
@@ -239,7 +222,6 @@ def test_recipe_follows_forget_quality_every_epoch(tmp_path, tiny_model_dir, tof
             "--per_device_train_batch_size",
             "32",
         ],
-        cwd=REPO,
     )
     epochs = json.loads((out / "tofu_eval_epochs.json").read_text())
     final = json.loads((out / "tofu_eval.json").read_text())
@@ -251,26 +233,8 @@ def test_recipe_follows_forget_quality_every_epoch(tmp_path, tiny_model_dir, tof
     assert epochs["final"]["forget10_forget_quality"] == pytest.approx(curve[-1])
 
 
-def test_eval_every_epoch_needs_a_reference(tmp_path, tiny_model_dir, tofu_dir):
-    command = [
-        sys.executable,
-        str(RECIPES / "tofu_forget10.py"),
-        "--model",
-        str(tiny_model_dir),
-        "--data_dir",
-        str(tofu_dir),
-        "--output_dir",
-        str(tmp_path / "o"),
-        "--use_cpu",
-        "--eval_every_epoch",
-    ]
-    result = subprocess.run(
-        command,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-    )
-    assert result.returncode != 0 and "needs --retain_eval" in result.stderr
+def test_eval_every_epoch_needs_a_reference(tmp_path, tiny_model_dir, tofu_dir, monkeypatch):
+    argv = ["--model", str(tiny_model_dir), "--data_dir", str(tofu_dir), "--output_dir", str(tmp_path / "o")]
+    with pytest.raises(ValueError, match="needs --retain_eval"):
+        run_in_process(monkeypatch, "tofu_forget10.py", [*argv, "--use_cpu", "--eval_every_epoch"])
     assert not (tmp_path / "o").exists()
