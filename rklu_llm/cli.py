@@ -5,6 +5,7 @@ with its help text and default):
 
   rklu-llm unlearn --model runs/full --output_dir runs/rklu --retain_eval runs/retain90/tofu_eval.json
   rklu-llm finetune --split full --output_dir runs/full
+  rklu-llm diagnose --model runs/full --forget_split forget01 --output_dir runs/rklu_forget01
   rklu-llm eval tofu --model runs/rklu --retain_eval runs/retain90/tofu_eval.json
   rklu-llm eval audit --model runs/rklu --forget_split forget10 --audit all
   rklu-llm eval copyright --model runs/book/rklu --output_dir runs/book/rklu --books_dir data/books
@@ -38,6 +39,10 @@ from . import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "unlearn": ("rklu_llm.scripts.unlearn", "unlearn a TOFU forget split with any method, then evaluate the result"),
     "finetune": ("rklu_llm.scripts.finetune", "fine-tune on TOFU: the model to unlearn, or a retain-only oracle"),
+    "diagnose": (
+        "rklu_llm.scripts.diagnose",
+        "build RKL-U's augmented model and check whether its teacher would still reproduce the forget set",
+    ),
     "eval tofu": (
         "rklu_llm.scripts.eval_tofu",
         "TOFU metrics of a model: probability, ROUGE-L, truth ratio, model utility, forget quality",

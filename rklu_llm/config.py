@@ -142,6 +142,31 @@ class UnlearnConfig(TrainingArguments):
     kl_chunk_size: int = field(
         default=1024, metadata={"help": "Answer positions per chunk of the full-vocabulary KL (memory bound)."}
     )
+    teacher_check: bool = field(
+        default=True,
+        metadata={
+            "help": "rklu / fklu: before distilling, check on the forget set whether the teacher would still "
+            "reproduce it (rklu_llm.teacher_check); logged, stored in the run record and the model card, with a "
+            "warning and what to change when it would."
+        },
+    )
+    teacher_check_max_top1: float = field(
+        default=0.5,
+        metadata={
+            "help": "The teacher check calls the teacher weak when its top-1 is still the true token at more than "
+            "this fraction of the forget set's answer positions. In (0, 1]."
+        },
+    )
+    teacher_check_samples: int = field(
+        default=8,
+        metadata={
+            "help": "Forget items whose greedy continuation the teacher check decodes from the teacher and from the "
+            "original, scored against the truth (BLEU, ROUGE-L); 0: logits only."
+        },
+    )
+    teacher_check_max_new_tokens: int = field(
+        default=64, metadata={"help": "The longest greedy continuation of the teacher check, in tokens."}
+    )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget loss."})
     # --- retain term ------------------------------------------------------------------------------------------
     retain_mode: str | None = field(
@@ -290,6 +315,18 @@ class UnlearnConfig(TrainingArguments):
             (self.forget_weight >= 0, f"forget_weight must be >= 0 (got {self.forget_weight})."),
             (self.augment_epochs >= 0, f"augment_epochs must be >= 0 (got {self.augment_epochs})."),
             (self.kl_chunk_size >= 1, f"kl_chunk_size must be >= 1 (got {self.kl_chunk_size})."),
+            (
+                0 < self.teacher_check_max_top1 <= 1,
+                f"teacher_check_max_top1 must be in (0, 1] (got {self.teacher_check_max_top1}).",
+            ),
+            (
+                self.teacher_check_samples >= 0,
+                f"teacher_check_samples must be >= 0 (got {self.teacher_check_samples}).",
+            ),
+            (
+                self.teacher_check_max_new_tokens >= 1,
+                f"teacher_check_max_new_tokens must be >= 1 (got {self.teacher_check_max_new_tokens}).",
+            ),
             (self.max_length >= 2, f"max_length must be >= 2 (got {self.max_length})."),
             (self.augment_learning_rate > 0, f"augment_learning_rate must be > 0 (got {self.augment_learning_rate})."),
             (self.lora_r >= 1, f"lora_r must be >= 1 (got {self.lora_r})."),

@@ -312,7 +312,7 @@ holds the forget set's knowledge, amplified.
 """
 
 
-def _method_text(config) -> str:
+def _method_text(config, teacher_check: Mapping | None = None) -> str:
     lines = [f"- **Method:** `{config.method}`: {METHODS[config.method].loss}"]
     if config.method in ("rklu", "fklu"):
         direction = "KL(p_student || p_teacher)" if config.divergence == "reverse" else "KL(p_teacher || p_student)"
@@ -322,6 +322,12 @@ def _method_text(config) -> str:
             f"{config.augment_epochs} epochs on the forget set); distillation with the {config.divergence} KL "
             f"`{direction}`"
         )
+    if teacher_check:
+        from .teacher_check import summary_line
+
+        lines.append(f"- **Teacher check** (before distillation): {summary_line(teacher_check)}")
+        if teacher_check.get("advice"):
+            lines.append(f"  - **Warning:** {teacher_check['advice']}")
     if config.method == "ta":
         lines.append(f"- **Edit:** `theta = theta_o - {config.ta_scale} * (theta_a - theta_o)`")
     if config.retain_mode == "none":
@@ -353,6 +359,7 @@ def model_card(
     results: Mapping | None = None,
     forget_data: Mapping | None = None,
     command: str | None = None,
+    teacher_check: Mapping | None = None,
 ) -> ModelCard:
     """A ``huggingface_hub.ModelCard`` describing an unlearning run.
 
@@ -364,6 +371,7 @@ def model_card(
         forget_data: sizes and hashes of the forget (and retain) data, e.g. ``{"forget_items": 400,
             "forget_sha256": ...}``: shown as given; never pass the data itself.
         command: the command that produced the model (default: this process's, made portable and redacted).
+        teacher_check: the result of :func:`rklu_llm.teacher_check.check_teacher` (rklu / fklu), when run.
     """
     dataset_id, _ = split_dataset_name(dataset)
     base_id = hub_base_model(base_model)
@@ -384,7 +392,7 @@ def model_card(
         version=package_version(),
         method=config.method,
         loss=METHODS[config.method].loss,
-        method_text=_method_text(config),
+        method_text=_method_text(config, teacher_check),
         hyper_parameters="\n".join(f"| `{k}` | {_format(v)} |" for k, v in _hyper_parameters(config).items()),
         forget_text=_forget_text(dataset, forget_data),
         results_start=RESULTS_START,
@@ -415,10 +423,12 @@ def write_model_card(
     results: Mapping | None = None,
     forget_data: Mapping | None = None,
     command: str | None = None,
+    teacher_check: Mapping | None = None,
 ) -> Path:
     """Write ``README.md`` (the model card, see :func:`model_card`) into ``output_dir``, atomically."""
     path = Path(output_dir) / CARD_FILE
-    _write_atomic(path, str(model_card(config, base_model, dataset, results, forget_data, command)))
+    card = model_card(config, base_model, dataset, results, forget_data, command, teacher_check)
+    _write_atomic(path, str(card))
     return path
 
 

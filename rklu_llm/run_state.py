@@ -411,6 +411,22 @@ def write_run_record(output_dir: str | os.PathLike, kind: str, fingerprint: dict
     )
 
 
+def update_run_record(output_dir: str | os.PathLike, status: str | None = None, **fields) -> None:
+    """Add ``fields`` to the run record in ``output_dir`` (and set its ``status``), keeping everything else in it;
+    nothing happens when there is no record (main process only)."""
+    record = read_run_record(output_dir)
+    if record is None:
+        return
+    kept = {k: v for k, v in record.items() if k not in ("kind", "status", "fingerprint", "rklu_llm_version")}
+    write_run_record(
+        output_dir,
+        record.get("kind", "?"),
+        record.get("fingerprint", {}),
+        status or record.get("status", "?"),
+        **{**kept, **fields},
+    )
+
+
 def begin_run(args, kind: str, fingerprint: dict, resume: bool = True) -> str | None:
     """Start (or continue) a run in ``args.output_dir``; returns the checkpoint to resume from, or ``None``.
 
@@ -438,11 +454,7 @@ def finish_run(args, global_step: int, status: str = "finished") -> None:
     """Mark the run record ``finished`` (after the final save) or ``diverged``, and release the lock (main process)."""
     if args.process_index != 0:
         return
-    record = read_run_record(args.output_dir)
-    if record is not None:
-        write_run_record(
-            args.output_dir, record.get("kind", "?"), record.get("fingerprint", {}), status, global_step=global_step
-        )
+    update_run_record(args.output_dir, status=status, global_step=global_step)
     lock = _HELD.get(str(Path(args.output_dir).expanduser().resolve()))
     if lock is not None:
         lock.release()

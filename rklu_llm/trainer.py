@@ -27,6 +27,7 @@ A classifier (a `ClassificationUnlearnDataset` of inputs and class labels) is on
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 from collections import defaultdict
@@ -53,7 +54,7 @@ from .classifiers import (
 )
 from .config import METHODS, UnlearnConfig
 from .data.classification import ClassificationCollator, ClassificationUnlearnDataset
-from .data.qa import ForgetRetainDataset, UnlearnCollator, epoch_of
+from .data.qa import ForgetRetainDataset, QACollator, UnlearnCollator, epoch_of
 from .distributed import check_sharding_engaged
 from .hub import write_model_card
 from .losses import (
@@ -90,6 +91,7 @@ from .run_state import (
     model_identity,
     stop_if_non_finite,
     training_settings,
+    update_run_record,
 )
 from .teacher import (
     augmented_fingerprint,
@@ -99,17 +101,24 @@ from .teacher import (
     read_marker,
     task_arithmetic,
 )
+from .teacher_check import WEAK, check_teacher, summary_line
 
 AUGMENTED_ADAPTER = "augmented"
 #: UnlearnConfig fields that do not change the result (left out of the run fingerprint).
 _NOT_IN_FINGERPRINT = {
     "kl_chunk_size",
+    "teacher_check",
+    "teacher_check_max_top1",
+    "teacher_check_samples",
+    "teacher_check_max_new_tokens",
     "augmented_model_path",
     "augmented_dir",
     "keep_augmented",
     "overwrite_output_dir",
     "refusal_file",
 }
+
+logger = logging.getLogger(__name__)
 
 
 def _disable_dropout(model: torch.nn.Module) -> None:
@@ -287,6 +296,8 @@ class UnlearnTrainer(Trainer):
         self.aug_model = None
         self.augmented_on = None  # "separate" | "reference" | "student", once the augmented model is loaded
         self._frozen_ready = False
+        #: the teacher check's result (rklu / fklu with teacher_check), once the frozen models are set up
+        self.teacher_check: dict | None = None
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
         super().__init__(
             model=model,
@@ -410,6 +421,55 @@ class UnlearnTrainer(Trainer):
         if self.aug_model is not None:
             self.aug_model = self._prepare_frozen(self.aug_model)
         self._frozen_ready = True
+        spec = self.args.spec
+        if self.args.teacher_check and spec.needs_augmented and spec.trains and self.args.teacher_alpha > 0:
+            self.teacher_check = self.run_teacher_check()
+
+    def run_teacher_check(self) -> dict:
+        """:func:`rklu_llm.teacher_check.check_teacher` on the forget set with this run's frozen models: logged (a
+        warning with what to change when the teacher is weak) and kept in ``self.teacher_check``, the run record and
+        the model card."""
+        args, forget = self.args, self.train_dataset.forget
+        collate = QACollator(self.processing_class.pad_token_id)
+        rows = [{"input_ids": ids, "labels": labels} for ids, labels in zip(forget["input_ids"], forget["labels"])]
+        size = args.per_device_train_batch_size
+        device = args.device
+
+        def logits_of(which: str, batch: dict) -> torch.Tensor:
+            inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+            return self.frozen_logits(which, self.model, inputs)
+
+        samples = min(args.teacher_check_samples, len(rows))
+        continuation = None
+        if samples:
+            items = [
+                {"prompt_ids": forget["prompt_ids"][i], "input_ids": forget["input_ids"][i]} for i in range(samples)
+            ]
+            continuation = {
+                "tokenizer": self.processing_class,
+                "items": items,
+                "max_new_tokens": args.teacher_check_max_new_tokens,
+            }
+        training = self.model.training
+        self.model.eval()
+        try:
+            result = check_teacher(
+                logits_of,
+                (collate(rows[at : at + size]) for at in range(0, len(rows), size)),
+                args.teacher_alpha,
+                args.teacher_check_max_top1,
+                continuation,
+            )
+        finally:
+            self.model.train(training)
+        line = summary_line(result)
+        if result["verdict"] == WEAK:
+            logger.warning("%s\n%s", line, result["advice"])
+        else:
+            logger.info(line)
+        if self.is_world_process_zero():
+            update_run_record(args.output_dir, teacher_check=result)
+        return result
 
     @torch.no_grad()
     def frozen_logits(self, which: str, model, batch: dict) -> torch.Tensor:
@@ -814,7 +874,15 @@ class UnlearnTrainer(Trainer):
     def _write_card(self, output_dir, metrics: dict | None = None) -> None:
         fingerprint = getattr(self.train_dataset, "fingerprint", None)  # counts and hashes, never the data
         forget_data = {k: v for k, v in fingerprint().items() if v is not None} if fingerprint else None
-        write_model_card(output_dir, self.args, self.base_model_name, self.dataset_name, metrics, forget_data)
+        write_model_card(
+            output_dir,
+            self.args,
+            self.base_model_name,
+            self.dataset_name,
+            metrics,
+            forget_data,
+            teacher_check=getattr(self, "teacher_check", None),
+        )
 
     def create_model_card(self, *args, **kwargs) -> None:
         """Used by `push_to_hub`: the rklu_llm card instead of the generic Trainer draft."""

@@ -124,6 +124,7 @@ def test_methods_say_what_each_needs(capsys):
 HELP_FIELDS = {
     "unlearn": ("--teacher_alpha", "(default: 8.0)"),
     "finetune": ("--split", "(default: full)"),
+    "diagnose": ("--teacher_check_max_top1", "(default: 0.5)"),
     "eval tofu": ("--forget_splits", "(default: forget10)"),
     "demo": ("--teach_epochs", "(default:"),
     "push": ("--dry_run", "(default: False)"),
