@@ -158,14 +158,14 @@ class UnlearnConfig(TrainingArguments):
         },
     )
     teacher_check_samples: int = field(
-        default=8,
+        default=4,
         metadata={
             "help": "Forget items whose greedy continuation the teacher check decodes from the teacher and from the "
             "original, scored against the truth (BLEU, ROUGE-L); 0: logits only."
         },
     )
     teacher_check_max_new_tokens: int = field(
-        default=64, metadata={"help": "The longest greedy continuation of the teacher check, in tokens."}
+        default=32, metadata={"help": "The longest greedy continuation of the teacher check, in tokens."}
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget loss."})
     # --- retain term ------------------------------------------------------------------------------------------

@@ -12,13 +12,20 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
+from ..data import load_tofu
 from ..models import staged_save
 from ..trainer import AUGMENTED_ADAPTER
 from .io import write_json_atomic
+from .scoring import score_answers
+from .stopping import SIGNAL, check_rule, holdout_signal, select_epoch
 from .tofu import evaluate_tofu, summary_row
 
 PER_EPOCH = ("full", "forget_quality")
+SELECT_BY = ("forget_quality", "holdout")
 BEST_FILE = "best_forget_quality.json"
+SELECTED_FILE = "selected_epoch.json"
+#: TOFU's holdout authors of each forget split (as many items, never in any training split)
+HOLDOUT_OF_FORGET = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
 
 
 class TofuEvalCallback(TrainerCallback):
@@ -52,6 +59,14 @@ class TofuEvalCallback(TrainerCallback):
     earliest on ties; ``None`` when forget quality is unavailable); ``results`` the full results behind them;
     ``best_epoch`` the epoch saved to ``best_dir``. ``eval_seconds`` sums all evaluation time, so callers can subtract
     it from wall time. The state is not part of a checkpoint: a resumed run tracks only the epochs it trains.
+
+    Without an oracle (``select_by="holdout"``, :mod:`rklu_llm.eval.stopping`): after each epoch the forget items and
+    TOFU's holdout items of the same size (``holdout_split``, default ``holdout01/05/10``) are scored (per-item mean
+    answer NLL) and each row gains ``holdout_ks_p`` and ``holdout_auc_loss``. The rule picks the first epoch with
+    ``holdout_ks_p >= holdout_min_p`` (and utility at ``min_model_utility``), else the highest p-value at the floor;
+    ``selected`` / ``selected_epoch`` hold it, fully evaluated at the end like the peak (forget quality only when a
+    ``reference`` is given, for comparison), ``best_dir`` then keeps that epoch's weights (with ``selected_epoch.json``)
+    and ``stop_early`` ends training at the epoch where the rule is met. No reference is needed.
     """
 
     def __init__(
@@ -66,16 +81,38 @@ class TofuEvalCallback(TrainerCallback):
         best_dir=None,
         min_model_utility: float | None = None,
         log_prefix: str = "tofu/",
+        select_by: str = "forget_quality",
+        holdout_split: str | None = None,
+        holdout_min_p: float = 0.05,
+        stop_early: bool = False,
         **eval_kwargs,
     ):
         if per_epoch not in PER_EPOCH:
             raise ValueError(f"per_epoch must be one of {PER_EPOCH}, got {per_epoch!r}")
-        if per_epoch == "forget_quality" and reference is None:
+        if select_by not in SELECT_BY:
+            raise ValueError(f"select_by must be one of {SELECT_BY}, got {select_by!r}")
+        self.select_by = select_by
+        self.holdout_min_p = holdout_min_p
+        self.stop_early = stop_early
+        self.holdout: dict | None = None
+        if select_by == "holdout":
+            check_rule(holdout_min_p, min_model_utility)
+            if min_model_utility is not None and per_epoch != "full":
+                raise ValueError(
+                    "min_model_utility needs the model utility of every epoch: use per_epoch='full', or drop the floor."
+                )
+            self.holdout = holdout_items(forget_split, holdout_split, data_dir, eval_kwargs.get("max_items"))
+            min_model_utility, self._holdout_floor = None, min_model_utility  # the rule's floor, not the FQ best's
+        else:
+            if stop_early:
+                raise ValueError("stop_early stops where the oracle-free rule is met: use select_by='holdout'.")
+            self._holdout_floor = None
+        if per_epoch == "forget_quality" and reference is None and select_by != "holdout":
             raise ValueError(
                 "per_epoch='forget_quality' selects the epoch by forget quality: pass reference=<the "
                 "retain-only model's tofu_eval.json>."
             )
-        if best_dir is not None and reference is None:
+        if best_dir is not None and reference is None and select_by != "holdout":
             raise ValueError(
                 "best_dir keeps the epoch of best forget quality: pass reference=<the retain-only "
                 "model's tofu_eval.json>."
@@ -110,6 +147,9 @@ class TofuEvalCallback(TrainerCallback):
         self.eval_seconds = 0.0
         self._best: tuple[float, float, dict] | None = None  # (forget quality, epoch, CPU copy of trainable weights)
         self._best_saved: float | None = None  # forget quality of the checkpoint in best_dir
+        self.selected: dict | None = None
+        self.selected_epoch: float | None = None
+        self._chosen: tuple[float, dict | None] | None = None  # (epoch, CPU copy of its weights) under select_by
 
     def _fq(self, row: dict) -> float | None:
         return row.get(f"{self.forget_split}_forget_quality")
@@ -164,6 +204,8 @@ class TofuEvalCallback(TrainerCallback):
         epoch = round(state.epoch or 0.0, 3)
         result, row = self._evaluate(model, epoch, full=self.per_epoch == "full")
         row["train_peak_memory_bytes"] = train_peak
+        if self.holdout is not None:
+            row.update(self._holdout_signal(model))
         self.history.append(row)
         self._log(row)
         if self.per_epoch == "full":
@@ -172,9 +214,50 @@ class TofuEvalCallback(TrainerCallback):
             fq = self._fq(row)
             if fq is not None and (self._best is None or fq > self._best[0]):
                 self._best = (fq, epoch, _trainable_state(model))
-        self._maybe_save_best(row, state)
+        if self.holdout is not None:
+            self._follow_rule(model, row, state, control)
+        else:
+            self._maybe_save_best(row, state)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+
+    def _holdout_signal(self, model) -> dict:
+        losses = {}
+        for name in ("forget", "holdout"):
+            items = self.holdout[name]
+            nll, tokens = score_answers(
+                model,
+                self.tokenizer,
+                items["question"],
+                items["answer"],
+                batch_size=self.eval_kwargs.get("batch_size", 16),
+                desc=f"Scoring {name} items (holdout rule)",
+            )
+            losses[name] = nll / tokens.clip(min=1)
+        return holdout_signal(losses["forget"], losses["holdout"])
+
+    def _follow_rule(self, model, row: dict, state, control) -> None:
+        """The oracle-free rule over the epochs so far: the chosen epoch is the one before or this one."""
+        index = select_epoch(self.history, self.holdout_min_p, self._holdout_floor)
+        if index is not None and index == len(self.history) - 1:  # this epoch is the rule's choice so far
+            keep = None if self.per_epoch == "full" else _trainable_state(model)
+            self._chosen = (row["epoch"], keep)
+            if self.best_dir is not None:
+                record = {"row": row, "rule": self.rule(), "global_step": state.global_step}
+                staged_save(self.trainer, self.best_dir, lambda staging: _publishable(staging, record, SELECTED_FILE))
+                self.best_epoch = row["epoch"]
+        if self.stop_early and index is not None and self.history[index][SIGNAL] >= self.holdout_min_p:
+            control.should_training_stop = True
+
+    def rule(self) -> dict:
+        """The oracle-free rule's settings, as recorded next to its choice."""
+        return {
+            "select_by": self.select_by,
+            "holdout_split": self.holdout["split"] if self.holdout else None,
+            "holdout_min_p": self.holdout_min_p,
+            "min_model_utility": self._holdout_floor,
+            "stop_early": self.stop_early,
+        }
 
     def _maybe_save_best(self, row: dict, state) -> None:
         fq = self._fq(row)
@@ -193,6 +276,37 @@ class TofuEvalCallback(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if model is None or not self.history:
             return
+        self._end_of_training(model)
+        if self.holdout is not None:
+            self._evaluate_selected(model)
+
+    def _evaluate_selected(self, model) -> None:
+        """The rule's epoch, fully evaluated: the row already there (per_epoch='full', or the final / peak epoch),
+        else its kept weights evaluated like the peak's."""
+        index = select_epoch(self.history, self.holdout_min_p, self._holdout_floor)
+        if index is None:
+            return
+        row = self.history[index]
+        self.selected_epoch = row["epoch"]
+        signal = {k: row[k] for k in (SIGNAL, "holdout_auc_loss")}
+        for done in (self.final, self.peak) if self.per_epoch != "full" else (row,):
+            if done is not None and done["epoch"] == row["epoch"]:
+                self.selected = {**done, **signal}
+                return
+        if self._chosen is None or self._chosen[1] is None:
+            return
+        final_weights = _trainable_state(model)
+        _load_trainable_state(model, self._chosen[1])
+        try:
+            result, selected = self._evaluate(model, row["epoch"], full=True)
+        finally:
+            _load_trainable_state(model, final_weights)
+        self.results.append(result)
+        self.selected = {**selected, **signal}
+        self._log(self.selected, "selected/")
+        self._chosen = None
+
+    def _end_of_training(self, model) -> None:
         if self.per_epoch == "full":
             self.final = self.history[-1]
             scored = [row for row in self.history if self._fq(row) is not None]
@@ -223,11 +337,34 @@ class TofuEvalCallback(TrainerCallback):
         self._best = None
 
 
-def _publishable(staging: Path, record: dict) -> None:
+def _publishable(staging: Path, record: dict, name: str = BEST_FILE) -> None:
     """Finish a best checkpoint before it is moved into place: its row beside the weights, and without the augmented
     adapter a LoRA student may carry (the forget set's knowledge, amplified, never travels with an unlearned model)."""
     shutil.rmtree(staging / AUGMENTED_ADAPTER, ignore_errors=True)
-    write_json_atomic(staging / BEST_FILE, record)
+    write_json_atomic(staging / name, record)
+
+
+def holdout_items(forget_split: str, holdout_split: str | None, data_dir, max_items: int | None) -> dict:
+    """The forget and holdout questions and answers the oracle-free rule scores (the first ``max_items`` of each);
+    read here, so that missing holdout data fails before training.
+
+    Raises:
+        ValueError: no holdout split is known for ``forget_split`` and none was given.
+        DataUnavailableError: the holdout split cannot be read.
+    """
+    split = holdout_split or HOLDOUT_OF_FORGET.get(forget_split)
+    if split is None:
+        raise ValueError(
+            f"select_by='holdout' needs data the model never saw: no holdout split is known for {forget_split!r}; "
+            "pass holdout_split=<a TOFU split of unseen authors>."
+        )
+    out = {"split": split}
+    for name, config in (("forget", forget_split), ("holdout", split)):
+        rows = load_tofu(config, data_dir)
+        if max_items is not None:
+            rows = rows.select(range(min(max_items, len(rows))))
+        out[name] = {"question": list(rows["question"]), "answer": list(rows["answer"])}
+    return out
 
 
 def _local(p: torch.Tensor) -> torch.Tensor:

@@ -38,8 +38,9 @@ from rklu_llm import DEFAULT_MODEL, UnlearnConfig, UnlearnTrainer, load_model, l
 from rklu_llm.cli import parse_arguments
 from rklu_llm.data import RETAIN_OF_FORGET, build_unlearning_dataset, check_qa, load_tofu
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
-from rklu_llm.eval.callback import TofuEvalCallback
+from rklu_llm.eval.callback import SELECT_BY, TofuEvalCallback, holdout_items
 from rklu_llm.eval.io import write_json_atomic
+from rklu_llm.eval.stopping import SIGNAL, check_rule
 from rklu_llm.eval.tofu import summary_row
 from rklu_llm.models import check_model_source, check_output_dir
 from rklu_llm.run_state import console_logging, run_lock
@@ -48,6 +49,8 @@ from rklu_llm.teacher import is_augmented_dir
 logger = logging.getLogger(__name__)
 
 EPOCHS_FILE = "tofu_eval_epochs.json"
+#: where --best_checkpoint keeps the chosen epoch, by --select_epoch_by
+BEST_DIRS = {"forget_quality": "best_forget_quality", "holdout": "selected_epoch"}
 
 
 @dataclass
@@ -78,6 +81,26 @@ class TofuArguments:
         },
     )
 
+    select_epoch_by: str = field(
+        default="forget_quality",
+        metadata={
+            "help": "With --eval_every_epoch, how the epoch to keep is chosen: 'forget_quality' (the paper's: the "
+            "peak against the retain-only oracle, --retain_eval) or 'holdout' (no oracle: the first epoch at which "
+            "the forget items' answer NLLs are indistinguishable from TOFU's holdout authors', KS p >= "
+            "--holdout_min_p; see rklu_llm.eval.stopping)."
+        },
+    )
+    holdout_min_p: float = field(
+        default=0.05,
+        metadata={
+            "help": "The holdout rule's KS p-value at which forget and holdout items count as indistinguishable."
+        },
+    )
+    stop_early: bool = field(
+        default=False,
+        metadata={"help": "With --select_epoch_by holdout: stop training at the epoch where the rule is met."},
+    )
+
 
 ARGUMENTS = (TofuArguments, TofuEvalArguments, UnlearnConfig)
 
@@ -98,8 +121,22 @@ def validate(script: TofuArguments, evaluation: TofuEvalArguments, config: Unlea
         )
     if evaluation.audit and evaluation.skip_eval:
         raise ValueError("--audit audits the saved model after its evaluation: leave out --skip_eval (or --audit).")
-    if script.eval_every_epoch and (script.retain_eval is None or evaluation.skip_eval):
-        raise ValueError("--eval_every_epoch picks epochs by forget quality: it needs --retain_eval, not --skip_eval.")
+    holdout = script.select_epoch_by == "holdout"
+    if script.select_epoch_by not in SELECT_BY:
+        raise ValueError(f"--select_epoch_by must be one of {SELECT_BY}, got {script.select_epoch_by!r}")
+    if (holdout or script.stop_early) and not script.eval_every_epoch:
+        raise ValueError("--select_epoch_by holdout / --stop_early choose among epochs: add --eval_every_epoch.")
+    if script.stop_early and not holdout:
+        raise ValueError("--stop_early stops where the oracle-free rule is met: add --select_epoch_by holdout.")
+    if holdout:
+        check_rule(script.holdout_min_p, evaluation.min_model_utility)
+    if script.eval_every_epoch and evaluation.skip_eval:
+        raise ValueError("--eval_every_epoch evaluates the model: leave out --skip_eval.")
+    if script.eval_every_epoch and script.retain_eval is None and not holdout:
+        raise ValueError(
+            "--eval_every_epoch picks epochs by forget quality: it needs --retain_eval (or --select_epoch_by holdout, "
+            "which needs no oracle)."
+        )
     if evaluation.best_checkpoint and not script.eval_every_epoch:
         raise ValueError("--best_checkpoint keeps the best epoch of the per-epoch evaluation: add --eval_every_epoch.")
 
@@ -132,6 +169,8 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
         from rklu_llm.eval.audit import check_audit
 
         check_audit(script.forget_split, data_dir=script.data_dir, **evaluation.audit_kwargs())
+    if script.select_epoch_by == "holdout":  # the holdout authors, read before any model is loaded
+        holdout_items(script.forget_split, None, script.data_dir, evaluation.eval_max_items)
     logger.info("inputs checked; loading %s", script.model)
 
     with run_lock(config.output_dir, main_process=config.process_index == 0):
@@ -144,9 +183,14 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
                 script.forget_split,
                 script.data_dir,
                 script.retain_eval,
+                select_by=script.select_epoch_by,
+                holdout_min_p=script.holdout_min_p,
+                stop_early=script.stop_early,
                 per_epoch="forget_quality" if evaluation.min_model_utility is None else "full",
                 evaluate_final=False,
-                best_dir=Path(config.output_dir) / "best_forget_quality" if evaluation.best_checkpoint else None,
+                best_dir=Path(config.output_dir) / BEST_DIRS[script.select_epoch_by]
+                if evaluation.best_checkpoint
+                else None,
                 min_model_utility=evaluation.min_model_utility,
                 **evaluation.evaluate_kwargs(),
             )
@@ -189,12 +233,18 @@ def write_epochs(output_dir: Path, callback: TofuEvalCallback, final_result: dic
     peak = callback.peak
     if peak is None and callback.peak_epoch is not None and callback.peak_epoch == final["epoch"]:
         peak = final
-    write_json_atomic(
-        output_dir / EPOCHS_FILE,
-        {"epochs": callback.history, "peak_epoch": callback.peak_epoch, "peak": peak, "final": final},
-    )
+    record = {"epochs": callback.history, "peak_epoch": callback.peak_epoch, "peak": peak, "final": final}
+    if callback.select_by == "holdout":
+        selected = callback.selected
+        if selected is None and callback.selected_epoch is not None and callback.selected_epoch == final["epoch"]:
+            selected = {**final, **{k: callback.history[-1][k] for k in (SIGNAL, "holdout_auc_loss")}}
+        record.update(rule=callback.rule(), selected_epoch=callback.selected_epoch, selected=selected)
+    write_json_atomic(output_dir / EPOCHS_FILE, record)
     curve = [row.get(f"{callback.forget_split}_forget_quality") for row in callback.history]
     print(f"forget quality per epoch: {curve}; peak epoch {callback.peak_epoch} (see {output_dir / EPOCHS_FILE})")
+    if callback.select_by == "holdout":
+        signal = [round(row[SIGNAL], 4) for row in callback.history]
+        print(f"holdout KS p per epoch: {signal}; the rule (no oracle) keeps epoch {callback.selected_epoch}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,78 @@
+"""Choosing the epoch to keep without a retrained model.
+
+TOFU's forget quality compares the unlearned model with a model retrained without the forget set (the oracle), which
+a user who must unlearn does not have. What a user does have is data the model never saw that looks like the forget
+set: TOFU's holdout authors (``holdout01/05/10``, the same number of items as ``forget01/05/10``), or any held-out
+text of the same kind. Forgetting has gone far enough when the model can no longer tell its forget items from those:
+the per-item mean answer NLL of the forget items and of the holdout items come from one distribution.
+
+The signal (:func:`holdout_signal`) is the two-sample Kolmogorov-Smirnov p-value of those two NLL samples
+(``scipy.stats.ks_2samp``; high = indistinguishable; the same test TOFU uses for forget quality, here between two
+sets of the same model), with the membership AUC of the loss score beside it (0.5 = indistinguishable).
+
+The rule (:func:`select_epoch`): the first epoch whose p-value reaches ``min_p`` and whose model utility reaches the
+floor; when none does, the epoch with the highest p-value among those at the floor; ``None`` when no epoch reaches the
+floor. Going on past that epoch over-forgets: the forget items become *less* likely than unseen ones, which an
+attacker can tell apart again (the p-value falls).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .metrics import membership_auc
+
+SIGNAL = "holdout_ks_p"
+AUC = "holdout_auc_loss"
+
+
+def holdout_signal(forget_loss: Sequence[float], holdout_loss: Sequence[float]) -> dict[str, float]:
+    """``{holdout_ks_p, holdout_auc_loss}`` of per-item mean answer NLLs of the forget and the holdout items.
+
+    Raises:
+        ValueError: either sample is empty.
+    """
+    from scipy.stats import ks_2samp
+
+    forget = np.asarray(forget_loss, dtype=np.float64)
+    holdout = np.asarray(holdout_loss, dtype=np.float64)
+    if forget.size == 0 or holdout.size == 0:
+        raise ValueError("The holdout signal needs at least one forget and one holdout item.")
+    return {SIGNAL: float(ks_2samp(forget, holdout).pvalue), AUC: membership_auc(forget, holdout)}
+
+
+def check_rule(min_p: float, min_model_utility: float | None) -> None:
+    """Raise ``ValueError`` unless ``0 < min_p <= 1`` and the floor (when given) is in ``[0, 1]``."""
+    if not 0 < min_p <= 1:
+        raise ValueError(f"holdout_min_p must be in (0, 1] (got {min_p}).")
+    if min_model_utility is not None and not 0 <= min_model_utility <= 1:
+        raise ValueError(f"min_model_utility must be in [0, 1] (got {min_model_utility}).")
+
+
+def select_epoch(
+    rows: Sequence[dict], min_p: float = 0.05, min_model_utility: float | None = None, signal: str = SIGNAL
+) -> int | None:
+    """Index of the epoch the rule keeps (see the module docstring), from per-epoch ``rows``.
+
+    Args:
+        rows: one dict per epoch, in order, with ``signal`` (``None`` = not measured: never chosen) and, when a floor
+            is given, ``model_utility``.
+        min_p: the p-value at which forget and holdout items count as indistinguishable.
+        min_model_utility: the utility floor (``None``: none).
+        signal: the key of the signal in ``rows``.
+    """
+    check_rule(min_p, min_model_utility)
+    eligible = [
+        i
+        for i, row in enumerate(rows)
+        if row.get(signal) is not None
+        and (min_model_utility is None or (row.get("model_utility") or 0.0) >= min_model_utility)
+    ]
+    for i in eligible:
+        if rows[i][signal] >= min_p:
+            return i
+    if not eligible:
+        return None
+    return max(eligible, key=lambda i: rows[i][signal])  # max() keeps the earliest of equal values
