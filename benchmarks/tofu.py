@@ -76,6 +76,8 @@ COMMITTED = REPO / "benchmarks" / "results" / f"{NAME}.json"
 #: settings every command on one work directory must share (they change what a finished run means)
 FIXED = (
     "model",
+    "holdout_rule",
+    "holdout_min_p",
     "finetune_lr",
     "finetune_epochs",
     "unlearn_epochs",
@@ -146,6 +148,14 @@ def parse(argv=None) -> argparse.Namespace:
         help="splits (or all / none) whose forget quality is followed every epoch, with full evaluations "
         "of the peak and the final epoch; the other splits are evaluated after the last epoch only",
     )
+    p.add_argument(
+        "--holdout_rule",
+        action="store_true",
+        help="also choose each run's epoch without the oracle (rklu_llm.eval.stopping: the first epoch whose forget "
+        "and holdout answer NLLs are indistinguishable, KS p >= --holdout_min_p), fully evaluate it and report it "
+        "next to the oracle's peak",
+    )
+    p.add_argument("--holdout_min_p", type=float, default=0.05, help="the holdout rule's threshold")
     p.add_argument("--finetune_lr", type=float, default=2e-4)
     p.add_argument("--finetune_epochs", type=float, default=5)
     p.add_argument("--unlearn_epochs", type=float, default=10)
@@ -456,6 +466,8 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         args.data,
         reference,
         per_epoch="forget_quality" if evaluation == "track_peak" else "full",
+        select_by="holdout" if args.holdout_rule and evaluation != "final" else "forget_quality",
+        holdout_min_p=args.holdout_min_p,
         **eval_kwargs,
     )
     config = unlearning_config(args, work / "runs" / name, method, retain_mode, augmented, lr, seed)
@@ -482,6 +494,8 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         callback.on_train_end(config, trainer.state, trainer.control, model=trainer.model)
     if evaluation == "track_peak":  # per epoch forget quality only; full evaluations of the final and the peak epoch
         full_rows = [callback.final] + ([callback.peak] if callback.peak is not callback.final else [])
+        if callback.selected is not None and callback.selected_epoch not in {r["epoch"] for r in full_rows if r}:
+            full_rows.append(callback.selected)  # the holdout rule's epoch, evaluated on its own
         fq_rows = callback.history
     else:
         full_rows, fq_rows = callback.history, []
@@ -506,6 +520,8 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         "fq_eval_seconds": [r["eval_seconds"] for r in fq_rows],
         "final": callback.final,
         "peak": callback.peak if evaluation != "final" else None,
+        "selected": callback.selected,  # the holdout rule's epoch (--holdout_rule), fully evaluated
+        "selected_epoch": callback.selected_epoch,
         "epochs": callback.history,
         "audit": audit(args, trainer.model, tokenizer, split, name, audit_reference),  # the final weights
     }
@@ -752,6 +768,9 @@ def aggregate(runs: list[dict]) -> list[dict]:
             "fq_peak": [(r["peak"] or {}).get(f"{split}_forget_quality") for r in members if r["peak"]],
             "mu_peak": [(r["peak"] or {}).get("model_utility") for r in members if r["peak"]],
             "peak_epoch": [r["peak"]["epoch"] for r in members if r["peak"]],
+            "fq_rule": [(r.get("selected") or {}).get(f"{split}_forget_quality") for r in members],
+            "mu_rule": [(r.get("selected") or {}).get("model_utility") for r in members],
+            "rule_epoch": [r.get("selected_epoch") for r in members],
             "forget_p": [(r["final"] or {}).get(f"{split}_probability") for r in members],
             "forget_r": [(r["final"] or {}).get(f"{split}_rouge_l_recall") for r in members],
             "retain_p": [(r["final"] or {}).get("retain_probability") for r in members],
@@ -875,6 +894,8 @@ def write_outputs(args, started: float, argv=None) -> None:
     audited = [r for r in refs if r.get("audit")] + [g for g in groups if g["audit_mia_auc_min_k"] is not None]
     if audited:
         lines += audit_table(refs, groups, splits)
+    if any(g["rule_epoch"] is not None for g in groups):
+        lines += rule_table(groups, splits)
     seconds = [i["seconds"] for i in invocations]
     lines += [
         "",
@@ -885,6 +906,29 @@ def write_outputs(args, started: float, argv=None) -> None:
     (out / f"{NAME}.md").write_text("\n".join(lines) + "\n")
     plot_fq_vs_mu(out / f"{NAME}_fq_vs_mu.png", refs, groups, splits)
     plot_epochs(out / f"{NAME}_epochs.png", runs, splits)
+
+
+def rule_table(groups: list[dict], splits: list[str]) -> list[str]:
+    """``--holdout_rule``: the epoch a user without the oracle keeps, next to the oracle's peak."""
+    lines = [
+        "",
+        "Choosing the epoch without the oracle (--holdout_rule, rklu_llm.eval.stopping): the first epoch whose forget "
+        "and holdout answer NLLs are indistinguishable (KS p >= the threshold in the JSON), else the highest p; "
+        "that epoch fully evaluated, next to the epoch the oracle's forget quality picks. Means over the seeds.",
+        "",
+        "| split | method | retain | lr | seeds | peak epoch (oracle) | FQ peak | rule epoch | FQ at rule epoch | "
+        "MU at rule epoch |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for split in splits:
+        for g in [g for g in groups if g["split"] == split and g["rule_epoch"] is not None]:
+            lines.append(
+                f"| {split} | {g['method']} | {g['retain_mode']} | {g['lr']:g} | {len(g['seeds'])} | "
+                f"{fmt(g['peak_epoch'], '.1f')} | {fmt(g['fq_peak'], 'fq', g['fq_peak_std'])} | "
+                f"{fmt(g['rule_epoch'], '.1f', g['rule_epoch_std'])} | {fmt(g['fq_rule'], 'fq', g['fq_rule_std'])} | "
+                f"{fmt(g['mu_rule'], '.3f', g['mu_rule_std'])} |"
+            )
+    return lines
 
 
 def audit_table(refs: list[dict], groups: list[dict], splits: list[str]) -> list[str]:

@@ -180,6 +180,7 @@ def test_tofu_benchmark_mini_run_with_lora_on_the_cpu(tmp_path, tiny_model_dir, 
         "tofu",
         "--audit",
         "membership,extraction",
+        "--holdout_rule",
         methods="rklu,ta",
     )
     assert len((work / "data-forget01-retain32" / "full.jsonl").read_text().splitlines()) == 32 + 40
@@ -207,6 +208,11 @@ def test_tofu_benchmark_mini_run_with_lora_on_the_cpu(tmp_path, tiny_model_dir, 
     )
     assert {r["method"] for r in data["references"] if r["audit"]} == {"original", "oracle (retain99)"}
     assert "| min-k% AUC | privleak |" in table and "| forget01 | rklu | none | 0.001 |" in table
+    # --holdout_rule: every epoch carries the holdout signal; the rule's epoch is fully evaluated and tabled
+    assert all(0 <= row["holdout_ks_p"] <= 1 for row in rklu["epochs"])
+    assert rklu["selected_epoch"] in [row["epoch"] for row in rklu["epochs"]]
+    assert rklu["selected"]["epoch"] == rklu["selected_epoch"] and rklu["selected"]["model_utility"] is not None
+    assert "| rule epoch | FQ at rule epoch |" in table
 
 
 # ---------------------------------------------------------------------------------------------------------------------
