@@ -74,8 +74,12 @@ WITH_RETAIN = [("rklu", "rt"), ("gd", "rt"), ("npo", "rt")]
 NAME = "tofu_smollm2"
 COMMITTED = REPO / "benchmarks" / "results" / f"{NAME}.json"
 #: settings every command on one work directory must share (they change what a finished run means)
+#: TOFU's retain evaluation set (questions of the retain split, with perturbed answers): model utility's retain part
+RETAIN_EVAL_SET = UTILITY_SETS[0]
+
 FIXED = (
     "model",
+    "utility_retain_items",
     "holdout_rule",
     "holdout_min_p",
     "finetune_lr",
@@ -175,6 +179,13 @@ def parse(argv=None) -> argparse.Namespace:
         help="CPU mini-run (not the benchmark): the original learns the forget split + the first N items "
         "of its retain set, the oracle those N items; needs exactly one split",
     )
+    p.add_argument(
+        "--utility_retain_items",
+        type=int,
+        default=None,
+        help="with --retain_subset: model utility's retain part scores only the first N items of TOFU's retain "
+        "evaluation set that the original learned (a fixed subset; the other utility sets stay whole)",
+    )
     p.add_argument("--max_steps", type=int, default=-1, help="smoke tests only")
     p.add_argument("--deadline_s", type=float, default=math.inf, help="start no new work after this many seconds")
     p.add_argument("--cpu", action="store_true", help="no GPU: fp32, use_cpu")
@@ -197,6 +208,8 @@ def parse(argv=None) -> argparse.Namespace:
         problems.append("--seeds needs at least one seed")
     if args.retain_subset is not None and (args.retain_subset < 1 or len(args.splits) != 1):
         problems.append("--retain_subset N needs N >= 1 and exactly one split (--splits forget01)")
+    if args.utility_retain_items is not None and (args.retain_subset is None or args.utility_retain_items < 1):
+        problems.append("--utility_retain_items N needs N >= 1 and --retain_subset (the items the original learned)")
     if not args.cpu and not args.plan and not torch.cuda.is_available():
         problems.append("no GPU is visible: pass --cpu (e.g. for the mini-run) or run on a GPU machine")
     if problems:
@@ -254,7 +267,8 @@ def mini_data(args) -> str:
         return args.data_dir
     split = args.splits[0]
     retain = RETAIN_OF_FORGET[split]
-    out = Path(args.work_dir) / f"data-{split}-retain{args.retain_subset}"  # named by what it holds: never reused
+    utility = "" if args.utility_retain_items is None else f"-utility{args.utility_retain_items}"
+    out = Path(args.work_dir) / f"data-{split}-retain{args.retain_subset}{utility}"  # named by what it holds
     holdout = f"holdout{split.removeprefix('forget')}"  # the audit's non-members (copied when the source has them)
     copies = [split, f"{split}_perturbed", *UTILITY_SETS]
     if any((Path(args.data_dir) / f"{holdout}{ext}").is_file() for ext in (".jsonl", ".json")):
@@ -271,7 +285,18 @@ def mini_data(args) -> str:
     subset.to_json(tmp / f"{retain}.jsonl", lines=True)
     concatenate_datasets([subset, forget]).to_json(tmp / "full.jsonl", lines=True)
     for name in copies:
-        load_tofu(name, args.data_dir).to_json(tmp / f"{name}.jsonl", lines=True)
+        rows = load_tofu(name, args.data_dir)
+        if name == RETAIN_EVAL_SET and args.utility_retain_items is not None:
+            learned = set(subset["question"])
+            keep = [i for i, q in enumerate(rows["question"]) if q in learned][: args.utility_retain_items]
+            if len(keep) < args.utility_retain_items:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise SystemExit(
+                    f"--utility_retain_items {args.utility_retain_items}: only {len(keep)} items of {name} are among "
+                    f"the {args.retain_subset} retain items the original learns; raise --retain_subset or lower it"
+                )
+            rows = rows.select(keep)
+        rows.to_json(tmp / f"{name}.jsonl", lines=True)
     shutil.rmtree(out, ignore_errors=True)  # an older, incomplete copy
     tmp.rename(out)
     return str(out)
@@ -849,6 +874,12 @@ def write_outputs(args, started: float, argv=None) -> None:
     mini = (
         f" **CPU mini-run, NOT the benchmark**: the original learned {args.splits[0]} + the first "
         f"{args.retain_subset} retain items, the oracle those items."
+        + (
+            f" Model utility's retain part: the first {args.utility_retain_items} items of {RETAIN_EVAL_SET} among "
+            "those learned."
+            if args.utility_retain_items
+            else ""
+        )
         if args.retain_subset
         else ""
     )

@@ -181,10 +181,16 @@ def test_tofu_benchmark_mini_run_with_lora_on_the_cpu(tmp_path, tiny_model_dir, 
         "--audit",
         "membership,extraction",
         "--holdout_rule",
+        "--utility_retain_items",
+        "6",
         methods="rklu,ta",
     )
-    assert len((work / "data-forget01-retain32" / "full.jsonl").read_text().splitlines()) == 32 + 40
-    assert len((work / "data-forget01-retain32" / "retain99.jsonl").read_text().splitlines()) == 32
+    data = work / "data-forget01-retain32-utility6"
+    assert len((data / "full.jsonl").read_text().splitlines()) == 32 + 40
+    learned = [json.loads(line)["question"] for line in (data / "retain99.jsonl").read_text().splitlines()]
+    assert len(learned) == 32
+    utility = [json.loads(line)["question"] for line in (data / "retain_perturbed.jsonl").read_text().splitlines()]
+    assert len(utility) == 6 and set(utility) <= set(learned)  # utility's retain part: items the original learned
     metrics = json.loads((work / "models" / "full" / "train_metrics.json").read_text())
     assert metrics["train_items"] == 72
     assert (work / "models" / "full" / "model.safetensors").is_file()  # the fine-tune's adapter was merged
@@ -231,6 +237,19 @@ def load_bench():
 @pytest.fixture(scope="module")
 def bench():
     return load_bench()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--utility_retain_items", "10"], "needs N >= 1 and --retain_subset"),
+        (["--retain_subset", "20", "--utility_retain_items", "0"], "needs N >= 1 and --retain_subset"),
+    ],
+)
+def test_utility_subset_needs_the_retain_subset(bench, tmp_path, tofu_dir, extra, message):
+    argv = ["--data_dir", str(tofu_dir), "--work_dir", str(tmp_path), "--splits", "forget01", "--cpu", "--plan"]
+    with pytest.raises(SystemExit, match=message):
+        bench.parse([*argv, *extra])
 
 
 def test_new_language_model_methods_join_the_default_plan(bench, monkeypatch):
