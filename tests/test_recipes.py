@@ -64,6 +64,12 @@ def run(command: list[str], cwd: Path, timeout: int = 600) -> subprocess.Complet
     return result
 
 
+def inputs(model: Path, tofu_dir: Path, out: Path, retain_eval: Path) -> list[str]:
+    """A tofu_forget10.py run's inputs and output, with the fast unlearning and evaluation settings."""
+    paths = ["--model", model, "--data_dir", tofu_dir, "--output_dir", out, "--retain_eval", retain_eval]
+    return [*map(str, paths), *FAST_UNLEARN, *FAST_EVAL]
+
+
 def run_in_process(monkeypatch, recipe: str, argv: list[str]) -> None:
     """``python recipes/<recipe> argv`` inside this test process: the recipe file runs as ``__main__``."""
     for name, value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("TOKENIZERS_PARALLELISM", "false")):
@@ -125,21 +131,7 @@ def test_tofu_forget10_recipe_runs_every_method(method, tmp_path, tiny_model_dir
     in this process."""
     out = tmp_path / method
     retain_mode = ["--retain_mode", "rt"] if method == "gd" else []
-    argv = [
-        "--method",
-        method,
-        *retain_mode,
-        "--model",
-        str(tiny_model_dir),
-        "--data_dir",
-        str(tofu_dir),
-        "--output_dir",
-        str(out),
-        "--retain_eval",
-        str(retain_eval),
-        *FAST_UNLEARN,
-        *FAST_EVAL,
-    ]
+    argv = ["--method", method, *retain_mode, *inputs(tiny_model_dir, tofu_dir, out, retain_eval)]
     if method == "rklu":
         run([sys.executable, str(RECIPES / "tofu_forget10.py"), *argv], cwd=REPO)
     else:
@@ -160,18 +152,9 @@ def test_accelerate_launch_two_processes(tmp_path, tiny_model_dir, tofu_dir, ret
             "--config_file",
             str(REPO / "accelerate_configs" / "cpu.yaml"),
             str(RECIPES / "tofu_forget10.py"),
-            "--model",
-            str(tiny_model_dir),
-            "--data_dir",
-            str(tofu_dir),
-            "--output_dir",
-            str(out),
-            "--retain_eval",
-            str(retain_eval),
+            *inputs(tiny_model_dir, tofu_dir, out, retain_eval),
             "--retain_mode",
             "kl",
-            *FAST_UNLEARN,
-            *FAST_EVAL,
         ],
         cwd=REPO,
     )
@@ -202,19 +185,10 @@ def test_recipe_follows_forget_quality_every_epoch(tmp_path, tiny_model_dir, tof
         monkeypatch,
         "tofu_forget10.py",
         [
-            "--model",
-            str(tiny_model_dir),
+            *inputs(tiny_model_dir, tofu_dir, out, retain_eval),
             "--method",
             "ga",
-            "--data_dir",
-            str(tofu_dir),
-            "--output_dir",
-            str(out),
-            "--retain_eval",
-            str(retain_eval),
             "--eval_every_epoch",
-            *FAST_UNLEARN,
-            *FAST_EVAL,
             "--max_steps",
             "-1",
             "--num_train_epochs",
