@@ -24,6 +24,7 @@ def test_cli_defaults_are_the_protocol(tmp_path):
     assert script.unlearn_settings == "protocol"
     assert DEFAULT_METHODS == "mask,redistribute,ga,random_label,boundary_shrink,jit"
     assert config.weight_decay == 0.0 and config.lr_scheduler_type == "constant"
+    assert config.seed == 0  # the table's first seed
 
     def effective(method):
         values = method_values(method, config, script, str(tmp_path / method))

@@ -200,6 +200,9 @@ class ClassifierUnlearnConfig(UnlearnConfig):
         default=1e-3, metadata={"help": "Unlearning learning rate (--unlearn_settings flags)."}
     )
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (0: Adam)."})
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the original's and oracle's initialisation and of every data order."}
+    )
     num_train_epochs: float = field(default=5.0, metadata={"help": "Unlearning epochs (--unlearn_settings flags)."})
     per_device_train_batch_size: int = field(
         default=64, metadata={"help": "Unlearning batch size (--unlearn_settings flags)."}
