@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import sys
@@ -110,9 +111,12 @@ def jobs(args) -> list[tuple[str, list[str]]]:
             methods = ",".join(f"{m}@{lr:g}" for m in BASELINES for lr in TUNE_GRID)
             out.append(("tune_s0_class0", _flags(args, 0, "class0", ["--forget_classes", "0"], methods)))
         elif stage == "regime":
-            for k, groups in GROUPS.items():
-                for seed in extra:
-                    for g in range(k):
+            # interleaved (K=5 group 0, K=2 group 0, K=5 group 1, ...): a cut run still covers both K
+            for seed in extra:
+                for g in range(max(GROUPS)):
+                    for k, groups in sorted(GROUPS.items(), reverse=True):
+                        if g >= k:
+                            continue
                         forget = ["--forget_classes", str(g), "--class_groups", groups]
                         out.append(
                             (
@@ -142,6 +146,8 @@ def tuned_baselines(args) -> list[str]:
     """The baselines' ``--methods`` entries: each at its protocol lr when the tuning rule picked that lr, else as
     ``method@<picked lr>`` (so a stale ``PROTOCOL`` can never silently win over the rule)."""
     path = Path(args.records_dir) / "tune_s0_class0.json"
+    while not path.is_file() and (Path(args.work_dir) / "claims" / "tune_s0_class0").is_file():
+        time.sleep(10)  # another process is running the tuning job
     if not path.is_file():
         raise SystemExit("The baselines stage needs the tuning record: run --stages tune first.")
     chosen = tune_choice(json.loads(path.read_text()))
@@ -194,11 +200,28 @@ def _portable(flags: list[str], args) -> str:
     return shlex.join(["rklu-llm", "classifier", *out])
 
 
+def _claim(args, name: str) -> bool:
+    """Claim a job for this process (``<work_dir>/claims/<job>``, created exclusively): several benchmark processes
+    can share one work folder and list of jobs, each job running once. A claim left by a killed process is removed by
+    hand."""
+    folder = Path(args.work_dir) / "claims"
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(folder / name, "x") as handle:
+            handle.write(str(os.getpid()))
+        return True
+    except FileExistsError:
+        return False
+
+
 def run_jobs(args) -> None:
     records = Path(args.records_dir)
     todo = [(n, f) for n, f in jobs(args) if not (records / f"{n}.json").is_file()]
     print(f"plan: {len(todo)} job(s) to run: {', '.join(n for n, _ in todo)}", flush=True)
     for name, flags in todo:
+        if (records / f"{name}.json").is_file() or not _claim(args, name):
+            print(f"== {name}: done or claimed by another process", flush=True)
+            continue
         start = time.perf_counter()
         print(f"== {name} ({time.strftime('%H:%M:%S')})", flush=True)
         result = run_recipe(flags)
