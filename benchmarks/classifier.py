@@ -131,14 +131,14 @@ def jobs(args) -> list[tuple[str, list[str]]]:
                     out.append(
                         (
                             f"multi_s{seed}_{name}",
-                            _flags(args, seed, name, forget, ",".join([*KL_METHODS, *baselines])),
+                            _flags(args, seed, f"multi_{name}", forget, ",".join([*KL_METHODS, *baselines])),
                         )
                     )
                 for n in SAMPLES:
                     forget = ["--forget_samples", str(n)]
                     # Boundary Shrink targets classes (the RKLU paper leaves it out of sample forgetting)
                     methods = ",".join([*KL_METHODS, *(b for b in baselines if not b.startswith("boundary_shrink"))])
-                    out.append((f"multi_s{seed}_samples{n}", _flags(args, seed, f"samples{n}", forget, methods)))
+                    out.append((f"multi_s{seed}_samples{n}", _flags(args, seed, f"multi_samples{n}", forget, methods)))
     return out
 
 
@@ -214,11 +214,27 @@ def _claim(args, name: str) -> bool:
         return False
 
 
+def _needs(name: str) -> str | None:
+    """The job that must finish first: the one whose output folder (and so retrain oracle) this job shares, or whose
+    run trains the original this job reuses."""
+    if name.startswith("baselines_"):
+        return "main_" + name.removeprefix("baselines_")
+    if name == "tune_s0_class0":
+        return "main_s0_class0"
+    if name.startswith("regime_") and not name.endswith("_group0"):  # group 0 trains the K-class original
+        return name.rsplit("_group", 1)[0] + "_group0"
+    return None
+
+
 def run_jobs(args) -> None:
     records = Path(args.records_dir)
     todo = [(n, f) for n, f in jobs(args) if not (records / f"{n}.json").is_file()]
     print(f"plan: {len(todo)} job(s) to run: {', '.join(n for n, _ in todo)}", flush=True)
     for name, flags in todo:
+        needs = _needs(name)
+        if needs and not (records / f"{needs}.json").is_file():  # its oracle comes from that job: later
+            print(f"== {name}: waits for {needs} (its oracle); left for a later invocation", flush=True)
+            continue
         if (records / f"{name}.json").is_file() or not _claim(args, name):
             print(f"== {name}: done or claimed by another process", flush=True)
             continue
