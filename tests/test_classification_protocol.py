@@ -43,7 +43,7 @@ def test_cli_defaults_are_the_protocol(tmp_path):
     adam = {"optim": "adamw_torch", "optim_args": None, "num_train_epochs": 5.0, "batch": 64}
     assert effective("redistribute") == {**adam, "learning_rate": 1e-3}
     # the baselines: redistribute's budget, each at the lr the tuning rule picked (benchmarks/results)
-    tuned = {"ga": 1e-5, "random_label": 1e-4, "boundary_shrink": 1e-4, "jit": 1e-5}
+    tuned = {"ga": 1e-5, "random_label": 1e-4, "boundary_shrink": 1e-5, "jit": 1e-5}
     for method, lr in tuned.items():
         assert effective(method) == {**adam, "learning_rate": lr}, method
     # method@lr@epochs overrides one method; the oracle trains like the original

@@ -83,7 +83,7 @@ PROTOCOL = {
     "ga": {**ADAM, "learning_rate": 1e-5, "num_train_epochs": 5.0},
     "gd": {**ADAM, "learning_rate": 1e-5, "num_train_epochs": 5.0},
     "random_label": {**ADAM, "learning_rate": 1e-4, "num_train_epochs": 5.0},
-    "boundary_shrink": {**ADAM, "learning_rate": 1e-4, "num_train_epochs": 5.0},
+    "boundary_shrink": {**ADAM, "learning_rate": 1e-5, "num_train_epochs": 5.0},
     "jit": {**ADAM, "learning_rate": 1e-5, "num_train_epochs": 5.0},
     "finetune": {**ADAM, "learning_rate": 1e-3, "num_train_epochs": 1.0},
 }
