@@ -19,12 +19,14 @@ from rklu_llm.data.classification import (
     ClassificationCollator,
     ClassificationUnlearnDataset,
     forget_indices,
+    group_labels,
     image_dataset,
     load_austen_passages,
     load_cifar10,
     load_classification_dataset,
     load_digits_dataset,
     load_fashion_mnist,
+    parse_class_groups,
     read_idx,
     split_forget_retain,
     take_rows,
@@ -294,3 +296,32 @@ def test_paired_dataset_needs_the_number_of_classes():
     assert ClassificationUnlearnDataset(plain, num_classes=4).num_classes == 4
     with pytest.raises(ValueError, match="'pixel_values' or an 'input_ids' column"):
         ClassificationUnlearnDataset(Dataset.from_dict({"text": ["x"], "labels": [0]}), num_classes=2)
+
+
+def test_class_groups_merge_labels():
+    """Groups 0,2|1|3 of 4 classes: labels [0, 1, 2, 3, 2] -> [0, 1, 0, 2, 0]; names joined with '+'; pixels kept;
+    a select() view is grouped by its own rows."""
+    groups = parse_class_groups("0,2|1|3", 4)
+    assert groups == [[0, 2], [1], [3]]
+    pixels = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)
+    data = image_dataset(pixels, [0, 1, 2, 3, 2], ["a", "b", "c", "d"])
+    grouped = group_labels(data, groups)
+    assert grouped["labels"] == [0, 1, 0, 2, 0] and grouped.features["labels"].names == ["a+c", "b", "d"]
+    np.testing.assert_array_equal(to_arrays(grouped)["input"].numpy().ravel(), np.arange(5))
+    view = group_labels(data.select([3, 1]), groups)
+    assert view["labels"] == [2, 1] and len(view) == 2
+
+
+@pytest.mark.parametrize(
+    "text,match",
+    [
+        ("0,1|2", "missing \\[3\\]"),
+        ("0,1|1,2|3", "twice \\[1\\]"),
+        ("0,1,2,3,7", "fewer than two groups.*out of range \\[7\\]"),
+        ("0,1||2,3", "an empty group"),
+        ("a|b", "class ids"),
+    ],
+)
+def test_class_groups_must_partition_the_classes(text, match):
+    with pytest.raises(ValueError, match=match):
+        parse_class_groups(text, 4)

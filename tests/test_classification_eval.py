@@ -12,6 +12,7 @@ import torch
 from rklu_llm.data.classification import image_dataset
 from rklu_llm.eval.classification import (
     accuracy,
+    attack_accuracy,
     classification_metrics,
     entropy_lr_mia,
     evaluate_classifier,
@@ -113,6 +114,24 @@ def test_classification_metrics_mia_recipes():
     assert out["mia_svc_confidence"] == 0.5 and out["mia_svc_entropy"] == 0.5
     assert out["mia_svc_modified_entropy"] == 0.5 and out["mia_entropy_lr"] == 0.5
     assert out["h_mean"] is None  # no original acc_ft given
+    # members (margin 8) vs retain-test non-members (margin 0.5): 3 folds, each attack tells them apart perfectly
+    for key in ("mia_svc_confidence", "mia_svc_entropy", "mia_svc_modified_entropy", "mia_entropy_lr"):
+        assert out[f"{key}_attack_acc"] == 1.0, key
+
+
+def test_attack_accuracy_separable_and_indistinguishable():
+    """Members' feature in [0.9, 1.0], non-members' in [0.0, 0.1]: every held-out fold is classified right -> 1.0.
+    Members and non-members with one and the same feature value (a model that outputs the same confidence for
+    both): the classifier can only predict one label for that value, so each balanced fold scores (1 + 0) / 2 =
+    0.5 exactly: the attack is degenerate, whatever share of a forget set it calls "member"."""
+    members, nonmembers = np.linspace(0.9, 1.0, 30), np.linspace(0.0, 0.1, 30)
+    assert attack_accuracy(members, nonmembers, "svc") == 1.0
+    assert attack_accuracy(members, nonmembers, "lr") == 1.0
+    same = np.full(30, 0.3)
+    assert attack_accuracy(same, same, "svc") == 0.5 and attack_accuracy(same, same, "lr") == 0.5
+    assert attack_accuracy(np.array([0.5]), nonmembers, "svc") is None  # one member: no fold to score
+    with pytest.raises(ValueError, match="'svc' or 'lr'"):
+        attack_accuracy(members, nonmembers, "knn")
 
 
 def test_classification_metrics_sample_unlearning():

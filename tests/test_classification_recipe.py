@@ -16,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 QUICK = [
     "--train_epochs",
     "1",
+    "--unlearn_settings",
+    "flags",
     "--num_train_epochs",
     "1",
     "--use_cpu",
@@ -40,52 +42,57 @@ def load_benchmark():
 
 
 def test_benchmark_on_digits(tmp_path):
+    """Two stages on two classes: one record per job with its command, the report built from the records, and a
+    second invocation that finds every record and runs nothing."""
     benchmark = load_benchmark()
-    work, results = tmp_path / "work", tmp_path / "results"
+    work, records, results = tmp_path / "work", tmp_path / "records", tmp_path / "results"
     argv = [
-        "--image_dataset",
+        "--dataset",
         "digits",
-        "--scenarios",
-        "cnn_class1,cnn_samples100",
+        "--stages",
+        "main,tune",
+        "--seeds",
+        "0",
+        "--classes",
+        "0,1",
         "--work_dir",
         str(work),
+        "--records_dir",
+        str(records),
         "--results_dir",
         str(results),
-        "--train_epochs",
-        "1",
         "--eval_retain_samples",
         "300",
         "--mia_max_samples",
         "100",
-        "--methods",
-        "mask,finetune,redistribute@3e-4",
+        "--recipe_args",
+        "--train_epochs 1",
     ]
     benchmark.main(argv)
-    data = json.loads((results / "classifier_digits.json").read_text())
-    class1 = data["scenarios"]["cnn_class1"]
-    methods = [row["method"] for row in class1["rows"]]
-    assert methods == ["original", "retrain", "mask", "finetune", "redistribute@3e-4"]
-    rows = {row["method"]: row for row in class1["rows"]}
-    assert rows["retrain"]["fraction_of_oracle_time"] == 1.0 and rows["retrain"]["uses_retain_data"]
-    assert rows["finetune"]["uses_retain_data"] and not rows["mask"]["uses_retain_data"]
-    stored = json.loads((work / "digits_cnn_class1" / "redistribute@3e-4" / "classifier_eval.json").read_text())
-    assert stored["method"] == "redistribute@3e-4"
-    assert rows["retrain"]["acc_ft"] == 0.0  # never saw the class
-    assert rows["mask"]["fraction_of_oracle_time"] > 0 and rows["original"]["h_mean"] is None
-    for row in class1["rows"]:
-        for key in ("acc_f", "acc_r", "acc_ft", "acc_rt", "mia_svc_entropy", "mia_entropy_lr"):
-            assert 0.0 <= row[key] <= 1.0, (row["method"], key)
-    samples = data["scenarios"]["cnn_samples100"]
-    assert samples["scenario"]["forget_size"] == 100 and samples["rows"][1]["acc_ft"] is None
-    table = (results / "classifier_digits.md").read_text()
-    assert "python benchmarks/classifier.py --image_dataset digits" in table and "**retrain (oracle)**" in table
-    assert "`mask`: Acc_ft" in table
-    # both scenarios share one original; a second invocation reuses every finished run
-    assert len(list(work.glob("digits_cnn_original"))) == 1
-    records = {p: p.stat().st_mtime_ns for p in work.rglob("classifier_eval.json")}
+    assert sorted(p.name for p in records.glob("*.json")) == [
+        "main_s0_class0.json",
+        "main_s0_class1.json",
+        "tune_s0_class0.json",
+    ]
+    record = json.loads((records / "main_s0_class1.json").read_text())
+    rows = {row["method"]: row for row in record["rows"]}
+    assert list(rows) == ["original", "retrain", "mask", "redistribute", "mask@0.001@1"]
+    assert record["command"].startswith("rklu-llm classifier --dataset digits --forget_classes 1")
+    assert str(tmp_path) not in json.dumps(record)  # no local path in a record
+    assert rows["retrain"]["acc_ft"] == 0.0 and rows["retrain"]["uses_retain_data"]
+    assert rows["mask"]["settings"]["optim"] == "sgd" and rows["mask"]["settings"]["num_train_epochs"] == 20
+    assert rows["mask@0.001@1"]["settings"]["num_train_epochs"] == 1.0
+    assert 0.0 <= rows["mask"]["mia_svc_confidence_attack_acc"] <= 1.0
+    tune = json.loads((records / "tune_s0_class0.json").read_text())
+    assert len(tune["rows"]) == 2 + len(benchmark.BASELINES) * len(benchmark.TUNE_GRID)
+    assert next(r for r in tune["rows"] if r["method"] == "retrain")["reused"]  # the main job's oracle
+    data = json.loads((results / "classifier_fashion_mnist.json").read_text())
+    assert data["single_class_summary"]["mask"]["runs"] == 2 and set(data["tuning"]) == set(benchmark.BASELINES)
+    table = (results / "classifier_fashion_mnist.md").read_text()
+    assert "mask Acc_ft mean" in table and "| ga |" in table and (results / "classifier_fashion_mnist.png").is_file()
+    stamps = {p: p.stat().st_mtime_ns for p in records.glob("*.json")}
     benchmark.main(argv)
-    assert {p: p.stat().st_mtime_ns for p in work.rglob("classifier_eval.json")} == records
-    assert len(json.loads((work / "invocations.json").read_text())) == 2
+    assert {p: p.stat().st_mtime_ns for p in records.glob("*.json")} == stamps
 
 
 def test_recipe_refuses_another_run_in_the_same_output_dir(tmp_path):
@@ -105,6 +112,8 @@ def test_recipe_refuses_another_run_in_the_same_output_dir(tmp_path):
         (["--forget_classes", "3", "--forget_samples", "5"], "Say what to forget"),
         (["--forget_classes", "3", "--methods", "rklu"], "Unknown classifier method"),
         (["--forget_classes", "3", "--methods", "mask@fast"], "method@1e-4"),
+        (["--forget_classes", "3", "--methods", "mask@1e-3@x"], "method@1e-4@2"),
+        (["--forget_classes", "0", "--class_groups", "0,1|2"], "missing"),
         (["--forget_classes", "3", "--model", "bert"], "does not fit image data"),
         (["--forget_classes", "12"], r"\[12\] have no samples"),
         (["--forget_classes", "3", "--model", "nowhere"], "--model must be one of"),
@@ -116,8 +125,20 @@ def test_recipe_rejects_bad_arguments_before_training(tmp_path, argv, match):
     assert not (tmp_path / "o" / "original").exists()
 
 
+def test_protocol_refuses_flags_it_would_ignore(tmp_path):
+    """Under the protocol (the default) a given --learning_rate would be silently replaced: refused, before any
+    data or model work, with the two ways out."""
+    argv = ["--dataset", "digits", "--forget_classes", "3", "--output_dir", str(tmp_path / "o"), "--learning_rate"]
+    with pytest.raises(ValueError, match="--unlearn_settings flags"):
+        run_recipe([*argv, "1e-4"])
+    assert not (tmp_path / "o").exists()
+
+
 def test_method_lists():
-    from rklu_llm.scripts.classifier import CLASSIFIER_METHODS, parse_methods
+    from rklu_llm.scripts.classifier import CLASSIFIER_METHODS, method_overrides, parse_methods
+
+    assert method_overrides("mask@1e-3@2") == {"learning_rate": 1e-3, "num_train_epochs": 2.0}
+    assert method_overrides("mask@3e-4") == {"learning_rate": 3e-4} and method_overrides("mask") == {}
 
     assert parse_methods("all,mask@3e-4") == [*CLASSIFIER_METHODS, "mask@3e-4"]
     assert parse_methods(" mask , ga ") == ["mask", "ga"] and "retrain" not in CLASSIFIER_METHODS

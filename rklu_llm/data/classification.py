@@ -116,6 +116,57 @@ def take_rows(dataset: Dataset, indices) -> Dataset:
     return Dataset(InMemoryTable(table), info=dataset.info.copy())
 
 
+def parse_class_groups(text: str, num_classes: int) -> list[list[int]]:
+    """``"0,6|2,4|1,3|5,7,9|8"`` -> ``[[0, 6], [2, 4], [1, 3], [5, 7, 9], [8]]``: a partition of the classes ``0..K-1``
+    into groups separated by ``|``, each group's classes by commas.
+
+    Raises:
+        ValueError: a class outside ``0..num_classes-1``, a class in two groups or in none, an empty group, or fewer
+            than two groups.
+    """
+    try:
+        groups = [[int(c) for c in part.split(",") if c.strip()] for part in text.split("|")]
+    except ValueError:
+        raise ValueError(
+            f"Class groups {text!r}: write them as 0,6|2,4|... (class ids, ',' within, '|' between)."
+        ) from None
+    flat = [c for g in groups for c in g]
+    problems = []
+    if any(not g for g in groups):
+        problems.append("an empty group")
+    if len(groups) < 2:
+        problems.append("fewer than two groups")
+    if sorted(flat) != list(range(num_classes)):
+        bad = sorted({c for c in flat if not 0 <= c < num_classes})
+        twice = sorted({c for c in flat if flat.count(c) > 1})
+        missing = sorted(set(range(num_classes)) - set(flat))
+        problems += [
+            f"{what} {cs}" for what, cs in (("out of range", bad), ("twice", twice), ("missing", missing)) if cs
+        ]
+    if problems:
+        raise ValueError(f"Class groups {text!r} must partition classes 0..{num_classes - 1}: {'; '.join(problems)}.")
+    return groups
+
+
+def group_labels(dataset: Dataset, groups: list[list[int]]) -> Dataset:
+    """``dataset`` with each label replaced by the index of its group (``groups`` from :func:`parse_class_groups`);
+    the new ``ClassLabel`` names join the old names with ``+`` (``"T-shirt/top+Shirt"``)."""
+    if getattr(dataset, "_indices", None) is not None:  # a select() view: materialise its rows first
+        dataset = dataset.flatten_indices()
+    names = class_names_of(dataset) or [str(c) for c in range(sum(len(g) for g in groups))]
+    mapping = np.empty(len(names), dtype=np.int64)
+    for new, group in enumerate(groups):
+        mapping[group] = new
+    labels = mapping[dataset.data.table.column("labels").to_numpy()]
+    new_names = ["+".join(names[c] for c in group) for group in groups]
+    features = dataset.features.copy()
+    features["labels"] = ClassLabel(names=new_names)
+    table = dataset.data.table.set_column(
+        dataset.data.table.column_names.index("labels"), "labels", pa.array(labels)
+    ).cast(features.arrow_schema)
+    return Dataset(InMemoryTable(table))
+
+
 def input_column(dataset: Dataset) -> str:
     """The model input column of a classification dataset: ``pixel_values`` or ``input_ids``."""
     for name in INPUT_COLUMNS:

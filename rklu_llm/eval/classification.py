@@ -17,6 +17,9 @@ Metrics (fractions in ``[0, 1]``; tables show percentages):
   ``-(1 - p_y) log p_y - sum_{k != y} p_k log(1 - p_k)``, Song & Mittal 2021) of members = a random retain-train
   subset the size of retain-test and non-members = retain-test; reported: the fraction of forget-train samples
   predicted "member" (lower = forgotten; the retrain oracle's value is the target);
+* ``mia_svc_<feature>_attack_acc`` / ``mia_entropy_lr_attack_acc``: each attack's own balanced accuracy on its known
+  members vs non-members (cross-validated, :func:`attack_accuracy`); near 0.5 the attack cannot tell members at all
+  and its forget-set fraction is noise (it can swing from 0 to 1 between models);
 * ``mia_entropy_lr`` (SSD / JiT recipe): ``LogisticRegression(class_weight="balanced")`` on the entropy of
   retain-train (member) vs the whole test set (non-member); reported: the mean "member" prediction on forget-train.
 
@@ -121,6 +124,40 @@ def svc_mia(member, nonmember, target) -> float | None:
     return float(clf.predict(np.asarray(target, dtype=np.float64)[:, None]).mean())
 
 
+def attack_accuracy(member, nonmember, attack: str, seed: int = 0, folds: int = 3) -> float | None:
+    """The attack's own balanced accuracy at telling known ``member`` from known ``nonmember`` samples.
+
+    The same classifier as the attack (``attack="svc"``: ``SVC(C=3, kernel="rbf", gamma="auto")``; ``"lr"``:
+    ``LogisticRegression(class_weight="balanced")``) is fitted and scored by stratified ``folds``-fold
+    cross-validation on the attack's training data (members labelled 1, non-members 0), so each sample is scored by
+    a classifier that did not see it. 0.5 = the feature does not separate members from non-members: the attack's
+    "member" calls on the forget set then carry no information (a degenerate attack), whatever fraction they give.
+
+    Args:
+        member, nonmember: ``(N,)``, ``(M,)`` values of one feature.
+        attack: ``"svc"`` or ``"lr"``.
+        seed: seeds the fold split.
+        folds: number of folds (reduced to the smaller side's size when that is smaller; ``None`` below 2).
+
+    Returns:
+        The mean balanced accuracy over the folds in ``[0, 1]``; ``None`` when a side has fewer than 2 samples.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.svm import SVC
+
+    if attack not in ("svc", "lr"):
+        raise ValueError(f"attack must be 'svc' or 'lr', got {attack!r}.")
+    folds = min(folds, len(member), len(nonmember))
+    if folds < 2:
+        return None
+    x = np.concatenate([member, nonmember]).astype(np.float64)[:, None]
+    y = np.concatenate([np.ones(len(member)), np.zeros(len(nonmember))])
+    clf = SVC(C=3, kernel="rbf", gamma="auto") if attack == "svc" else LogisticRegression(class_weight="balanced")
+    split = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    return float(cross_val_score(clf, x, y, cv=split, scoring="balanced_accuracy").mean())
+
+
 def entropy_lr_mia(member_entropy, nonmember_entropy, target_entropy) -> float | None:
     """Mean "member" prediction of ``LogisticRegression(class_weight="balanced")`` on ``target_entropy``, fitted on
     ``member_entropy`` (label 1) vs ``nonmember_entropy`` (label 0); ``None`` when the target is empty."""
@@ -196,15 +233,13 @@ def classification_metrics(
     nonmembers = cap(np.flatnonzero(retain_test))
     members = np.sort(rng.choice(retain_rows, min(len(nonmembers), len(retain_rows)), replace=False))
     for name in MIA_FEATURES:
-        out[f"mia_svc_{name}"] = svc_mia(
-            train_features[name][members], test_features[name][nonmembers], train_features[name][forget_rows]
-        )
+        member, nonmember = train_features[name][members], test_features[name][nonmembers]
+        out[f"mia_svc_{name}"] = svc_mia(member, nonmember, train_features[name][forget_rows])
+        out[f"mia_svc_{name}_attack_acc"] = attack_accuracy(member, nonmember, "svc", seed)
     lr_members, lr_nonmembers = cap(retain_rows), cap(np.arange(len(test_labels)))
-    out["mia_entropy_lr"] = entropy_lr_mia(
-        train_features["entropy"][lr_members],
-        test_features["entropy"][lr_nonmembers],
-        train_features["entropy"][forget_rows],
-    )
+    member, nonmember = train_features["entropy"][lr_members], test_features["entropy"][lr_nonmembers]
+    out["mia_entropy_lr"] = entropy_lr_mia(member, nonmember, train_features["entropy"][forget_rows])
+    out["mia_entropy_lr_attack_acc"] = attack_accuracy(member, nonmember, "lr", seed)
     return out
 
 

@@ -44,6 +44,7 @@ from rklu_llm.data.classification import (
     build_classification_unlearning_dataset,
     class_names_of,
     forget_indices,
+    group_labels,
     input_column,
     load_austen_passages,
     load_cifar10,
@@ -51,6 +52,7 @@ from rklu_llm.data.classification import (
     load_digits_dataset,
     load_fashion_mnist,
     num_classes_of,
+    parse_class_groups,
     take_rows,
     to_arrays,
     tokenize_texts,
@@ -61,7 +63,32 @@ from rklu_llm.models import publish_dir
 from rklu_llm.run_state import GuardedTrainer
 
 CLASSIFIER_METHODS = tuple(m for m, spec in METHODS.items() if spec.batch != "lm" and m != "retrain")
-DEFAULT_METHODS = "redistribute,mask,ga,random_label,boundary_shrink,jit,finetune"
+DEFAULT_METHODS = "mask,redistribute,ga,random_label,boundary_shrink,jit"
+
+#: The protocol (docs/classifiers.md): each method's unlearning settings, applied unless --unlearn_settings flags.
+#: mask: DELETE's published recipe (SGD, momentum 0.9, lr 1e-4, 20 epochs, batch 128); redistribute: the RKLU paper
+#: (Adam, lr 1e-3, batch 64, 5 epochs). The baselines get redistribute's budget (Adam, batch 64, 5 epochs) and the
+#: learning rate that one rule picked from {1e-5, 1e-4, 1e-3} on a tuning scenario (Fashion-MNIST class 0, seed 0:
+#: the highest H-Mean; benchmarks/results/classifier_runs/tune_*.json). ``finetune`` (retain data) as a baseline.
+ADAM = {"optim": "adamw_torch", "optim_args": None, "per_device_train_batch_size": 64}
+PROTOCOL = {
+    "mask": {
+        "optim": "sgd",
+        "optim_args": "momentum=0.9",
+        "per_device_train_batch_size": 128,
+        "learning_rate": 1e-4,
+        "num_train_epochs": 20.0,
+    },
+    "redistribute": {**ADAM, "learning_rate": 1e-3, "num_train_epochs": 5.0},
+    "ga": {**ADAM, "learning_rate": 1e-5, "num_train_epochs": 5.0},
+    "gd": {**ADAM, "learning_rate": 1e-5, "num_train_epochs": 5.0},
+    "random_label": {**ADAM, "learning_rate": 1e-4, "num_train_epochs": 5.0},
+    "boundary_shrink": {**ADAM, "learning_rate": 1e-5, "num_train_epochs": 5.0},
+    "jit": {**ADAM, "learning_rate": 1e-5, "num_train_epochs": 5.0},
+    "finetune": {**ADAM, "learning_rate": 1e-3, "num_train_epochs": 1.0},
+}
+#: the original and the oracle (the papers: Adam, lr 1e-3, batch 64, about 10 epochs)
+TRAIN_PROTOCOL = {"train_epochs": 10.0, "train_learning_rate": 1e-3, "train_batch_size": 64}
 NAMED_SETS = ("fashion_mnist", "digits", "cifar10", "austen")
 MODELS = ("cnn", "resnet", "bert")
 RESULTS_FILE = "classifier_results.json"
@@ -99,11 +126,27 @@ class ClassifierArguments:
     forget_samples: int | None = field(
         default=None, metadata={"help": "Forget this many random training samples instead (sample unlearning)."}
     )
+    class_groups: str | None = field(
+        default=None,
+        metadata={
+            "help": "Merge classes into groups before anything trains: '0,6|2,4|1,3|5,7,9|8' gives 5 classes "
+            "(--forget_classes then names groups). For the redistribute-vs-mask regime study."
+        },
+    )
+    unlearn_settings: str = field(
+        default="protocol",
+        metadata={
+            "help": "protocol: each method's own optimiser, learning rate, epochs and batch size from the protocol "
+            "table (PROTOCOL; docs/classifiers.md); flags: every method uses --learning_rate, --num_train_epochs, "
+            "--per_device_train_batch_size and --optim as given. Either way method@lr (or method@lr@epochs) "
+            "overrides one method (method@lr@epochs also its epochs)."
+        },
+    )
     methods: str = field(
         default=DEFAULT_METHODS,
         metadata={
             "help": f"Comma-separated methods; 'all' = {', '.join(CLASSIFIER_METHODS)}; method@1e-4 runs a "
-            "method at its own learning rate."
+            "method at its own learning rate, method@1e-4@2 also for its own number of epochs."
         },
     )
     original: str | None = field(
@@ -114,9 +157,16 @@ class ClassifierArguments:
         },
     )
     oracle: bool = field(default=True, metadata={"help": "Train the retrain oracle (retain data) for comparison."})
-    train_epochs: float = field(default=3.0, metadata={"help": "Epochs of the original and of the oracle."})
-    train_learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate of original and oracle."})
-    train_batch_size: int = field(default=64, metadata={"help": "Batch size of original and oracle."})
+    train_epochs: float = field(
+        default=TRAIN_PROTOCOL["train_epochs"], metadata={"help": "Epochs of the original and of the oracle."}
+    )
+    train_learning_rate: float = field(
+        default=TRAIN_PROTOCOL["train_learning_rate"],
+        metadata={"help": "Adam learning rate (linear decay) of original and oracle."},
+    )
+    train_batch_size: int = field(
+        default=TRAIN_PROTOCOL["train_batch_size"], metadata={"help": "Batch size of original and oracle."}
+    )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use a seeded random subset of train."})
     max_test_samples: int | None = field(default=None, metadata={"help": "Use a seeded random subset of test."})
     words_per_passage: int = field(default=48, metadata={"help": "Austen: words per passage."})
@@ -141,13 +191,22 @@ class ClassifierArguments:
 @dataclass
 class ClassifierUnlearnConfig(UnlearnConfig):
     """`UnlearnConfig` with the classifier papers' settings as defaults: Adam (no weight decay) at a constant
-    learning rate 1e-3, batch 64, one epoch, no warm-up, no checkpoints (a finished method is skipped instead)."""
+    learning rate 1e-3, batch 64, 5 epochs (the RKLU paper), no warm-up, no checkpoints (a finished method is skipped
+    instead). Under ``--unlearn_settings protocol`` (the default) each method's optimiser, learning rate, epochs and
+    batch size come from ``PROTOCOL`` instead; these fields then must keep their defaults."""
 
     method: str = field(default="redistribute", metadata={"help": "Set per run from --methods."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "Unlearning learning rate."})
+    learning_rate: float = field(
+        default=1e-3, metadata={"help": "Unlearning learning rate (--unlearn_settings flags)."}
+    )
     weight_decay: float = field(default=0.0, metadata={"help": "Weight decay (0: Adam)."})
-    num_train_epochs: float = field(default=1.0, metadata={"help": "Unlearning epochs."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Unlearning batch size."})
+    seed: int = field(
+        default=0, metadata={"help": "Seed of the original's and oracle's initialisation and of every data order."}
+    )
+    num_train_epochs: float = field(default=5.0, metadata={"help": "Unlearning epochs (--unlearn_settings flags)."})
+    per_device_train_batch_size: int = field(
+        default=64, metadata={"help": "Unlearning batch size (--unlearn_settings flags)."}
+    )
     warmup_epochs: float | None = field(default=None, metadata={"help": "No warm-up."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "Constant learning rate."})
     save_strategy: str = field(default="no", metadata={"help": "No checkpoints."})
@@ -193,6 +252,9 @@ def load_data(script: ClassifierArguments, seed: int):
     test = _raw_split(
         script.dataset, script.data_dir, script.test_split if script.dataset not in NAMED_SETS else "test", *key[2:]
     )
+    if script.class_groups:
+        groups = parse_class_groups(script.class_groups, num_classes_of(train) or 0)
+        train, test = group_labels(train, groups), group_labels(test, groups)
     return _subset(train, script.max_train_samples, seed), _subset(test, script.max_test_samples, seed + 1)
 
 
@@ -317,7 +379,8 @@ def _pad_id(tokenizer) -> int:
 
 
 def parse_methods(text: str) -> list[str]:
-    """Method names, each optionally with its own learning rate (``redistribute@1e-4``)."""
+    """Method names, each optionally with its own learning rate (``redistribute@1e-4``) and epochs
+    (``redistribute@1e-4@2``)."""
     methods = []
     for name in (m.strip() for m in text.split(",") if m.strip()):
         methods += list(CLASSIFIER_METHODS) if name == "all" else [name]
@@ -330,10 +393,47 @@ def parse_methods(text: str) -> list[str]:
     for method in methods:
         if "@" in method:
             try:
-                float(method.partition("@")[2])
+                method_overrides(method)
             except ValueError:
-                raise ValueError(f"{method!r}: write a method's own learning rate as method@1e-4.") from None
+                raise ValueError(
+                    f"{method!r}: write a method's own learning rate as method@1e-4, and its epochs as method@1e-4@2."
+                ) from None
     return methods
+
+
+def method_overrides(method: str) -> dict:
+    """``"mask@1e-3@2"`` -> ``{"learning_rate": 1e-3, "num_train_epochs": 2.0}``; ``"mask"`` -> ``{}``."""
+    _, at, rest = method.partition("@")
+    if not at:
+        return {}
+    lr, slash, epochs = rest.partition("@")
+    out = {"learning_rate": float(lr)}
+    if slash:
+        out["num_train_epochs"] = float(epochs)
+    if out["learning_rate"] <= 0 or out.get("num_train_epochs", 1.0) <= 0:
+        raise ValueError(f"{method!r}: learning rate and epochs must be > 0.")
+    return out
+
+
+#: the unlearning fields that ``--unlearn_settings protocol`` sets per method (and that must then keep their defaults)
+PROTOCOL_FIELDS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "optim", "optim_args")
+
+
+def check_unlearn_settings(script, config) -> None:
+    """Under ``--unlearn_settings protocol`` the protocol sets each method's optimiser, lr, epochs and batch size, so
+    a value given for one of those fields would be silently ignored: refuse it with the two ways to get it."""
+    if script.unlearn_settings not in ("protocol", "flags"):
+        raise ValueError(f"--unlearn_settings must be 'protocol' or 'flags', got {script.unlearn_settings!r}.")
+    if script.unlearn_settings == "flags":
+        return
+    defaults = type(config)(output_dir=config.output_dir)
+    changed = [f for f in PROTOCOL_FIELDS if getattr(config, f) != getattr(defaults, f)]
+    if changed:
+        raise ValueError(
+            f"--{', --'.join(changed)} would be ignored: under --unlearn_settings protocol (the default) each "
+            "method's optimiser, learning rate, epochs and batch size come from the protocol. Pass "
+            "--unlearn_settings flags to use your values for every method, or method@lr (method@lr@epochs) for one."
+        )
 
 
 ARGUMENTS = (ClassifierArguments, ClassifierUnlearnConfig)
@@ -344,6 +444,7 @@ def main(argv: list[str] | None = None) -> dict:
     if script.num_threads:
         torch.set_num_threads(script.num_threads)
     methods = parse_methods(script.methods)
+    check_unlearn_settings(script, config)
     if (script.forget_classes is None) == (script.forget_samples is None):
         raise ValueError("Say what to forget: --forget_classes 0 (or 0,6) for classes, or --forget_samples N.")
     classes = None if script.forget_classes is None else [int(c) for c in script.forget_classes.split(",")]
@@ -397,6 +498,7 @@ def main(argv: list[str] | None = None) -> dict:
         "model": script.model,
         "forget_classes": classes,
         "forget_samples": script.forget_samples,
+        "class_groups": script.class_groups,
         "train_samples": len(train),
         "test_samples": len(test),
         "forget_size": len(forget),
@@ -502,28 +604,42 @@ def _settings(script, config) -> dict:
     return {"unlearning": settings, "script": script_values}
 
 
-def run_method(
-    method, config, script, original, tokenizer, forget, retain, num_classes, classes, folder: Path, key: dict, evaluate
-) -> dict:
-    """Unlearn (or retrain) one copy of the original, save it, evaluate it; reuse a finished run in ``folder``."""
-    path = folder / EVAL_FILE
+def method_values(method: str, config, script, output_dir: str) -> dict:
+    """The unlearning config fields of one ``--methods`` entry: ``config``'s, then (``--unlearn_settings protocol``)
+    the method's ``PROTOCOL`` settings, then its own ``@lr@epochs``; the oracle (``retrain``) trains like the
+    original."""
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-    base, _, learning_rate = method.partition("@")
-    values.update(method=base, output_dir=str(folder), divergence=None, retain_mode=None)
-    if learning_rate:
-        values.update(learning_rate=float(learning_rate))
+    base = method.partition("@")[0]
+    values.update(method=base, output_dir=output_dir, divergence=None, retain_mode=None)
     if method == "retrain":  # the oracle trains like the original
         values.update(
+            ADAM,
             learning_rate=script.train_learning_rate,
             num_train_epochs=script.train_epochs,
             per_device_train_batch_size=script.train_batch_size,
             lr_scheduler_type="linear",
         )
+    else:
+        if script.unlearn_settings == "protocol":
+            values.update(PROTOCOL.get(base, {}))
+        values.update(method_overrides(method))
+    return values
+
+
+def run_method(
+    method, config, script, original, tokenizer, forget, retain, num_classes, classes, folder: Path, key: dict, evaluate
+) -> dict:
+    """Unlearn (or retrain) one copy of the original, save it, evaluate it; reuse a finished run in ``folder``."""
+    path = folder / EVAL_FILE
+    values = method_values(method, config, script, str(folder))
     run_config = type(config)(**values)
     uses_retain = run_config.spec.uses_retain_data or run_config.retain_mode != "none"
+    settings = {f: values[f] for f in (*PROTOCOL_FIELDS, "lr_scheduler_type")}
+    key = {**key, "method_settings": settings}
     stored = _reuse(path, key)
+    head = {"method": method, "uses_retain_data": uses_retain, "settings": settings, "reused": stored is not None}
     if stored is not None:
-        return {"method": method, "uses_retain_data": uses_retain, "seconds": stored["seconds"], **stored["metrics"]}
+        return {**head, "seconds": stored["seconds"], **stored["metrics"]}
     dataset = build_classification_unlearning_dataset(
         forget, retain if uses_retain else None, num_classes, classes, config.seed
     )
@@ -536,4 +652,4 @@ def run_method(
     trainer.save_model()
     metrics = evaluate(trainer.model)
     write_json_atomic(path, {"key": key, "method": method, "seconds": seconds, "metrics": metrics})
-    return {"method": method, "uses_retain_data": uses_retain, "seconds": seconds, **metrics}
+    return {**head, "seconds": seconds, **metrics}
