@@ -21,7 +21,7 @@ from rklu_llm.cli import parse_arguments
 from rklu_llm.data import RETAIN_OF_FORGET, load_tofu
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
 from rklu_llm.eval.tofu import evaluate_tofu, summary_row
-from rklu_llm.models import load_model
+from rklu_llm.models import check_model_source, load_model
 
 
 @dataclass
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [split for split in forget_splits if split not in RETAIN_OF_FORGET]
     if not forget_splits or unknown:
         raise ValueError(f"--forget_splits {script.forget_splits!r}: choose from {sorted(RETAIN_OF_FORGET)}.")
+    check_model_source(script.model)  # a folder without a model, an unusable hub: named before anything is read
     local = Path(script.model).is_dir()
     output_dir = script.output_dir or (script.model if local else None)
     if output_dir is None:
