@@ -736,3 +736,36 @@ def summary_row(result: Mapping) -> dict:
         row["retain_probability"] = retain["probability"]
         row["retain_rouge_l_recall"] = retain["rouge_l_recall"]
     return row
+
+
+def yardstick_table(result: Mapping, original=None, oracle=None) -> str:
+    """``result`` next to its yardsticks, one line each: the original model's and the oracle's (retain-only) stored
+    ``tofu_eval.json`` (a path, a folder holding one, or a dict; a missing or foreign file is left out, said so).
+    Columns: model utility, then per forget split its forget quality and forget-set probability, then the retain
+    probability."""
+    rows = [("evaluated", summary_row(result))]
+    for label, source in (("original", original), ("oracle", oracle)):
+        if source is None:
+            continue
+        path = Path(source) / RESULT_FILE if not isinstance(source, Mapping) and Path(source).is_dir() else source
+        try:
+            other = source if isinstance(source, Mapping) else json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            rows.append((label, None))
+            continue
+        rows.append((label, summary_row(other) if _is_our_result(other) else None))
+    splits = result.get("settings", {}).get("forget_splits", [])
+    keys = ["model_utility"] + [f"{s}_{m}" for s in splits for m in ("forget_quality", "probability")]
+    keys.append("retain_probability")
+    width = max(len(k) for k in keys) + 2
+    lines = [f"{'':<10}" + "".join(f"{k:>{width}}" for k in keys)]
+    for label, row in rows:
+        if row is None:
+            lines.append(f"{label:<10}  (no tofu_eval.json of rklu_llm to compare with)")
+            continue
+        cells = []
+        for key in keys:
+            value = row.get(key)
+            cells.append(f"{'-' if value is None else f'{value:.4g}':>{width}}")
+        lines.append(f"{label:<10}" + "".join(cells) + f"  {row.get('model')}")
+    return "\n".join(lines)
