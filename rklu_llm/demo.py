@@ -338,7 +338,7 @@ def _common(args: DemoArguments, work_dir: str, name: str) -> dict:
 
 
 def teach(model, tokenizer, rows: Dataset, args: DemoArguments, work_dir: str):
-    """LoRA fine-tune on ``rows`` (both people), merged into the weights."""
+    """LoRA fine-tune on ``rows`` (every person), merged into the weights."""
     from peft import get_peft_model
 
     set_seed(args.seed)
