@@ -154,6 +154,8 @@ def test_accelerate_launch_two_processes(tmp_path, tiny_model_dir, tofu_dir, ret
             str(retain_eval),
             "--retain_mode",
             "kl",
+            "--keep_augmented",  # kept (the default deletes it after the save) to check where it was built
+            "true",
             *FAST_UNLEARN,
             *FAST_EVAL,
         ],
