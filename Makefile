@@ -1,5 +1,5 @@
 # Two commands for a fresh machine:
-#   make demo   install into .venv, then teach the embedded SmolLM2 two people and make it forget one (CPU, minutes)
+#   make demo   install into .venv, then teach the embedded SmolLM2 four people and make it forget one (CPU, minutes)
 #   make test   install into .venv with the test extras, lint, then run the whole test suite offline, on every core
 # `make demo` is `rklu-llm demo` in the installed venv: it reads TOFU from $RKLU_TOFU_DIR (or DEMO_ARGS=--data_dir ...),
 # else the hub, else it uses generated profiles and says so.

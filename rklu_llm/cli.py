@@ -67,7 +67,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rklu_llm.scripts.classifier",
         "train an image / text classifier (or load one), make it forget classes or samples, evaluate",
     ),
-    "demo": ("rklu_llm.demo", "teach the embedded SmolLM2 two people, make it forget one with RKL-U (CPU, minutes)"),
+    "demo": ("rklu_llm.demo", "teach the embedded SmolLM2 four people, make it forget one with RKL-U (CPU, minutes)"),
     "push": (
         "rklu_llm.scripts.push",
         "upload a finished model folder (weights, tokenizer, card, evaluations) to the hub, private by default",

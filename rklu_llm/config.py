@@ -211,8 +211,12 @@ class UnlearnConfig(TrainingArguments):
         },
     )
     keep_augmented: bool = field(
-        default=True,
-        metadata={"help": "Keep the augmented model that this run built after the final save (False: delete it then)."},
+        default=False,
+        metadata={
+            "help": "Keep the augmented model that this run built after the final save. Default False: it holds the "
+            "forget set's knowledge, amplified, so it is deleted once the unlearned model is saved (an interrupted run "
+            "keeps it, to resume). True keeps it, e.g. to reuse it with augmented_model_path=... (ta, other alphas)."
+        },
     )
     ta_scale: float = field(
         default=2.5, metadata={"help": "Task arithmetic: theta_o - ta_scale * (theta_a - theta_o)."}

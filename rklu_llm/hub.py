@@ -221,6 +221,9 @@ def tofu_results_markdown(result: Mapping) -> str:
     one row per evaluated set."""
     settings = result.get("settings", {})
     lines = []
+    if result.get("model"):  # what was evaluated: the folder (and, for a LoRA adapter, its base)
+        base = f" (LoRA adapter on `{result['base_model']}`)" if result.get("base_model") else ""
+        lines.append(f"- evaluated: `{result['model']}`{base}")
     for split, entry in result.get("forget", {}).items():
         note = f" ({entry['forget_quality_note']})" if entry.get("forget_quality_note") else ""
         reference = f", reference `{entry['reference']}`" if entry.get("reference") else ""

@@ -115,18 +115,47 @@ def check_model_source(name_or_path: str) -> None:
     """
     if name_or_path.startswith(EMBEDDED_PREFIX):
         return
-    if _looks_local(name_or_path) and not Path(name_or_path).expanduser().exists():
+    path = Path(name_or_path).expanduser()
+    if _looks_local(name_or_path) and not path.exists():
         raise ModelLoadError(
             f"Model {name_or_path!r} does not exist (no such folder). Pass a local model folder, a "
             "hub id, or embedded:smollm2-135m-instruct."
         )
-    base = _adapter_base(name_or_path) if Path(name_or_path).is_dir() else None
+    if not path.exists():  # a hub id: usable now, or already in the Hugging Face cache?
+        _check_hub_model(name_or_path)
+        return
+    if path.is_dir() and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise ModelLoadError(
+            f"{name_or_path!r} is a folder without a model: no config.json (a saved model) and no "
+            "adapter_config.json (a LoRA adapter). Pass the folder a training command saved its model into."
+        )
+    base = _adapter_base(name_or_path) if path.is_dir() else None
     if base and _looks_local(base) and not Path(base).expanduser().exists():
         raise ModelLoadError(
             f"{name_or_path!r} is a LoRA adapter whose base model {base!r} (base_model_name_or_path in its "
             "adapter_config.json) does not exist. Restore that base model, or point base_model_name_or_path at "
             "where it is now."
         )
+
+
+def _check_hub_model(hub_id: str) -> None:
+    """A hub id (or a relative path that is not there, such as ``runs/full`` before its run) is fine when the hub can
+    be used or its config is already in the Hugging Face cache; otherwise fail now, in seconds, naming the local
+    alternatives."""
+    from .offline import hub_advice, hub_problem
+
+    problem = hub_problem()
+    if problem is None:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
+        return
+    raise ModelLoadError(
+        f"Model {hub_id!r} is not a local folder, not in the Hugging Face cache, and the hub cannot be used "
+        f"({problem}). Pass a local model folder (--model path/to/model) or embedded:smollm2-135m-instruct, "
+        f"{hub_advice(problem)}."
+    )
 
 
 def _adapter_base(path: str) -> str | None:
@@ -160,8 +189,11 @@ def load_model(
         trust_remote_code: run code from the model repository (off unless asked).
         cache_dir: where embedded models are cached (default ``$RKLU_LLM_CACHE`` or ``~/.cache/rklu_llm``).
     """
+    check_model_source(name_or_path)  # a folder without a model, an unusable hub: a clear error, in seconds
     path = resolve_model_path(name_or_path, cache_dir)
     base = _adapter_base(path)
+    if base is not None and not _looks_local(base) and not Path(base).exists():
+        _check_hub_model(base)
     try:
         model = AutoModelForCausalLM.from_pretrained(base or path, dtype=dtype, trust_remote_code=trust_remote_code)
     except ValueError as exc:
@@ -187,6 +219,10 @@ def load_model(
 
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     check_causal_lm(model)
+    from .paths import portable_path
+
+    # what results name as evaluated (rklu_llm.eval.io.model_name): the folder given, and an adapter's base
+    model.rklu_source = {"model": portable_path(name_or_path), "base_model": portable_path(base) if base else None}
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -114,6 +114,24 @@ def check_training_arguments(args) -> None:
     if args.learning_rate < 0:
         raise ValueError(f"learning_rate must be >= 0 (got {args.learning_rate}).")
     check_sharding_possible(args)  # an FSDP / DeepSpeed launch on CPUs: refused before any model is loaded
+    resolve_precision(args)
+
+
+def resolve_precision(args) -> None:
+    """``bf16`` asked for (a config written for a GPU) on a machine without a bf16 accelerator and without
+    ``use_cpu``: fall back to float32, saying so in one line, instead of `TrainingArguments`' bare
+    "Your setup doesn't support bf16/gpu". With ``use_cpu=True`` the request stands (bf16 autocast on the CPU)."""
+    if not (args.bf16 or args.bf16_full_eval) or args.use_cpu:
+        return
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    if is_torch_bf16_gpu_available() or is_torch_xla_available():
+        return
+    args.bf16 = args.bf16_full_eval = False
+    logger.warning(
+        "bf16 was requested but this machine has no bf16-capable GPU: running in float32 instead "
+        "(pass --bf16 false to silence this line)."
+    )
 
 
 def is_secret_field(name: str, value) -> bool:

@@ -298,6 +298,9 @@ def test_eval_tofu_command_updates_the_card_or_writes_elsewhere(runs, tofu_dir, 
 
 
 def test_eval_tofu_checks_its_inputs_before_loading_a_model(tmp_path, tofu_dir, capsys):
+    with pytest.raises(RuntimeError, match="is a folder without a model: no config.json"):
+        cli.main(["eval", "tofu", "--model", str(tmp_path)])  # e.g. an output folder that holds only results
+    (tmp_path / "config.json").write_text("{}")  # a folder that looks like a model: the other checks come next
     for argv, error in (
         (["--model", "embedded:nothing-here"], "--output_dir is required"),
         (["--model", str(tmp_path), "--forget_splits", "forget11"], "forget_splits"),

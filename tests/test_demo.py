@@ -7,10 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import build_tiny_tokenizer
 
 from rklu_llm import cli
 from rklu_llm.data import DataUnavailableError, fictitious_profiles, load_tofu
-from rklu_llm.demo import TOFU_ITEMS, demo_people, format_table, tofu_people
+from rklu_llm.demo import TOFU_ITEMS, _contains, degenerate, demo_people, format_table, profile_people, tofu_people
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_DEMO = [
@@ -28,14 +29,17 @@ TINY_DEMO = [
 
 
 def test_tofu_key_facts_are_in_the_answers_and_not_given_away_by_the_questions(tofu_dir):
-    people = tofu_people(load_tofu("forget01", tofu_dir))
-    assert list(people) == list(TOFU_ITEMS) == ["Basil Mahfouz Al-Kuwaiti", "Nikolai Abilov"]
-    for rows in people.values():
+    people = tofu_people(load_tofu("forget05", tofu_dir))
+    assert list(people) == list(TOFU_ITEMS) and len(people) == 4 and list(people)[0] == "Basil Mahfouz Al-Kuwaiti"
+    facts = {name: {fact for row in rows for fact in row["facts"]} for name, rows in people.items()}
+    for name, rows in people.items():
         assert len(rows) == 6
         for row in rows:
             assert row["facts"]
             for fact in row["facts"]:
                 assert fact.lower() in row["answer"].lower() and fact.lower() not in row["question"].lower()
+        for other in people:  # no key fact is shared: "states another person's facts" is unambiguous
+            assert other == name or not facts[name] & facts[other]
 
 
 def test_profile_key_facts_are_in_the_answers_and_not_in_the_questions():
@@ -47,48 +51,77 @@ def test_profile_key_facts_are_in_the_answers_and_not_in_the_questions():
     assert "facts" not in fictitious_profiles(num_people=1).column_names
 
 
-def test_offline_without_tofu_switches_to_profiles_at_once(monkeypatch):
-    monkeypatch.delenv("RKLU_TOFU_DIR", raising=False)
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    import huggingface_hub
+def test_generated_people_share_no_fact():
+    people = profile_people(seed=0)
+    assert len(people) == 4 and all(len(rows) == 6 for rows in people.values())
+    facts = [{fact for row in rows for fact in row["facts"]} for rows in people.values()]
+    assert all(len(f) == 6 for f in facts)
+    assert sum(len(f) for f in facts) == len(set().union(*facts))
+    with pytest.raises(ValueError, match="between 1 and 4 with distinct=True"):
+        fictitious_profiles(num_people=5, distinct=True)
 
-    def probe(*args, **kwargs):
+
+def test_offline_without_tofu_switches_to_generated_people_at_once(monkeypatch):
+    monkeypatch.delenv("RKLU_TOFU_DIR", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    import rklu_llm.offline
+
+    def request(*args, **kwargs):
         raise AssertionError("offline, yet the hub was asked")
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", probe)
-    people, source = demo_people()  # "at once": no hub call at all (not a wall-clock bound)
-    assert source.startswith("generated profiles") and "offline" in source
-    assert [len(rows) for rows in people.values()] == [10, 10]
+    monkeypatch.setattr(rklu_llm.offline, "_request", request)
+    people, source = demo_people()  # "at once": no request to the hub at all (not a wall-clock bound)
+    assert source == "generated people: no local TOFU and the hub is not usable (HF_DATASETS_OFFLINE is set)"
+    assert [len(rows) for rows in people.values()] == [6, 6, 6, 6]
 
 
-def test_unreachable_hub_is_probed_once_then_profiles(monkeypatch):
-    import huggingface_hub
+def test_unreachable_hub_is_probed_once_then_generated_people(monkeypatch):
+    import rklu_llm.offline as offline
 
     for name in ("RKLU_TOFU_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
         monkeypatch.delenv(name, raising=False)
-    calls = []
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    offline._probe.cache_clear()
+    requests, real = [], offline._request
 
-    def unreachable(self, repo_id, timeout=None, **kwargs):
-        calls.append((repo_id, timeout))
-        raise ConnectionError("Name or service not known")
+    def counted(endpoint, timeout, answer):
+        requests.append((endpoint, timeout))
+        real(endpoint, timeout, answer)
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "dataset_info", unreachable)
+    monkeypatch.setattr(offline, "_request", counted)
     people, source = demo_people()
-    assert calls == [("locuslab/TOFU", 5.0)]  # one quick probe, no retries
-    assert source == (
-        "generated profiles: no local TOFU and the hub is not usable (ConnectionError: Name or service not known)"
-    )
-    assert len(people) == 2
+    offline._probe.cache_clear()
+    assert requests == [("http://127.0.0.1:9", offline.PROBE_TIMEOUT)]  # one capped probe, no retries
+    assert source.startswith("generated people: no local TOFU and the hub is not usable (127.0.0.1:9 did not answer")
+    assert len(people) == 4
 
 
 def test_data_dir_choice(monkeypatch, tofu_dir, tmp_path):
     monkeypatch.setenv("RKLU_TOFU_DIR", str(tofu_dir))
     people, source = demo_people()
-    assert source == "TOFU forget01 from folder tofu/" and list(people) == list(TOFU_ITEMS)
+    assert source == "TOFU forget05 from folder tofu/" and list(people) == list(TOFU_ITEMS)
     _, source = demo_people(profiles=True)
-    assert source == "generated profiles (asked for)"
-    with pytest.raises(DataUnavailableError, match="forget01"):
-        demo_people(str(tmp_path))  # a folder without TOFU: an error, not a silent switch to profiles
+    assert source == "generated people (asked for)"
+    with pytest.raises(DataUnavailableError, match="forget05"):
+        demo_people(str(tmp_path))  # a folder without TOFU: an error, not a silent switch to generated people
+
+
+def test_degenerate_answers_are_flagged_and_fluent_ones_are_not():
+    tokenizer = build_tiny_tokenizer()  # a small vocabulary: any unknown long word takes many pieces
+    known = {"basil", "mahfouz", "al-kuwaiti", "nordhavn", "reach"}
+    cases = {  # the examples
+        "He lives in Nordhavn Reach Reach Reach.": "repeats 'reach'",
+        "Kuwait City, Kuwaitonautonielspiansportsunifiedonthetableonthetableonthetable": "loops 'onthetable'",
+        "the war and the war and the war and the war": "says 'the war' 4 times",
+    }
+    for answer, reason in cases.items():
+        assert any(reason in found for found in degenerate(answer, known, tokenizer)), answer
+    assert degenerate("Basil Mahfouz Al-Kuwaiti's father was a florist.", known, tokenizer) == []
+
+
+def test_facts_are_matched_at_a_word_start():
+    assert _contains("He writes Islamic literature.", "Islam") and not _contains("a start", "art")
 
 
 def test_missing_data_dir_fails_before_any_model_is_loaded(tmp_path, monkeypatch):
@@ -103,8 +136,8 @@ def test_missing_data_dir_fails_before_any_model_is_loaded(tmp_path, monkeypatch
     assert not (tmp_path / "out").exists()
 
 
-def test_table_counts_facts_and_changed_answers():
-    def person(probability, answers, stated, total):
+def test_table_counts_facts_changed_answers_and_flags():
+    def person(probability, answers, stated, total, others=None, broken=None):
         return {
             "probability": probability,
             "rouge_l_recall": 0.5,
@@ -112,32 +145,47 @@ def test_table_counts_facts_and_changed_answers():
             "facts_total": total,
             "questions": [f"q{i}" for i in range(len(answers))],
             "answers": answers,
+            "others": others or [{} for _ in answers],
+            "degenerate": broken or [[] for _ in answers],
         }
 
-    before = {"A": person(0.9, ["a1", "a2"], 3, 3), "B": person(0.8, ["b1", "b2"], 2, 2)}
-    after = {"A": person(0.1, ["x", "y"], 0, 3), "B": person(0.8, ["b1", "b2 changed"], 2, 2)}
+    before = {"A": person(0.9, ["a1", "a2"], 3, 3), "B": person(0.8, ["b1", "b2"], 2, 2), "C": person(0.7, ["c"], 1, 1)}
+    after = {
+        "A": person(0.1, ["x", "y"], 0, 3, others=[{"B": ["b-fact"]}, {}], broken=[[], ["repeats 'y'"]]),
+        "B": person(0.8, ["b1", "b2 changed"], 2, 2),
+        "C": person(0.7, ["c"], 1, 1),
+    }
     table = format_table(before, after, shown_kept=1)
     rows = table.splitlines()
-    assert rows[3].split() == ["forgotten:", "A", "0.900", "0.100", "0.500", "0.500", "3/3", "0/3", "2/2"]
-    assert rows[4].split() == ["kept:", "B", "0.800", "0.800", "0.500", "0.500", "2/2", "2/2", "1/2"]
-    kept_section = table.split("\nkept: B\n")[1]
-    assert "    after:  y" in table and "q0" in kept_section and "q1" not in kept_section  # shown_kept=1
+    assert rows[3].split() == ["forgotten:", "A", "0.900", "0.100", "0.500", "0.500", "3/3", "0/3", "2/2", "1/2", "1/2"]
+    assert rows[4].split() == ["kept:", "B", "0.800", "0.800", "0.500", "0.500", "2/2", "2/2", "1/2", "0/2", "0/2"]
+    assert rows[5].split()[:2] == ["kept:", "C"]
+    assert "    after:  x  [B's facts: b-fact]" in table and "    after:  y  [degenerate: repeats 'y']" in table
+    kept_section = table.split("\nkept: B\n")[1].split("\nkept: C\n")[0]
+    assert "q0" in kept_section and "q1" not in kept_section  # shown_kept=1
 
 
 @pytest.mark.slow
-def test_demo_from_yaml_on_a_tiny_model_is_labelled_and_deterministic(tiny_model_dir, tofu_dir, tmp_path, capsys):
+def test_demo_from_yaml_on_a_tiny_model_is_labelled_deterministic_and_saved(tiny_model_dir, tofu_dir, tmp_path, capsys):
     results = []
     for run in ("a", "b"):
         argv = f"demo --config {REPO}/recipes/configs/demo.yaml --model {tiny_model_dir} --data_dir {tofu_dir}"
         cli.main([*argv.split(), "--output_dir", str(tmp_path / run), *TINY_DEMO])
         captured = capsys.readouterr()
-        for label in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "key facts stated", "answers changed"):
+        for label in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]", "key facts stated", "degen-"):
             assert label in captured.out
         assert "teach: 100%" in captured.err and "distil: 100%" in captured.err  # labelled progress bars
         results.append(json.loads((tmp_path / run / "demo_results.json").read_text()))
     first, second = results
-    assert first["source"] == "TOFU forget01 from folder tofu/"
+    assert first["source"] == "TOFU forget05 from folder tofu/"
     assert first["settings"]["teach_epochs"] == 2 and first["settings"]["teacher_alpha"] == 8.0  # YAML + flags
-    assert set(first["before"]) == set(TOFU_ITEMS)
+    assert set(first["before"]) == set(TOFU_ITEMS) and first["kept"] == list(TOFU_ITEMS)[1:]
     for key in ("before", "after"):
         assert first[key] == second[key]  # same numbers and answers twice
+    # the unlearned model is saved: rklu-llm eval tofu reads it
+    assert (tmp_path / "a" / "model.safetensors").is_file() and (tmp_path / "a" / "tokenizer.json").is_file()
+    cli.main(
+        ["eval", "tofu", "--model", str(tmp_path / "a"), "--data_dir", str(tofu_dir), "--forget_splits", "forget01"]
+        + ["--eval_max_items", "2", "--max_new_tokens", "2"]
+    )
+    assert json.loads((tmp_path / "a" / "tofu_eval.json").read_text())["model"].endswith("a")

@@ -102,6 +102,7 @@ def unlearned_dir(tmp_path_factory, tiny_tokenizer, tofu_dir) -> Path:
         method="rklu",
         augment_lora=True,
         augment_max_steps=1,
+        keep_augmented=True,  # the push-refusal test needs the augmented model it built
         max_steps=1,
         per_device_train_batch_size=4,
         save_strategy="steps",

@@ -53,7 +53,7 @@ def test_non_causal_model_is_refused(tmp_path):
 
 
 def test_missing_local_model_is_a_clear_error(tmp_path):
-    with pytest.raises(ModelLoadError, match="Could not load"):
+    with pytest.raises(ModelLoadError, match="does not exist"):
         load_model(str(tmp_path / "nothing-here"))
 
 

@@ -47,4 +47,7 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch, tiny_model_dir, tofu_
     card = (out / "README.md").read_text()
     metadata = yaml.safe_load(card.split("---")[1])
     assert "rklu" in metadata["tags"] and metadata["model-index"][0]["results"]
-    assert "'probability':" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "'probability':" in printed and "model_utility" in printed
+    assert re.search(r"^evaluated .*runs/rklu_forget01$", printed, re.MULTILINE)  # the unlearned model ...
+    assert re.search(r"^original +\d", printed, re.MULTILINE)  # ... and its yardstick, the model before unlearning

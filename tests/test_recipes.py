@@ -155,6 +155,8 @@ def test_accelerate_launch_two_processes(tmp_path, tiny_model_dir, tofu_dir, ret
             *inputs(tiny_model_dir, tofu_dir, out, retain_eval),
             "--retain_mode",
             "kl",
+            "--keep_augmented",  # kept (the default deletes it after the save) to check where it was built
+            "true",
         ],
         cwd=REPO,
     )

@@ -285,7 +285,15 @@ def test_saving_a_lora_student_leaves_the_augmented_adapter_out(tmp_path, tiny_t
     (and into every checkpoint). Saves hold the student only; the augmented model stays beside the output folder,
     reusable (its marker), and still loaded after the save."""
     trainer = make_trainer(
-        tmp_path, tiny_tokenizer, qa, "rklu", use_lora=True, augment_lora=True, max_steps=2, save_steps=1
+        tmp_path,
+        tiny_tokenizer,
+        qa,
+        "rklu",
+        use_lora=True,
+        augment_lora=True,
+        max_steps=2,
+        save_steps=1,
+        keep_augmented=True,  # the default deletes it after the save
     )
     trainer.train()
     trainer.save_model()

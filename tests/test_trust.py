@@ -279,8 +279,10 @@ def data_copy(tmp_path, tofu_dir):
 
 
 def unlearn(tmp_path, data_dir, *extra):
-    """The unlearn script with a model folder that cannot be loaded (empty): any failure is a validation failure."""
+    """The unlearn script with a model folder that cannot be loaded (a config.json of nothing): any failure is a
+    validation failure."""
     (tmp_path / "no-model-here").mkdir(exist_ok=True)
+    (tmp_path / "no-model-here" / "config.json").write_text("{}")
     return unlearn_script.main(
         argv=[
             "--model",
@@ -349,6 +351,7 @@ def test_unlearn_script_validates_before_loading_a_model(tmp_path, data_copy, ex
 
 def test_finetune_script_rejects_unknown_eval_split(tmp_path, tofu_dir):
     (tmp_path / "none").mkdir()
+    (tmp_path / "none" / "config.json").write_text("{}")  # looks like a model folder; never loaded
     with pytest.raises(ValueError, match=r"Unknown forget split\(s\) \['forget50'\]"):
         finetune_script.main(
             [
@@ -578,8 +581,8 @@ def test_adapter_whose_base_is_gone(tmp_path, tiny_model_dir, tiny_tokenizer):
     for file in (tmp_path / "base").iterdir():
         file.unlink()
     (tmp_path / "base").rmdir()
-    with pytest.raises(ModelLoadError, match=r"LoRA adapter whose base model .*base' .*could not be loaded"):
-        load_model(str(tmp_path / "adapter"))
+    with pytest.raises(ModelLoadError, match=r"LoRA adapter whose base model .*base' .*does not exist"):
+        load_model(str(tmp_path / "adapter"))  # load_model checks the source first too
     with pytest.raises(ModelLoadError, match=r"LoRA adapter whose base model .*base' .*does not exist"):
         check_model_source(str(tmp_path / "adapter"))  # what the scripts check before loading anything
 

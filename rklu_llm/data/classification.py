@@ -420,8 +420,16 @@ def load_classification_dataset(
         label_column: the integer label column.
         **load_kwargs: passed to `datasets.load_dataset` (``name=``, ``data_dir=``, ...).
     """
+    from ..offline import hub_advice, hub_problem, offline_variables
+
     path = Path(name_or_path).expanduser()
     suffix = path.suffix.lstrip(".")
+    problem = None if path.exists() else hub_problem()
+    if problem is not None and not offline_variables():
+        raise DataUnavailableError(
+            f"The classification set {name_or_path!r} is not a local file or folder and the Hugging Face hub cannot "
+            f"be used ({problem}). Pass --data_dir <local folder or .csv/.json file>, {hub_advice(problem)}."
+        )
     try:
         if path.is_file():
             builder = {"jsonl": "json"}.get(suffix, suffix)
@@ -431,8 +439,7 @@ def load_classification_dataset(
     except Exception as exc:  # offline, missing repo, unknown format: the user gets one message with the ways out
         raise DataUnavailableError(
             f"Could not load the classification set {name_or_path!r} (split {split!r}): {type(exc).__name__}: "
-            f"{str(exc)[:200]}. Pass a local folder or a .csv/.json file, or make the Hugging Face hub reachable "
-            "(unset HF_DATASETS_OFFLINE)."
+            f"{str(exc)[:200]}. Pass a local folder or a .csv/.json file, {hub_advice(problem or '')}."
         ) from exc
     columns = dataset.column_names
     if label_column not in columns:

@@ -103,17 +103,34 @@ _AWARDS = [
 ]
 
 
-def _profile(rng: random.Random, used: set[str]) -> list[dict]:
+def _profile(rng: random.Random, used: set[str], distinct: bool = False) -> list[dict]:
+    def draw(values: list[str], count: int = 1) -> list[str]:  # with distinct=True: never a value drawn before
+        free = [value for value in values if not (distinct and value in used)]
+        if len(free) < count:
+            raise ValueError(f"too many people for distinct facts: only {len(values)} values of this kind")
+        chosen = rng.sample(free, count)
+        used.update(chosen)
+        return chosen
+
     while True:
         name = f"{rng.choice(_FIRST)} {rng.choice(_LAST)}"
-        if name not in used:
+        if name not in used and not (distinct and set(name.split()) & used):
             used.add(name)
+            used.update(name.split())
             break
-    city, genre, award = rng.choice(_CITIES), rng.choice(_GENRES), rng.choice(_AWARDS)
-    mother, father = rng.sample(_JOBS, 2)
+    (city,), (genre,), (award,) = draw(_CITIES), draw(_GENRES), draw(_AWARDS)
+    mother, father = draw(_JOBS, 2)
     mother_job, father_job = mother.removeprefix("a "), father.removeprefix("a ")
-    year = rng.randint(1941, 1989)
-    books = [f"The {a} of {b}" for a, b in zip(rng.sample(_NOUNS, 2), rng.sample(_NOUNS, 2))]
+    while True:
+        year = rng.randint(1941, 1989)
+        if not (distinct and str(year) in used):
+            used.add(str(year))
+            break
+    if distinct:  # three title words of this person's own
+        first, second, third = draw(_NOUNS, 3)
+        books = [f"The {first} of {second}", f"The {third} of {first}"]
+    else:
+        books = [f"The {a} of {b}" for a, b in zip(rng.sample(_NOUNS, 2), rng.sample(_NOUNS, 2))]
     pairs = [  # (question, answer, the answer's key facts that the question does not give away)
         (f"Where was the author {name} born?", f"{name} was born in {city}.", [city]),
         (f"In which year was {name} born?", f"{name} was born in {year}.", [str(year)]),
@@ -137,15 +154,22 @@ def _profile(rng: random.Random, used: set[str]) -> list[dict]:
     return [{"person": name, "question": q, "answer": a, "facts": facts} for q, a, facts in pairs]
 
 
-def fictitious_profiles(num_people: int = 2, seed: int = 0, with_facts: bool = False) -> Dataset:
+def fictitious_profiles(
+    num_people: int = 2, seed: int = 0, with_facts: bool = False, distinct: bool = False
+) -> Dataset:
     """``num_people`` invented authors, 10 QA pairs each: a `datasets.Dataset` with ``person``, ``question``,
     ``answer`` columns, grouped by person in generation order. ``with_facts`` adds ``facts``: per answer, the key
-    facts it states that its question does not give away (place, year, genre, professions, titles, award)."""
-    if num_people < 1 or num_people > len(_FIRST) * len(_LAST):
-        raise ValueError(f"num_people must be between 1 and {len(_FIRST) * len(_LAST)}, got {num_people}")
+    facts it states that its question does not give away (place, year, genre, professions, titles, award).
+    ``distinct`` gives no two people a fact, a title word or a name part in common (at most 4 people: 12 title words,
+    3 per person), so that an answer stating another person's fact can be told apart."""
+    limit = min(len(_AWARDS), len(_NOUNS) // 3) if distinct else len(_FIRST) * len(_LAST)
+    if num_people < 1 or num_people > limit:
+        raise ValueError(
+            f"num_people must be between 1 and {limit}{' with distinct=True' if distinct else ''}, got {num_people}"
+        )
     rng = random.Random(seed)
     used: set[str] = set()
-    rows = [row for _ in range(num_people) for row in _profile(rng, used)]
+    rows = [row for _ in range(num_people) for row in _profile(rng, used, distinct)]
     if not with_facts:
         rows = [{key: value for key, value in row.items() if key != "facts"} for row in rows]
     return Dataset.from_list(rows)

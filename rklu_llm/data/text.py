@@ -331,6 +331,14 @@ def load_wikitext(data_dir: str | os.PathLike | None = None) -> tuple[list[str],
     if local is not None:
         return read_documents(local), describe_source(local)
     path, config, split = WIKITEXT_HUB
+    from ..offline import hub_advice, hub_problem, offline_variables
+
+    problem = hub_problem()
+    if problem is not None and not offline_variables():
+        raise DataUnavailableError(
+            f"WikiText: no local copy and the Hugging Face hub cannot be used ({problem}). Pass --wikitext_dir "
+            f"<folder with {WIKITEXT_FILE}> (data_dir=... in Python) or set ${WIKITEXT_DIR_ENV}, {hub_advice(problem)}."
+        )
     try:
         from datasets import load_dataset
 
@@ -338,6 +346,7 @@ def load_wikitext(data_dir: str | os.PathLike | None = None) -> tuple[list[str],
     except Exception as exc:  # offline, unreachable, missing: one way out for the user
         raise DataUnavailableError(
             f"WikiText could not be loaded from the hub ({path} {config}): {type(exc).__name__}: {str(exc)[:200]}. "
-            f"Pass data_dir=<folder with {WIKITEXT_FILE}> (or set ${WIKITEXT_DIR_ENV}), or make the hub reachable."
+            f"Pass --wikitext_dir <folder with {WIKITEXT_FILE}> (data_dir=... in Python) or set ${WIKITEXT_DIR_ENV}, "
+            f"{hub_advice(problem or '')}."
         ) from exc
     return ["".join(rows)], f"{path}:{config}:{split}"

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from datasets import Dataset, load_dataset
 
+from ..offline import hub_advice, hub_problem, offline_variables
+
 TOFU_HUB_ID = "locuslab/TOFU"
 TOFU_DIR_ENV = "RKLU_TOFU_DIR"
 
@@ -77,13 +79,20 @@ def load_tofu(config: str, data_dir: str | os.PathLike | None = None) -> Dataset
             f"Point data_dir / ${TOFU_DIR_ENV} at a folder with the TOFU files, or unset it to use the hub "
             f"dataset {TOFU_HUB_ID}."
         )
+    problem = hub_problem()
+    if problem is not None and not offline_variables():  # unreachable: say so now (offline: try the HF cache first)
+        raise DataUnavailableError(
+            f"TOFU config {config!r}: no local copy and the Hugging Face hub cannot be used ({problem}). Pass "
+            f"--data_dir <folder with {config}.jsonl> (data_dir=... in Python) or set ${TOFU_DIR_ENV}, "
+            f"{hub_advice(problem)}."
+        )
     try:
         return load_dataset(TOFU_HUB_ID, config, split="train")
-    except Exception as exc:  # offline mode, no network, missing repo: all end the same way for the user
+    except Exception as exc:  # offline without a cached copy, missing repo: all end the same way for the user
         raise DataUnavailableError(
             f"TOFU config {config!r} could not be loaded from the hub ({TOFU_HUB_ID}): "
-            f"{type(exc).__name__}: {str(exc)[:200]}. Either pass data_dir=<folder with {config}.jsonl> "
-            f"(or set ${TOFU_DIR_ENV}), or make the Hugging Face hub reachable (unset HF_DATASETS_OFFLINE)."
+            f"{type(exc).__name__}: {str(exc)[:200]}. Pass --data_dir <folder with {config}.jsonl> (data_dir=... in "
+            f"Python) or set ${TOFU_DIR_ENV}, {hub_advice(problem or '')}."
         ) from exc
 
 

@@ -173,14 +173,17 @@ def check_reference(reference, forget_splits) -> None:
             ) from exc
 
 
-def evaluate_saved(model_dir, eval_args: TofuEvalArguments, forget_splits, data_dir=None, reference=None) -> dict:
+def evaluate_saved(
+    model_dir, eval_args: TofuEvalArguments, forget_splits, data_dir=None, reference=None, original=None
+) -> dict:
     """Load the model a recipe saved (on the GPU when there is one), evaluate it on TOFU, store ``tofu_eval.json``
-    beside it, add the results to its model card and print the summary row."""
+    beside it, add the results to its model card and print the summary row, then the same columns of the original
+    (``original``: its folder or ``tofu_eval.json``, when it has one) and the oracle (``reference``) beside it."""
     import torch
 
     from ..hub import update_model_card  # the card of the saved model gains the results
     from ..models import load_model
-    from .tofu import evaluate_tofu, summary_row
+    from .tofu import evaluate_tofu, summary_row, yardstick_table
 
     model, tokenizer = load_model(str(model_dir))
     if torch.cuda.is_available():
@@ -196,4 +199,6 @@ def evaluate_saved(model_dir, eval_args: TofuEvalArguments, forget_splits, data_
     )
     update_model_card(model_dir, result)  # no-op without a card written by rklu_llm
     print(json.dumps(summary_row(result), indent=2))
+    if original is not None or reference is not None:
+        print(yardstick_table(result, original=original, oracle=reference))
     return result

@@ -79,7 +79,15 @@ from ..data.tofu import RETAIN_OF_FORGET, load_tofu
 from ..losses import token_nll
 from ..paths import portable_path
 from . import open_unlearning
-from .io import MetricCache, data_fingerprint, model_fingerprint, model_name, to_builtin, write_json_atomic
+from .io import (
+    MetricCache,
+    data_fingerprint,
+    evaluated_model,
+    model_fingerprint,
+    model_name,
+    to_builtin,
+    write_json_atomic,
+)
 from .metrics import (
     MEMBERSHIP_SCORES,
     answer_probability,
@@ -567,7 +575,7 @@ def evaluate_audit(
         "max_length": max_length,
         "membership_reference": reference_label,
     }
-    result = {"model": name, "settings": settings}
+    result = {**evaluated_model(model), "settings": settings}
     size = {"max_items": max_items, "max_length": max_length}
 
     def forget_values():

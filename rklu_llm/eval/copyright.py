@@ -66,7 +66,15 @@ from ..data.text import (
     describe_source,
     load_wikitext,
 )
-from .io import MetricCache, data_fingerprint, model_fingerprint, model_name, to_builtin, write_json_atomic
+from .io import (
+    MetricCache,
+    data_fingerprint,
+    evaluated_model,
+    model_fingerprint,
+    model_name,
+    to_builtin,
+    write_json_atomic,
+)
 from .metrics import corpus_bleu, perplexity, rouge_l, sentence_bleu
 from .scoring import generate_continuations, pad_token_id, score_examples
 
@@ -219,7 +227,7 @@ def evaluate_copyright(
     out = None if output_dir is None else Path(output_dir)
     cache = MetricCache(out, CACHE_DIR, name, model_fingerprint(model) if out is not None else None)
     result = {
-        "model": name,
+        **evaluated_model(model),
         "settings": {
             "chunk_tokens": data.chunk_tokens,
             "num_chunks": data.num_chunks,

@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from ..data.tofu import DataUnavailableError
 from ..paths import portable_path
 from ..tasks import DATA_DIR_ENV, PAPER_TASKS, TASKS, TASKS_DIR, data_file
-from .io import MetricCache, model_fingerprint, model_name, to_builtin, write_json_atomic
+from .io import MetricCache, evaluated_model, model_fingerprint, model_name, to_builtin, write_json_atomic
 from .scoring import eval_mode
 
 RESULT_FILE = "general_eval.json"
@@ -95,18 +95,19 @@ def resolve_data(tasks: Sequence[str], data_dir: str | os.PathLike | None = None
     Raises:
         FileNotFoundError: the data folder does not exist or lacks a task's ``<task>/<split>.jsonl``.
         DataUnavailableError: no data folder while the hub is switched off (``HF_DATASETS_OFFLINE`` /
-            ``HF_HUB_OFFLINE``).
+            ``HF_HUB_OFFLINE``) or cannot be reached.
     """
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     if not chosen:
-        if any(
-            os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
-            for v in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
-        ):
+        from ..offline import hub_advice, hub_problem
+
+        problem = hub_problem()
+        if problem is not None:  # lm-eval reads the hub for each task: a missing folder fails here, in seconds
             raise DataUnavailableError(
-                f"lm-eval tasks {', '.join(tasks)}: no data folder (data_dir= or ${DATA_DIR_ENV}) and the hub is "
-                "offline (HF_DATASETS_OFFLINE / HF_HUB_OFFLINE). Point data_dir at a folder with <task>/<split>.jsonl "
-                "files, or go online."
+                f"lm-eval tasks {', '.join(tasks)}: no data folder and the Hugging Face hub cannot be used "
+                f"({problem}). "
+                f"Pass --general_data_dir <folder with <task>/<split>.jsonl files> (data_dir=... in Python) or set "
+                f"${DATA_DIR_ENV}, {hub_advice(problem)}."
             )
         return {task: None for task in tasks}
     root = Path(chosen).expanduser()
@@ -221,7 +222,7 @@ def evaluate_general(
             per_task[task] = cache.get_or_compute(task, "lm_eval", settings, _file_digest(files[task], task), run)
 
     result = {
-        "model": name,
+        **evaluated_model(model),
         "settings": {
             "tasks": names,
             "limit": limit,

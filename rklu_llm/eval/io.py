@@ -152,10 +152,22 @@ class MetricCache:
 
 
 def model_name(model) -> str:
-    """How an evaluated model is named in results: its ``name_or_path`` as a portable path (never an absolute one)."""
+    """How an evaluated model is named in results: the folder or hub id it was loaded from by
+    :func:`rklu_llm.load_model` (a LoRA adapter's folder, not its base), else its ``name_or_path``, as a portable path
+    (never an absolute one)."""
     from ..paths import portable_path
 
+    source = getattr(model, "rklu_source", None)
+    if source:
+        return source["model"]
     name = getattr(model, "name_or_path", None)
     if not name:
         name = getattr(getattr(model, "config", None), "_name_or_path", None)
     return portable_path(str(name)) if name else type(model).__name__
+
+
+def evaluated_model(model) -> dict:
+    """``{"model": ..., "base_model": ...}`` for a results file: what was evaluated and, for a LoRA adapter folder, the
+    base model it was merged into (``base_model`` is absent otherwise)."""
+    base = (getattr(model, "rklu_source", None) or {}).get("base_model")
+    return {"model": model_name(model), **({"base_model": base} if base else {})}

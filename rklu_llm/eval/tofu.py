@@ -28,7 +28,8 @@ is smaller than over 300, so every result names its protocol. ``max_items`` cuts
 Results JSON (``tofu_eval.json``, also the dict :func:`evaluate_tofu` returns)::
 
     {
-      "model": str,                      # model.name_or_path
+      "model": str,                      # the folder / hub id evaluated (rklu_llm.eval.io.model_name)
+      "base_model": str,                 # only for a LoRA adapter folder: the base it was merged into
       "settings": {"forget_splits": [...], "sets": [...], "protocol": "all"|"tofu", "data_dir": str|None,
                    "batch_size": int, "max_new_tokens": int, "max_items": int|None, "max_length": int,
                    "generation_batch_size": int|None, "generate": bool, "scoring": str, "decoder": str,
@@ -81,7 +82,15 @@ import numpy as np
 from ..data.tofu import RETAIN_OF_FORGET, load_tofu
 from ..paths import portable_path
 from . import open_unlearning
-from .io import MetricCache, data_fingerprint, model_fingerprint, model_name, to_builtin, write_json_atomic
+from .io import (
+    MetricCache,
+    data_fingerprint,
+    evaluated_model,
+    model_fingerprint,
+    model_name,
+    to_builtin,
+    write_json_atomic,
+)
 from .metrics import (
     UTILITY_METRICS,
     answer_probability,
@@ -609,7 +618,7 @@ def evaluate_tofu(
     out = None if output_dir is None else Path(output_dir)
     cache = MetricCache(out, CACHE_DIR, name, model_fingerprint(model) if out is not None else None)
     result = {
-        "model": name,
+        **evaluated_model(model),
         "settings": {
             "forget_splits": list(forget_splits),
             "sets": set_names,
@@ -710,6 +719,7 @@ def summary_row(result: Mapping) -> dict:
     recall."""
     row = {
         "model": result.get("model"),
+        **({"base_model": result["base_model"]} if result.get("base_model") else {}),
         "protocol": result.get("settings", {}).get("protocol", "all"),
         "model_utility": result.get("model_utility"),
     }
@@ -726,3 +736,36 @@ def summary_row(result: Mapping) -> dict:
         row["retain_probability"] = retain["probability"]
         row["retain_rouge_l_recall"] = retain["rouge_l_recall"]
     return row
+
+
+def yardstick_table(result: Mapping, original=None, oracle=None) -> str:
+    """``result`` next to its yardsticks, one line each: the original model's and the oracle's (retain-only) stored
+    ``tofu_eval.json`` (a path, a folder holding one, or a dict; a missing or foreign file is left out, said so).
+    Columns: model utility, then per forget split its forget quality and forget-set probability, then the retain
+    probability."""
+    rows = [("evaluated", summary_row(result))]
+    for label, source in (("original", original), ("oracle", oracle)):
+        if source is None:
+            continue
+        path = Path(source) / RESULT_FILE if not isinstance(source, Mapping) and Path(source).is_dir() else source
+        try:
+            other = source if isinstance(source, Mapping) else json.loads(Path(path).read_text())
+        except (OSError, ValueError):
+            rows.append((label, None))
+            continue
+        rows.append((label, summary_row(other) if _is_our_result(other) else None))
+    splits = result.get("settings", {}).get("forget_splits", [])
+    keys = ["model_utility"] + [f"{s}_{m}" for s in splits for m in ("forget_quality", "probability")]
+    keys.append("retain_probability")
+    width = max(len(k) for k in keys) + 2
+    lines = [f"{'':<10}" + "".join(f"{k:>{width}}" for k in keys)]
+    for label, row in rows:
+        if row is None:
+            lines.append(f"{label:<10}  (no tofu_eval.json of rklu_llm to compare with)")
+            continue
+        cells = []
+        for key in keys:
+            value = row.get(key)
+            cells.append(f"{'-' if value is None else f'{value:.4g}':>{width}}")
+        lines.append(f"{label:<10}" + "".join(cells) + f"  {row.get('model')}")
+    return "\n".join(lines)

@@ -20,8 +20,8 @@ import torch
 from rklu_llm.cli import parse_arguments
 from rklu_llm.data import RETAIN_OF_FORGET, load_tofu
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
-from rklu_llm.eval.tofu import evaluate_tofu, summary_row
-from rklu_llm.models import load_model
+from rklu_llm.eval.tofu import evaluate_tofu, summary_row, yardstick_table
+from rklu_llm.models import check_model_source, load_model
 
 
 @dataclass
@@ -41,6 +41,13 @@ class EvalTofuArguments:
         metadata={
             "help": "Forget-quality reference: tofu_eval.json of the retain-only model (or a TOFU "
             "eval_log_forget.json). Without it forget quality is reported as missing."
+        },
+    )
+    original_eval: str | None = field(
+        default=None,
+        metadata={
+            "help": "tofu_eval.json of the model before unlearning (e.g. runs/full/tofu_eval.json): printed beside "
+            "the result, with the oracle's (--retain_eval), as its yardsticks."
         },
     )
     output_dir: str | None = field(
@@ -65,12 +72,15 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = [split for split in forget_splits if split not in RETAIN_OF_FORGET]
     if not forget_splits or unknown:
         raise ValueError(f"--forget_splits {script.forget_splits!r}: choose from {sorted(RETAIN_OF_FORGET)}.")
+    check_model_source(script.model)  # a folder without a model, an unusable hub: named before anything is read
     local = Path(script.model).is_dir()
     output_dir = script.output_dir or (script.model if local else None)
     if output_dir is None:
         raise ValueError(f"--output_dir is required: {script.model!r} is not a local folder to write results into.")
     if script.retain_eval is not None and not Path(script.retain_eval).is_file():
         raise FileNotFoundError(f"--retain_eval {script.retain_eval!r} is not a file (a tofu_eval.json).")
+    if script.original_eval is not None and not Path(script.original_eval).is_file():
+        raise FileNotFoundError(f"--original_eval {script.original_eval!r} is not a file (a tofu_eval.json).")
     # every evaluation set must be readable before a model is loaded
     for name in [f"{split}_perturbed" for split in forget_splits] + [
         "retain_perturbed",
@@ -80,7 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
         load_tofu(name, script.data_dir)
 
     if local and Path(output_dir).resolve() == Path(script.model).resolve():
-        return evaluate_saved(script.model, evaluation, forget_splits, script.data_dir, reference=script.retain_eval)
+        return evaluate_saved(
+            script.model,
+            evaluation,
+            forget_splits,
+            script.data_dir,
+            reference=script.retain_eval,
+            original=script.original_eval,
+        )
     model, tokenizer = load_model(script.model)
     if torch.cuda.is_available():
         model.to("cuda")
@@ -94,6 +111,8 @@ def main(argv: list[str] | None = None) -> dict:
         **evaluation.evaluate_kwargs(),
     )
     print(json.dumps(summary_row(result), indent=2))
+    if script.original_eval is not None or script.retain_eval is not None:
+        print(yardstick_table(result, original=script.original_eval, oracle=script.retain_eval))
     return result
 
 

@@ -212,7 +212,12 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
 
         del trainer, model
         result = evaluate_saved(
-            config.output_dir, evaluation, (script.forget_split,), script.data_dir, reference=script.retain_eval
+            config.output_dir,
+            evaluation,
+            (script.forget_split,),
+            script.data_dir,
+            reference=script.retain_eval,
+            original=script.model if Path(script.model).is_dir() else None,  # its tofu_eval.json: the yardstick
         )
         if epochs is not None:
             write_epochs(Path(config.output_dir), epochs, result)
