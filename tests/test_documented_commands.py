@@ -207,6 +207,10 @@ def stops(monkeypatch):
 
         return stop
 
+    # every command's module imported first, so that its `load_model` is patched here and restored after the test
+    # (a module first imported while the patch is on would keep the stand-in for the rest of the session)
+    for module_name, _ in cli.COMMANDS.values():
+        importlib.import_module(module_name)
     original = rklu_llm.models.load_model
     for module in list(sys.modules.values()):
         if getattr(module, "load_model", None) is original:
