@@ -61,7 +61,14 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_model, load_refusals  # noqa: E402
 from rklu_llm.config import RETAIN_MODES  # noqa: E402
-from rklu_llm.data import FORGET_OF_RETAIN, RETAIN_OF_FORGET, DataUnavailableError, load_tofu, tokenize_qa  # noqa: E402
+from rklu_llm.data import (  # noqa: E402
+    FORGET_OF_RETAIN,
+    HOLDOUT_OF_FORGET,
+    RETAIN_OF_FORGET,
+    DataUnavailableError,
+    load_tofu,
+    tokenize_qa,
+)
 from rklu_llm.eval.audit import audit_summary_row, check_audit, evaluate_audit, resolve_parts  # noqa: E402
 from rklu_llm.eval.callback import TofuEvalCallback  # noqa: E402
 from rklu_llm.eval.io import write_json_atomic  # noqa: E402
@@ -269,7 +276,7 @@ def mini_data(args) -> str:
     retain = RETAIN_OF_FORGET[split]
     utility = "" if args.utility_retain_items is None else f"-utility{args.utility_retain_items}"
     out = Path(args.work_dir) / f"data-{split}-retain{args.retain_subset}{utility}"  # named by what it holds
-    holdout = f"holdout{split.removeprefix('forget')}"  # the audit's non-members (copied when the source has them)
+    holdout = HOLDOUT_OF_FORGET[split]  # the audit's non-members (copied when the source has them)
     copies = [split, f"{split}_perturbed", *UTILITY_SETS]
     if any((Path(args.data_dir) / f"{holdout}{ext}").is_file() for ext in (".jsonl", ".json")):
         copies.append(holdout)

@@ -76,23 +76,11 @@ def test_offline_without_tofu_switches_to_generated_people_at_once(monkeypatch):
     assert [len(rows) for rows in people.values()] == [6, 6, 6, 6]
 
 
-def test_unreachable_hub_is_probed_once_then_generated_people(monkeypatch):
-    import rklu_llm.offline as offline
+def test_unreachable_hub_is_probed_once_then_generated_people(unreachable_hub):
+    from rklu_llm.offline import PROBE_TIMEOUT
 
-    for name in ("RKLU_TOFU_DIR", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    offline._probe.cache_clear()
-    requests, real = [], offline._request
-
-    def counted(endpoint, timeout, answer):
-        requests.append((endpoint, timeout))
-        real(endpoint, timeout, answer)
-
-    monkeypatch.setattr(offline, "_request", counted)
     people, source = demo_people()
-    offline._probe.cache_clear()
-    assert requests == [("http://127.0.0.1:9", offline.PROBE_TIMEOUT)]  # one capped probe, no retries
+    assert unreachable_hub == [("http://127.0.0.1:9", PROBE_TIMEOUT)]  # one capped probe, no retries
     assert source.startswith("generated people: no local TOFU and the hub is not usable (127.0.0.1:9 did not answer")
     assert len(people) == 4
 

@@ -23,28 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 NO_BF16_GPU = "bf16 was requested but this machine has no bf16-capable GPU: running in float32 instead"
 
 
-@pytest.fixture
-def unreachable_hub(monkeypatch):
-    """Online mode (no offline variable) with a hub endpoint that refuses connections at once; yields the list of
-    ``(endpoint, timeout)`` of every probe request made (no wall-clock bound in the tests: "fast" is checked as one
-    probe, capped at PROBE_TIMEOUT by construction, and no retry)."""
-    import rklu_llm.offline as offline
-
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "RKLU_TOFU_DIR", "RKLU_WIKITEXT_DIR"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens there
-    offline._probe.cache_clear()
-    requests, real = [], offline._request
-
-    def counted(endpoint, timeout, answer):
-        requests.append((endpoint, timeout))
-        real(endpoint, timeout, answer)
-
-    monkeypatch.setattr(offline, "_request", counted)
-    yield requests
-    offline._probe.cache_clear()
-
-
 # ---- precision --------------------------------------------------------------------------------------------------
 def test_bf16_config_falls_back_to_float32_with_one_line(tmp_path, caplog):
     import torch

@@ -33,6 +33,7 @@ from .text import (
 )
 from .tofu import (
     FORGET_OF_RETAIN,
+    HOLDOUT_OF_FORGET,
     RETAIN_OF_FORGET,
     TOFU_CONFIGS,
     DataUnavailableError,
@@ -50,6 +51,7 @@ __all__ = [
     "AnswerTruncatedError",
     "DataUnavailableError",
     "FORGET_OF_RETAIN",
+    "HOLDOUT_OF_FORGET",
     "ForgetRetainDataset",
     "QACollator",
     "RETAIN_OF_FORGET",

@@ -37,6 +37,9 @@ TOFU_CONFIGS = (
 #: forget split -> its complementary retain split (the oracle trained without the forget set).
 RETAIN_OF_FORGET = {"forget01": "retain99", "forget05": "retain95", "forget10": "retain90"}
 FORGET_OF_RETAIN = {v: k for k, v in RETAIN_OF_FORGET.items()}
+#: TOFU's holdout authors of each forget split: as many items, in no training split (the audit's non-members, the
+#: oracle-free epoch rule's comparison set)
+HOLDOUT_OF_FORGET = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
 
 
 class DataUnavailableError(RuntimeError):

@@ -75,7 +75,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.qa import encode_answer, encode_prompt, pad_examples
-from ..data.tofu import RETAIN_OF_FORGET, load_tofu
+from ..data.tofu import HOLDOUT_OF_FORGET, RETAIN_OF_FORGET, load_tofu
 from ..losses import token_nll
 from ..paths import portable_path
 from . import open_unlearning
@@ -116,7 +116,6 @@ CACHE_DIR = "audit_eval_cache"
 PARTS = ("membership", "extraction", "leak", "relearn", "quantization")
 #: The parts that need nothing but the model (no second model, no extra library).
 DEFAULT_PARTS = ("membership", "extraction", "leak")
-HOLDOUT_OF_FORGET = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
 QUANTIZATION_BITS = (8, 4)
 QUANTIZATION_SCHEME = {
     "8": "row-wise absmax int8 (bitsandbytes int8_vectorwise_quant, the load_in_8bit storage)",

@@ -12,20 +12,18 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 
-from ..data import load_tofu
+from ..data import HOLDOUT_OF_FORGET, load_tofu
 from ..models import staged_save
 from ..trainer import AUGMENTED_ADAPTER
 from .io import write_json_atomic
 from .scoring import score_answers
-from .stopping import SIGNAL, check_rule, holdout_signal, select_epoch
+from .stopping import AUC, SIGNAL, check_rule, holdout_signal, select_epoch
 from .tofu import evaluate_tofu, summary_row
 
 PER_EPOCH = ("full", "forget_quality")
 SELECT_BY = ("forget_quality", "holdout")
 BEST_FILE = "best_forget_quality.json"
 SELECTED_FILE = "selected_epoch.json"
-#: TOFU's holdout authors of each forget split (as many items, never in any training split)
-HOLDOUT_OF_FORGET = {"forget01": "holdout01", "forget05": "holdout05", "forget10": "holdout10"}
 
 
 class TofuEvalCallback(TrainerCallback):
@@ -288,7 +286,7 @@ class TofuEvalCallback(TrainerCallback):
             return
         row = self.history[index]
         self.selected_epoch = row["epoch"]
-        signal = {k: row[k] for k in (SIGNAL, "holdout_auc_loss")}
+        signal = {k: row[k] for k in (SIGNAL, AUC)}
         for done in (self.final, self.peak) if self.per_epoch != "full" else (row,):
             if done is not None and done["epoch"] == row["epoch"]:
                 self.selected = {**done, **signal}

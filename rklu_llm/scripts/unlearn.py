@@ -40,7 +40,7 @@ from rklu_llm.data import RETAIN_OF_FORGET, build_unlearning_dataset, check_qa, 
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
 from rklu_llm.eval.callback import SELECT_BY, TofuEvalCallback, holdout_items
 from rklu_llm.eval.io import write_json_atomic
-from rklu_llm.eval.stopping import SIGNAL, check_rule
+from rklu_llm.eval.stopping import AUC, SIGNAL, check_rule
 from rklu_llm.eval.tofu import summary_row
 from rklu_llm.models import check_model_source, check_output_dir
 from rklu_llm.run_state import console_logging, run_lock
@@ -242,7 +242,7 @@ def write_epochs(output_dir: Path, callback: TofuEvalCallback, final_result: dic
     if callback.select_by == "holdout":
         selected = callback.selected
         if selected is None and callback.selected_epoch is not None and callback.selected_epoch == final["epoch"]:
-            selected = {**final, **{k: callback.history[-1][k] for k in (SIGNAL, "holdout_auc_loss")}}
+            selected = {**final, **{k: callback.history[-1][k] for k in (SIGNAL, AUC)}}
         record.update(rule=callback.rule(), selected_epoch=callback.selected_epoch, selected=selected)
     write_json_atomic(output_dir / EPOCHS_FILE, record)
     curve = [row.get(f"{callback.forget_split}_forget_quality") for row in callback.history]
