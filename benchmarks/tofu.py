@@ -77,6 +77,8 @@ from rklu_llm.paths import portable_path  # noqa: E402
 from rklu_llm.teacher import build_augmented_model, is_augmented_dir  # noqa: E402
 
 SPLITS = ("forget10", "forget05", "forget01")
+#: ``--augment_lr unlearn``: the augmentation runs at each run's unlearning lr
+AUGMENT_AT_UNLEARN_LR = "unlearn"
 WITH_RETAIN = [("rklu", "rt"), ("gd", "rt"), ("npo", "rt")]
 NAME = "tofu_smollm2"
 COMMITTED = REPO / "benchmarks" / "results" / f"{NAME}.json"
@@ -96,6 +98,7 @@ FIXED = (
     "augment_lr",
     "teacher_alpha",
     "batch_size",
+    "finetune_batch_size",
     "max_new_tokens",
     "eval_max_items",
     "train_max_items",
@@ -171,9 +174,15 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--finetune_epochs", type=float, default=5)
     p.add_argument("--unlearn_epochs", type=float, default=10)
     p.add_argument("--augment_epochs", type=float, default=10)
-    p.add_argument("--augment_lr", type=float, default=None, help="augmentation lr (default: --finetune_lr)")
+    p.add_argument(
+        "--augment_lr",
+        default=None,
+        help="augmentation lr (default: --finetune_lr); 'unlearn' = each run's unlearning lr (the RKL-U paper's "
+        "protocol: one augmented model per split, seed and lr)",
+    )
     p.add_argument("--teacher_alpha", type=float, default=8.0)
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=32, help="unlearning (and augmentation) batch size")
+    p.add_argument("--finetune_batch_size", type=int, default=None, help="fine-tuning batch size (default: --batch_size)")
     p.add_argument("--eval_batch_size", type=int, default=128)
     p.add_argument("--generation_batch_size", type=int, default=1024)
     p.add_argument("--max_new_tokens", type=int, default=200)
@@ -207,6 +216,17 @@ def parse(argv=None) -> argparse.Namespace:
     except ValueError as exc:
         raise SystemExit(f"--unlearn_lrs takes numbers and --seeds integers, comma-separated: {exc}") from exc
     problems = []
+    if args.augment_lr not in (None, AUGMENT_AT_UNLEARN_LR):
+        try:
+            args.augment_lr = float(args.augment_lr)
+        except ValueError:
+            args.augment_lr = -1.0
+        if not args.augment_lr > 0:
+            problems.append(f"--augment_lr takes a positive number or '{AUGMENT_AT_UNLEARN_LR}'")
+    if args.finetune_batch_size is None:
+        args.finetune_batch_size = args.batch_size
+    elif args.finetune_batch_size < 1:
+        problems.append("--finetune_batch_size needs a positive integer")
     if not args.splits or any(s not in SPLITS for s in args.splits):
         problems.append(f"--splits {','.join(args.splits)}: choose among {', '.join(SPLITS)}")
     if not args.lrs or any(not lr > 0 for lr in args.lrs):
@@ -335,7 +355,7 @@ def finetune(args, split: str) -> Path:
         "--num_train_epochs",
         str(args.finetune_epochs),
         "--per_device_train_batch_size",
-        str(args.batch_size),
+        str(args.finetune_batch_size),
         "--save_strategy",
         "no",
         "--report_to",
@@ -378,7 +398,7 @@ def unlearning_config(
         teacher_alpha=args.teacher_alpha,
         augmented_model_path=None if augmented is None else str(augmented),
         augment_epochs=args.augment_epochs,
-        augment_learning_rate=args.augment_lr or args.finetune_lr,
+        augment_learning_rate=augment_lr(args, lr),
         learning_rate=lr,
         num_train_epochs=args.unlearn_epochs,
         max_steps=args.max_steps,
@@ -397,18 +417,34 @@ def unlearning_config(
     )
 
 
-def augmented_model(args, split: str, seed: int, original, tokenizer) -> tuple[Path, float]:
-    """The (split, seed)'s augmented model (built once, fine-tuned on the forget set) and the seconds it took."""
-    out = Path(args.work_dir) / "augmented" / f"{split}_s{seed}"
+def augment_lr(args, lr: float) -> float:
+    """The augmentation's learning rate for a run at unlearning lr ``lr``."""
+    if args.augment_lr == AUGMENT_AT_UNLEARN_LR:
+        return lr
+    return args.augment_lr or args.finetune_lr
+
+
+def augmented_name(args, split: str, seed: int, lr: float) -> str:
+    """One augmented model per (split, seed), or per (split, seed, lr) when it is trained at the unlearning lr."""
+    return f"{split}_s{seed}" + (f"_lr{lr:g}" if args.augment_lr == AUGMENT_AT_UNLEARN_LR else "")
+
+
+def augmented_model(args, split: str, seed: int, lr: float, original, tokenizer) -> tuple[Path, float]:
+    """The run's augmented model (built once per :func:`augmented_name`, fine-tuned on the forget set) and the
+    seconds it took."""
+    out = Path(args.work_dir) / "augmented" / augmented_name(args, split, seed, lr)
     timing = out.with_name(f"{out.name}.json")
     if timing.is_file() and is_augmented_dir(out):
         return out, json.loads(timing.read_text())["seconds"]
     forget = tokenize_qa(load_tofu(split, args.data), tokenizer, 512)
-    config = unlearning_config(args, out.parent / f".{out.name}-config", "rklu", "none", None, args.lrs[0], seed)
+    config = unlearning_config(args, out.parent / f".{out.name}-config", "rklu", "none", None, lr, seed)
     start = time.perf_counter()
     build_augmented_model(original, tokenizer, forget, config, out)
     seconds = time.perf_counter() - start
-    write_json_atomic(timing, {"seconds": seconds, "forget_items": len(forget), "epochs": args.augment_epochs})
+    write_json_atomic(
+        timing,
+        {"seconds": seconds, "forget_items": len(forget), "epochs": args.augment_epochs, "lr": augment_lr(args, lr)},
+    )
     return out, seconds
 
 
@@ -479,7 +515,7 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
     spec = METHODS[method]
     augmented, augment_seconds = (None, 0.0)
     if spec.needs_augmented:
-        augmented, augment_seconds = augmented_model(args, split, seed, model, tokenizer)
+        augmented, augment_seconds = augmented_model(args, split, seed, lr, model, tokenizer)
     forget = load_tofu(split, args.data)
     retain = load_tofu(RETAIN_OF_FORGET[split], args.data) if retain_mode != "none" else None
     refusals = load_refusals() if spec.needs_refusals else None
@@ -500,6 +536,7 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         per_epoch="forget_quality" if evaluation == "track_peak" else "full",
         select_by="holdout" if args.holdout_rule and evaluation != "final" else "forget_quality",
         holdout_min_p=args.holdout_min_p,
+        track_first_peak=True,
         **eval_kwargs,
     )
     config = unlearning_config(args, work / "runs" / name, method, retain_mode, augmented, lr, seed)
@@ -528,6 +565,8 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         full_rows = [callback.final] + ([callback.peak] if callback.peak is not callback.final else [])
         if callback.selected is not None and callback.selected_epoch not in {r["epoch"] for r in full_rows if r}:
             full_rows.append(callback.selected)  # the holdout rule's epoch, evaluated on its own
+        if callback.first_peak is not None and callback.first_peak_epoch not in {r["epoch"] for r in full_rows if r}:
+            full_rows.append(callback.first_peak)
         fq_rows = callback.history
     else:
         full_rows, fq_rows = callback.history, []
@@ -554,6 +593,9 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         "peak": callback.peak if evaluation != "final" else None,
         "selected": callback.selected,  # the holdout rule's epoch (--holdout_rule), fully evaluated
         "selected_epoch": callback.selected_epoch,
+        "first_peak": callback.first_peak if evaluation != "final" else None,  # the RKL-U paper's selection
+        "first_peak_epoch": callback.first_peak_epoch,
+        "teacher_check": trainer.teacher_check,
         "epochs": callback.history,
         "audit": audit(args, trainer.model, tokenizer, split, name, audit_reference),  # the final weights
     }
@@ -703,13 +745,14 @@ def plan_estimates(args, todo: list[tuple]) -> tuple[list[float | None], list[st
     counts = {s: n_items(s, args.data) for s in args.splits}
     out = []
     for item in todo:
-        kind, split, method, _, _, seed = item
+        kind, split, method, _, lr, seed = item
         if is_done(args, item):
             out.append(0.0)
             continue
-        key = f"{split}_s{seed}"
-        augment = kind == "unlearn" and METHODS[method].needs_augmented and key not in built
+        augment = kind == "unlearn" and METHODS[method].needs_augmented
         if augment:
+            key = augmented_name(args, split, seed, lr)
+            augment = key not in built
             built.add(key)
         out.append(estimate(args, costs, item, counts.get(split, 0), augment))
     return out, sources

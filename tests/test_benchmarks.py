@@ -16,6 +16,7 @@ import pytest
 
 from rklu_llm import METHODS
 from rklu_llm.config import MethodSpec
+from rklu_llm.eval.stopping import first_peak
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -183,6 +184,8 @@ def test_tofu_benchmark_mini_run_with_lora_on_the_cpu(tmp_path, tiny_model_dir, 
         "--holdout_rule",
         "--utility_retain_items",
         "6",
+        "--augment_lr",
+        "unlearn",
         methods="rklu,ta",
     )
     data = work / "data-forget01-retain32-utility6"
@@ -194,12 +197,19 @@ def test_tofu_benchmark_mini_run_with_lora_on_the_cpu(tmp_path, tiny_model_dir, 
     metrics = json.loads((work / "models" / "full" / "train_metrics.json").read_text())
     assert metrics["train_items"] == 72
     assert (work / "models" / "full" / "model.safetensors").is_file()  # the fine-tune's adapter was merged
-    assert (work / "augmented" / "forget01_s0" / "adapter_config.json").is_file()
+    # --augment_lr unlearn: the augmented adapter of the run's lr, trained at that lr, shared by rklu and ta
+    assert (work / "augmented" / "forget01_s0_lr0.001" / "adapter_config.json").is_file()
+    assert json.loads((work / "augmented" / "forget01_s0_lr0.001.json").read_text())["lr"] == 0.001
     results = work / "results"  # --cpu: never the committed results folder
     data = json.loads((results / "tofu_smollm2.json").read_text())
     runs = {r["name"]: r for r in data["runs"]}
     rklu = runs["forget01_rklu_lr0.001_s0"]
     assert rklu["evaluation"] == "track_peak" and rklu["peak"] is not None and rklu["protocol"] == "tofu"
+    # the first peak of forget quality (the RKL-U paper's epoch), fully evaluated, and the teacher check
+    fq = [row["forget01_forget_quality"] for row in rklu["epochs"]]
+    assert rklu["first_peak_epoch"] == rklu["epochs"][first_peak(fq)]["epoch"]
+    assert rklu["first_peak"]["epoch"] == rklu["first_peak_epoch"] and rklu["first_peak"]["model_utility"] is not None
+    assert rklu["teacher_check"]["verdict"] in ("ok", "weak")
     assert runs["forget01_ta_lr0.001_s0"]["final"]["model_utility"] is not None
     table = (results / "tofu_smollm2.md").read_text()
     assert "NOT the benchmark" in table and "protocol **tofu**" in table

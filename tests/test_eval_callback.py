@@ -84,6 +84,40 @@ def test_forget_quality_mode_with_the_peak_last_evaluates_once(two_models, tiny_
     assert len(callback.results) == 1
 
 
+def test_first_peak_is_kept_and_evaluated_on_its_own_weights(two_models, tiny_tokenizer, tofu_dir):
+    """Epochs low, mid, low, high forget quality: the first peak is epoch 2 (mid), the best epoch 4 (high, the last):
+    the first peak's weights are kept from epoch 2 and fully evaluated, the final row serves the best epoch."""
+    a, b, reference = two_models
+    c = build_tiny_model(tiny_tokenizer, seed=2)
+    with torch.no_grad():
+        for p in c.parameters():
+            if p.dim() > 1:
+                p.normal_(0, 0.3)
+    scorer = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, per_epoch="forget_quality", **EVAL)
+    for index, weights in enumerate((a, b, c)):
+        _epoch_end(scorer, weights, float(index + 1))
+    fq = {m: row[FQ] for m, row in zip((a, b, c), scorer.history)}
+    assert len(set(fq.values())) == 3  # three distinct levels to order
+    low, mid, high = sorted((a, b, c), key=fq.get)
+    model = build_tiny_model(tiny_tokenizer)
+    callback = TofuEvalCallback(
+        tiny_tokenizer, "forget01", tofu_dir, reference, per_epoch="forget_quality", track_first_peak=True, **EVAL
+    )
+    for epoch, weights in enumerate((low, mid, low, high), start=1):
+        model.load_state_dict(weights.state_dict())
+        _epoch_end(callback, model, float(epoch))
+    _train_end(callback, model, 4.0)
+    assert callback.first_peak_epoch == 2.0 and callback.peak_epoch == 4.0
+    assert callback.peak is callback.final
+    first = callback.first_peak
+    assert first["epoch"] == 2.0 and first["model_utility"] is not None
+    assert first[FQ] == pytest.approx(fq[mid])  # evaluated on epoch 2's weights
+    assert first["forget01_probability"] == pytest.approx(callback.history[1]["forget01_probability"])
+    for (name, p), q in zip(model.named_parameters(), high.parameters()):  # the final weights are back
+        assert torch.equal(p, q), name
+    assert len(callback.results) == 2
+
+
 def test_full_mode_picks_the_earliest_peak(two_models, tiny_tokenizer, tofu_dir):
     a, _, reference = two_models
     callback = TofuEvalCallback(tiny_tokenizer, "forget01", tofu_dir, reference, **EVAL)
@@ -93,6 +127,7 @@ def test_full_mode_picks_the_earliest_peak(two_models, tiny_tokenizer, tofu_dir)
     assert [row["epoch"] for row in callback.history] == [1.0, 2.0]
     assert all(row["model_utility"] is not None for row in callback.history)
     assert callback.final is callback.history[-1] and callback.peak is callback.history[0]
+    assert callback.first_peak is callback.history[0] and callback.first_peak_epoch == 1.0
 
 
 def test_forget_quality_mode_needs_a_reference(tiny_tokenizer):

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rklu_llm.data import DataUnavailableError
-from rklu_llm.eval.stopping import SIGNAL, holdout_signal, select_epoch
+from rklu_llm.eval.stopping import SIGNAL, first_peak, holdout_signal, select_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,6 +40,23 @@ def test_rule_on_hand_built_epochs(p, utility, floor, want):
 def test_rule_settings_are_checked(min_p, floor, message):
     with pytest.raises(ValueError, match=message):
         select_epoch(rows([0.1]), min_p=min_p, min_model_utility=floor)
+
+
+@pytest.mark.parametrize(
+    "values,want",
+    [
+        ([0.01, 0.03, 0.02, 0.5, 0.9], 1),  # the first peak, not the highest value
+        ([0.01, 0.03, 0.03, 0.5], 1),  # a plateau ends the rise
+        ([0.01, 0.02, 0.4], 2),  # only rising: the last epoch
+        ([0.3, 0.1, 0.2], 0),  # falling from the start: the first epoch
+        ([None, 0.02, None, 0.01], 1),  # epochs without a value are skipped
+        ([0.5], 0),
+        ([None, None], None),
+        ([], None),
+    ],
+)
+def test_first_peak_on_hand_built_epochs(values, want):
+    assert first_peak(values) == want
 
 
 def test_signal_by_hand():

@@ -17,7 +17,7 @@ from ..models import staged_save
 from ..trainer import AUGMENTED_ADAPTER
 from .io import write_json_atomic
 from .scoring import score_answers
-from .stopping import AUC, SIGNAL, check_rule, holdout_signal, select_epoch
+from .stopping import AUC, SIGNAL, check_rule, first_peak, holdout_signal, select_epoch
 from .tofu import evaluate_tofu, summary_row
 
 PER_EPOCH = ("full", "forget_quality")
@@ -65,6 +65,10 @@ class TofuEvalCallback(TrainerCallback):
     ``selected`` / ``selected_epoch`` hold it, fully evaluated at the end like the peak (forget quality only when a
     ``reference`` is given, for comparison), ``best_dir`` then keeps that epoch's weights (with ``selected_epoch.json``)
     and ``stop_early`` ends training at the epoch where the rule is met. No reference is needed.
+
+    ``track_first_peak`` (with ``per_epoch="forget_quality"``; always with ``"full"``): ``first_peak`` /
+    ``first_peak_epoch`` hold the epoch where forget quality first peaks (:func:`~rklu_llm.eval.stopping.first_peak`,
+    the RKL-U paper's selection), fully evaluated; the weights of one earlier epoch are kept until it is known.
     """
 
     def __init__(
@@ -83,6 +87,7 @@ class TofuEvalCallback(TrainerCallback):
         holdout_split: str | None = None,
         holdout_min_p: float = 0.05,
         stop_early: bool = False,
+        track_first_peak: bool = False,
         **eval_kwargs,
     ):
         if per_epoch not in PER_EPOCH:
@@ -148,6 +153,11 @@ class TofuEvalCallback(TrainerCallback):
         self.selected: dict | None = None
         self.selected_epoch: float | None = None
         self._chosen: tuple[float, dict | None] | None = None  # (epoch, CPU copy of its weights) under select_by
+        self.track_first_peak = track_first_peak
+        self.first_peak: dict | None = None
+        self.first_peak_epoch: float | None = None
+        self._previous: tuple[float, dict] | None = None  # the last epoch's weights, until the first peak is known
+        self._first: tuple[float, dict] | None = None  # (epoch, CPU copy of its weights) of the first peak
 
     def _fq(self, row: dict) -> float | None:
         return row.get(f"{self.forget_split}_forget_quality")
@@ -212,12 +222,48 @@ class TofuEvalCallback(TrainerCallback):
             fq = self._fq(row)
             if fq is not None and (self._best is None or fq > self._best[0]):
                 self._best = (fq, epoch, _trainable_state(model))
+            if self.track_first_peak:
+                self._follow_first_peak(model, epoch)
         if self.holdout is not None:
             self._follow_rule(model, row, state, control)
         else:
             self._maybe_save_best(row, state)
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+
+    def _follow_first_peak(self, model, epoch: float) -> None:
+        """Keep the weights of the epoch before this one until the first peak of forget quality is known."""
+        if self._first is not None:
+            return
+        index = first_peak([self._fq(row) for row in self.history])
+        if index is not None and index == len(self.history) - 2 and self._previous is not None:
+            self._first, self._previous = self._previous, None  # the previous epoch was the first peak
+            return
+        self._previous = (epoch, _trainable_state(model))
+
+    def _evaluate_first_peak(self, model) -> None:
+        """The first peak of forget quality, fully evaluated: the row already there (per_epoch='full', or the final
+        / peak epoch), else its kept weights evaluated like the peak's."""
+        index = first_peak([self._fq(row) for row in self.history])
+        if index is None:
+            return
+        row = self.history[index]
+        self.first_peak_epoch = row["epoch"]
+        for done in (self.final, self.peak) if self.per_epoch != "full" else (row,):
+            if done is not None and done["epoch"] == row["epoch"]:
+                self.first_peak = done
+                return
+        if self._first is None or self._first[0] != row["epoch"]:
+            return
+        final_weights = _trainable_state(model)
+        _load_trainable_state(model, self._first[1])
+        try:
+            result, self.first_peak = self._evaluate(model, row["epoch"], full=True)
+        finally:
+            _load_trainable_state(model, final_weights)
+        self.results.append(result)
+        self._log(self.first_peak, "first_peak/")
+        self._first = self._previous = None
 
     def _holdout_signal(self, model) -> dict:
         losses = {}
@@ -275,6 +321,8 @@ class TofuEvalCallback(TrainerCallback):
         if model is None or not self.history:
             return
         self._end_of_training(model)
+        if self.track_first_peak or self.per_epoch == "full":
+            self._evaluate_first_peak(model)
         if self.holdout is not None:
             self._evaluate_selected(model)
 
@@ -287,7 +335,7 @@ class TofuEvalCallback(TrainerCallback):
         row = self.history[index]
         self.selected_epoch = row["epoch"]
         signal = {k: row[k] for k in (SIGNAL, AUC)}
-        for done in (self.final, self.peak) if self.per_epoch != "full" else (row,):
+        for done in (self.final, self.peak, self.first_peak) if self.per_epoch != "full" else (row,):
             if done is not None and done["epoch"] == row["epoch"]:
                 self.selected = {**done, **signal}
                 return

@@ -76,3 +76,16 @@ def select_epoch(
     if not eligible:
         return None
     return max(eligible, key=lambda i: rows[i][signal])  # max() keeps the earliest of equal values
+
+
+def first_peak(values: Sequence[float | None]) -> int | None:
+    """Index of the first peak of per-epoch ``values`` (the RKL-U paper's epoch: where forget quality first peaks).
+
+    The first measured epoch whose value the next measured epoch does not exceed; the last measured epoch when the
+    values only rise; ``None`` when nothing was measured (``None`` entries are skipped).
+    """
+    measured = [i for i, v in enumerate(values) if v is not None]
+    for here, after in zip(measured, measured[1:]):
+        if values[after] <= values[here]:
+            return here
+    return measured[-1] if measured else None
