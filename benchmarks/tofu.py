@@ -182,7 +182,9 @@ def parse(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--teacher_alpha", type=float, default=8.0)
     p.add_argument("--batch_size", type=int, default=32, help="unlearning (and augmentation) batch size")
-    p.add_argument("--finetune_batch_size", type=int, default=None, help="fine-tuning batch size (default: --batch_size)")
+    p.add_argument(
+        "--finetune_batch_size", type=int, default=None, help="fine-tuning batch size (default: --batch_size)"
+    )
     p.add_argument("--eval_batch_size", type=int, default=128)
     p.add_argument("--generation_batch_size", type=int, default=1024)
     p.add_argument("--max_new_tokens", type=int, default=200)

@@ -1,0 +1,553 @@
+"""TOFU forget01 on a CPU under the RKL-U paper's protocol: does RKL-U forget without retain data?
+
+    python benchmarks/tofu_protocol.py --data_dir data/tofu --work_dir runs/tofu_forget01 --plan   # plan, estimate
+    python benchmarks/tofu_protocol.py --data_dir data/tofu --work_dir runs/tofu_forget01 --deadline_s 3600  # again
+
+The protocol (written once here and used for every method alike; ``PROTOCOL`` holds its fixed settings, passed to
+``benchmarks/tofu.py`` for every run, so the work directory refuses any other):
+
+- **original**: the embedded SmolLM2-135M-Instruct taught forget01 (40 items) plus the first 200 retain99 items
+  (LoRA rank 16, merged; lr 3e-3, 5 epochs, batch 8, linear decay) until its forget-set answer probability is at
+  least 0.9 (checked: the command stops when it is not); **oracle**: the same recipe on the 200 retain items alone;
+- **evaluation**: all 40 forget01 items (with their paraphrased and perturbed answers), all 40 holdout01 items
+  (the oracle-free rule), the first 100 retain items the original learned (model utility's retain part), all 100
+  real-author and 117 world-fact items; ROUGE-L on at most 64 new tokens;
+- **unlearning**: LoRA students, batch 32 (the paper's), 10 epochs, forget quality after every epoch; RKL-U and
+  FKL-U with the paper's augmentation (a LoRA adapter trained 10 epochs on the forget set at the run's own
+  unlearning lr) and alpha 8; no retain data unless the method is named ``:rt``;
+- **selection** (declared before any run): each run's *first peak* (the first epoch whose forget quality the next
+  epoch does not exceed: the paper's choice), its *best* epoch and its *last* are fully evaluated, and the epoch
+  the oracle-free rule keeps (``rklu_llm.eval.stopping``: the first epoch whose forget and holdout answer NLLs are
+  indistinguishable, KS p >= 0.05);
+- **learning rates**: ``SWEPT`` methods over the same grid (``--lrs``, at least two values), seed 0; a method's lr is
+  the grid value whose first peak has the highest forget quality among those with model utility at the floor
+  (``min(0.95 x original, oracle)``), else the one whose first peak keeps the most utility; the other methods run at
+  the lr chosen for their family (``FAMILY``); RKL-U and the two strongest baselines by the same score then run
+  with seeds 1 and 2.
+
+Resumable (finished runs are read from ``--work_dir``); ``--deadline_s`` starts nothing new past that many seconds.
+Writes ``tofu_cpu_forget01.{json,md}``, ``tofu_cpu_forget01_fq_vs_mu.png``, ``tofu_cpu_forget01_epochs.png`` and
+every finished run's record (``tofu_cpu_forget01_runs/``) to ``--results_dir``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NAME = "tofu_cpu_forget01"
+SPLIT = "forget01"
+FQ, MU = f"{SPLIT}_forget_quality", "model_utility"
+#: the fixed settings of every run (benchmarks/tofu.py flags)
+PROTOCOL = [
+    "--cpu",
+    "--lora",
+    "--augment_lora",
+    "--splits",
+    "forget01",
+    "--retain_subset",
+    "200",
+    "--utility_retain_items",
+    "100",
+    "--holdout_rule",
+    "--finetune_lr",
+    "3e-3",
+    "--finetune_epochs",
+    "5",
+    "--finetune_batch_size",
+    "8",
+    "--batch_size",
+    "32",
+    "--augment_lr",
+    "unlearn",
+    "--augment_epochs",
+    "10",
+    "--teacher_alpha",
+    "8",
+    "--unlearn_epochs",
+    "10",
+    "--max_new_tokens",
+    "64",
+    "--every_epoch",
+    "none",
+    "--track_peak",
+    "all",
+]
+#: methods whose lr is swept (the paper's method and one per baseline family)
+SWEPT = ("rklu", "ga", "npo", "ta", "idk")
+#: every other method runs at the lr chosen for its family
+FAMILY = {
+    "fklu": "rklu",
+    "token_mask": "rklu",
+    "token_redistribute": "rklu",
+    "gd:rt": "ga",
+    "npo:rt": "npo",
+    "dpo": "idk",
+}
+EXTRA_SEEDS = (1, 2)
+#: the original must know the forget set at least this well (mean answer probability)
+MIN_ORIGINAL_PROBABILITY = 0.9
+#: the utility floor: this fraction of the original's utility, or the oracle's when it is lower
+UTILITY_FRACTION = 0.95
+#: the fully evaluated epochs of every run, in the tables' order
+EPOCHS = (("first_peak", "first peak"), ("peak", "best"), ("final", "last"), ("selected", "rule"))
+
+
+def load_bench():
+    """benchmarks/tofu.py as a module (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_tofu", REPO / "benchmarks" / "tofu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def parse(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data_dir", required=True, help="local TOFU folder")
+    p.add_argument("--work_dir", required=True, help="models and run records (resumable state)")
+    p.add_argument("--results_dir", default=str(REPO / "benchmarks" / "results"), help="tables, plots, records")
+    p.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    p.add_argument("--lrs", default="3e-4,1e-3,3e-3", help="the learning-rate grid of the sweep (two values or more)")
+    p.add_argument("--deadline_s", type=float, default=float("inf"), help="start no new run after this many seconds")
+    p.add_argument("--max_runs", type=int, default=None, help="start at most this many unlearning runs")
+    p.add_argument("--plan", action="store_true", help="print the stages, their runs and estimates; run nothing")
+    p.add_argument("--report_only", action="store_true", help="write the results from the finished runs; run nothing")
+    p.add_argument("--extra", default="", help="more benchmarks/tofu.py flags (tests: a tiny model's sizes)")
+    p.add_argument(
+        "--min_original_probability",
+        type=float,
+        default=MIN_ORIGINAL_PROBABILITY,
+        help="stop when the original's forget-set answer probability is below this (tests: 0 for a tiny model)",
+    )
+    args = p.parse_args(argv)
+    try:
+        args.grid = sorted({float(v) for v in args.lrs.split(",") if v.strip()})
+    except ValueError as exc:
+        raise SystemExit(f"--lrs takes comma-separated numbers: {exc}") from exc
+    if len(args.grid) < 2:
+        raise SystemExit(
+            f"--lrs {args.lrs}: a sweep needs at least two learning rates (the protocol: 3 values spanning 10x)"
+        )
+    if any(not lr > 0 for lr in args.grid):
+        raise SystemExit(f"--lrs {args.lrs}: learning rates must be positive")
+    if not Path(args.data_dir).is_dir():
+        raise SystemExit(f"--data_dir {args.data_dir}: no such folder (a local TOFU copy, see the README's Data)")
+    return args
+
+
+def bench_argv(args, methods: str, lrs: list[float], seeds) -> list[str]:
+    argv = ["--data_dir", args.data_dir, "--work_dir", args.work_dir, "--model", args.model, *PROTOCOL]
+    argv += args.extra.split()
+    return (
+        argv
+        + ["--methods", methods, "--unlearn_lrs", ",".join(f"{lr:g}" for lr in lrs), "--seeds"]
+        + [",".join(str(s) for s in seeds)]
+    )
+
+
+def records(work_dir) -> dict[str, dict]:
+    runs = Path(work_dir) / "runs"
+    return {p.stem: json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))} if runs.is_dir() else {}
+
+
+def key(method: str) -> tuple[str, str]:
+    name, _, retain = method.partition(":")
+    return name, retain or "none"
+
+
+def run_of(runs: dict, bench, method: str, lr: float, seed: int) -> dict | None:
+    name, retain = key(method)
+    return runs.get(bench.run_name(SPLIT, name, retain, lr, seed))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The declared choices
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def utility_floor(references: dict) -> float | None:
+    """``min(UTILITY_FRACTION x the original's utility, the oracle's)``; ``None`` before both are evaluated."""
+    original, oracle = references.get("original"), references.get("oracle")
+    if not original or not oracle or original.get(MU) is None or oracle.get(MU) is None:
+        return None
+    return min(UTILITY_FRACTION * original[MU], oracle[MU])
+
+
+def score(run: dict, floor: float) -> tuple:
+    """Sort key of a run at its first peak (higher is better): at the floor before below it; then forget quality
+    at the floor, utility below it."""
+    row = run.get("first_peak") or run.get("final") or {}
+    fq, mu = row.get(FQ) or 0.0, row.get(MU) or 0.0
+    at_floor = mu >= floor
+    return (at_floor, fq if at_floor else mu, mu)
+
+
+def choose_lr(runs: dict, bench, method: str, grid: list[float], floor: float | None) -> float | None:
+    """The swept method's lr by :func:`score` at seed 0; ``None`` until every grid run has finished."""
+    done = [(lr, run_of(runs, bench, method, lr, 0)) for lr in grid]
+    if floor is None or any(run is None for _, run in done):
+        return None
+    return max(done, key=lambda item: score(item[1], floor))[0]
+
+
+def stages(args, bench, runs: dict, floor: float | None) -> list[tuple[str, list[tuple[str, float | None, tuple]]]]:
+    """``(stage, [(method, lr or None = not chosen yet, seeds)])`` of the protocol, in order."""
+    chosen = {m: choose_lr(runs, bench, m, args.grid, floor) for m in SWEPT}
+    sweep = [(m, lr, (0,)) for m in SWEPT for lr in args.grid]
+    family = [(m, chosen[parent], (0,)) for m, parent in FAMILY.items()]
+    at_lr = {m: chosen[m] for m in SWEPT} | {m: chosen[p] for m, p in FAMILY.items()}
+    strongest = strongest_baselines(runs, bench, at_lr, floor)
+    seeds = [("rklu", at_lr["rklu"], EXTRA_SEEDS)] + [(m, at_lr[m], EXTRA_SEEDS) for m in strongest]
+    if len(strongest) < 2:
+        seeds += [("(two strongest baselines)", None, EXTRA_SEEDS)] * (2 - len(strongest))
+    return [("sweep", sweep), ("family", family), ("seeds", seeds)]
+
+
+def strongest_baselines(runs: dict, bench, at_lr: dict, floor: float | None) -> list[str]:
+    """The two baselines whose seed-0 run at their chosen lr scores highest; ``[]`` until all have finished."""
+    baselines = [m for m in at_lr if m != "rklu"]
+    done = {m: run_of(runs, bench, m, at_lr[m], 0) if at_lr[m] is not None else None for m in baselines}
+    if floor is None or any(run is None for run in done.values()):
+        return []
+    return sorted(baselines, key=lambda m: score(done[m], floor), reverse=True)[:2]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Running
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def reference_summaries(args, bench) -> dict:
+    """The original's and the oracle's evaluation rows (``{}`` before the fine-tunes)."""
+    bench_args = bench.parse(bench_argv(args, "rklu", args.grid, (0,)))
+    rows = bench.reference_rows(bench_args)
+    return {("original" if r["method"] == "original" else "oracle"): r for r in rows}
+
+
+def check_original(references: dict, minimum: float) -> None:
+    original = references.get("original")
+    if original is None:
+        return
+    probability = original.get(f"{SPLIT}_probability") or 0.0
+    if probability < minimum:
+        raise SystemExit(
+            f"The original's forget-set answer probability is {probability:.3f} < {minimum}: it "
+            "does not know the forget set well enough to measure unlearning. Fine-tune longer (a new --work_dir)."
+        )
+
+
+def print_plan(args, bench, runs, floor, plan) -> None:
+    bench_args = bench.parse(bench_argv(args, "rklu", args.grid, (0,)))
+    costs, sources = bench.measured_costs(bench_args)
+    forget_items = 40
+    total, unknown = 0.0, 0
+    print(f"Protocol plan ({NAME}); utility floor: {'after the fine-tunes' if floor is None else f'{floor:.3f}'}")
+    for stage, items in plan:
+        print(f"  stage {stage}:")
+        for method, lr, seeds in items:
+            for seed in seeds:
+                run = run_of(runs, bench, method, lr, seed) if lr is not None and method in METHOD_KEYS else None
+                if run is not None:
+                    print(f"    {method:<20} lr {lr:g} seed {seed}: done")
+                    continue
+                name, retain = key(method) if method in METHOD_KEYS else ("rklu", "none")
+                item = ("unlearn", SPLIT, name, retain, lr or args.grid[len(args.grid) // 2], seed)
+                seconds = bench.estimate(bench_args, costs, item, forget_items, bench.METHODS[name].needs_augmented)
+                total += seconds or 0.0
+                unknown += seconds is None
+                when = "lr after the sweep" if lr is None else f"lr {lr:g}"
+                est = "?" if seconds is None else f"{seconds / 60:.0f} min"
+                print(f"    {method:<20} {when} seed {seed}: {est}")
+    print(f"Estimated CPU minutes left for the runs: {total / 60:.0f}" + (f" (+{unknown} unknown)" if unknown else ""))
+    print(
+        "Costs from: " + ("; ".join(sources) or "nothing measured yet") + " (work_dir = measured here, H100 = the "
+        "committed GPU benchmark: a CPU plan is only estimated once a run here has finished)"
+    )
+
+
+METHOD_KEYS = set(SWEPT) | set(FAMILY)
+
+
+def main(argv=None) -> None:
+    args = parse(argv)
+    started = time.time()
+    bench = load_bench()
+    unknown = [m for m in METHOD_KEYS if key(m)[0] not in bench.METHODS]
+    if unknown:
+        raise SystemExit(f"methods of the protocol missing from METHODS: {unknown}")
+    if not args.report_only and not args.plan:  # the original and the oracle first, one benchmark command each
+        for model in ("full", bench.RETAIN_OF_FORGET[SPLIT]):
+            if not (Path(args.work_dir) / "models" / model / "tofu_eval.json").is_file():
+                if time.time() - started > args.deadline_s:
+                    break
+                bench.main([*bench_argv(args, "rklu", args.grid[:1], (0,)), "--deadline_s", "0"])
+    started_runs = 0
+    while True:
+        runs, references = records(args.work_dir), reference_summaries(args, bench)
+        check_original(references, args.min_original_probability)
+        floor = utility_floor(references)
+        plan = stages(args, bench, runs, floor)
+        if args.plan:
+            print_plan(args, bench, runs, floor, plan)
+            return
+        pending = [
+            (method, lr, seed)
+            for _, items in plan
+            for method, lr, seeds in items
+            if lr is not None and method in METHOD_KEYS
+            for seed in seeds
+            if run_of(runs, bench, method, lr, seed) is None
+        ]
+        left = args.deadline_s - (time.time() - started)
+        if (
+            args.report_only
+            or not pending
+            or left <= 0
+            or (args.max_runs is not None and started_runs >= args.max_runs)
+        ):
+            break
+        started_runs += 1
+        method, lr, seed = pending[0]
+        print(f"=== protocol: {method} lr {lr:g} seed {seed} ({time.time() - started:.0f} s)", flush=True)
+        bench.main([*bench_argv(args, method, [lr], (seed,)), "--deadline_s", f"{max(left, 1):.0f}"])
+        write_report(args, bench, records(args.work_dir), references, floor)
+        if run_of(records(args.work_dir), bench, method, lr, seed) is None:
+            break  # the benchmark stopped at its deadline
+    write_report(args, bench, runs, references, floor)
+    waiting = [m for _, items in plan for m, lr, _ in items if lr is None]
+    print(
+        f"{NAME}: {len(runs)} runs finished"
+        + (f"; {len(waiting)} runs wait for earlier stages" if waiting else "")
+        + f"; results in {args.results_dir}"
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The report
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _row(run: dict, which: str) -> dict:
+    return run.get(which) or {}
+
+
+def _fmt(value, spec=".3f") -> str:
+    if value is None:
+        return "n/a"
+    if spec == "fq":
+        return f"{value:.2e}" if value < 0.01 else f"{value:.3f}"
+    return format(value, spec)
+
+
+def _mean_sd(values: list, spec=".3f") -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
+    text = _fmt(statistics.mean(values), spec)
+    return text + (f" ± {_fmt(statistics.stdev(values), spec)}" if len(values) > 1 else "")
+
+
+def rule_verdict(run: dict, floor: float) -> bool | None:
+    """The oracle-free rule's target for one run: its epoch within one of the first peak, or forget quality >= 0.05
+    with utility at the floor there."""
+    rule, first = run.get("selected"), run.get("first_peak")
+    if rule is None or first is None:
+        return None
+    near = abs(rule["epoch"] - first["epoch"]) <= 1
+    return near or ((rule.get(FQ) or 0.0) >= 0.05 and (rule.get(MU) or 0.0) >= floor)
+
+
+def write_report(args, bench, runs: dict, references: dict, floor: float | None) -> None:
+    out = Path(args.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    mirror = out / f"{NAME}_runs"
+    mirror.mkdir(exist_ok=True)
+    for name in runs:
+        target = mirror / f"{name}.json"
+        if not target.is_file():
+            shutil.copyfile(Path(args.work_dir) / "runs" / f"{name}.json", target)
+    plan = stages(args, bench, runs, floor) if floor is not None else []
+    chosen = {}
+    for _, items in plan:
+        for method, lr, _ in items:
+            if method in METHOD_KEYS and lr is not None:
+                chosen[method] = lr
+    invocations = Path(args.work_dir) / "invocations.json"
+    machine = {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average_at_report": os.getloadavg(),
+    }
+    data = {
+        "protocol": PROTOCOL,
+        "grid": args.grid,
+        "swept": SWEPT,
+        "family": FAMILY,
+        "utility_floor": floor,
+        "references": references,
+        "chosen_lr": chosen,
+        "machine": machine,
+        "invocations": json.loads(invocations.read_text()) if invocations.is_file() else [],
+        "runs": sorted(runs),
+    }
+    bench.write_json_atomic(out / f"{NAME}.json", data)
+    (out / f"{NAME}.md").write_text(markdown(args, bench, runs, references, floor, chosen, machine))
+    plot(out, bench, runs, references, floor, chosen)
+
+
+def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
+    command = f"python benchmarks/tofu_protocol.py --data_dir data/tofu --work_dir <work dir> --lrs {args.lrs}"
+    lines = [
+        "# TOFU forget01 on a CPU, the RKL-U paper's protocol (SmolLM2-135M-Instruct, LoRA)",
+        "",
+        f"Command: `{command}` (repeated until every stage has run; each command resumes). Machine: "
+        f"{machine['cpus']} CPU cores, {machine['platform']}; other work shared it (load average at this report "
+        f"{machine['load_average_at_report'][1]:.1f}). Protocol: the module docstring of "
+        "`benchmarks/tofu_protocol.py`; fixed settings in the JSON.",
+        "",
+    ]
+    original, oracle = references.get("original"), references.get("oracle")
+    if original:
+        lines += [
+            "| model | FQ | MU | forget P | forget R | retain P | retain R |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for label, row in (("original", original), ("oracle (retain only)", oracle)):
+            if row:
+                lines.append(
+                    f"| {label} | {_fmt(row.get(FQ), 'fq')} | {_fmt(row.get(MU))} | "
+                    f"{_fmt(row.get(f'{SPLIT}_probability'))} | {_fmt(row.get(f'{SPLIT}_rouge_l_recall'))} | "
+                    f"{_fmt(row.get('retain_probability'))} | {_fmt(row.get('retain_rouge_l_recall'))} |"
+                )
+        lines += [
+            "",
+            f"Utility floor: {_fmt(floor)} (min of {UTILITY_FRACTION} x the original's utility and the oracle's).",
+            "",
+        ]
+    lines += [
+        "## Every run (seed 0 unless said): the fully evaluated epochs",
+        "",
+        "FQ = forget quality (KS p-value of the 40 forget items' truth ratios against the oracle's), MU = model "
+        "utility. *first peak* = the paper's epoch, *best* = the highest FQ (the oracle's choice), *last* = epoch 10, "
+        "*rule* = the oracle-free rule's epoch. Teacher: the RKL-U teacher check's verdict (rklu_llm.teacher_check).",
+        "",
+        "| method | lr | seed | first peak: epoch, FQ, MU | best: epoch, FQ, MU | last: FQ, MU | rule: epoch, FQ, "
+        "MU | teacher | train s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(runs, key=lambda n: (runs[n]["method"], runs[n]["retain_mode"], runs[n]["lr"], runs[n]["seed"])):
+        run = runs[name]
+        cells = []
+        for which, _ in EPOCHS:
+            row = _row(run, which)
+            epoch = "" if which == "final" else f"{row['epoch']:g}, " if row.get("epoch") is not None else ""
+            cells.append(f"{epoch}{_fmt(row.get(FQ), 'fq')}, {_fmt(row.get(MU))}" if row else "n/a")
+        check = run.get("teacher_check") or {}
+        method = run["method"] + ("" if run["retain_mode"] == "none" else f":{run['retain_mode']}")
+        lines.append(
+            f"| {method} | {run['lr']:g} | {run['seed']} | {' | '.join(cells)} | {check.get('verdict', '')} | "
+            f"{run['wall_seconds']:.0f} |"
+        )
+    if chosen and floor is not None:
+        lines += [
+            "",
+            "## Each method at its chosen lr (mean ± sd over the seeds run)",
+            "",
+            "| method | lr | seeds | FQ first peak | MU first peak | FQ best | FQ last | MU last | FQ rule | MU rule |"
+            " rule within 1 epoch of the first peak, or FQ >= 0.05 at the floor |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for method, lr in chosen.items():
+            members = [r for s in (0, *EXTRA_SEEDS) if (r := run_of(runs, bench, method, lr, s)) is not None]
+            if not members:
+                continue
+            verdicts = [rule_verdict(r, floor) for r in members]
+            lines.append(
+                f"| {method} | {lr:g} | {len(members)} | "
+                + " | ".join(
+                    _mean_sd([_row(r, which).get(metric) for r in members], "fq" if metric == FQ else ".3f")
+                    for which, metric in (
+                        ("first_peak", FQ),
+                        ("first_peak", MU),
+                        ("peak", FQ),
+                        ("final", FQ),
+                        ("final", MU),
+                        ("selected", FQ),
+                        ("selected", MU),
+                    )
+                )
+                + f" | {sum(bool(v) for v in verdicts)}/{len(verdicts)} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def plot(out: Path, bench, runs, references, floor, chosen) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    methods = sorted({r["method"] + ("" if r["retain_mode"] == "none" else ":rt") for r in runs.values()})
+    colours = dict(zip(methods, plt.cm.tab20.colors))
+    for run in runs.values():
+        method = run["method"] + ("" if run["retain_mode"] == "none" else ":rt")
+        row = run.get("first_peak") or {}
+        if row.get(FQ) is None or row.get(MU) is None:
+            continue
+        ax.scatter(row[MU], max(row[FQ], 1e-6), color=colours[method], s=30 if run["seed"] == 0 else 12)
+    for method in methods:
+        ax.scatter([], [], color=colours[method], label=method)
+    for label, marker in (("original", "*"), ("oracle", "P")):
+        row = references.get(label)
+        if row and row.get(MU) is not None:
+            ax.scatter(row[MU], max(row.get(FQ) or 1.0, 1e-6), marker=marker, s=150, color="black", label=label)
+    if floor is not None:
+        ax.axvline(floor, color="grey", linestyle=":", label="utility floor")
+    ax.axhline(0.05, color="grey", linestyle="--", label="FQ 0.05")
+    ax.set(yscale="log", xlabel="model utility (first peak)", ylabel="forget quality (first peak)")
+    ax.set_title("TOFU forget01, CPU, every run at its first peak")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / f"{NAME}_fq_vs_mu.png", dpi=110)
+    plt.close(fig)
+
+    shown = [m for m in ("rklu", *[m for m in chosen if m != "rklu"]) if m in chosen][:4]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for method in shown:
+        run = run_of(runs, bench, method, chosen[method], 0)
+        if run is None:
+            continue
+        epochs = [row["epoch"] for row in run["epochs"]]
+        label = f"{method} lr {chosen[method]:g}"
+        line = axes[0].plot(epochs, [max(row.get(FQ) or 1e-6, 1e-6) for row in run["epochs"]], marker="o", label=label)
+        axes[0].plot(
+            epochs, [row.get("holdout_ks_p") for row in run["epochs"]], linestyle=":", color=line[0].get_color()
+        )
+        evaluated = sorted({(r["epoch"], r[MU]) for w, _ in EPOCHS if (r := run.get(w)) and r.get(MU) is not None})
+        axes[1].plot([e for e, _ in evaluated], [m for _, m in evaluated], marker="s", label=label)
+    axes[0].axhline(0.05, color="grey", linestyle="--")
+    axes[0].set(yscale="log", xlabel="epoch", ylabel="forget quality (solid), holdout KS p (dotted)")
+    axes[1].set(xlabel="epoch", ylabel="model utility (fully evaluated epochs)")
+    if floor is not None:
+        axes[1].axhline(floor, color="grey", linestyle=":")
+    for ax in axes:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / f"{NAME}_epochs.png", dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""benchmarks/tofu_protocol.py: the declared choices (lr per method, the strongest baselines, the stages) on
+hand-built run records, the oracle-free rule's verdict, bad input refused before any work, and one resumable pass
+on a tiny model that writes the results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+FQ, MU = "forget01_forget_quality", "model_utility"
+
+
+@pytest.fixture(scope="module")
+def protocol():
+    spec = importlib.util.spec_from_file_location("bench_tofu_protocol", REPO / "benchmarks" / "tofu_protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench(protocol):
+    return protocol.load_bench()
+
+
+def run(method, lr, fq, mu, seed=0, retain="none", epoch=1.0, rule_epoch=None, rule_fq=None, rule_mu=None):
+    row = {"epoch": epoch, FQ: fq, MU: mu}
+    selected = None if rule_epoch is None else {"epoch": rule_epoch, FQ: rule_fq, MU: rule_mu}
+    return {"method": method, "retain_mode": retain, "lr": lr, "seed": seed, "first_peak": row, "selected": selected}
+
+
+def records(bench, *runs):
+    return {bench.run_name("forget01", r["method"], r["retain_mode"], r["lr"], r["seed"]): r for r in runs}
+
+
+GRID = [1e-4, 1e-3]
+
+
+def test_lr_is_the_highest_forget_quality_at_the_utility_floor(protocol, bench):
+    runs = records(bench, run("ga", 1e-4, 0.01, 0.5), run("ga", 1e-3, 0.4, 0.2))  # 1e-3 forgets more, below floor
+    assert protocol.choose_lr(runs, bench, "ga", GRID, floor=0.4) == 1e-4
+    assert protocol.choose_lr(runs, bench, "ga", GRID, floor=0.1) == 1e-3  # both at the floor: the higher FQ
+    # none at the floor: the lr that keeps the most utility
+    assert protocol.choose_lr(runs, bench, "ga", GRID, floor=0.9) == 1e-4
+    # a grid value not run yet, or no floor yet (fine-tunes unfinished): no choice
+    assert protocol.choose_lr(runs, bench, "ga", [*GRID, 1e-2], floor=0.4) is None
+    assert protocol.choose_lr(runs, bench, "ga", GRID, floor=None) is None
+
+
+def test_stages_follow_the_sweep(protocol, bench):
+    args = protocol.parse(["--data_dir", str(REPO), "--work_dir", "w", "--lrs", "1e-4,1e-3"])
+    floor = 0.3
+    sweep = []
+    for method in protocol.SWEPT:  # every swept method: 1e-3 forgets more, at the floor
+        sweep += [run(method, 1e-4, 0.01, 0.5), run(method, 1e-3, 0.2 if method == "npo" else 0.05, 0.4)]
+    runs = records(bench, *sweep)
+    stages = dict(protocol.stages(args, bench, runs, floor))
+    assert [m for m, _, _ in stages["sweep"]] == [m for m in protocol.SWEPT for _ in GRID]
+    assert all(lr == 1e-3 and seeds == (0,) for _, lr, seeds in stages["family"])  # their families' lr
+    assert [m for m, _, _ in stages["family"]] == list(protocol.FAMILY)
+    # the seeds stage waits for every baseline's chosen run
+    assert stages["seeds"][0] == ("rklu", 1e-3, protocol.EXTRA_SEEDS)
+    assert all(lr is None for _, lr, _ in stages["seeds"][1:])
+    family = [
+        run(*protocol.key(m)[:1], 1e-3, 0.3 if m == "dpo" else 0.01, 0.35, retain=protocol.key(m)[1])
+        for m in protocol.FAMILY
+    ]
+    stages = dict(protocol.stages(args, bench, records(bench, *sweep, *family), floor))
+    assert [m for m, _, _ in stages["seeds"]] == ["rklu", "dpo", "npo"]  # the two strongest baselines by the score
+
+
+def test_rule_verdict(protocol):
+    near = run("rklu", 1e-3, 0.01, 0.5, epoch=3.0, rule_epoch=4.0, rule_fq=0.001, rule_mu=0.1)
+    far_but_good = run("rklu", 1e-3, 0.01, 0.5, epoch=3.0, rule_epoch=6.0, rule_fq=0.1, rule_mu=0.5)
+    far_and_bad = run("rklu", 1e-3, 0.01, 0.5, epoch=3.0, rule_epoch=6.0, rule_fq=0.1, rule_mu=0.2)
+    assert protocol.rule_verdict(near, floor=0.4) is True
+    assert protocol.rule_verdict(far_but_good, floor=0.4) is True
+    assert protocol.rule_verdict(far_and_bad, floor=0.4) is False
+    assert protocol.rule_verdict(run("rklu", 1e-3, 0.01, 0.5), floor=0.4) is None  # no rule epoch recorded
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--lrs", "1e-3"], "at least two learning rates"),
+        (["--lrs", "1e-3,-1"], "positive"),
+        (["--lrs", "x,y"], "numbers"),
+    ],
+)
+def test_bad_grid_is_refused_before_any_work(protocol, tofu_dir, tmp_path, monkeypatch, extra, message):
+    monkeypatch.setattr(protocol, "load_bench", lambda: pytest.fail("the benchmark was loaded"))
+    with pytest.raises(SystemExit, match=message):
+        protocol.main(["--data_dir", str(tofu_dir), "--work_dir", str(tmp_path / "w"), *extra])
+    assert not (tmp_path / "w").exists()
+
+
+def test_missing_data_is_refused(protocol, tmp_path):
+    with pytest.raises(SystemExit, match="no such folder"):
+        protocol.main(["--data_dir", str(tmp_path / "nothing"), "--work_dir", str(tmp_path / "w")])
+
+
+@pytest.mark.slow
+def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, tofu_dir, tmp_path):
+    work, results = tmp_path / "work", tmp_path / "results"
+    tiny = (
+        "--retain_subset 32 --utility_retain_items 6 --eval_max_items 8 --max_new_tokens 4 --finetune_epochs 1 "
+        "--unlearn_epochs 2 --augment_epochs 1 --batch_size 16 --eval_batch_size 16 --generation_batch_size 64"
+    )
+    argv = [
+        "--data_dir",
+        str(tofu_dir),
+        "--work_dir",
+        str(work),
+        "--results_dir",
+        str(results),
+        "--model",
+        str(tiny_model_dir),
+        "--lrs",
+        "1e-3,1e-2",
+        "--extra",
+        tiny,
+        "--min_original_probability",
+        "0",
+    ]
+    protocol.main([*argv, "--max_runs", "1"])  # the fine-tunes, then the first run (nothing after)
+    assert (work / "models" / "full" / "tofu_eval.json").is_file()
+    assert (work / "models" / "retain99" / "tofu_eval.json").is_file()
+    finished = sorted(p.name for p in (work / "runs").glob("*.json"))
+    assert finished == ["forget01_rklu_lr0.001_s0.json"]
+    data = json.loads((results / "tofu_cpu_forget01.json").read_text())
+    assert data["runs"] == ["forget01_rklu_lr0.001_s0"] and data["grid"] == [1e-3, 1e-2]
+    assert set(data["references"]) == {"original", "oracle"} and data["utility_floor"] is not None
+    assert (results / "tofu_cpu_forget01_runs" / "forget01_rklu_lr0.001_s0.json").is_file()
+    table = (results / "tofu_cpu_forget01.md").read_text()
+    assert "| rklu | 0.001 | 0 |" in table and "Utility floor" in table
+    for plot in ("fq_vs_mu", "epochs"):
+        assert (results / f"tofu_cpu_forget01_{plot}.png").stat().st_size > 0
+    # a second pass resumes: the finished run is not redone, the next one in the plan runs
+    protocol.main([*argv, "--max_runs", "1"])
+    finished = sorted(p.name for p in (work / "runs").glob("*.json"))
+    assert finished == ["forget01_rklu_lr0.001_s0.json", "forget01_rklu_lr0.01_s0.json"]
+    # an original that does not know the forget set stops the protocol, before any run
+    with pytest.raises(SystemExit, match="does not know the forget set"):
+        protocol.main([*argv[:-2], "--min_original_probability", "1.0", "--max_runs", "1"])
+    assert len(list((work / "runs").glob("*.json"))) == 2
