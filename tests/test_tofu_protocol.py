@@ -51,6 +51,17 @@ def test_lr_is_the_highest_forget_quality_at_the_utility_floor(protocol, bench):
     assert protocol.choose_lr(runs, bench, "ga", GRID, floor=None) is None
 
 
+def test_lr_a_user_without_the_oracle_would_choose(protocol, bench):
+    """The rule epoch's holdout p-value at the utility floor, which needs no retrained model."""
+    low = run("ga", 1e-4, 0.5, 0.5, rule_epoch=2.0, rule_fq=0.5, rule_mu=0.5)
+    high = run("ga", 1e-3, 0.01, 0.5, rule_epoch=2.0, rule_fq=0.01, rule_mu=0.45)
+    low["selected"]["holdout_ks_p"], high["selected"]["holdout_ks_p"] = 0.02, 0.3
+    runs = records(bench, low, high)
+    assert protocol.choose_lr(runs, bench, "ga", GRID, floor=0.4) == 1e-4  # the oracle's forget quality
+    assert protocol.choose_lr_without_oracle(runs, bench, "ga", GRID, floor=0.4) == 1e-3  # the holdout p-value
+    assert protocol.choose_lr_without_oracle(runs, bench, "ga", GRID, floor=0.48) == 1e-4  # 1e-3 below the floor
+
+
 def test_stages_follow_the_sweep(protocol, bench):
     args = protocol.parse(["--data_dir", str(REPO), "--work_dir", "w", "--lrs", "1e-4,1e-3"])
     floor = 0.3
