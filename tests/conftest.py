@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
@@ -45,6 +46,16 @@ def pytest_configure(config):
 
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` (a script, not a package) as a module."""
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 SHARED_DATA = Path(os.environ.get("RKLU_SHARED_DATA", REPO.parent / "shared" / "data"))
 TOFU_DIR = SHARED_DATA / "tofu"
 

@@ -4,7 +4,6 @@ estimate, the deadline, the results files, resuming, the CPU mini-run; and the p
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -13,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from rklu_llm import METHODS
 from rklu_llm.config import MethodSpec
@@ -238,10 +238,7 @@ def test_tofu_benchmark_mini_run_with_lora_on_the_cpu(tmp_path, tiny_model_dir, 
 
 def load_bench():
     """benchmarks/tofu.py as a module."""
-    spec = importlib.util.spec_from_file_location("bench_tofu", REPO / "benchmarks" / "tofu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("tofu")
 
 
 @pytest.fixture(scope="module")

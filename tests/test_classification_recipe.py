@@ -4,11 +4,11 @@ arguments fail before any training."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 from rklu_llm.scripts.classifier import main as run_recipe
 
@@ -34,17 +34,14 @@ QUICK = [
 pytestmark = pytest.mark.slow
 
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("classifier_benchmark", REPO / "benchmarks" / "classifier.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_classifier_benchmark():
+    return load_benchmark("classifier")
 
 
 def test_benchmark_on_digits(tmp_path):
     """Two stages on two classes: one record per job with its command, the report built from the records, and a
     second invocation that finds every record and runs nothing."""
-    benchmark = load_benchmark()
+    benchmark = load_classifier_benchmark()
     work, records, results = tmp_path / "work", tmp_path / "records", tmp_path / "results"
     argv = [
         "--dataset",

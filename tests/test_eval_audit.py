@@ -18,6 +18,7 @@ import rklu_llm.eval.audit as audit_module
 from rklu_llm.data import load_tofu
 from rklu_llm.data.qa import pad_examples
 from rklu_llm.eval.audit import (
+    AuditSettings,
     audit_summary_row,
     check_audit,
     evaluate_audit,
@@ -293,6 +294,18 @@ def test_bad_settings_fail_before_any_model_work(kwargs, match, tofu_dir):
         evaluate_audit(None, None, "forget01", data_dir=tofu_dir, **kwargs)
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         check_audit("forget01", data_dir=tofu_dir, **kwargs)
+
+
+def test_audit_settings_object(tofu_dir):
+    """check_audit returns the AuditSettings it checked; evaluate_audit takes it whole (not with single settings)."""
+    settings = check_audit("forget01", "membership,leak", tofu_dir, max_items=4)
+    assert isinstance(settings, AuditSettings)
+    assert settings.parts == ("membership", "leak") and settings.holdout_split == "holdout01"
+    assert settings.record(None)["data_dir"] and settings.record(None)["parts"] == ["membership", "leak"]
+    with pytest.raises(TypeError, match="either settings= or"):
+        evaluate_audit(None, None, settings=settings, min_k=0.2)
+    with pytest.raises(TypeError):
+        AuditSettings(forget_split="forget01", no_such_setting=1)
 
 
 def test_missing_quantization_library_fails_before_any_model_work(tofu_dir, monkeypatch):

@@ -3,7 +3,6 @@ loop vs ``model.generate`` (dynamic and static cache), batched vs one by one; an
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TOFU_DIR, build_tiny_model
+from conftest import TOFU_DIR, build_tiny_model, load_benchmark
 from transformers import DynamicCache
 
 from rklu_llm.data.qa import encode_prompt
@@ -186,9 +185,7 @@ def test_eval_speed_benchmark_on_a_tiny_model(tmp_path, tiny_model_dir, tofu_dir
     md = (tmp_path / "eval_speed_test.md").read_text()
     assert "benchmarks/eval_speed.py --model" in md and "×" in md and "--device cuda" in md  # the GPU command
 
-    spec = importlib.util.spec_from_file_location("eval_speed", REPO / "benchmarks" / "eval_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_benchmark("eval_speed")
     (tmp_path / "eval_speed_test.md").unlink()
     module.main(["--data_dir", str(tofu_dir), "--results_dir", str(tmp_path), "--name", "eval_speed_test", "--render"])
     assert (tmp_path / "eval_speed_test.md").read_text() == md  # the table rebuilt from the JSON alone

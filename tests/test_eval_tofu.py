@@ -18,6 +18,7 @@ import rklu_llm.eval.tofu as tofu_eval
 from rklu_llm.data.qa import encode_answer, encode_prompt
 from rklu_llm.data.tofu import DataUnavailableError
 from rklu_llm.eval import (
+    TofuEvalSettings,
     answer_probability,
     compare_to_reference,
     evaluate_tofu,
@@ -331,6 +332,23 @@ def test_evaluate_tofu_rerun_uses_the_cache(e2e, tiny_tokenizer, tofu_dir, monke
             max_items=MAX_ITEMS,
         )
     assert again["sets"] == result["sets"] and again["model_utility"] == result["model_utility"]
+
+
+def test_a_settings_object_is_the_same_evaluation(e2e, tiny_tokenizer, tofu_dir, monkeypatch, tmp_path):
+    """TofuEvalSettings holds what the keywords give: the same result (here from the cache, no model work), the same
+    settings recorded; settings and single keywords together are refused."""
+    model, out, result = e2e
+    out = _copy_of(out, tmp_path)
+    _forbid_model_work(monkeypatch)
+    settings = TofuEvalSettings("forget01", tofu_dir, batch_size=8, max_new_tokens=8, max_items=MAX_ITEMS)
+    assert settings.forget_splits == ("forget01",) and "forget01_perturbed" in settings.sets
+    with pytest.warns(UserWarning, match="no reference"):
+        again = evaluate_tofu(model, tiny_tokenizer, output_dir=out, settings=settings)
+    assert again["sets"] == result["sets"] and again["settings"] == result["settings"]
+    with pytest.raises(TypeError, match="either settings= or"):
+        evaluate_tofu(model, tiny_tokenizer, output_dir=out, settings=settings, batch_size=2)
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        TofuEvalSettings("forget01", max_new_tokens=0)
 
 
 def test_evaluate_tofu_without_generation(e2e, tiny_tokenizer, tofu_dir, monkeypatch, tmp_path):

@@ -4,11 +4,11 @@ on a tiny model that writes the results."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 FQ, MU = "forget01_forget_quality", "model_utility"
@@ -16,10 +16,7 @@ FQ, MU = "forget01_forget_quality", "model_utility"
 
 @pytest.fixture(scope="module")
 def protocol():
-    spec = importlib.util.spec_from_file_location("bench_tofu_protocol", REPO / "benchmarks" / "tofu_protocol.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("tofu_protocol")
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@
 * :mod:`~rklu_llm.eval.callback`: evaluation during training.
 """
 
-from .audit import audit_summary_row, evaluate_audit
+from .audit import AuditSettings, audit_summary_row, evaluate_audit
 from .classification import classification_metrics, evaluate_classifier
 from .copyright import evaluate_copyright, prepare_copyright_data
 from .metrics import (
@@ -35,6 +35,7 @@ from .scoring import (
 )
 from .tofu import (
     UTILITY_SETS,
+    TofuEvalSettings,
     compare_to_reference,
     evaluate_tofu,
     load_tofu_eval,
@@ -43,6 +44,8 @@ from .tofu import (
 )
 
 __all__ = [
+    "AuditSettings",
+    "TofuEvalSettings",
     "classification_metrics",
     "evaluate_classifier",
     "UTILITY_METRICS",

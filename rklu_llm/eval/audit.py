@@ -64,10 +64,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib.util
-import inspect
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -80,13 +80,12 @@ from ..losses import token_nll
 from ..paths import portable_path
 from . import open_unlearning
 from .io import (
+    Evaluation,
     MetricCache,
     data_fingerprint,
-    evaluated_model,
     model_fingerprint,
     model_name,
     to_builtin,
-    write_json_atomic,
 )
 from .metrics import (
     MEMBERSHIP_SCORES,
@@ -339,145 +338,161 @@ def quantized_weights(model, bits: int):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _check_settings(
-    parts,
-    forget_split,
-    min_k,
-    leak_k,
-    leak_threshold,
-    blank_words,
-    leak_max_new_tokens,
-    relearn_steps,
-    relearn_learning_rate,
-    relearn_batch_size,
-    quantization_bits,
-    batch_size,
-    generation_batch_size,
-    max_new_tokens,
-    max_items,
-    max_length,
-) -> None:
-    if forget_split not in RETAIN_OF_FORGET:
-        raise ValueError(f"Unknown forget split {forget_split!r}; valid: {', '.join(RETAIN_OF_FORGET)}.")
-    checks = [
-        (0 < min_k <= 1, f"min_k must be in (0, 1], got {min_k}"),
-        (leak_k >= 1, f"leak_k (candidates per item) must be >= 1, got {leak_k}"),
-        (0 <= leak_threshold <= 1, f"leak_threshold (a ROUGE-L recall) must be in [0, 1], got {leak_threshold}"),
-        (blank_words >= 1, f"blank_words must be >= 1, got {blank_words}"),
-        (leak_max_new_tokens >= 1, f"leak_max_new_tokens must be >= 1, got {leak_max_new_tokens}"),
-        (relearn_steps >= 1, f"relearn_steps must be >= 1, got {relearn_steps}"),
-        (relearn_learning_rate > 0, f"relearn_learning_rate must be > 0, got {relearn_learning_rate}"),
-        (relearn_batch_size >= 1, f"relearn_batch_size must be >= 1, got {relearn_batch_size}"),
-        (batch_size >= 1, f"batch_size must be >= 1, got {batch_size}"),
-        (
-            generation_batch_size is None or generation_batch_size >= 1,
-            f"generation_batch_size must be >= 1, got {generation_batch_size}",
-        ),
-        (max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {max_new_tokens}"),
-        (max_items is None or max_items >= 1, f"max_items must be >= 1 or None, got {max_items}"),
-        (max_length >= 2, f"max_length must be >= 2, got {max_length}"),
-    ]
-    for ok, message in checks:
-        if not ok:
-            raise ValueError(message)
-    if "quantization" in parts:
-        bad = [b for b in quantization_bits if b not in QUANTIZATION_BITS]
-        if bad or not quantization_bits:
-            raise ValueError(
-                f"quantization_bits must be a non-empty subset of {QUANTIZATION_BITS}, got {list(quantization_bits)}"
-            )
-        if not quantization_available():
-            raise ImportError(
-                "The quantization audit needs bitsandbytes (CPU and CUDA): pip install 'rklu_llm[audit]' "
-                "(or pip install bitsandbytes), or leave 'quantization' out of the audit parts."
-            )
+@dataclass
+class AuditSettings:
+    """Every setting of an audit (:func:`evaluate_audit` says what each means), checked when made: a bad value raises
+    ``ValueError`` (``ImportError`` when the quantization part lacks its library) before any model work. ``parts``
+    becomes a tuple of :data:`PARTS`, ``quantization_bits`` a tuple of ints, ``holdout_split`` the split's holdout set
+    when not given."""
+
+    forget_split: str = "forget10"
+    parts: Sequence[str] | str = DEFAULT_PARTS
+    data_dir: str | os.PathLike | None = None
+    membership_reference: str | os.PathLike | Mapping | None = None
+    holdout_split: str | None = None
+    min_k: float = 0.4
+    leak_k: int = 5
+    leak_threshold: float = 0.5
+    blank_words: int = 2
+    leak_max_new_tokens: int = 64
+    relearn_original: str | os.PathLike | None = None
+    relearn_oracle: str | os.PathLike | None = None
+    relearn_steps: int = 10
+    relearn_learning_rate: float = 1e-5
+    relearn_batch_size: int = 4
+    quantization_bits: Sequence[int] = QUANTIZATION_BITS
+    batch_size: int = 16
+    generation_batch_size: int | None = None
+    max_new_tokens: int = 200
+    max_items: int | None = None
+    max_length: int = 512
+
+    def __post_init__(self):
+        self.parts = resolve_parts(self.parts)
+        self.quantization_bits = tuple(int(b) for b in self.quantization_bits)
+        if self.forget_split not in RETAIN_OF_FORGET:
+            raise ValueError(f"Unknown forget split {self.forget_split!r}; valid: {', '.join(RETAIN_OF_FORGET)}.")
+        self.holdout_split = self.holdout_split or HOLDOUT_OF_FORGET[self.forget_split]
+        checks = [
+            (0 < self.min_k <= 1, f"min_k must be in (0, 1], got {self.min_k}"),
+            (self.leak_k >= 1, f"leak_k (candidates per item) must be >= 1, got {self.leak_k}"),
+            (
+                0 <= self.leak_threshold <= 1,
+                f"leak_threshold (a ROUGE-L recall) must be in [0, 1], got {self.leak_threshold}",
+            ),
+            (self.blank_words >= 1, f"blank_words must be >= 1, got {self.blank_words}"),
+            (self.leak_max_new_tokens >= 1, f"leak_max_new_tokens must be >= 1, got {self.leak_max_new_tokens}"),
+            (self.relearn_steps >= 1, f"relearn_steps must be >= 1, got {self.relearn_steps}"),
+            (self.relearn_learning_rate > 0, f"relearn_learning_rate must be > 0, got {self.relearn_learning_rate}"),
+            (self.relearn_batch_size >= 1, f"relearn_batch_size must be >= 1, got {self.relearn_batch_size}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (
+                self.generation_batch_size is None or self.generation_batch_size >= 1,
+                f"generation_batch_size must be >= 1, got {self.generation_batch_size}",
+            ),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.max_items is None or self.max_items >= 1, f"max_items must be >= 1 or None, got {self.max_items}"),
+            (self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if "quantization" in self.parts:
+            bad = [b for b in self.quantization_bits if b not in QUANTIZATION_BITS]
+            if bad or not self.quantization_bits:
+                raise ValueError(
+                    f"quantization_bits must be a non-empty subset of {QUANTIZATION_BITS}, got "
+                    f"{list(self.quantization_bits)}"
+                )
+            if not quantization_available():
+                raise ImportError(
+                    "The quantization audit needs bitsandbytes (CPU and CUDA): pip install 'rklu_llm[audit]' "
+                    "(or pip install bitsandbytes), or leave 'quantization' out of the audit parts."
+                )
+
+    @property
+    def scoring(self) -> dict:
+        """The settings of :func:`answer_scores` (relearning and quantization measurements)."""
+        return {
+            "batch_size": self.batch_size,
+            "generation_batch_size": self.generation_batch_size,
+            "max_new_tokens": self.max_new_tokens,
+            "max_length": self.max_length,
+        }
+
+    def record(self, membership_reference: str | None) -> dict:
+        """The result's ``settings`` entry (portable paths; the reference by its label)."""
+        return {
+            "forget_split": self.forget_split,
+            "parts": list(self.parts),
+            "data_dir": portable_path(self.data_dir),
+            "holdout_split": self.holdout_split if "membership" in self.parts else None,
+            "min_k": self.min_k,
+            "leak_k": self.leak_k,
+            "leak_threshold": self.leak_threshold,
+            "blank_words": self.blank_words,
+            "leak_max_new_tokens": self.leak_max_new_tokens,
+            "relearn_original": portable_path(self.relearn_original),
+            "relearn_oracle": portable_path(self.relearn_oracle),
+            "relearn_steps": self.relearn_steps,
+            "relearn_learning_rate": self.relearn_learning_rate,
+            "relearn_batch_size": self.relearn_batch_size,
+            "quantization_bits": list(self.quantization_bits),
+            "batch_size": self.batch_size,
+            "generation_batch_size": self.generation_batch_size,
+            "max_new_tokens": self.max_new_tokens,
+            "max_items": self.max_items,
+            "max_length": self.max_length,
+            "membership_reference": membership_reference,
+        }
 
 
-def _prepare(
-    forget_split,
-    parts,
-    data_dir,
-    membership_reference,
-    holdout_split,
-    min_k,
-    leak_k,
-    leak_threshold,
-    blank_words,
-    leak_max_new_tokens,
-    relearn_original,
-    relearn_oracle,
-    relearn_steps,
-    relearn_learning_rate,
-    relearn_batch_size,
-    quantization_bits,
-    batch_size,
-    generation_batch_size,
-    max_new_tokens,
-    max_items,
-    max_length,
-) -> dict:
-    """Every check of :func:`evaluate_audit` that needs no model, and the data it audits."""
-    parts = resolve_parts(parts)
-    quantization_bits = tuple(int(b) for b in quantization_bits)
-    _check_settings(
-        parts,
-        forget_split,
-        min_k,
-        leak_k,
-        leak_threshold,
-        blank_words,
-        leak_max_new_tokens,
-        relearn_steps,
-        relearn_learning_rate,
-        relearn_batch_size,
-        quantization_bits,
-        batch_size,
-        generation_batch_size,
-        max_new_tokens,
-        max_items,
-        max_length,
-    )
-    if "relearn" in parts:
-        _check_model_path(relearn_original, "relearn_original")
-        _check_model_path(relearn_oracle, "relearn_oracle")
-    forget = _load_qa(forget_split, data_dir, max_items)
+def _prepare(settings: AuditSettings) -> dict:
+    """Every check of an audit that needs no model beyond its settings' own (model paths, data, holdout size,
+    reference), and the data it audits."""
+    s = settings
+    if "relearn" in s.parts:
+        _check_model_path(s.relearn_original, "relearn_original")
+        _check_model_path(s.relearn_oracle, "relearn_oracle")
+    forget = _load_qa(s.forget_split, s.data_dir, s.max_items)
     holdout = None
-    holdout_split = holdout_split or HOLDOUT_OF_FORGET[forget_split]
-    if "membership" in parts:
-        holdout = _load_qa(holdout_split, data_dir, max_items)
+    if "membership" in s.parts:
+        holdout = _load_qa(s.holdout_split, s.data_dir, s.max_items)
         if len(holdout["question"]) != len(forget["question"]):
             raise ValueError(
-                f"The holdout set {holdout_split} has {len(holdout['question'])} items but {forget_split} has "
+                f"The holdout set {s.holdout_split} has {len(holdout['question'])} items but {s.forget_split} has "
                 f"{len(forget['question'])}: membership AUCs compare sets of the same size; use "
-                f"{HOLDOUT_OF_FORGET[forget_split]}."
+                f"{HOLDOUT_OF_FORGET[s.forget_split]}."
             )
-    if "relearn" in parts and len(forget["question"]) < 2:
+    if "relearn" in s.parts and len(forget["question"]) < 2:
         raise ValueError("The relearning attack needs at least 2 forget items (one to attack with, one to measure).")
     reference_aucs, reference_label = ({}, None)
-    if "membership" in parts and membership_reference is not None:
-        reference_aucs, reference_label = membership_reference_aucs(membership_reference, forget_split)
-    return {
-        "parts": parts,
-        "quantization_bits": quantization_bits,
-        "forget": forget,
-        "holdout": holdout,
-        "holdout_split": holdout_split,
-        "reference_aucs": reference_aucs,
-        "reference": reference_label,
-    }
+    if "membership" in s.parts and s.membership_reference is not None:
+        reference_aucs, reference_label = membership_reference_aucs(s.membership_reference, s.forget_split)
+    return {"forget": forget, "holdout": holdout, "reference_aucs": reference_aucs, "reference": reference_label}
 
 
-#: evaluate_audit's parameters that are not audit settings (everything else goes to _prepare, by name)
-_NOT_SETTINGS = ("model", "tokenizer", "output_dir")
+def _settings(forget_split, parts, data_dir, settings: AuditSettings | None, options: dict) -> AuditSettings:
+    if settings is None:
+        return AuditSettings(forget_split=forget_split, parts=parts, data_dir=data_dir, **options)
+    if options:
+        raise TypeError(f"Pass either settings= or the settings one by one, not both (got {sorted(options)}).")
+    return settings
 
 
-def check_audit(forget_split: str = "forget10", **kwargs) -> None:
+def check_audit(
+    forget_split: str = "forget10",
+    parts: Sequence[str] | str = DEFAULT_PARTS,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    settings: AuditSettings | None = None,
+    **options,
+) -> AuditSettings:
     """Run every check of :func:`evaluate_audit` that needs no model (settings, data, holdout size, reference,
-    quantization library) with the same keyword arguments, so a script fails before loading a model."""
-    bound = inspect.signature(evaluate_audit).bind(None, None, forget_split, **kwargs)
-    bound.apply_defaults()
-    settings = {k: v for k, v in bound.arguments.items() if k not in _NOT_SETTINGS}
-    _prepare(**settings)
+    quantization library) with the same arguments, so a script fails before loading a model; returns the settings."""
+    settings = _settings(forget_split, parts, data_dir, settings, options)
+    _prepare(settings)
+    return settings
 
 
 def evaluate_audit(
@@ -487,24 +502,9 @@ def evaluate_audit(
     parts: Sequence[str] | str = DEFAULT_PARTS,
     data_dir: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
-    membership_reference: str | os.PathLike | Mapping | None = None,
-    holdout_split: str | None = None,
-    min_k: float = 0.4,
-    leak_k: int = 5,
-    leak_threshold: float = 0.5,
-    blank_words: int = 2,
-    leak_max_new_tokens: int = 64,
-    relearn_original: str | os.PathLike | None = None,
-    relearn_oracle: str | os.PathLike | None = None,
-    relearn_steps: int = 10,
-    relearn_learning_rate: float = 1e-5,
-    relearn_batch_size: int = 4,
-    quantization_bits: Sequence[int] = QUANTIZATION_BITS,
-    batch_size: int = 16,
-    generation_batch_size: int | None = None,
-    max_new_tokens: int = 200,
-    max_items: int | None = None,
-    max_length: int = 512,
+    *,
+    settings: AuditSettings | None = None,
+    **options,
 ) -> dict:
     """Audit ``model`` on a TOFU forget split: membership, extraction, leak@k, relearning and quantization (see the
     module docstring for every definition and the result layout).
@@ -518,63 +518,42 @@ def evaluate_audit(
         data_dir: local TOFU folder (default ``$RKLU_TOFU_DIR`` or the hub).
         output_dir: when given, ``audit_eval.json`` is written there and every piece is cached under
             ``audit_eval_cache/`` (resumable).
-        membership_reference: the retain-only model's ``audit_eval.json`` or open-unlearning ``TOFU_EVAL.json`` (or a
-            folder holding one): its AUCs are privleak's ``AUC_ref``; ``None``: 0.5, said in the result.
-        holdout_split: the non-member set (default: the split's ``holdoutXX``); it must have the forget set's size.
-        min_k: the fraction ``k`` of min-k% and min-k%++ (open-unlearning: 0.4).
-        leak_k: candidates per item for leak@k (``>= 1``).
-        leak_threshold: ROUGE-L recall at which a candidate counts as a leak (``[0, 1]``).
-        blank_words: content words cut off the answer for the fill-in-the-blank prompt.
-        leak_max_new_tokens: generation budget of leak@k candidates.
-        relearn_original: path of the original (pre-unlearning) model, attacked the same way for comparison.
-        relearn_oracle: path of the retain-only oracle, attacked the same way for comparison.
-        relearn_steps, relearn_learning_rate, relearn_batch_size: the relearning attack's fine-tuning.
-        quantization_bits: the round trips to run, a subset of ``(8, 4)``.
-        batch_size: sequences per forward pass (and prompts per ``generate`` call by default).
-        generation_batch_size: prompts per ``generate`` call.
-        max_new_tokens: greedy generation budget of the ROUGE-L measurements (relearning, quantization).
-        max_items: audit only the first ``max_items`` items of the forget and holdout sets.
-        max_length: prompt + answer tokens kept when scoring.
+        settings: an :class:`AuditSettings` holding every setting (then ``forget_split``, ``parts``, ``data_dir``
+            and ``options`` are not given); else it is made from those and ``options``, :class:`AuditSettings`'s
+            other fields:
+
+            - ``membership_reference``: the retain-only model's ``audit_eval.json`` or open-unlearning
+              ``TOFU_EVAL.json`` (or a folder holding one): its AUCs are privleak's ``AUC_ref``; ``None``: 0.5,
+              said in the result;
+            - ``holdout_split``: the non-member set (default: the split's ``holdoutXX``), of the forget set's size;
+            - ``min_k``: the fraction ``k`` of min-k% and min-k%++ (open-unlearning: 0.4);
+            - ``leak_k``, ``leak_threshold``, ``blank_words``, ``leak_max_new_tokens``: candidates per item for
+              leak@k, the ROUGE-L recall at which a candidate counts as a leak, content words cut off the answer for
+              the fill-in-the-blank prompt, the candidates' generation budget;
+            - ``relearn_original``, ``relearn_oracle``: paths of the original and the retain-only oracle, attacked
+              the same way for comparison; ``relearn_steps``, ``relearn_learning_rate``, ``relearn_batch_size``: the
+              relearning attack's fine-tuning;
+            - ``quantization_bits``: the round trips to run, a subset of ``(8, 4)``;
+            - ``batch_size``, ``generation_batch_size``: sequences per forward pass, prompts per ``generate`` call;
+            - ``max_new_tokens``: greedy generation budget of the ROUGE-L measurements (relearning, quantization);
+            - ``max_items``: audit only the first ``max_items`` items of the forget and holdout sets;
+            - ``max_length``: prompt + answer tokens kept when scoring.
 
     Raises:
         ValueError, FileNotFoundError, ImportError, DataUnavailableError: bad settings, a holdout set of another size,
             a reference of another split, missing data or a missing quantization library; all before any model work.
+        TypeError: ``settings`` and single settings given together, or an unknown setting.
     """
     # ---- validate everything (settings, data, reference, library) before touching the model
-    settings = {name: value for name, value in locals().items() if name not in _NOT_SETTINGS}  # the parameters
-    plan = _prepare(**settings)
-    parts, quantization_bits = plan["parts"], plan["quantization_bits"]
+    s = _settings(forget_split, parts, data_dir, settings, options)
+    plan = _prepare(s)
     forget, holdout = plan["forget"], plan["holdout"]
-    holdout_split, reference_aucs, reference_label = plan["holdout_split"], plan["reference_aucs"], plan["reference"]
+    reference_aucs, reference_label = plan["reference_aucs"], plan["reference"]
 
-    name = model_name(model)
-    out = None if output_dir is None else Path(output_dir)
-    fingerprint = model_fingerprint(model) if out is not None else None
-    cache = MetricCache(out, CACHE_DIR, name, fingerprint)
-    settings = {
-        "forget_split": forget_split,
-        "parts": list(parts),
-        "data_dir": portable_path(data_dir),
-        "holdout_split": holdout_split if "membership" in parts else None,
-        "min_k": min_k,
-        "leak_k": leak_k,
-        "leak_threshold": leak_threshold,
-        "blank_words": blank_words,
-        "leak_max_new_tokens": leak_max_new_tokens,
-        "relearn_original": portable_path(relearn_original),
-        "relearn_oracle": portable_path(relearn_oracle),
-        "relearn_steps": relearn_steps,
-        "relearn_learning_rate": relearn_learning_rate,
-        "relearn_batch_size": relearn_batch_size,
-        "quantization_bits": list(quantization_bits),
-        "batch_size": batch_size,
-        "generation_batch_size": generation_batch_size,
-        "max_new_tokens": max_new_tokens,
-        "max_items": max_items,
-        "max_length": max_length,
-        "membership_reference": reference_label,
-    }
-    result = {**evaluated_model(model), "settings": settings}
+    run = Evaluation(model, output_dir, CACHE_DIR, AUDIT_FILE, s.record(reference_label))
+    cache, result = run.cache, run.result
+    parts, forget_split, holdout_split = s.parts, s.forget_split, s.holdout_split
+    batch_size, max_length, max_items = s.batch_size, s.max_length, s.max_items
     size = {"max_items": max_items, "max_length": max_length}
 
     def forget_values():
@@ -615,7 +594,7 @@ def evaluate_audit(
             holdout,
             forget_values(),
             holdout_values,
-            min_k,
+            s.min_k,
             reference_aucs,
             reference_label,
             forget_split,
@@ -624,49 +603,12 @@ def evaluate_audit(
     if "extraction" in parts:
         result["extraction"] = _extraction(forget, forget_values())
     if "leak" in parts:
-        result["leak"] = _leak(
-            model,
-            tokenizer,
-            forget,
-            cache,
-            forget_split,
-            leak_k,
-            leak_threshold,
-            blank_words,
-            leak_max_new_tokens,
-            generation_batch_size or batch_size,
-            max_items,
-        )
-    scoring = dict(
-        batch_size=batch_size,
-        generation_batch_size=generation_batch_size,
-        max_new_tokens=max_new_tokens,
-        max_length=max_length,
-    )
+        result["leak"] = _leak(model, tokenizer, forget, cache, s)
     if "relearn" in parts:
-        result["relearn"] = _relearn(
-            model,
-            tokenizer,
-            forget,
-            cache,
-            forget_split,
-            relearn_original,
-            relearn_oracle,
-            relearn_steps,
-            relearn_learning_rate,
-            relearn_batch_size,
-            max_items,
-            scoring,
-        )
+        result["relearn"] = _relearn(model, tokenizer, forget, cache, s)
     if "quantization" in parts:
-        result["quantization"] = _quantization(
-            model, tokenizer, forget, cache, forget_split, quantization_bits, max_items, scoring
-        )
-
-    result = to_builtin(result)
-    if out is not None:
-        write_json_atomic(out / AUDIT_FILE, result)
-    return result
+        result["quantization"] = _quantization(model, tokenizer, forget, cache, s)
+    return run.finish()
 
 
 def _membership(
@@ -710,19 +652,10 @@ def _extraction(forget, values) -> dict:
     }
 
 
-def _leak(
-    model,
-    tokenizer,
-    forget,
-    cache,
-    forget_split,
-    k,
-    threshold,
-    blank_words,
-    max_new_tokens,
-    generation_batch_size,
-    max_items,
-) -> dict:
+def _leak(model, tokenizer, forget, cache, audit: AuditSettings) -> dict:
+    forget_split, k, threshold = audit.forget_split, audit.leak_k, audit.leak_threshold
+    blank_words, max_new_tokens, max_items = audit.blank_words, audit.leak_max_new_tokens, audit.max_items
+    generation_batch_size = audit.generation_batch_size or audit.batch_size
     questions, answers = forget["question"], forget["answer"]
     blanks = [fill_in_blank(a, blank_words) for a in answers]
     kinds = {
@@ -800,21 +733,12 @@ def _delta(after: Mapping, before: Mapping) -> dict:
     return {m: after[m] - before[m] for m in ("probability", "rouge_l_recall")}
 
 
-def _relearn(
-    model,
-    tokenizer,
-    forget,
-    cache,
-    forget_split,
-    original_path,
-    oracle_path,
-    steps,
-    learning_rate,
-    batch_size,
-    max_items,
-    scoring,
-) -> dict:
+def _relearn(model, tokenizer, forget, cache, audit: AuditSettings) -> dict:
     from ..models import load_model
+
+    forget_split, original_path, oracle_path = audit.forget_split, audit.relearn_original, audit.relearn_oracle
+    steps, learning_rate, batch_size = audit.relearn_steps, audit.relearn_learning_rate, audit.relearn_batch_size
+    max_items, scoring = audit.max_items, audit.scoring
 
     attack = {key: forget[key][0::2] for key in ("question", "answer")}
     held = {key: forget[key][1::2] for key in ("question", "answer")}
@@ -904,8 +828,15 @@ def _relearn(
     }
 
 
-def _quantization(model, tokenizer, forget, cache, forget_split, bits_list, max_items, scoring) -> dict:
+def _quantization(model, tokenizer, forget, cache, audit: AuditSettings) -> dict:
     import bitsandbytes
+
+    forget_split, bits_list, max_items, scoring = (
+        audit.forget_split,
+        audit.quantization_bits,
+        audit.max_items,
+        audit.scoring,
+    )
 
     settings = {"max_items": max_items, "max_new_tokens": scoring["max_new_tokens"]}
     args = (model, tokenizer, forget["question"], forget["answer"], cache, forget_split)

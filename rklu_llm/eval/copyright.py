@@ -53,7 +53,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -67,13 +66,8 @@ from ..data.text import (
     load_wikitext,
 )
 from .io import (
-    MetricCache,
+    Evaluation,
     data_fingerprint,
-    evaluated_model,
-    model_fingerprint,
-    model_name,
-    to_builtin,
-    write_json_atomic,
 )
 from .metrics import corpus_bleu, perplexity, rouge_l, sentence_bleu
 from .scoring import generate_continuations, pad_token_id, score_examples
@@ -223,12 +217,12 @@ def evaluate_copyright(
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     check_chunk_fits(model, max(data.longest, data.prefix_tokens + max_new_tokens))
 
-    name = model_name(model)
-    out = None if output_dir is None else Path(output_dir)
-    cache = MetricCache(out, CACHE_DIR, name, model_fingerprint(model) if out is not None else None)
-    result = {
-        **evaluated_model(model),
-        "settings": {
+    run = Evaluation(
+        model,
+        output_dir,
+        CACHE_DIR,
+        RESULT_FILE,
+        {
             "chunk_tokens": data.chunk_tokens,
             "num_chunks": data.num_chunks,
             "prefix_tokens": data.prefix_tokens,
@@ -241,9 +235,9 @@ def evaluate_copyright(
             "bleu": BLEU_VARIANT,
             "rouge": ROUGE_VARIANT,
         },
-        "sets": {},
-        "perplexity": {},
-    }
+    )
+    cache, result = run.cache, run.result
+    result.update(sets={}, perplexity={})
     settings = {
         "chunk_tokens": data.chunk_tokens,
         "num_chunks": data.num_chunks,
@@ -290,10 +284,7 @@ def evaluate_copyright(
             "segment_tokens": data.segment_tokens,
         }
 
-    result = to_builtin(result)
-    if out is not None:
-        write_json_atomic(out / RESULT_FILE, result)
-    return result
+    return run.finish()
 
 
 def summary_row(result: Mapping) -> dict:

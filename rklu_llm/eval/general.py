@@ -51,7 +51,7 @@ from tqdm.auto import tqdm
 from ..data.tofu import DataUnavailableError
 from ..paths import portable_path
 from ..tasks import DATA_DIR_ENV, PAPER_TASKS, TASKS, TASKS_DIR, data_file
-from .io import MetricCache, evaluated_model, model_fingerprint, model_name, to_builtin, write_json_atomic
+from .io import Evaluation
 from .scoring import eval_mode
 
 RESULT_FILE = "general_eval.json"
@@ -192,9 +192,21 @@ def evaluate_general(
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    name = model_name(model)
-    out = None if output_dir is None else Path(output_dir)
-    cache = MetricCache(out, CACHE_DIR, name, model_fingerprint(model) if out is not None else None)
+    evaluation = Evaluation(
+        model,
+        output_dir,
+        CACHE_DIR,
+        RESULT_FILE,
+        {
+            "tasks": names,
+            "limit": limit,
+            "num_fewshot": num_fewshot,
+            "batch_size": batch_size,
+            "data": portable_path(root) if root else "hub",
+            "lm_eval_version": lm_eval.__version__,
+        },
+    )
+    cache = evaluation.cache
     settings = {"limit": limit, "num_fewshot": num_fewshot}
     metadata = {} if not root else {"data_dir": str(Path(root).expanduser().resolve())}
     lm = None
@@ -221,20 +233,5 @@ def evaluate_general(
 
             per_task[task] = cache.get_or_compute(task, "lm_eval", settings, _file_digest(files[task], task), run)
 
-    result = {
-        **evaluated_model(model),
-        "settings": {
-            "tasks": names,
-            "limit": limit,
-            "num_fewshot": num_fewshot,
-            "batch_size": batch_size,
-            "data": portable_path(root) if root else "hub",
-            "lm_eval_version": lm_eval.__version__,
-        },
-        "tasks": per_task,
-        "average_acc": sum(per_task[t]["acc"] for t in names) / len(names),
-    }
-    result = to_builtin(result)
-    if out is not None:
-        write_json_atomic(out / RESULT_FILE, result)
-    return result
+    evaluation.result.update(tasks=per_task, average_acc=sum(per_task[t]["acc"] for t in names) / len(names))
+    return evaluation.finish()

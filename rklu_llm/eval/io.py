@@ -171,3 +171,38 @@ def evaluated_model(model) -> dict:
     base model it was merged into (``base_model`` is absent otherwise)."""
     base = (getattr(model, "rklu_source", None) or {}).get("base_model")
     return {"model": model_name(model), **({"base_model": base} if base else {})}
+
+
+class Evaluation:
+    """The setup every evaluator shares: the result's header (the evaluated model, :func:`evaluated_model`, and the
+    settings), the resumable :class:`MetricCache` under ``output_dir/<cache_folder>`` (keyed by the weights'
+    :func:`model_fingerprint`), and the atomic write of ``output_dir/<result_file>`` when the evaluation ends.
+
+    An evaluator fills :attr:`result` between the two and returns :meth:`finish`'s value::
+
+        run = Evaluation(model, output_dir, "tofu_eval_cache", "tofu_eval.json", settings)
+        scores = run.cache.get_or_compute(set_name, "likelihood", cache_settings, data_digest, compute)
+        run.result["sets"] = ...
+        return run.finish()
+
+    Args:
+        model: the evaluated model.
+        output_dir: the evaluation's folder; ``None``: no cache and nothing written.
+        cache_folder: the cache's folder inside ``output_dir``.
+        result_file: the result's file name inside ``output_dir``.
+        settings: the result's ``settings`` entry (JSON-ready; paths already portable).
+    """
+
+    def __init__(self, model, output_dir, cache_folder: str, result_file: str, settings: Mapping):
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        fingerprint = model_fingerprint(model) if self.output_dir is not None else None
+        self.cache = MetricCache(self.output_dir, cache_folder, model_name(model), fingerprint)
+        self.result_file = result_file
+        self.result: dict = {**evaluated_model(model), "settings": dict(settings)}
+
+    def finish(self) -> dict:
+        """The result as plain JSON values, written atomically to ``output_dir/<result_file>`` when there is one."""
+        result = to_builtin(self.result)
+        if self.output_dir is not None:
+            write_json_atomic(self.output_dir / self.result_file, result)
+        return result

@@ -75,6 +75,7 @@ import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -83,11 +84,9 @@ from ..data.tofu import RETAIN_OF_FORGET, load_tofu
 from ..paths import portable_path
 from . import open_unlearning
 from .io import (
+    Evaluation,
     MetricCache,
     data_fingerprint,
-    evaluated_model,
-    model_fingerprint,
-    model_name,
     to_builtin,
     write_json_atomic,
 )
@@ -520,6 +519,74 @@ def _set_result(name: str, rows: dict, likelihood: dict, generated: list[str] | 
     }
 
 
+@dataclass
+class TofuEvalSettings:
+    """Every setting of a TOFU evaluation (:func:`evaluate_tofu` says what each means), checked when made: a bad value
+    raises ``ValueError`` before any model work. ``forget_splits`` becomes a tuple without repeats, ``sets`` the
+    resolved list of ``<name>_perturbed`` sets (every set of the forget splits and the utility sets when not given)."""
+
+    forget_splits: Sequence[str] | str = ("forget10",)
+    data_dir: str | os.PathLike | None = None
+    reference: str | os.PathLike | Mapping | None = None
+    batch_size: int = 16
+    max_new_tokens: int = 200
+    max_items: int | None = None
+    sets: Sequence[str] | None = None
+    max_length: int = 512
+    generation_batch_size: int | None = None
+    generate: bool = True
+    protocol: str = "all"
+    scoring: str = "shared_prefix"
+    decoder: str = "compact"
+
+    def __post_init__(self):
+        if isinstance(self.forget_splits, str):
+            self.forget_splits = (self.forget_splits,)
+        self.forget_splits = tuple(dict.fromkeys(self.forget_splits))
+        unknown = [f for f in self.forget_splits if f not in RETAIN_OF_FORGET]
+        if unknown:
+            raise ValueError(f"Unknown forget split(s) {unknown}; valid forget splits: {', '.join(RETAIN_OF_FORGET)}.")
+        checks = [
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {self.max_new_tokens}"),
+            (self.max_items is None or self.max_items >= 1, f"max_items must be >= 1 or None, got {self.max_items}"),
+            (self.max_length >= 2, f"max_length must be >= 2, got {self.max_length}"),
+            (
+                self.generation_batch_size is None or self.generation_batch_size >= 1,
+                f"generation_batch_size must be >= 1, got {self.generation_batch_size}",
+            ),
+            (
+                self.protocol in PROTOCOLS,
+                f"protocol must be one of {', '.join(PROTOCOLS)} (all items, or TOFU's first 300 per set), got "
+                f"{self.protocol!r}",
+            ),
+            (self.scoring in SCORING, f"scoring must be one of {SCORING}, got {self.scoring!r}"),
+            (self.decoder in DECODERS, f"decoder must be one of {DECODERS}, got {self.decoder!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        self.sets = _resolve_sets(self.forget_splits, self.sets)
+
+    def record(self, reference_label: str | None) -> dict:
+        """The result's ``settings`` entry (a portable data path; the reference by its label)."""
+        return {
+            "forget_splits": list(self.forget_splits),
+            "sets": self.sets,
+            "protocol": self.protocol,
+            "data_dir": portable_path(self.data_dir),
+            "batch_size": self.batch_size,
+            "max_new_tokens": self.max_new_tokens,
+            "max_items": self.max_items,
+            "max_length": self.max_length,
+            "generation_batch_size": self.generation_batch_size,
+            "generate": self.generate,
+            "scoring": self.scoring,
+            "decoder": self.decoder,
+            "reference": reference_label,
+        }
+
+
 def evaluate_tofu(
     model,
     tokenizer,
@@ -527,16 +594,9 @@ def evaluate_tofu(
     data_dir: str | os.PathLike | None = None,
     output_dir: str | os.PathLike | None = None,
     reference: str | os.PathLike | Mapping | None = None,
-    batch_size: int = 16,
-    max_new_tokens: int = 200,
-    max_items: int | None = None,
-    sets: Sequence[str] | None = None,
-    max_length: int = 512,
-    generation_batch_size: int | None = None,
-    generate: bool = True,
-    protocol: str = "all",
-    scoring: str = "shared_prefix",
-    decoder: str = "compact",
+    *,
+    settings: TofuEvalSettings | None = None,
+    **options,
 ) -> dict:
     """Evaluate ``model`` on TOFU: per-set probability / ROUGE-L / truth ratio, model utility, forget quality.
 
@@ -550,25 +610,31 @@ def evaluate_tofu(
         reference: the retain-only model's evaluation for forget quality: a ``tofu_eval.json`` (path or dict), a TOFU
             ``eval_log_forget.json`` / ``eval_log_aggregated.json``, or ``None`` (forget quality ``None`` with a note
             and a warning).
-        batch_size: sequences per forward pass / prompts per ``generate`` call.
-        max_new_tokens: greedy generation budget for ROUGE.
-        max_items: evaluate only the first ``max_items`` items of each set (default: all the protocol's).
-        sets: evaluate only these sets (names from the default list, ``_perturbed`` suffix optional), e.g.
-            ``("forget10", "retain")``; default all of ``<split>_perturbed`` per forget split, ``retain_perturbed``,
-            ``real_authors_perturbed``, ``world_facts_perturbed``.
-        max_length: prompt + answer tokens kept when scoring.
-        generation_batch_size: prompts per ``generate`` call (default ``batch_size``); the questions of all sets are
-            generated in one pass, so on a GPU a large value (e.g. 1024) needs only one or two calls.
-        generate: ``False`` skips the greedy generation, by far the costliest part: ROUGE-L is then ``None`` (items
-            without ``rouge_l_recall`` / ``generated``) and so is model utility, while probabilities, truth ratios
-            and forget quality are computed as usual (e.g. to follow forget quality after every epoch).
-        protocol: ``"all"`` items of every set, or ``"tofu"``: the original scripts' counts, the first 300 items of
-            every set (forget10 and retain 300 of 400; the others are smaller). Named in the result and its cache.
-        scoring: how likelihoods are computed, ``"shared_prefix"`` (each question once per batch) or ``"plain"``
-            (see :func:`rklu_llm.eval.scoring.score_examples`); the numbers agree up to float rounding.
-        decoder: greedy decoder, ``"compact"`` (finished answers leave the batch), ``"generate"`` or ``"static"``
-            (a static cache, compiled by transformers on a GPU); see
-            :func:`rklu_llm.eval.scoring.generate_continuations`. All give the same tokens.
+        settings: a :class:`TofuEvalSettings` holding every setting (then ``forget_splits``, ``data_dir``,
+            ``reference`` and ``options`` are not given); else it is made from those and ``options``, its other
+            fields:
+
+            - ``batch_size``: sequences per forward pass / prompts per ``generate`` call;
+            - ``max_new_tokens``: greedy generation budget for ROUGE;
+            - ``max_items``: evaluate only the first ``max_items`` items of each set (default: all the protocol's);
+            - ``sets``: evaluate only these sets (names from the default list, ``_perturbed`` suffix optional), e.g.
+              ``("forget10", "retain")``; default all of ``<split>_perturbed`` per forget split,
+              ``retain_perturbed``, ``real_authors_perturbed``, ``world_facts_perturbed``;
+            - ``max_length``: prompt + answer tokens kept when scoring;
+            - ``generation_batch_size``: prompts per ``generate`` call (default ``batch_size``); the questions of all
+              sets are generated in one pass, so on a GPU a large value (e.g. 1024) needs only one or two calls;
+            - ``generate``: ``False`` skips the greedy generation, by far the costliest part: ROUGE-L is then
+              ``None`` (items without ``rouge_l_recall`` / ``generated``) and so is model utility, while
+              probabilities, truth ratios and forget quality are computed as usual (e.g. to follow forget quality
+              after every epoch);
+            - ``protocol``: ``"all"`` items of every set, or ``"tofu"``: the original scripts' counts, the first 300
+              items of every set (forget10 and retain 300 of 400; the others are smaller). Named in the result and
+              its cache;
+            - ``scoring``: how likelihoods are computed, ``"shared_prefix"`` (each question once per batch) or
+              ``"plain"`` (see :func:`rklu_llm.eval.scoring.score_examples`); the numbers agree up to float rounding;
+            - ``decoder``: greedy decoder, ``"compact"`` (finished answers leave the batch), ``"generate"`` or
+              ``"static"`` (a static cache, compiled by transformers on a GPU); see
+              :func:`rklu_llm.eval.scoring.generate_continuations`. All give the same tokens.
 
     Returns:
         The result dict whose layout the module docstring gives.
@@ -577,127 +643,24 @@ def evaluate_tofu(
         ValueError: unknown forget split / set or bad numeric settings (before any model work).
         DataUnavailableError: a set cannot be loaded (before any model work).
         FileNotFoundError, ValueError: ``reference`` names a missing file or an unknown format (before any model work).
+        TypeError: ``settings`` and single settings given together, or an unknown setting.
     """
     # ---- validate everything before touching the model
-    if isinstance(forget_splits, str):
-        forget_splits = (forget_splits,)
-    forget_splits = tuple(dict.fromkeys(forget_splits))
-    unknown = [f for f in forget_splits if f not in RETAIN_OF_FORGET]
-    if unknown:
-        raise ValueError(f"Unknown forget split(s) {unknown}; valid forget splits: {', '.join(RETAIN_OF_FORGET)}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if max_items is not None and max_items < 1:
-        raise ValueError(f"max_items must be >= 1 or None, got {max_items}")
-    if max_length < 2:
-        raise ValueError(f"max_length must be >= 2, got {max_length}")
-    if generation_batch_size is not None and generation_batch_size < 1:
-        raise ValueError(f"generation_batch_size must be >= 1, got {generation_batch_size}")
-    if protocol not in PROTOCOLS:
-        raise ValueError(
-            f"protocol must be one of {', '.join(PROTOCOLS)} (all items, or TOFU's first 300 per set), got {protocol!r}"
-        )
-    if scoring not in SCORING:
-        raise ValueError(f"scoring must be one of {SCORING}, got {scoring!r}")
-    if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    set_names = _resolve_sets(forget_splits, sets)
-    reference_label = None
-    if reference is not None:
-        reference_obj, reference_label = _read_reference(reference)  # fails early on a missing / unknown file
-        if open_unlearning.is_eval_log(reference_obj):  # and on an open-unlearning log of another split
-            for split in forget_splits:
-                with contextlib.suppress(KeyError):  # no truth ratios at all: a note in the result, as for ours
-                    open_unlearning.forget_truth_ratios(reference_obj, split, reference_label)
-        reference = reference_obj
-    data = {name: _load_set(name, data_dir, max_items, protocol) for name in set_names}
+    if settings is None:
+        settings = TofuEvalSettings(forget_splits, data_dir, reference, **options)
+    elif options or forget_splits != ("forget10",) or data_dir is not None or reference is not None:
+        raise TypeError("Pass either settings= or the settings one by one, not both.")
+    s = settings
+    reference, reference_label = _reference(s)
+    data = {name: _load_set(name, s.data_dir, s.max_items, s.protocol) for name in s.sets}
 
-    name = model_name(model)
-    out = None if output_dir is None else Path(output_dir)
-    cache = MetricCache(out, CACHE_DIR, name, model_fingerprint(model) if out is not None else None)
-    result = {
-        **evaluated_model(model),
-        "settings": {
-            "forget_splits": list(forget_splits),
-            "sets": set_names,
-            "protocol": protocol,
-            "data_dir": portable_path(data_dir),
-            "batch_size": batch_size,
-            "max_new_tokens": max_new_tokens,
-            "max_items": max_items,
-            "max_length": max_length,
-            "generation_batch_size": generation_batch_size,
-            "generate": generate,
-            "scoring": scoring,
-            "decoder": decoder,
-            "reference": reference_label,
-        },
-        "sets": {},
-    }
-
-    # ---- per set: likelihoods (probability, truth ratio); then one greedy generation pass over every set (ROUGE)
-    like_settings = {"max_items": max_items, "max_length": max_length, "protocol": protocol}
-    gen_settings = {"max_items": max_items, "max_new_tokens": max_new_tokens, "protocol": protocol}
-    likelihoods, generations = {}, {}
-    for name in set_names:
-        likelihood = cache.load(name, "likelihood", like_settings, data[name]["fingerprint"])
-        if likelihood is not None:
-            likelihoods[name] = likelihood
-        generation = cache.load(name, "generation", gen_settings, data[name]["fingerprint"]) if generate else None
-        if generation is not None:
-            generations[name] = generation["generated"]
-    known: dict = {}  # (question, answer) -> likelihood, shared by the sets (forget01/05 are forget10's last items)
-    for name in likelihoods:
-        _remember(known, data[name], likelihoods[name])
-    for name in sorted((n for n in set_names if n not in likelihoods), key=lambda n: -len(data[n]["question"])):
-        rows = data[name]
-        likelihoods[name] = _likelihoods(model, tokenizer, name, rows, batch_size, max_length, known, scoring)
-        cache.save(name, "likelihood", like_settings, rows["fingerprint"], likelihoods[name])
-    pending = [name for name in set_names if name not in generations] if generate else []
-    if pending:  # all questions in one pass: few, large generate calls
-        questions = [q for name in pending for q in data[name]["question"]]
-        texts = generate_answers(
-            model,
-            tokenizer,
-            questions,
-            batch_size=generation_batch_size or batch_size,
-            max_new_tokens=max_new_tokens,
-            desc="Generating answers",
-            decoder=decoder,
-        )
-        start = 0
-        for name in pending:
-            count = len(data[name]["question"])
-            generations[name] = texts[start : start + count]
-            start += count
-            cache.save(name, "generation", gen_settings, data[name]["fingerprint"], {"generated": generations[name]})
-    for name in set_names:
-        result["sets"][name] = _set_result(name, data[name], likelihoods[name], generations.get(name))
-
-    # ---- model utility
-    utility_note = None
-    missing_sets = [s for s in UTILITY_SETS if s not in result["sets"]]
-    if missing_sets:
-        utility = None
-        utility_note = f"not computed: set(s) {', '.join(missing_sets)} were not evaluated"
-    elif not generate:
-        utility = None
-        utility_note = "not computed: generate=False, and ROUGE-L needs the generations"
-    else:
-        try:
-            utility = model_utility({s: result["sets"][s]["aggregate"] for s in UTILITY_SETS})
-        except ValueError as exc:
-            utility, utility_note = None, f"not computed: {exc}"
-    if utility_note is not None:
-        warnings.warn(f"TOFU model utility {utility_note}", UserWarning, stacklevel=2)
-    result["model_utility"] = utility
-    result["model_utility_note"] = utility_note
-
-    # ---- forget quality per forget split
+    run = Evaluation(model, output_dir, CACHE_DIR, RESULT_FILE, s.record(reference_label))
+    likelihoods, generations = _score_sets(model, tokenizer, s, data, run.cache)
+    result = run.result
+    result["sets"] = {name: _set_result(name, data[name], likelihoods[name], generations.get(name)) for name in s.sets}
+    result["model_utility"], result["model_utility_note"] = _utility(result["sets"], s.generate)
     result["forget"] = {}
-    for split in forget_splits:
+    for split in s.forget_splits:  # forget quality per forget split
         name = f"{split}_perturbed"
         if name not in result["sets"]:
             continue
@@ -706,11 +669,79 @@ def evaluate_tofu(
         if reference_label is not None:
             entry["reference"] = reference_label
         result["forget"][split] = entry
+    return run.finish()
 
-    result = to_builtin(result)
-    if out is not None:
-        write_json_atomic(out / RESULT_FILE, result)
-    return result
+
+def _reference(settings: TofuEvalSettings) -> tuple[Mapping | None, str | None]:
+    """The reference evaluation and its label, read now: a missing or unknown file, or an open-unlearning log of
+    another split, fails before any model work."""
+    if settings.reference is None:
+        return None, None
+    reference, label = _read_reference(settings.reference)
+    if open_unlearning.is_eval_log(reference):
+        for split in settings.forget_splits:
+            with contextlib.suppress(KeyError):  # no truth ratios at all: a note in the result, as for ours
+                open_unlearning.forget_truth_ratios(reference, split, label)
+    return reference, label
+
+
+def _score_sets(model, tokenizer, s: TofuEvalSettings, data: dict, cache: MetricCache) -> tuple[dict, dict]:
+    """Per set: likelihoods (probability, truth ratio); then one greedy generation pass over every set (ROUGE); each
+    piece taken from ``cache`` when it is there, and saved there when computed."""
+    like_settings = {"max_items": s.max_items, "max_length": s.max_length, "protocol": s.protocol}
+    gen_settings = {"max_items": s.max_items, "max_new_tokens": s.max_new_tokens, "protocol": s.protocol}
+    likelihoods, generations = {}, {}
+    for name in s.sets:
+        likelihood = cache.load(name, "likelihood", like_settings, data[name]["fingerprint"])
+        if likelihood is not None:
+            likelihoods[name] = likelihood
+        generation = cache.load(name, "generation", gen_settings, data[name]["fingerprint"]) if s.generate else None
+        if generation is not None:
+            generations[name] = generation["generated"]
+    known: dict = {}  # (question, answer) -> likelihood, shared by the sets (forget01/05 are forget10's last items)
+    for name in likelihoods:
+        _remember(known, data[name], likelihoods[name])
+    for name in sorted((n for n in s.sets if n not in likelihoods), key=lambda n: -len(data[n]["question"])):
+        rows = data[name]
+        likelihoods[name] = _likelihoods(model, tokenizer, name, rows, s.batch_size, s.max_length, known, s.scoring)
+        cache.save(name, "likelihood", like_settings, rows["fingerprint"], likelihoods[name])
+    pending = [name for name in s.sets if name not in generations] if s.generate else []
+    if pending:  # all questions in one pass: few, large generate calls
+        questions = [q for name in pending for q in data[name]["question"]]
+        texts = generate_answers(
+            model,
+            tokenizer,
+            questions,
+            batch_size=s.generation_batch_size or s.batch_size,
+            max_new_tokens=s.max_new_tokens,
+            desc="Generating answers",
+            decoder=s.decoder,
+        )
+        start = 0
+        for name in pending:
+            count = len(data[name]["question"])
+            generations[name] = texts[start : start + count]
+            start += count
+            cache.save(name, "generation", gen_settings, data[name]["fingerprint"], {"generated": generations[name]})
+    return likelihoods, generations
+
+
+def _utility(sets: dict, generate: bool) -> tuple[float | None, str | None]:
+    """Model utility and, when it could not be computed, why (also warned)."""
+    utility, note = None, None
+    missing = [s for s in UTILITY_SETS if s not in sets]
+    if missing:
+        note = f"not computed: set(s) {', '.join(missing)} were not evaluated"
+    elif not generate:
+        note = "not computed: generate=False, and ROUGE-L needs the generations"
+    else:
+        try:
+            utility = model_utility({s: sets[s]["aggregate"] for s in UTILITY_SETS})
+        except ValueError as exc:
+            note = f"not computed: {exc}"
+    if note is not None:
+        warnings.warn(f"TOFU model utility {note}", UserWarning, stacklevel=3)
+    return utility, note
 
 
 def summary_row(result: Mapping) -> dict:
