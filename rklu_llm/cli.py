@@ -184,7 +184,7 @@ def _program_name(name: str):
         sys.argv = saved
 
 
-#: what a method's batches come from (``MethodSpec.batch``), in words
+#: what a method's batches come from (``Method.batch``), in words
 MODEL_KINDS = {"lm": "language models", "classifier": "classifiers", "both": "language models and classifiers"}
 
 

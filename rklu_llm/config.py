@@ -8,122 +8,28 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Annotated
 
 from transformers import TrainingArguments
 
-from .run_state import check_training_arguments, without_secrets
-
-
-class MethodSpec(NamedTuple):
-    """What a method needs; the one table the trainer dispatches on."""
-
-    loss: str  # the forget-side loss, for the README and model cards
-    needs_reference: bool  # a frozen copy of the original model
-    needs_augmented: bool  # the model fine-tuned on the forget set (phase 1 of RKL-U)
-    needs_refusals: bool  # refusal answers paired with the forget questions
-    trains: bool  # False: a weight edit, no optimisation loop
-    default_retain_mode: str
-    # --- classifier unlearning columns (defaults keep the rows above short) ---
-    batch: str = "lm"  # the batches it trains on: "lm" (QA token sequences), "classifier" (inputs + class), "both"
-    uses_retain_data: bool = False  # a REFERENCE that trains on the retain set itself, not a retain-free method
-
-
-METHODS: dict[str, MethodSpec] = {
-    "rklu": MethodSpec("reverse KL to the logit-subtraction teacher", True, True, False, True, "none"),
-    "fklu": MethodSpec("forward KL to the logit-subtraction teacher", True, True, False, True, "none"),
-    "ga": MethodSpec(
-        "-NLL (classifier: -CE) on the forget set (gradient ascent)", False, False, False, True, "none", "both"
-    ),
-    "gd": MethodSpec("-NLL on forget + NLL on retain (gradient difference)", False, False, False, True, "rt", "both"),
-    "npo": MethodSpec("negative preference optimisation against the original", True, False, False, True, "none"),
-    "dpo": MethodSpec("DPO: refusal preferred over the forget answer", True, False, True, True, "none"),
-    "idk": MethodSpec("NLL on (forget question, refusal answer)", False, False, True, True, "none"),
-    "ta": MethodSpec("task arithmetic: theta_o - scale * (theta_a - theta_o)", False, True, False, False, "none"),
-    # --- token-level redistributive / masked targets for LLMs (KL direction: `divergence`, default forward) ---
-    "token_redistribute": MethodSpec(
-        "KL to the original with each answer token's probability spread over the vocabulary",
-        True,
-        False,
-        False,
-        True,
-        "none",
-    ),
-    "token_mask": MethodSpec(
-        "KL to the original with each answer token masked out and renormalised", True, False, False, True, "none"
-    ),
-    # --- classifiers (papers: redistributive KL; DELETE) ---
-    "redistribute": MethodSpec(
-        "KL(t || p), t = original p with p_y spread evenly over the other classes",
-        True,
-        False,
-        False,
-        True,
-        "none",
-        "classifier",
-    ),
-    "mask": MethodSpec(
-        "KL(t || p), t = softmax of the original's logits with l_y = -inf (DELETE)",
-        True,
-        False,
-        False,
-        True,
-        "none",
-        "classifier",
-    ),
-    "random_label": MethodSpec("CE to a fixed random wrong label", False, False, False, True, "none", "classifier"),
-    "boundary_shrink": MethodSpec(
-        "CE to the original's nearest wrong label after an FGSM step (Boundary Shrink)",
-        True,
-        False,
-        False,
-        True,
-        "none",
-        "classifier",
-    ),
-    "jit": MethodSpec(
-        "Lipschitz quotient of the outputs under input noise (JiT, zero-shot)",
-        False,
-        False,
-        False,
-        True,
-        "none",
-        "classifier",
-    ),
-    "finetune": MethodSpec(
-        "REFERENCE, USES RETAIN DATA: CE on the retain set, from the original",
-        False,
-        False,
-        False,
-        True,
-        "none",
-        "classifier",
-        True,
-    ),
-    "retrain": MethodSpec(
-        "REFERENCE, USES RETAIN DATA: re-initialised weights, CE on the retain set (the oracle)",
-        False,
-        False,
-        False,
-        True,
-        "none",
-        "classifier",
-        True,
-    ),
-}
+from .methods import METHODS, Method
+from .run_state import LORA_SHAPE, NOT_IN_FINGERPRINT, check_training_arguments, without_secrets
 
 RETAIN_MODES = ("none", "rt", "kl")
-#: methods whose KL runs forward, KL(target || student), unless `divergence` says otherwise
-FORWARD_BY_DEFAULT = ("fklu", "token_redistribute", "token_mask")
 DIVERGENCES = ("reverse", "forward")
 
 
 @dataclass
 class UnlearnConfig(TrainingArguments):
-    """Configuration of an unlearning run (the math of each method: its branch in `UnlearnTrainer.compute_loss`).
+    """Configuration of an unlearning run (the math of each method: its entry in :mod:`rklu_llm.methods`).
 
     Defaults follow the RKL-U paper (AdamW, lr 1e-5, weight decay 0.01, linear warm-up over the first epoch then
     linear decay, 5 epochs, teacher alpha 8, 10 augmentation epochs).
+
+    What a field is for, besides its ``help``, is a tag on its type (``Annotated[int, NOT_IN_FINGERPRINT]``, which
+    HfArgumentParser ignores), read by :func:`rklu_llm.run_state.tagged_fields` instead of lists kept by hand:
+    ``NOT_IN_FINGERPRINT`` for a setting that does not change the result (left out of the run fingerprint),
+    ``LORA_SHAPE`` for the LoRA adapters' shape (the model card, the augmented model's fingerprint).
     """
 
     # --- method -----------------------------------------------------------------------------------------------
@@ -139,10 +45,10 @@ class UnlearnConfig(TrainingArguments):
     teacher_alpha: float = field(
         default=8.0, metadata={"help": "RKL-U teacher strength: l_t = l_o - alpha * relu(l_aug - l_o). Must be >= 0."}
     )
-    kl_chunk_size: int = field(
+    kl_chunk_size: Annotated[int, NOT_IN_FINGERPRINT] = field(
         default=1024, metadata={"help": "Answer positions per chunk of the full-vocabulary KL (memory bound)."}
     )
-    teacher_check: bool = field(
+    teacher_check: Annotated[bool, NOT_IN_FINGERPRINT] = field(
         default=True,
         metadata={
             "help": "rklu / fklu: before distilling, check on the forget set whether the teacher would still "
@@ -150,21 +56,21 @@ class UnlearnConfig(TrainingArguments):
             "warning and what to change when it would."
         },
     )
-    teacher_check_max_top1: float = field(
+    teacher_check_max_top1: Annotated[float, NOT_IN_FINGERPRINT] = field(
         default=0.5,
         metadata={
             "help": "The teacher check calls the teacher weak when its top-1 is still the true token at more than "
             "this fraction of the forget set's answer positions. In (0, 1]."
         },
     )
-    teacher_check_samples: int = field(
+    teacher_check_samples: Annotated[int, NOT_IN_FINGERPRINT] = field(
         default=4,
         metadata={
             "help": "Forget items whose greedy continuation the teacher check decodes from the teacher and from the "
             "original, scored against the truth (BLEU, ROUGE-L); 0: logits only."
         },
     )
-    teacher_check_max_new_tokens: int = field(
+    teacher_check_max_new_tokens: Annotated[int, NOT_IN_FINGERPRINT] = field(
         default=32, metadata={"help": "The longest greedy continuation of the teacher check, in tokens."}
     )
     forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget loss."})
@@ -194,14 +100,14 @@ class UnlearnConfig(TrainingArguments):
             "serves both: adapter disabled = original, enabled = augmented)."
         },
     )
-    augmented_model_path: str | None = field(
+    augmented_model_path: Annotated[str | None, NOT_IN_FINGERPRINT] = field(
         default=None,
         metadata={
             "help": "A ready augmented model (full model dir or LoRA adapter dir); skips the augmentation phase. "
             "Default: build one in augmented_dir."
         },
     )
-    augmented_dir: str | None = field(
+    augmented_dir: Annotated[str | None, NOT_IN_FINGERPRINT] = field(
         default=None,
         metadata={
             "help": "Where the augmentation phase saves the augmented model (default: <output_dir>.augmented, beside "
@@ -210,7 +116,7 @@ class UnlearnConfig(TrainingArguments):
             "recorded fingerprint (base model, forget data, augment_* and LoRA settings) matches."
         },
     )
-    keep_augmented: bool = field(
+    keep_augmented: Annotated[bool, NOT_IN_FINGERPRINT] = field(
         default=False,
         metadata={
             "help": "Keep the augmented model that this run built after the final save. Default False: it holds the "
@@ -224,7 +130,7 @@ class UnlearnConfig(TrainingArguments):
     # --- baselines --------------------------------------------------------------------------------------------
     npo_beta: float = field(default=0.1, metadata={"help": "NPO inverse temperature (> 0)."})
     dpo_beta: float = field(default=0.1, metadata={"help": "DPO inverse temperature (> 0)."})
-    refusal_file: str | None = field(
+    refusal_file: Annotated[str | None, NOT_IN_FINGERPRINT] = field(
         default=None,
         metadata={"help": "Text file with one refusal answer per line (dpo, idk). Default: the built-in list."},
     )
@@ -242,10 +148,12 @@ class UnlearnConfig(TrainingArguments):
     jit_samples: int = field(default=10, metadata={"help": "JiT: perturbed copies of each forget sample per step."})
     # --- LoRA -------------------------------------------------------------------------------------------------
     use_lora: bool = field(default=False, metadata={"help": "Unlearn through a LoRA adapter instead of all weights."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank (student and augmented adapters)."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha."})
-    lora_dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
-    lora_target_modules: str = field(
+    lora_r: Annotated[int, LORA_SHAPE] = field(
+        default=16, metadata={"help": "LoRA rank (student and augmented adapters)."}
+    )
+    lora_alpha: Annotated[int, LORA_SHAPE] = field(default=32, metadata={"help": "LoRA alpha."})
+    lora_dropout: Annotated[float, LORA_SHAPE] = field(default=0.0, metadata={"help": "LoRA dropout."})
+    lora_target_modules: Annotated[str, LORA_SHAPE] = field(
         default="all-linear", metadata={"help": "Comma-separated module names, or 'all-linear'."}
     )
     disable_dropout: bool = field(
@@ -276,7 +184,7 @@ class UnlearnConfig(TrainingArguments):
             "(2x the weights) and small state files: about 3x the model's size (a LoRA checkpoint: the adapter only)."
         },
     )
-    overwrite_output_dir: bool = field(
+    overwrite_output_dir: Annotated[bool, NOT_IN_FINGERPRINT] = field(
         default=False,
         metadata={
             "help": "Start over in an output_dir that holds another run (its files are deleted first). Without it, "
@@ -295,14 +203,9 @@ class UnlearnConfig(TrainingArguments):
             self.retain_mode = spec.default_retain_mode
         if self.retain_mode not in RETAIN_MODES:
             raise ValueError(f"Unknown retain_mode {self.retain_mode!r}; choose one of {RETAIN_MODES}.")
-        if self.method == "gd" and self.retain_mode != "rt":
-            raise ValueError(
-                "gd is gradient ascent plus retain NLL (retain_mode='rt'); for another retain term use method='ga' "
-                f"with retain_mode={self.retain_mode!r}."
-            )
+        spec.check(self)  # the method's own rules (gd keeps its retain term, ta edits full weights)
         if self.divergence is None:
-            forward = self.method in FORWARD_BY_DEFAULT or spec.batch == "classifier"
-            self.divergence = "forward" if forward else "reverse"
+            self.divergence = "forward" if spec.batch == "classifier" else spec.default_divergence
         if self.divergence not in DIVERGENCES:
             raise ValueError(f"Unknown divergence {self.divergence!r}; choose one of {DIVERGENCES}.")
         check_training_arguments(self)
@@ -344,8 +247,6 @@ class UnlearnConfig(TrainingArguments):
                 f"{self.method} needs an augmented model: pass augmented_model_path=... or set augment_epochs > 0 "
                 "to build one."
             )
-        if self.method == "ta" and self.use_lora:
-            raise ValueError("ta edits the full weights; it cannot run through a LoRA student (set use_lora=False).")
         if self.remove_unused_columns:
             raise ValueError("remove_unused_columns must be False for unlearning (batches are nested dicts).")
         if self.warmup_epochs is not None:
@@ -384,7 +285,7 @@ class UnlearnConfig(TrainingArguments):
         out = Path(self.output_dir).expanduser().resolve()
         return out.with_name(out.name + ".augmented")
 
-    def _check_classifier_fields(self, spec: MethodSpec) -> None:
+    def _check_classifier_fields(self, spec: Method) -> None:
         """Classifier methods: forward KL only, full weights, no extra retain term on the retain-set references."""
         if spec.batch == "classifier" and self.divergence != "forward":
             raise ValueError(
@@ -405,7 +306,8 @@ class UnlearnConfig(TrainingArguments):
                 raise ValueError(message)
 
     @property
-    def spec(self) -> MethodSpec:
+    def spec(self) -> Method:
+        """This run's entry of :data:`rklu_llm.methods.METHODS`."""
         return METHODS[self.method]
 
     @property

@@ -28,6 +28,7 @@ from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, Mo
 
 from .config import METHODS
 from .paths import portable_path
+from .run_state import LORA_SHAPE, tagged_fields
 
 CARD_FILE = "README.md"
 #: Hub id of each embedded model (``embedded:<name>``), for the card's ``base_model``.
@@ -63,7 +64,7 @@ NO_RESULTS = (
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _SECRET = re.compile(r"hf_[A-Za-z0-9]{20,}")
 _SECRET_FLAG = re.compile(r"--?[\w-]*(token|secret|password)[\w-]*", re.IGNORECASE)
-#: Fields shown for every method, then the ones each method (or setting) uses.
+#: Fields shown for every method, then the ones each method (its entry's ``card_fields``) or setting uses.
 _COMMON_FIELDS = (
     "learning_rate",
     "num_train_epochs",
@@ -79,15 +80,6 @@ _COMMON_FIELDS = (
     "forget_weight",
     "retain_mode",
 )
-_METHOD_FIELDS = {
-    "rklu": ("teacher_alpha", "divergence", "augment_epochs", "augment_learning_rate", "augment_lora"),
-    "fklu": ("teacher_alpha", "divergence", "augment_epochs", "augment_learning_rate", "augment_lora"),
-    "npo": ("npo_beta",),
-    "dpo": ("dpo_beta", "refusal_file"),
-    "idk": ("refusal_file",),
-    "ta": ("ta_scale", "augment_epochs", "augment_learning_rate", "augment_lora"),
-}
-_LORA_FIELDS = ("use_lora", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 #: TOFU sets shown in the results table, with their display names.
 _TOFU_SETS = {
     "forget01_perturbed": "forget01",
@@ -196,11 +188,12 @@ def _format(value) -> str:
 
 
 def _hyper_parameters(config) -> dict:
-    names = [*_COMMON_FIELDS, *_METHOD_FIELDS.get(config.method, ())]
+    entry = METHODS.get(config.method)
+    names = [*_COMMON_FIELDS, *(entry.card_fields if entry else ())]
     if getattr(config, "retain_mode", "none") != "none":
         names.append("retain_weight")
     if getattr(config, "use_lora", False):
-        names += _LORA_FIELDS
+        names += ["use_lora", *tagged_fields(config, LORA_SHAPE)]
     values = {}
     for name in names:
         if not hasattr(config, name) or name in values:
@@ -316,23 +309,14 @@ holds the forget set's knowledge, amplified.
 
 
 def _method_text(config, teacher_check: Mapping | None = None) -> str:
-    lines = [f"- **Method:** `{config.method}`: {METHODS[config.method].loss}"]
-    if config.method in ("rklu", "fklu"):
-        direction = "KL(p_student || p_teacher)" if config.divergence == "reverse" else "KL(p_teacher || p_student)"
-        lines.append(
-            f"- **Teacher:** per answer token over the whole vocabulary, `l_t = l_o - {config.teacher_alpha} * "
-            f"relu(l_a - l_o)` (`l_o`: original logits, `l_a`: the augmented model's, fine-tuned "
-            f"{config.augment_epochs} epochs on the forget set); distillation with the {config.divergence} KL "
-            f"`{direction}`"
-        )
+    entry = METHODS[config.method]
+    lines = [f"- **Method:** `{config.method}`: {entry.loss}", *entry.card_lines(config)]
     if teacher_check:
         from .teacher_check import summary_line
 
         lines.append(f"- **Teacher check** (before distillation): {summary_line(teacher_check)}")
         if teacher_check.get("advice"):
             lines.append(f"  - **Warning:** {teacher_check['advice']}")
-    if config.method == "ta":
-        lines.append(f"- **Edit:** `theta = theta_o - {config.ta_scale} * (theta_a - theta_o)`")
     if config.retain_mode == "none":
         lines.append("- **Retain term:** none (no retain data used)")
     else:

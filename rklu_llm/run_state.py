@@ -36,6 +36,7 @@ import time
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
+from typing import get_type_hints
 
 import torch
 from transformers import Trainer, TrainerCallback
@@ -49,6 +50,10 @@ logger = logging.getLogger(__name__)
 RUN_RECORD = "_rklu_run.json"
 RUN_LOCK = "_rklu_run.lock"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+
+#: Tags on the type of a config field (``Annotated[int, NOT_IN_FINGERPRINT]``), read by :func:`tagged_fields`.
+NOT_IN_FINGERPRINT = "not in the run fingerprint"  # a setting that does not change the result
+LORA_SHAPE = "LoRA adapter shape"  # rank, alpha, dropout, target modules of the student and augmented adapters
 
 #: `TrainingArguments` fields that change what a run produces (the rest: logging, saving, evaluation, output).
 TRAINING_FIELDS = (
@@ -132,6 +137,14 @@ def resolve_precision(args) -> None:
         "bf16 was requested but this machine has no bf16-capable GPU: running in float32 instead "
         "(pass --bf16 false to silence this line)."
     )
+
+
+def tagged_fields(args, tag: str) -> tuple[str, ...]:
+    """The names of the dataclass fields of ``args`` (an instance or a class) whose type carries ``tag``
+    (``Annotated[int, tag]``), in declaration order: the lists of settings (left out of the run fingerprint, the
+    LoRA shape) are read from the fields themselves, never kept by hand."""
+    hints = get_type_hints(args if isinstance(args, type) else type(args), include_extras=True)
+    return tuple(spec.name for spec in fields(args) if tag in getattr(hints.get(spec.name), "__metadata__", ()))
 
 
 def is_secret_field(name: str, value) -> bool:
@@ -551,7 +564,7 @@ def divergence_hint(args, learning_rate_field: str = "learning_rate") -> str:
         f"{learning_rate_field}={getattr(args, learning_rate_field, args.learning_rate):g} may be too high "
         "(try 10x lower)"
     ]
-    if getattr(args, "method", None) in ("rklu", "fklu"):
+    if getattr(getattr(args, "spec", None), "uses_teacher", False):  # the method's entry (UnlearnConfig.spec)
         hints.append(f"teacher_alpha={args.teacher_alpha:g} may be too large (the paper uses 4-8)")
     if getattr(args, "fp16", False):
         hints.append("fp16 overflows easily (use bf16 or float32)")

@@ -25,7 +25,15 @@ from transformers import AutoConfig, TrainingArguments
 from .data.qa import QACollator
 from .models import copy_model, lora_config, publish_dir
 from .paths import portable_path
-from .run_state import GuardedTrainer, RunConflictError, check_finite_weights, differences, training_settings
+from .run_state import (
+    LORA_SHAPE,
+    GuardedTrainer,
+    RunConflictError,
+    check_finite_weights,
+    differences,
+    tagged_fields,
+    training_settings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +87,7 @@ def augmented_fingerprint(config, base_model: dict, forget: dict) -> dict:
     LoRA settings and the inherited optimisation settings."""
     training = training_settings(config)
     inherited = {k: training[k] for k in training if k in _INHERITED_FIELDS or k == "world_size"}
-    lora = {name: getattr(config, name) for name in ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")}
+    lora = {name: getattr(config, name) for name in tagged_fields(config, LORA_SHAPE)}
     return {
         "base_model": base_model,
         "forget": {"items": forget["forget_items"], "sha256": forget["forget_sha256"]},

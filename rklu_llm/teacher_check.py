@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from .data.qa import QACollator
 from .losses import IGNORE_INDEX, logit_subtraction_teacher
 
 #: ``logits_of(which, batch)``: ``(B, T, V)`` logits of the frozen ``"original"`` or ``"augmented"`` model
@@ -117,6 +118,28 @@ def continuation_scores(
         out[f"{who}_rouge_l_recall"] = float(np.mean(rouge_l_recall(generated, references)))
     out["example"] = {"reference": references[0], "teacher": texts["teacher"][0], "original": texts["original"][0]}
     return out
+
+
+def check_forget_set(logits_of: LogitsOf, forget, tokenizer, config) -> dict:
+    """:func:`check_teacher` on a tokenized forget set (columns ``input_ids``, ``labels``, ``prompt_ids``) in batches
+    of ``config.per_device_train_batch_size``, with the settings of an :class:`~rklu_llm.UnlearnConfig`
+    (``teacher_alpha``, ``teacher_check_max_top1``, and the greedy continuations of its first
+    ``teacher_check_samples`` items, up to ``teacher_check_max_new_tokens`` tokens)."""
+    collate = QACollator(tokenizer.pad_token_id)
+    rows = [{"input_ids": ids, "labels": labels} for ids, labels in zip(forget["input_ids"], forget["labels"])]
+    size = config.per_device_train_batch_size
+    samples = min(config.teacher_check_samples, len(rows))
+    continuation = None
+    if samples:
+        items = [{"prompt_ids": forget["prompt_ids"][i], "input_ids": forget["input_ids"][i]} for i in range(samples)]
+        continuation = {"tokenizer": tokenizer, "items": items, "max_new_tokens": config.teacher_check_max_new_tokens}
+    return check_teacher(
+        logits_of,
+        (collate(rows[at : at + size]) for at in range(0, len(rows), size)),
+        config.teacher_alpha,
+        config.teacher_check_max_top1,
+        continuation,
+    )
 
 
 def check_teacher(

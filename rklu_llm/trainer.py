@@ -1,19 +1,11 @@
 """`UnlearnTrainer`: one `transformers.Trainer` for every unlearning method; `compute_loss` dispatches on the method.
 
-Each method is one branch of :meth:`UnlearnTrainer.compute_loss` plus one function of :mod:`rklu_llm.losses`; the
-optional retain term is shared by all of them. Frozen models exist only when the method needs them
-(:data:`rklu_llm.config.METHODS`):
-
-* the original ``o`` is a frozen copy of the student's initial weights, loaded from the path the model came from
-  (TRL's way, right when the weights are sharded) or deep-copied for in-memory models
-  (:func:`rklu_llm.models.copy_model`); when the student trains through LoRA it is the student itself with its
-  adapters disabled (no second copy);
-* the augmented model ``a`` (RKL-U, FKL-U, task arithmetic) is built by phase 1 (:mod:`rklu_llm.teacher`) when
-  training starts, in ``config.augmented_output_dir`` (outside the output folder). As a LoRA adapter it rides on the
-  frozen original (or, with a LoRA student, on the student's own base), so ``o`` and ``a`` share one copy of the
-  base weights; it is never part of a saved model or checkpoint.
-
-Frozen models are prepared once for DeepSpeed (ZeRO-3 sharded) / FSDP, in eval mode with dropout off.
+Each method is one entry of :data:`rklu_llm.methods.METHODS`: its requirements, the batches it accepts, how its
+forget term is counted, and its loss, a function of (frozen models, student, batch) that calls
+:mod:`rklu_llm.losses`; ``compute_loss`` calls the entry and adds the optional retain term shared by all of them. The
+frozen original and augmented models are one :class:`rklu_llm.frozen.FrozenModels` (``self.frozen``), created only
+when the method needs them; the augmented model is built by phase 1 (:mod:`rklu_llm.teacher`) when training starts,
+in ``config.augmented_output_dir`` (outside the output folder), and is never part of a saved model or checkpoint.
 
 A run is tied to its output folder (:mod:`rklu_llm.run_state`): ``train()`` takes the folder's lock, checks and writes
 the run record (the fingerprint: base model, data hashes, every setting that changes the result), and resumes only
@@ -21,12 +13,11 @@ the same run, from its newest complete checkpoint. A non-finite loss or gradient
 step.
 
 A classifier (a `ClassificationUnlearnDataset` of inputs and class labels) is one more kind of batch: it is checked in
-``_prepare_classifier`` and its losses are the branches of ``_classifier_loss``.
+``_prepare_classifier`` and its losses are the entries' ``classifier_loss``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
@@ -37,50 +28,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from transformers import (
-    AutoModelForCausalLM,
-    Trainer,
-    TrainerCallback,
-    TrainingArguments,
-)
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import TrainOutput
 
-from .classifiers import (
-    check_logits_shape,
-    classifier_logits,
-    model_inputs,
-    reinitialize,
-    takes_keywords,
-)
+from .classifiers import check_logits_shape, classifier_logits, reinitialize, takes_keywords
 from .config import METHODS, UnlearnConfig
 from .data.classification import ClassificationCollator, ClassificationUnlearnDataset
-from .data.qa import ForgetRetainDataset, QACollator, UnlearnCollator, epoch_of
+from .data.qa import ForgetRetainDataset, UnlearnCollator, epoch_of
 from .distributed import check_sharding_engaged
+from .frozen import AUGMENTED_ADAPTER, FrozenModels, disable_dropout, is_peft
 from .hub import write_model_card
-from .losses import (
-    IGNORE_INDEX,
-    answer_positions,
-    distillation_kl,
-    dpo_loss,
-    lipschitz_quotient,
-    masked_target,
-    nearest_wrong_label,
-    npo_loss,
-    redistributive_target,
-    sequence_log_likelihood,
-    target_kl,
-    token_nll,
-    token_target_logits,
-)
-from .models import (
-    check_causal_lm,
-    check_output_dir,
-    copy_model,
-    lora_config,
-    staged_save,
-)
+from .losses import IGNORE_INDEX, answer_positions, distillation_kl, target_kl, token_nll
+from .methods import Step
+from .models import check_causal_lm, check_output_dir, lora_config, staged_save
 from .paths import portable_path
 from .run_state import (
+    NOT_IN_FINGERPRINT,
     DivergenceGuard,
     TrainingDiverged,
     begin_run,
@@ -90,67 +53,18 @@ from .run_state import (
     finish_run,
     model_identity,
     stop_if_non_finite,
+    tagged_fields,
     training_settings,
     update_run_record,
 )
-from .teacher import (
-    augmented_fingerprint,
-    build_augmented_model,
-    check_augmented_model,
-    is_adapter_dir,
-    read_marker,
-    task_arithmetic,
-)
-from .teacher_check import WEAK, check_teacher, summary_line
+from .teacher import augmented_fingerprint, build_augmented_model, check_augmented_model, read_marker
+from .teacher_check import WEAK, check_forget_set, summary_line
 
-AUGMENTED_ADAPTER = "augmented"
-#: UnlearnConfig fields that do not change the result (left out of the run fingerprint).
-_NOT_IN_FINGERPRINT = {
-    "kl_chunk_size",
-    "teacher_check",
-    "teacher_check_max_top1",
-    "teacher_check_samples",
-    "teacher_check_max_new_tokens",
-    "augmented_model_path",
-    "augmented_dir",
-    "keep_augmented",
-    "overwrite_output_dir",
-    "refusal_file",
-}
+#: the augmented adapter's name, kept importable from here for rklu_llm.eval.callback (which clears it from the best
+#: checkpoints it stages; that module is not part of this change)
+__all__ = ["AUGMENTED_ADAPTER", "UnlearnTrainer"]
 
 logger = logging.getLogger(__name__)
-
-
-def _disable_dropout(model: torch.nn.Module) -> None:
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
-
-
-def _freeze(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module:
-    if dtype is not None:
-        model.to(dtype)
-    model.requires_grad_(False)
-    model.eval()
-    _disable_dropout(model)
-    return model
-
-
-def _is_peft(model) -> bool:
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
-
-
-@contextlib.contextmanager
-def _active_adapter(peft_model, name: str):
-    """Temporarily make adapter ``name`` the active one (frozen), then restore the previous adapter."""
-    previous = peft_model.active_adapter
-    peft_model.set_adapter(name, inference_mode=True)
-    try:
-        yield
-    finally:
-        peft_model.set_adapter(previous)
 
 
 class _PairingEpoch(TrainerCallback):
@@ -168,7 +82,8 @@ def _prepare_classifier(model, args: UnlearnConfig, dataset: ClassificationUnlea
 
     Raises on: a method for causal LMs; a retain-using reference without retain data; logits that are not
     ``(B, K)`` with ``K`` the data's number of classes (one forward pass on two forget samples). ``retrain``
-    re-initialises the weights here (seeded); ``finetune`` / ``retrain`` step over the retain set.
+    (``Method.reinitialize``) re-initialises the weights here (seeded); ``finetune`` / ``retrain`` step over the
+    retain set.
     """
     spec = args.spec
     if spec.batch == "lm":
@@ -183,7 +98,7 @@ def _prepare_classifier(model, args: UnlearnConfig, dataset: ClassificationUnlea
             f"{args.method} is a reference that USES RETAIN DATA (it trains on the retain set): build the dataset "
             "with retain=... , or choose a retain-free method."
         )
-    if dataset.kind == "input_ids" and args.method in ("boundary_shrink", "jit") and not takes_keywords(model):
+    if dataset.kind == "input_ids" and spec.perturbs_inputs and not takes_keywords(model):
         raise ValueError(f"{args.method} perturbs token embeddings (inputs_embeds): it needs a transformers model.")
     probe = ClassificationCollator()([dataset[i] for i in range(min(2, len(dataset)))])["forget"]
     device = next(model.parameters()).device
@@ -193,7 +108,7 @@ def _prepare_classifier(model, args: UnlearnConfig, dataset: ClassificationUnlea
         logits = classifier_logits(model, {k: v.to(device) for k, v in probe.items()})
     model.train(was_training)
     check_logits_shape(logits, len(probe["labels"]), dataset.num_classes)
-    if args.method == "retrain":
+    if spec.reinitialize:
         reinitialize(model, args.seed)
     return dataset.over_retain() if spec.uses_retain_data else dataset
 
@@ -245,7 +160,7 @@ class UnlearnTrainer(Trainer):
                 "or, for a classifier, a ClassificationUnlearnDataset."
             )
         if self.task == "lm":
-            check_causal_lm(model.get_base_model() if _is_peft(model) else model)
+            check_causal_lm(model.get_base_model() if is_peft(model) else model)
         check_output_dir(args.output_dir, model)
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched > 1 and args.world_size == 1:
@@ -273,29 +188,17 @@ class UnlearnTrainer(Trainer):
                 model.config,
                 augmented_fingerprint(args, self.base_identity, train_dataset.fingerprint()),
             )
-        self.frozen_dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
-        student_is_lora = _is_peft(model) or args.use_lora
-        # The frozen original: a copy of the initial weights, unless the student trains through LoRA (its base with
-        # the adapter disabled is the original). Never created for methods that do not use it.
-        self.ref_model = None
-        #: how the frozen original was made: "path" (loaded from the model's path), "deepcopy", "adapter-disabled"
-        self.reference_source = None
-        if args.needs_reference and not student_is_lora:
-            reference, self.reference_source = copy_model(model)
-            self.ref_model = _freeze(reference, self.frozen_dtype)
-        elif args.needs_reference:
-            self.reference_source = "adapter-disabled"
-        if args.use_lora and not _is_peft(model):
+        dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
+        #: the frozen original / augmented models (never created for methods that do not use them)
+        self.frozen = FrozenModels(model, args.needs_reference, is_peft(model) or args.use_lora, dtype)
+        if args.use_lora and not is_peft(model):
             from peft import get_peft_model
 
             model = get_peft_model(
                 model, lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
             )
         if args.disable_dropout:
-            _disable_dropout(model)
-        self.aug_model = None
-        self.augmented_on = None  # "separate" | "reference" | "student", once the augmented model is loaded
-        self._frozen_ready = False
+            disable_dropout(model)
         #: the teacher check's result (rklu / fklu with teacher_check), once the frozen models are set up
         self.teacher_check: dict | None = None
         self._metrics: dict[str, list[torch.Tensor]] = defaultdict(list)
@@ -333,10 +236,11 @@ class UnlearnTrainer(Trainer):
         """
         args = self.args
         inherited = {spec.name for spec in fields(TrainingArguments)}
+        neutral = tagged_fields(args, NOT_IN_FINGERPRINT)  # settings that do not change the result
         method = {
             spec.name: getattr(args, spec.name)
             for spec in fields(args)
-            if spec.init and spec.name not in inherited and spec.name not in _NOT_IN_FINGERPRINT
+            if spec.init and spec.name not in inherited and spec.name not in neutral
         }
         fingerprint = {
             "base_model": self.base_identity,
@@ -357,16 +261,29 @@ class UnlearnTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------------------
     # Frozen models
     # ------------------------------------------------------------------------------------------------------------
-    def _prepare_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.is_deepspeed_enabled:
-            from trl.models.utils import prepare_deepspeed
+    @property
+    def ref_model(self):
+        """The frozen original copy (``None``: not needed, or a LoRA student's base serves); see ``self.frozen``."""
+        return self.frozen.original
 
-            return prepare_deepspeed(model, self.accelerator)
-        if self.is_fsdp_enabled:
-            from trl.models.utils import prepare_fsdp
+    @property
+    def aug_model(self):
+        """The separate augmented model (``None`` when it is an adapter or not needed)."""
+        return self.frozen.augmented
 
-            return prepare_fsdp(model, self.accelerator)
-        return self.accelerator.prepare_model(model, evaluation_mode=True)
+    @property
+    def augmented_on(self) -> str | None:
+        """Where the augmented model lives: "separate" | "reference" | "student", once loaded."""
+        return self.frozen.augmented_on
+
+    @property
+    def reference_source(self) -> str | None:
+        """How the frozen original was made: "path", "deepcopy", "adapter-disabled" (``None``: not needed)."""
+        return self.frozen.source
+
+    @property
+    def frozen_dtype(self) -> torch.dtype | None:
+        return self.frozen.dtype
 
     def forget_qa_dataset(self) -> Dataset:
         """The tokenized forget set as a QA dataset (phase 1 trains on it)."""
@@ -388,78 +305,31 @@ class UnlearnTrainer(Trainer):
             self.augmented_fingerprint(),
         )
 
-    def _load_augmented(self) -> None:
-        from peft import PeftModel
-
-        path = self.augmented_model_dir()
-        if not is_adapter_dir(path):
-            loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(self.model.parameters()).dtype)
-            self.aug_model = _freeze(loaded, self.frozen_dtype)
-            self.augmented_on = "separate"
-        elif self.ref_model is not None:
-            # Full student: the adapter rides on the frozen original copy (one copy of base weights for o and a).
-            self.ref_model = _freeze(
-                PeftModel.from_pretrained(self.ref_model, path, adapter_name=AUGMENTED_ADAPTER), None
-            )
-            self.augmented_on = "reference"
-        else:
-            # LoRA student: a second, frozen adapter on the student's own base.
-            student = self.accelerator.unwrap_model(self.model)
-            active = student.active_adapter
-            student.load_adapter(str(path), adapter_name=AUGMENTED_ADAPTER, is_trainable=False)
-            student.set_adapter(active)
-            self.augmented_on = "student"
-
     def setup_frozen_models(self) -> None:
         """Build/load the augmented model if the method needs it and prepare frozen models for the accelerator."""
-        if self._frozen_ready:
+        if self.frozen.ready:
             return
-        if self.args.spec.needs_augmented and self.args.spec.trains:
-            self._load_augmented()
-        if self.ref_model is not None:
-            self.ref_model = self._prepare_frozen(self.ref_model)
-        if self.aug_model is not None:
-            self.aug_model = self._prepare_frozen(self.aug_model)
-        self._frozen_ready = True
         spec = self.args.spec
-        if self.args.teacher_check and spec.needs_augmented and spec.trains and self.args.teacher_alpha > 0:
+        if spec.needs_augmented and spec.trains:
+            self.frozen.load_augmented(self.augmented_model_dir(), self.accelerator.unwrap_model(self.model))
+        self.frozen.prepare(self)
+        if self.args.teacher_check and spec.uses_teacher and self.args.teacher_alpha > 0:
             self.teacher_check = self.run_teacher_check()
 
     def run_teacher_check(self) -> dict:
         """:func:`rklu_llm.teacher_check.check_teacher` on the forget set with this run's frozen models: logged (a
         warning with what to change when the teacher is weak) and kept in ``self.teacher_check``, the run record and
         the model card."""
-        args, forget = self.args, self.train_dataset.forget
-        collate = QACollator(self.processing_class.pad_token_id)
-        rows = [{"input_ids": ids, "labels": labels} for ids, labels in zip(forget["input_ids"], forget["labels"])]
-        size = args.per_device_train_batch_size
-        device = args.device
+        device = self.args.device
 
         def logits_of(which: str, batch: dict) -> torch.Tensor:
             inputs = {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
-            return self.frozen_logits(which, self.model, inputs)
+            return self.frozen.logits(which, self.model, inputs)
 
-        samples = min(args.teacher_check_samples, len(rows))
-        continuation = None
-        if samples:
-            items = [
-                {"prompt_ids": forget["prompt_ids"][i], "input_ids": forget["input_ids"][i]} for i in range(samples)
-            ]
-            continuation = {
-                "tokenizer": self.processing_class,
-                "items": items,
-                "max_new_tokens": args.teacher_check_max_new_tokens,
-            }
         training = self.model.training
         self.model.eval()
         try:
-            result = check_teacher(
-                logits_of,
-                (collate(rows[at : at + size]) for at in range(0, len(rows), size)),
-                args.teacher_alpha,
-                args.teacher_check_max_top1,
-                continuation,
-            )
+            result = check_forget_set(logits_of, self.train_dataset.forget, self.processing_class, self.args)
         finally:
             self.model.train(training)
         line = summary_line(result)
@@ -468,39 +338,17 @@ class UnlearnTrainer(Trainer):
         else:
             logger.info(line)
         if self.is_world_process_zero():
-            update_run_record(args.output_dir, teacher_check=result)
+            update_run_record(self.args.output_dir, teacher_check=result)
         return result
 
-    @torch.no_grad()
     def frozen_logits(self, which: str, model, batch: dict) -> torch.Tensor:
-        """``(B, T, V)`` logits of the frozen ``"original"`` or ``"augmented"`` model on ``batch``."""
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        if which == "original":
-            if self.ref_model is None:  # LoRA student: its base with every adapter disabled
-                with self.accelerator.unwrap_model(model).disable_adapter():
-                    return model(**inputs).logits
-            if self.augmented_on == "reference":
-                with self.accelerator.unwrap_model(self.ref_model).disable_adapter():
-                    return self.ref_model(**inputs).logits
-            return self.ref_model(**inputs).logits
-        if which != "augmented":
-            raise ValueError(f"which must be 'original' or 'augmented', got {which!r}")
-        if self.augmented_on == "separate":
-            return self.aug_model(**inputs).logits
-        if self.augmented_on == "reference":
-            return self.ref_model(**inputs).logits
-        if self.augmented_on == "student":
-            with _active_adapter(self.accelerator.unwrap_model(model), AUGMENTED_ADAPTER):
-                return model(**inputs).logits
-        raise RuntimeError("The augmented model is not loaded; call setup_frozen_models() first.")
+        """``(B, T, V)`` logits of the frozen ``"original"`` or ``"augmented"`` model on ``batch``
+        (:meth:`rklu_llm.frozen.FrozenModels.logits`)."""
+        return self.frozen.logits(which, model, batch)
 
     # ------------------------------------------------------------------------------------------------------------
     # Loss
     # ------------------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _logits(model, batch: dict) -> torch.Tensor:
-        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         """The micro-batches of one optimizer step, and as ``num_items_in_batch`` their item counts per group.
 
@@ -554,108 +402,63 @@ class UnlearnTrainer(Trainer):
             return counts[group][kind]
         return self._count(batch, kind)
 
+    def _step(self, num_items) -> Step:
+        """What a method's loss function reads besides the frozen models, the student and the batch."""
+        return Step(self.args, num_items, self.state.global_step, self.accelerator.unwrap_model)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        """``L = forget_weight * L_forget + retain_weight * L_retain`` on one micro-batch.
+        """``L = forget_weight * L_forget + retain_weight * L_retain`` on one micro-batch; ``L_forget`` is the method
+        entry's ``lm_loss`` (or ``classifier_loss``, :meth:`_classifier_loss`).
 
         Each term is a sum over its items divided by the number of those items in the whole accumulated batch
         (``num_items_in_batch``, from :meth:`get_batch_samples`), so ``per_device_train_batch_size 8`` and
-        ``4 x gradient_accumulation_steps 2`` give the same gradient. What each term counts:
-
-        ============================  ======================================================
-        rklu, fklu, ga, gd            forget answer tokens
-        idk                           refusal answer tokens (the forget question, a refusal)
-        npo, dpo                      forget sequences (sequence-level losses: per-sequence mean)
-        retain term (rt, kl)          retain answer tokens
-        ============================  ======================================================
+        ``4 x gradient_accumulation_steps 2`` give the same gradient. The forget term's items are the entry's
+        ``counts`` (forget answer tokens; refusal answer tokens for idk; forget sequences for the sequence-level npo
+        and dpo); the retain term's (rt, kl) are the retain answer tokens.
 
         Called directly (``num_items_in_batch=None``) every term is a mean over this micro-batch. A non-finite loss
         stops the run here, before backward (:class:`rklu_llm.run_state.TrainingDiverged`).
         """
-        args = self.args
-        counts = num_items_in_batch
+        args, spec, counts = self.args, self.args.spec, num_items_in_batch
         if self.task == "classifier":
             return self._classifier_loss(model, inputs, return_outputs, counts)
-        forget = inputs["forget"]
-        labels = forget["labels"]
-        forget_tokens = self._normaliser(counts, "forget", "tokens", forget)
-        forget_sequences = self._normaliser(counts, "forget", "sequences", forget)
-        if args.method in ("rklu", "fklu"):
-            logits = self._logits(model, forget)
-            student, mask = answer_positions(logits, labels)
-            original = self.frozen_logits("original", model, forget)[:, :-1][mask]
-            augmented = self.frozen_logits("augmented", model, forget)[:, :-1][mask]
-            forget_loss = distillation_kl(
-                student, original, augmented, args.teacher_alpha, args.divergence, args.kl_chunk_size, forget_tokens
-            )
-            forget_norm = forget_tokens
-        elif args.method in ("ga", "gd"):
-            logits = self._logits(model, forget)
-            forget_loss = -token_nll(logits, labels, forget_tokens)
-            forget_norm = forget_tokens
-        elif args.method in ("token_redistribute", "token_mask"):  # the classifier targets, per answer token
-            logits = self._logits(model, forget)
-            student, mask = answer_positions(logits, labels)
-            original = self.frozen_logits("original", model, forget)[:, :-1][mask]
-            kind = args.method.removeprefix("token_")
-            target = token_target_logits(original, labels[:, 1:][mask], kind, args.kl_chunk_size)
-            forget_loss = distillation_kl(
-                student, target, direction=args.divergence, chunk_size=args.kl_chunk_size, num_items=forget_tokens
-            )
-            forget_norm = forget_tokens
-        elif args.method == "npo":
-            logits = self._logits(model, forget)
-            logp_ref = sequence_log_likelihood(self.frozen_logits("original", model, forget), labels)
-            forget_loss = npo_loss(sequence_log_likelihood(logits, labels), logp_ref, args.npo_beta, forget_sequences)
-            forget_norm = forget_sequences
-        elif args.method == "dpo":
-            refusal = inputs["refusal"]
-            logits = self._logits(model, forget)
-            forget_loss = dpo_loss(
-                sequence_log_likelihood(self._logits(model, refusal), refusal["labels"]),
-                sequence_log_likelihood(self.frozen_logits("original", model, refusal), refusal["labels"]),
-                sequence_log_likelihood(logits, labels),
-                sequence_log_likelihood(self.frozen_logits("original", model, forget), labels),
-                args.dpo_beta,
-                forget_sequences,
-            )
-            forget_norm = forget_sequences
-        elif args.method == "idk":
-            refusal = inputs["refusal"]
-            forget_norm = self._normaliser(counts, "refusal", "tokens", refusal)
-            forget_loss = token_nll(self._logits(model, refusal), refusal["labels"], forget_norm)
-            logits = None
-        else:
+        if spec.lm_loss is None:
             raise ValueError(f"{args.method} has no training step (it is a weight edit: call train()).")
+        group, kind = spec.counts
+        num_items = self._normaliser(counts, group, kind, inputs[group])
+        forget_loss, logits = spec.lm_loss(self.frozen, model, inputs, self._step(num_items))
         loss = args.forget_weight * forget_loss
         parts = {"forget term": forget_loss}
-        forget_group = inputs["refusal"] if args.method == "idk" else forget
-        forget_kind = "sequences" if args.method in ("npo", "dpo") else "tokens"
-        self._record("forget/loss", forget_loss * forget_norm, self._count(forget_group, forget_kind))
+        self._record("forget/loss", forget_loss * num_items, self._count(inputs[group], kind))
         if logits is not None:  # summed NLL (num_items=1) over this micro-batch's answer tokens
-            self._record("forget/nll", token_nll(logits.detach(), labels, 1.0), self._count(forget, "tokens"))
-
+            forget = inputs["forget"]
+            self._record("forget/nll", token_nll(logits.detach(), forget["labels"], 1.0), self._count(forget, "tokens"))
         if args.retain_mode != "none":
-            retain = inputs["retain"]
-            retain_tokens = self._normaliser(counts, "retain", "tokens", retain)
-            retain_logits = self._logits(model, retain)
-            if args.retain_mode == "rt":
-                retain_loss = token_nll(retain_logits, retain["labels"], retain_tokens)
-            else:  # "kl": forward KL(p_original || p_student) on the retain answers
-                student, mask = answer_positions(retain_logits, retain["labels"])
-                original = self.frozen_logits("original", model, retain)[:, :-1][mask]
-                retain_loss = distillation_kl(
-                    student, original, direction="forward", chunk_size=args.kl_chunk_size, num_items=retain_tokens
-                )
-                self._record(
-                    "retain/nll",
-                    token_nll(retain_logits.detach(), retain["labels"], 1.0),
-                    self._count(retain, "tokens"),
-                )
+            retain_loss = self._retain_term(model, inputs["retain"], counts)
             loss = loss + args.retain_weight * retain_loss
             parts["retain term"] = retain_loss
-            self._record("retain/loss", retain_loss * retain_tokens, self._count(retain, "tokens"))
         stop_if_non_finite(loss, self.state.global_step + 1, divergence_hint(args), parts)
         return (loss, None) if return_outputs else loss
+
+    def _retain_term(self, model, retain: dict, counts) -> torch.Tensor:
+        """The retain term on the retain answer tokens: ``rt`` = NLL, ``kl`` = forward ``KL(p_original || p_student)``;
+        a sum over the tokens divided by their number in the accumulated batch."""
+        args = self.args
+        retain_tokens = self._normaliser(counts, "retain", "tokens", retain)
+        retain_logits = model(input_ids=retain["input_ids"], attention_mask=retain["attention_mask"]).logits
+        if args.retain_mode == "rt":
+            retain_loss = token_nll(retain_logits, retain["labels"], retain_tokens)
+        else:  # "kl": forward KL(p_original || p_student) on the retain answers
+            student, mask = answer_positions(retain_logits, retain["labels"])
+            original = self.frozen.answer_logits("original", model, retain, mask)
+            retain_loss = distillation_kl(
+                student, original, direction="forward", chunk_size=args.kl_chunk_size, num_items=retain_tokens
+            )
+            self._record(
+                "retain/nll", token_nll(retain_logits.detach(), retain["labels"], 1.0), self._count(retain, "tokens")
+            )
+        self._record("retain/loss", retain_loss * retain_tokens, self._count(retain, "tokens"))
+        return retain_loss
 
     def _record(self, name: str, total: torch.Tensor, count: torch.Tensor) -> None:
         """Accumulate a logged metric as (sum over this micro-batch's items, their number); logged as sum / number
@@ -665,55 +468,37 @@ class UnlearnTrainer(Trainer):
     # ------------------------------------------------------------------------------------------------------------
     # Classifier unlearning: batches of inputs and class labels, logits (B, K)
     # ------------------------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def original_class_logits(self, batch: dict) -> torch.Tensor:
         """``(B, K)`` logits of the frozen original classifier on ``batch``."""
-        return classifier_logits(self.ref_model, batch)
+        return self.frozen.class_logits(batch)
 
     def _classifier_loss(self, model, inputs: dict, return_outputs: bool, counts=None):
-        """``L = forget_weight * L_forget + retain_weight * L_retain`` for a classifier.
-
-        ``redistribute`` / ``mask``: ``KL(t || p_student)`` with ``t`` the redistributive / masked target of the
-        original's logits; ``ga``: ``-CE``; ``random_label``: CE to a fixed random wrong label; ``boundary_shrink``:
-        CE to the nearest wrong label; ``jit``: the Lipschitz quotient. ``finetune`` / ``retrain`` (references that
-        use retain data): CE on the retain set only.
+        """``L = forget_weight * L_forget + retain_weight * L_retain`` for a classifier, ``L_forget`` the method
+        entry's ``classifier_loss``. The references that use retain data (``Method.uses_retain_data``: finetune,
+        retrain) train with CE on the retain set only.
 
         Every term is a mean over the samples of the whole accumulated batch (this micro-batch's mean times its share
         of the samples, ``counts`` from :meth:`get_batch_samples`), as for the LM methods.
         """
-        args, method = self.args, self.args.method
+        args, spec = self.args, self.args.spec
 
         def share(group: str, batch: dict) -> torch.Tensor:  # this micro-batch's samples / the accumulated samples
             return self._count(batch, "sequences") / self._normaliser(counts, group, "sequences", batch)
 
-        if args.spec.uses_retain_data:
+        if spec.uses_retain_data:
             retain = inputs["retain"]
             loss = F.cross_entropy(classifier_logits(model, retain).float(), retain["labels"])
             self._record("retain/loss", loss * self._count(retain, "sequences"), self._count(retain, "sequences"))
             stop_if_non_finite(loss, self.state.global_step + 1, divergence_hint(args), {"retain term": loss})
             loss = loss * share("retain", retain)
             return (loss, None) if return_outputs else loss
+        if spec.classifier_loss is None:
+            raise ValueError(f"{args.method} does not unlearn classifiers.")
         forget = inputs["forget"]
-        labels = forget["labels"]
-        if method == "jit":
-            logits, forget_loss = self._jit_loss(model, forget)
-        else:
-            logits = classifier_logits(model, forget)
-            if method == "redistribute":
-                forget_loss = target_kl(logits, redistributive_target(self.original_class_logits(forget), labels))
-            elif method == "mask":
-                forget_loss = target_kl(logits, masked_target(self.original_class_logits(forget), labels))
-            elif method in ("ga", "gd"):
-                forget_loss = -F.cross_entropy(logits.float(), labels)
-            elif method == "random_label":
-                forget_loss = F.cross_entropy(logits.float(), forget["random_labels"])
-            elif method == "boundary_shrink":
-                forget_loss = F.cross_entropy(logits.float(), self._boundary_shrink_labels(forget))
-            else:
-                raise ValueError(f"{method} does not unlearn classifiers.")
         n_forget = self._count(forget, "sequences")
+        logits, forget_loss = spec.classifier_loss(self.frozen, model, forget, self._step(n_forget))
         self._record("forget/loss", forget_loss * n_forget, n_forget)
-        self._record("forget/accuracy", (logits.detach().argmax(-1) == labels).float().sum(), n_forget)
+        self._record("forget/accuracy", (logits.detach().argmax(-1) == forget["labels"]).float().sum(), n_forget)
         parts = {"forget term": forget_loss}
         loss = args.forget_weight * forget_loss * share("forget", forget)
         if args.retain_mode != "none":
@@ -729,43 +514,6 @@ class UnlearnTrainer(Trainer):
             self._record("retain/loss", retain_loss * n_retain, n_retain)
         stop_if_non_finite(loss, self.state.global_step + 1, divergence_hint(args), parts)
         return (loss, None) if return_outputs else loss
-
-    def _continuous_input(self, model, batch: dict) -> tuple[str, torch.Tensor, dict]:
-        """``(key, x, other_inputs)``: the input to perturb. Images: ``pixel_values``; token ids: their embeddings
-        under ``model``, passed back as ``inputs_embeds``."""
-        inputs = model_inputs(batch)
-        if "input_ids" in inputs:
-            ids = inputs.pop("input_ids")
-            return "inputs_embeds", self.accelerator.unwrap_model(model).get_input_embeddings()(ids), inputs
-        key = "pixel_values" if "pixel_values" in inputs else next(iter(inputs))
-        return key, inputs.pop(key), inputs
-
-    def _boundary_shrink_labels(self, batch: dict) -> torch.Tensor:
-        """Boundary Shrink (Chen et al., CVPR 2023): one FGSM step on the frozen original,
-        ``x' = x + eps * sign(grad_x CE(f_o(x), y))``, and the original's highest class other than ``y`` on ``x'``."""
-        key, x, rest = self._continuous_input(self.ref_model, batch)
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = F.cross_entropy(classifier_logits(self.ref_model, {key: x, **rest}).float(), batch["labels"])
-            (grad,) = torch.autograd.grad(loss, x)
-        with torch.no_grad():
-            adversarial = x + self.args.boundary_shrink_eps * grad.sign()
-            return nearest_wrong_label(classifier_logits(self.ref_model, {key: adversarial, **rest}), batch["labels"])
-
-    def _jit_loss(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """JiT (Foster et al. 2024, arXiv:2402.01401): ``mean ||f(x) - f(x + e)||_2 / ||e||_2`` over ``jit_samples``
-        draws ``e ~ N(0, jit_noise_std^2 I)`` per forget sample; the perturbed outputs carry no gradient, as in the
-        reference code. The noise is seeded by (seed, step), so a resumed run draws the same noise."""
-        key, x, rest = self._continuous_input(model, batch)
-        logits = classifier_logits(model, {key: x, **rest})
-        samples = self.args.jit_samples
-        generator = torch.Generator(device=x.device).manual_seed(self.args.seed * 1_000_003 + self.state.global_step)
-        noise = torch.randn((samples, *x.shape), generator=generator, device=x.device, dtype=x.dtype)
-        noisy_x = x.detach() + self.args.jit_noise_std * noise
-        repeated = {k: v.repeat(samples, *([1] * (v.dim() - 1))) for k, v in rest.items()}
-        with torch.no_grad():
-            noisy = classifier_logits(model, {key: noisy_x.flatten(0, 1), **repeated}).view(samples, *logits.shape)
-        return logits, lipschitz_quotient(logits, noisy, x.detach(), noisy_x)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if self._metrics and "loss" in logs:
@@ -802,7 +550,7 @@ class UnlearnTrainer(Trainer):
                 )
         try:
             if not self.args.spec.trains:
-                return self._task_arithmetic()
+                return self._edit()
             self.setup_frozen_models()
             return super().train(resume_from_checkpoint, trial, ignore_keys_for_eval, **kwargs)
         except TrainingDiverged:
@@ -811,42 +559,15 @@ class UnlearnTrainer(Trainer):
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        if self.augmented_on == "student":
-            # With a second adapter on the student, some transformers 5.x releases restore only the adapters saved in
-            # sub-folders; load the trained adapter from the checkpoint's top level explicitly.
-            student = self.accelerator.unwrap_model(model if model is not None else self.model)
-            active = student.active_adapter
-            student.load_adapter(resume_from_checkpoint, adapter_name=active, is_trainable=True)
-            student.set_adapter(active)
+        student = self.accelerator.unwrap_model(model if model is not None else self.model)
+        self.frozen.restore_student_adapter(student, resume_from_checkpoint)
 
-    def _task_arithmetic(self) -> TrainOutput:
-        from peft import PeftModel
-
-        path = self.augmented_model_dir()
-        original = self.accelerator.unwrap_model(self.model)
-        if is_adapter_dir(path):
-            augmented = PeftModel.from_pretrained(copy_model(original)[0], path).merge_and_unload()
-        else:
-            augmented = AutoModelForCausalLM.from_pretrained(path, dtype=next(original.parameters()).dtype)
-        norm = task_arithmetic(original, augmented, self.args.ta_scale)
-        del augmented
-        metrics = {"ta/scale": self.args.ta_scale, "ta/task_vector_norm": norm}
+    def _edit(self) -> TrainOutput:
+        """A method without a training loop (``Method.edit``, task arithmetic): the weight edit, logged."""
+        student = self.accelerator.unwrap_model(self.model)
+        metrics = self.args.spec.edit(student, self.augmented_model_dir(), self.args)
         self.log(metrics)
         return TrainOutput(global_step=0, training_loss=0.0, metrics=metrics)
-
-    @contextlib.contextmanager
-    def _student_adapter_only(self):
-        """Hide the augmented adapter riding on a LoRA student from PEFT's ``save_pretrained`` (which would write it
-        into an ``augmented/`` sub-folder of the saved model and of every checkpoint): saves hold the student only."""
-        if self.augmented_on != "student":
-            yield
-            return
-        student = self.accelerator.unwrap_model(self.model)
-        hidden = student.peft_config.pop(AUGMENTED_ADAPTER)
-        try:
-            yield
-        finally:
-            student.peft_config[AUGMENTED_ADAPTER] = hidden
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save weights, tokenizer and a model card (never the augmented model).
@@ -856,7 +577,7 @@ class UnlearnTrainer(Trainer):
         lock; with ``keep_augmented=False`` it then deletes the augmented model this run built.
         """
         output_dir = output_dir or self.args.output_dir
-        with self._student_adapter_only():
+        with self.frozen.hidden_from_saves(self.accelerator.unwrap_model(self.model)):
             if _internal_call:  # checkpoints: the Trainer's own layout
                 super().save_model(output_dir, _internal_call=True)
                 if self.is_world_process_zero():

@@ -15,8 +15,8 @@ import pytest
 from conftest import load_benchmark
 
 from rklu_llm import METHODS
-from rklu_llm.config import MethodSpec
 from rklu_llm.eval.stopping import first_peak
+from rklu_llm.methods import Method as MethodSpec
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -62,7 +62,9 @@ from rklu_llm.eval.io import write_json_atomic
 from rklu_llm.models import publish_dir
 from rklu_llm.run_state import GuardedTrainer
 
-CLASSIFIER_METHODS = tuple(m for m, spec in METHODS.items() if spec.batch != "lm" and m != "retrain")
+#: the oracle: the method that re-initialises the weights and trains on the retain set (retrain from scratch)
+ORACLE = next(m for m, spec in METHODS.items() if spec.reinitialize)
+CLASSIFIER_METHODS = tuple(m for m, spec in METHODS.items() if spec.batch != "lm" and m != ORACLE)
 DEFAULT_METHODS = "mask,redistribute,ga,random_label,boundary_shrink,jit"
 
 #: The protocol (docs/classifiers.md): each method's unlearning settings, applied unless --unlearn_settings flags.
@@ -416,7 +418,7 @@ def method_overrides(method: str) -> dict:
 
 
 #: the unlearning fields that ``--unlearn_settings protocol`` sets per method (and that must then keep their defaults)
-PROTOCOL_FIELDS = ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "optim", "optim_args")
+PROTOCOL_FIELDS = tuple(dict.fromkeys(name for settings in PROTOCOL.values() for name in settings))
 
 
 def check_unlearn_settings(script, config) -> None:
@@ -536,7 +538,7 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     original_acc_ft = rows[0]["acc_ft"]
     oracle_seconds = None
-    for method in (["retrain"] if script.oracle else []) + methods:
+    for method in ([ORACLE] if script.oracle else []) + methods:
         row = run_method(
             method,
             config,
@@ -551,7 +553,7 @@ def main(argv: list[str] | None = None) -> dict:
             key,
             lambda model: evaluate(model, original_acc_ft),
         )
-        if method == "retrain":
+        if method == ORACLE:
             oracle_seconds = row["seconds"]
         rows.append(row)
     for row in rows:
@@ -587,6 +589,7 @@ _NEUTRAL = ("methods", "oracle", "original", "num_threads", "eval_batch_size", "
 
 
 def _settings(script, config) -> dict:
+    method_fields = dict.fromkeys(name for m in CLASSIFIER_METHODS for name in METHODS[m].card_fields)
     keep = (
         "learning_rate",
         "num_train_epochs",
@@ -594,9 +597,7 @@ def _settings(script, config) -> dict:
         "lr_scheduler_type",
         "weight_decay",
         "seed",
-        "boundary_shrink_eps",
-        "jit_noise_std",
-        "jit_samples",
+        *method_fields,  # the methods' own settings (their entries' card_fields)
         "forget_weight",
     )
     settings = {k: getattr(config, k) for k in keep}
@@ -611,7 +612,7 @@ def method_values(method: str, config, script, output_dir: str) -> dict:
     values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
     base = method.partition("@")[0]
     values.update(method=base, output_dir=output_dir, divergence=None, retain_mode=None)
-    if method == "retrain":  # the oracle trains like the original
+    if method == ORACLE:  # the oracle trains like the original
         values.update(
             ADAM,
             learning_rate=script.train_learning_rate,

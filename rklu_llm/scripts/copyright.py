@@ -114,6 +114,13 @@ ARGUMENTS = (
 )
 
 
+def retain_mode(method: str, config: UnlearnConfig) -> str:
+    """The retain term of ``method`` in this recipe: its own when it is part of the method (gd's NLL), else the
+    recipe's ``--retain_mode``."""
+    spec = METHODS[method]
+    return spec.default_retain_mode if spec.retain_mode_fixed else config.retain_mode
+
+
 def method_config(config: UnlearnConfig, method: str, output_dir: Path, augmented: Path | None) -> UnlearnConfig:
     """The recipe's config for one method: its own output folder, gd with its retain NLL, no LoRA for ta (a weight
     edit), the divergence of rklu / fklu, the shared augmented model."""
@@ -122,7 +129,7 @@ def method_config(config: UnlearnConfig, method: str, output_dir: Path, augmente
         method=method,
         output_dir=str(output_dir),
         divergence=None,
-        retain_mode="rt" if method == "gd" else config.retain_mode,
+        retain_mode=retain_mode(method, config),
         use_lora=config.use_lora and METHODS[method].trains,
         augmented_model_path=None if augmented is None else str(augmented),
     )
@@ -236,7 +243,8 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
     texts.control_text = texts.control_text or DEFAULT_CONTROL
     forget_path = texts.resolve(texts.forget_text, "forget_text")
     retain_path = None
-    if "gd" in methods or config.retain_mode != "none":
+    with_retain = [m for m in methods if retain_mode(m, config) != "none"]
+    if with_retain:
         if recipe.retain_text is None:
             raise ValueError(
                 "gd (and --retain_mode rt/kl) needs a retain corpus: pass --retain_text (another novel, "
@@ -250,7 +258,7 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
 
     def dataset(method: str):
         """The forget set of ``method``: the book's chunks, with retain chunks / refusals when it uses them."""
-        needs_retain = method == "gd" or config.retain_mode != "none"
+        needs_retain = retain_mode(method, config) != "none"
         return build_text_unlearning_dataset(
             tokenizer,
             forget_path,
@@ -260,13 +268,13 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
             num_chunks=texts.num_chunks,
             retain_chunks=recipe.retain_chunks,
             prefix_tokens=texts.prefix_tokens,
-            mask_prefix=method == "dpo",
+            mask_prefix=METHODS[method].masks_text_prefix,
             text_column=texts.text_column,
             seed=config.seed,
         )
 
     if retain_path is not None:
-        dataset("gd")  # a retain text too short for one chunk fails now
+        dataset(with_retain[0])  # a retain text too short for one chunk fails now
     chunks = chunk_examples(data.sets["forget"], texts.prefix_tokens)
     rows = {}
 
