@@ -46,8 +46,8 @@ from rklu_llm import UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, lo
 from rklu_llm.data import QACollator, load_tofu, tokenize_qa  # noqa: E402
 from rklu_llm.eval.audit import audit_summary_row, evaluate_audit  # noqa: E402
 from rklu_llm.eval.callback import TofuEvalCallback  # noqa: E402
-from rklu_llm.eval.io import write_json_atomic  # noqa: E402
 from rklu_llm.eval.tofu import evaluate_tofu, load_tofu_eval, summary_row  # noqa: E402
+from rklu_llm.io import write_json_atomic  # noqa: E402
 from rklu_llm.models import lora_config, staged_save  # noqa: E402
 
 SPLIT = "forget01"

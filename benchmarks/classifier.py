@@ -42,7 +42,7 @@ import transformers
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from rklu_llm.eval.io import write_json_atomic  # noqa: E402
+from rklu_llm.io import write_json_atomic  # noqa: E402
 from rklu_llm.scripts.classifier import PROTOCOL  # noqa: E402
 from rklu_llm.scripts.classifier import main as run_recipe  # noqa: E402
 

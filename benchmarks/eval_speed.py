@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 from rklu_llm import load_model  # noqa: E402
 from rklu_llm.data.qa import encode_prompt  # noqa: E402
 from rklu_llm.data.tofu import load_tofu  # noqa: E402
-from rklu_llm.eval.io import write_json_atomic  # noqa: E402
 from rklu_llm.eval.scoring import DECODERS, generate_continuations, qa_examples, score_examples  # noqa: E402
+from rklu_llm.io import write_json_atomic  # noqa: E402
 from rklu_llm.paths import portable_path  # noqa: E402
 
 

@@ -39,8 +39,8 @@ sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_model, load_refusals  # noqa: E402
 from rklu_llm.data import load_tofu, tokenize_qa  # noqa: E402
-from rklu_llm.eval.io import write_json_atomic  # noqa: E402
 from rklu_llm.eval.tofu import PROTOCOLS, evaluate_tofu  # noqa: E402
+from rklu_llm.io import write_json_atomic  # noqa: E402
 from rklu_llm.paths import portable_path  # noqa: E402
 from rklu_llm.teacher import build_augmented_model  # noqa: E402
 

@@ -71,8 +71,8 @@ from rklu_llm.data import (  # noqa: E402
 )
 from rklu_llm.eval.audit import audit_summary_row, check_audit, evaluate_audit, resolve_parts  # noqa: E402
 from rklu_llm.eval.callback import TofuEvalCallback  # noqa: E402
-from rklu_llm.eval.io import write_json_atomic  # noqa: E402
 from rklu_llm.eval.tofu import PROTOCOLS, UTILITY_SETS, compare_to_reference, load_tofu_eval, summary_row  # noqa: E402
+from rklu_llm.io import write_json_atomic  # noqa: E402
 from rklu_llm.paths import portable_path  # noqa: E402
 from rklu_llm.teacher import build_augmented_model, is_augmented_dir  # noqa: E402
 

@@ -241,7 +241,13 @@ def reference_summaries(args, bench) -> dict:
     """The original's and the oracle's evaluation rows (``{}`` before the fine-tunes)."""
     bench_args = bench.parse(bench_argv(args, "rklu", args.grid, (0,)))
     rows = bench.reference_rows(bench_args)
-    return {("original" if r["method"] == "original" else "oracle"): r for r in rows}
+    out = {}
+    for row in rows:
+        label = "original" if row["method"] == "original" else "oracle"
+        model = "full" if label == "original" else bench.RETAIN_OF_FORGET[SPLIT]
+        result = bench.load_tofu_eval(Path(args.work_dir) / "models" / model / "tofu_eval.json")
+        out[label] = {**row, "item_counts": {k: v["aggregate"]["num_items"] for k, v in result["sets"].items()}}
+    return out
 
 
 def check_original(references: dict, minimum: float) -> None:
@@ -334,7 +340,7 @@ def main(argv=None) -> None:
         if run_of(records(args.work_dir), bench, method, lr, seed) is None:
             break  # the benchmark stopped at its deadline
     write_report(args, bench, runs, references, floor)
-    waiting = [m for _, items in plan for m, lr, _ in items if lr is None]
+    waiting = [m for _, items in plan for m, lr, seeds in items if lr is None for _ in seeds]
     print(
         f"{NAME}: {len(runs)} runs finished"
         + (f"; {len(waiting)} runs wait for earlier stages" if waiting else "")
@@ -365,6 +371,15 @@ def _mean_sd(values: list, spec=".3f") -> str:
         return "n/a"
     text = _fmt(statistics.mean(values), spec)
     return text + (f" ± {_fmt(statistics.stdev(values), spec)}" if len(values) > 1 else "")
+
+
+def item_counts(references: dict) -> list[tuple[str, int]]:
+    """``(set, items)`` of the evaluations (from the original's evaluation: every run scores the same items), with
+    the holdout set the oracle-free rule compares the forget set with (as many items as the forget set)."""
+    original = references.get("original") or {}
+    counts = [(name.removesuffix("_perturbed"), n) for name, n in (original.get("item_counts") or {}).items()]
+    forget = dict(counts).get(SPLIT)
+    return counts + ([("holdout01 (the rule)", forget)] if forget else [])
 
 
 def rule_verdict(run: dict, floor: float) -> bool | None:
@@ -430,22 +445,36 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
     original, oracle = references.get("original"), references.get("oracle")
     if original:
         lines += [
-            "| model | FQ | MU | forget P | forget R | retain P | retain R |",
-            "|---|---|---|---|---|---|---|",
+            "| model | FQ | MU | forget P | forget R | retain P | retain R | fine-tune s |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for label, row in (("original", original), ("oracle (retain only)", oracle)):
             if row:
                 lines.append(
                     f"| {label} | {_fmt(row.get(FQ), 'fq')} | {_fmt(row.get(MU))} | "
                     f"{_fmt(row.get(f'{SPLIT}_probability'))} | {_fmt(row.get(f'{SPLIT}_rouge_l_recall'))} | "
-                    f"{_fmt(row.get('retain_probability'))} | {_fmt(row.get('retain_rouge_l_recall'))} |"
+                    f"{_fmt(row.get('retain_probability'))} | {_fmt(row.get('retain_rouge_l_recall'))} | "
+                    f"{_fmt(row.get('wall_seconds'), '.0f')} |"
                 )
         lines += [
             "",
             f"Utility floor: {_fmt(floor)} (min of {UTILITY_FRACTION} x the original's utility and the oracle's).",
             "",
         ]
+    planned = [
+        (method, lr, seed)
+        for _, items in (stages(args, bench, runs, floor) if floor is not None else [])
+        for method, lr, seeds in items
+        for seed in seeds
+    ]
+    waiting = sum(lr is None for _, lr, _ in planned)
     lines += [
+        f"Progress: {len(runs)} of the protocol's {len(planned) or 'n/a'} runs finished"
+        + (f" ({waiting} wait for the lrs the sweep chooses)" if waiting else "")
+        + ". Item counts per evaluation: "
+        + ", ".join(f"{name} {count}" for name, count in item_counts(references))
+        + ".",
+        "",
         "## Every run (seed 0 unless said): the fully evaluated epochs",
         "",
         "FQ = forget quality (KS p-value of the 40 forget items' truth ratios against the oracle's), MU = model "

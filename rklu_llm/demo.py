@@ -50,9 +50,9 @@ from .cli import parse_arguments
 from .config import UnlearnConfig
 from .data import QACollator, build_unlearning_dataset, fictitious_profiles, load_tofu, tokenize_qa
 from .data.tofu import TOFU_DIR_ENV, TOFU_HUB_ID, DataUnavailableError
-from .eval.io import write_json_atomic
 from .eval.metrics import answer_probability, rouge_l_recall
 from .eval.scoring import generate_answers, score_answers
+from .io import write_json_atomic
 from .models import DEFAULT_MODEL, load_model, lora_config
 from .offline import hub_problem
 from .paths import portable_path

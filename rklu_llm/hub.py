@@ -454,7 +454,7 @@ def publishable_files(model_dir: str | os.PathLike) -> list[Path]:
         NotPublishableError: not a finished model: a staging folder or one with an unfinished save in it, the
             augmented model, no ``config.json`` / ``adapter_config.json``, no ``*.safetensors`` weights.
     """
-    from .models import STAGING_DIR
+    from .run_state import STAGING_DIR
     from .teacher import AUGMENTED_MARKER
 
     folder = Path(model_dir)

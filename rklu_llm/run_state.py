@@ -42,8 +42,11 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from .distributed import check_sharding_engaged, check_sharding_possible, first_non_finite
-from .models import STAGING_DIR
+from .io import data_fingerprint, model_fingerprint, write_json_atomic
 from .paths import portable_path
+
+#: the folder a save is staged in before it is moved into place (an unfinished save, when found)
+STAGING_DIR = ".rklu-staging"
 
 logger = logging.getLogger(__name__)
 
@@ -205,12 +208,11 @@ def model_identity(model) -> dict:
     """What identifies a model's weights: ``{"name", "config_sha256", "weights_sha256"}``.
 
     ``name`` is where it was loaded from (a portable path, for the reader); ``config_sha256`` hashes its config;
-    ``weights_sha256`` is :func:`rklu_llm.eval.io.model_fingerprint` of the base weights (LoRA adapter weights left
+    ``weights_sha256`` is :func:`rklu_llm.io.model_fingerprint` of the base weights (LoRA adapter weights left
     out, PEFT's wrapped names mapped back to the plain ones), ``None`` when the weights are sharded (ZeRO-3). Two
     identities are the same model when config and weights agree (:func:`same_model`); the name may differ (a moved
     folder).
     """
-    from .eval.io import data_fingerprint, model_fingerprint
 
     config = getattr(model, "config", None)
     name = getattr(config, "_name_or_path", None) or getattr(model, "name_or_path", None)
@@ -434,7 +436,6 @@ def clear_previous_run(output_dir: str | os.PathLike) -> None:
 def write_run_record(output_dir: str | os.PathLike, kind: str, fingerprint: dict, status: str, **extra) -> None:
     """Write the run record atomically (main process only)."""
     from . import __version__
-    from .eval.io import write_json_atomic
 
     write_json_atomic(
         Path(output_dir) / RUN_RECORD,

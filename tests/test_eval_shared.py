@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from rklu_llm.eval.io import MetricCache, write_json_atomic
 from rklu_llm.eval.scoring import generate_continuations, qa_examples, score_examples
+from rklu_llm.io import MetricCache, write_json_atomic
 from rklu_llm.paths import portable_path
 
 

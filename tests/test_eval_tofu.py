@@ -484,13 +484,13 @@ def test_protocol_tofu_takes_the_original_scripts_item_counts(tofu_dir):
         "world_facts_perturbed": 117,
     }
     for name, count in expected.items():
-        rows = tofu_eval._load_set(name, tofu_dir, None, "tofu")
+        rows = tofu_eval.load_eval_set(name, tofu_dir, None, "tofu")
         assert len(rows["question"]) == count
-        assert len(tofu_eval._load_set(name, tofu_dir, 4, "tofu")["question"]) == 4
-    assert len(tofu_eval._load_set("forget10_perturbed", tofu_dir, None, "all")["question"]) == 400
+        assert len(tofu_eval.load_eval_set(name, tofu_dir, 4, "tofu")["question"]) == 4
+    assert len(tofu_eval.load_eval_set("forget10_perturbed", tofu_dir, None, "all")["question"]) == 400
     lines = (TOFU_DIR / "forget10_perturbed.jsonl").read_text().splitlines()
     first = [json.loads(line)["question"] for line in lines][:300]
-    assert tofu_eval._load_set("forget10_perturbed", tofu_dir, None, "tofu")["question"] == first
+    assert tofu_eval.load_eval_set("forget10_perturbed", tofu_dir, None, "tofu")["question"] == first
 
 
 def test_the_same_ks_statistic_gives_a_smaller_p_value_over_400_items_than_over_300():

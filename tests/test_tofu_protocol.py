@@ -145,6 +145,8 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     assert (results / "tofu_cpu_forget01_runs" / "forget01_rklu_lr0.001_s0.json").is_file()
     table = (results / "tofu_cpu_forget01.md").read_text()
     assert "| rklu | 0.001 | 0 |" in table and "Utility floor" in table
+    assert "Progress: 1 of the protocol's 22 runs finished (12 wait for the lrs the sweep chooses)" in table
+    assert "forget01 8, retain 6," in table  # the item counts scored (--eval_max_items 8, 6 utility retain items)
     for plot in ("fq_vs_mu", "epochs"):
         assert (results / f"tofu_cpu_forget01_{plot}.png").stat().st_size > 0
     # a second pass resumes: the finished run is not redone, the next one in the plan runs

@@ -16,6 +16,7 @@ import torch
 from datasets import Dataset
 from torch.nn.utils.rnn import pad_sequence
 
+from ..io import data_fingerprint
 from ..losses import IGNORE_INDEX
 
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
@@ -165,7 +166,6 @@ class ForgetRetainDataset(torch.utils.data.Dataset):
         model card and the run record show them without revealing the forget set.
         """
         if self._fingerprint is None:
-            from ..eval.io import data_fingerprint
 
             def digest(examples):
                 return (

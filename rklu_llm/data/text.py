@@ -210,10 +210,10 @@ def model_context_length(model_or_path) -> int | None:
     if config is None:
         from transformers import AutoConfig
 
-        from ..models import _adapter_base, resolve_model_path
+        from ..models import adapter_base, resolve_model_path
 
         path = resolve_model_path(str(model_or_path))
-        config = AutoConfig.from_pretrained(_adapter_base(path) or path)
+        config = AutoConfig.from_pretrained(adapter_base(path) or path)
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         value = getattr(config, name, None)
         if isinstance(value, int) and value > 0:

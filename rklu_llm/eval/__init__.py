@@ -2,7 +2,8 @@
 
 * :mod:`~rklu_llm.eval.metrics`: pure metric functions (arrays in, numbers out);
 * :mod:`~rklu_llm.eval.scoring`: batched likelihoods of token sequences and batched generation;
-* :mod:`~rklu_llm.eval.io`: atomic JSON writes, the per-(set, metric) result cache, a weights digest;
+* :mod:`rklu_llm.io` (below this package): atomic JSON writes, the per-(set, metric) result cache, a weights digest,
+  the setup every evaluator shares;
 * :mod:`~rklu_llm.eval.tofu`: TOFU (probability, ROUGE-L recall, truth ratio, model utility, forget quality);
 * :mod:`~rklu_llm.eval.audit`: membership inference, extraction, leak@k, relearning and quantization robustness;
 * :mod:`~rklu_llm.eval.open_unlearning`: open-unlearning's TOFU_EVAL.json / TOFU_SUMMARY.json, read and written;

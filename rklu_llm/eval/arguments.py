@@ -94,7 +94,7 @@ class TofuEvalArguments:
             ValueError, FileNotFoundError, DataUnavailableError: the message names the input and what to do.
         """
         from ..data.tofu import RETAIN_OF_FORGET
-        from .tofu import UTILITY_SETS, _load_set
+        from .tofu import UTILITY_SETS, load_eval_set
 
         unknown = [split for split in forget_splits if split not in RETAIN_OF_FORGET]
         if unknown:
@@ -103,7 +103,7 @@ class TofuEvalArguments:
             check_reference(reference, forget_splits)
         if not self.skip_eval:
             for name in [f"{split}_perturbed" for split in forget_splits] + list(UTILITY_SETS):
-                _load_set(name, data_dir, self.eval_max_items)
+                load_eval_set(name, data_dir, self.eval_max_items)
 
     def audit_kwargs(self) -> dict:
         """The audit settings as keyword arguments of :func:`~rklu_llm.eval.audit.evaluate_audit`."""

@@ -76,10 +76,7 @@ from tqdm.auto import tqdm
 
 from ..data.qa import encode_answer, encode_prompt, pad_examples
 from ..data.tofu import HOLDOUT_OF_FORGET, RETAIN_OF_FORGET, load_tofu
-from ..losses import token_nll
-from ..paths import portable_path
-from . import open_unlearning
-from .io import (
+from ..io import (
     Evaluation,
     MetricCache,
     data_fingerprint,
@@ -87,6 +84,9 @@ from .io import (
     model_name,
     to_builtin,
 )
+from ..losses import token_nll
+from ..paths import portable_path
+from . import open_unlearning
 from .metrics import (
     MEMBERSHIP_SCORES,
     answer_probability,
@@ -552,56 +552,25 @@ def evaluate_audit(
 
     run = Evaluation(model, output_dir, CACHE_DIR, AUDIT_FILE, s.record(reference_label))
     cache, result = run.cache, run.result
-    parts, forget_split, holdout_split = s.parts, s.forget_split, s.holdout_split
-    batch_size, max_length, max_items = s.batch_size, s.max_length, s.max_items
-    size = {"max_items": max_items, "max_length": max_length}
+    parts = s.parts
 
-    def forget_values():
-        return cache.get_or_compute(
-            forget_split,
-            "token_values",
-            size,
-            forget["fingerprint"],
-            lambda: token_values(
-                model,
-                tokenizer,
-                forget["question"],
-                forget["answer"],
-                batch_size,
-                max_length,
-                f"{forget_split}: token values",
-            ),
-        )
+    def values(name: str, rows: dict) -> dict:  # per-token values of a set's answers (cached)
+        return _token_values_of(model, tokenizer, name, rows, cache, s)
 
     if "membership" in parts:
-        holdout_values = cache.get_or_compute(
-            holdout_split,
-            "token_values",
-            size,
-            holdout["fingerprint"],
-            lambda: token_values(
-                model,
-                tokenizer,
-                holdout["question"],
-                holdout["answer"],
-                batch_size,
-                max_length,
-                f"{holdout_split}: token values",
-            ),
-        )
         result["membership"] = _membership(
             forget,
             holdout,
-            forget_values(),
-            holdout_values,
+            values(s.forget_split, forget),
+            values(s.holdout_split, holdout),
             s.min_k,
             reference_aucs,
             reference_label,
-            forget_split,
-            holdout_split,
+            s.forget_split,
+            s.holdout_split,
         )
     if "extraction" in parts:
-        result["extraction"] = _extraction(forget, forget_values())
+        result["extraction"] = _extraction(forget, values(s.forget_split, forget))
     if "leak" in parts:
         result["leak"] = _leak(model, tokenizer, forget, cache, s)
     if "relearn" in parts:
@@ -609,6 +578,25 @@ def evaluate_audit(
     if "quantization" in parts:
         result["quantization"] = _quantization(model, tokenizer, forget, cache, s)
     return run.finish()
+
+
+def _token_values_of(model, tokenizer, name: str, rows: dict, cache, audit: AuditSettings) -> dict:
+    """:func:`token_values` of a set's (question, answer) pairs, through the cache."""
+    return cache.get_or_compute(
+        name,
+        "token_values",
+        {"max_items": audit.max_items, "max_length": audit.max_length},
+        rows["fingerprint"],
+        lambda: token_values(
+            model,
+            tokenizer,
+            rows["question"],
+            rows["answer"],
+            audit.batch_size,
+            audit.max_length,
+            f"{name}: token values",
+        ),
+    )
 
 
 def _membership(

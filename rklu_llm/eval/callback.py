@@ -13,9 +13,9 @@ import torch
 from transformers import TrainerCallback
 
 from ..data import HOLDOUT_OF_FORGET, load_tofu
+from ..frozen import AUGMENTED_ADAPTER
+from ..io import write_json_atomic
 from ..models import staged_save
-from ..trainer import AUGMENTED_ADAPTER
-from .io import write_json_atomic
 from .scoring import score_answers
 from .stopping import AUC, SIGNAL, check_rule, first_peak, holdout_signal, select_epoch
 from .tofu import evaluate_tofu, summary_row

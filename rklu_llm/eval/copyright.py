@@ -65,7 +65,7 @@ from ..data.text import (
     describe_source,
     load_wikitext,
 )
-from .io import (
+from ..io import (
     Evaluation,
     data_fingerprint,
 )

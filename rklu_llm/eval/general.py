@@ -49,9 +49,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..data.tofu import DataUnavailableError
+from ..io import Evaluation
 from ..paths import portable_path
 from ..tasks import DATA_DIR_ENV, PAPER_TASKS, TASKS, TASKS_DIR, data_file
-from .io import Evaluation
 from .scoring import eval_mode
 
 RESULT_FILE = "general_eval.json"

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io import to_builtin, write_json_atomic
 from ..paths import portable_path
-from .io import to_builtin, write_json_atomic
 
 EVAL_FILE = "TOFU_EVAL.json"
 SUMMARY_FILE = "TOFU_SUMMARY.json"

@@ -28,7 +28,7 @@ is smaller than over 300, so every result names its protocol. ``max_items`` cuts
 Results JSON (``tofu_eval.json``, also the dict :func:`evaluate_tofu` returns)::
 
     {
-      "model": str,                      # the folder / hub id evaluated (rklu_llm.eval.io.model_name)
+      "model": str,                      # the folder / hub id evaluated (rklu_llm.io.model_name)
       "base_model": str,                 # only for a LoRA adapter folder: the base it was merged into
       "settings": {"forget_splits": [...], "sets": [...], "protocol": "all"|"tofu", "data_dir": str|None,
                    "batch_size": int, "max_new_tokens": int, "max_items": int|None, "max_length": int,
@@ -81,15 +81,15 @@ from pathlib import Path
 import numpy as np
 
 from ..data.tofu import RETAIN_OF_FORGET, load_tofu
-from ..paths import portable_path
-from . import open_unlearning
-from .io import (
+from ..io import (
     Evaluation,
     MetricCache,
     data_fingerprint,
     to_builtin,
     write_json_atomic,
 )
+from ..paths import portable_path
+from . import open_unlearning
 from .metrics import (
     UTILITY_METRICS,
     answer_probability,
@@ -394,7 +394,7 @@ def _resolve_sets(forget_splits: tuple[str, ...], sets) -> list[str]:
     return [name for name in available if name in chosen]
 
 
-def _load_set(name: str, data_dir, max_items: int | None, protocol: str = "all") -> dict:
+def load_eval_set(name: str, data_dir, max_items: int | None, protocol: str = "all") -> dict:
     """The first ``min(max_items, PROTOCOLS[protocol])`` rows of a set (those that are given), checked."""
     dataset = load_tofu(name, data_dir)
     limits = [m for m in (max_items, PROTOCOLS[protocol]) if m is not None]
@@ -652,7 +652,7 @@ def evaluate_tofu(
         raise TypeError("Pass either settings= or the settings one by one, not both.")
     s = settings
     reference, reference_label = _reference(s)
-    data = {name: _load_set(name, s.data_dir, s.max_items, s.protocol) for name in s.sets}
+    data = {name: load_eval_set(name, s.data_dir, s.max_items, s.protocol) for name in s.sets}
 
     run = Evaluation(model, output_dir, CACHE_DIR, RESULT_FILE, s.record(reference_label))
     likelihoods, generations = _score_sets(model, tokenizer, s, data, run.cache)

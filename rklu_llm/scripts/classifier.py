@@ -58,7 +58,7 @@ from rklu_llm.data.classification import (
     tokenize_texts,
 )
 from rklu_llm.eval.classification import evaluate_classifier
-from rklu_llm.eval.io import write_json_atomic
+from rklu_llm.io import write_json_atomic
 from rklu_llm.models import publish_dir
 from rklu_llm.run_state import GuardedTrainer
 
@@ -445,28 +445,12 @@ def main(argv: list[str] | None = None) -> dict:
     script, config = parse_arguments(ARGUMENTS, argv)
     if script.num_threads:
         torch.set_num_threads(script.num_threads)
-    methods = parse_methods(script.methods)
-    check_unlearn_settings(script, config)
-    if (script.forget_classes is None) == (script.forget_samples is None):
-        raise ValueError("Say what to forget: --forget_classes 0 (or 0,6) for classes, or --forget_samples N.")
-    classes = None if script.forget_classes is None else [int(c) for c in script.forget_classes.split(",")]
-    known_model = script.model in MODELS
-    if not known_model and not Path(script.model).is_dir():
-        raise ValueError(f"--model must be one of {MODELS} or a local classifier folder, got {script.model!r}.")
+    methods, classes, known_model = _check_script(script, config)
     out = Path(config.output_dir)
 
     # Data first: a missing dataset, an empty forget class or a bad label fails here, before any training.
     train, test = load_data(script, config.seed)
-    num_classes = num_classes_of(train)
-    if num_classes is None:
-        raise ValueError("The labels column is not a ClassLabel: the number of classes is unknown.")
-    names = class_names_of(train)
-    is_text = "text" in train.column_names
-    if is_text != (script.model == "bert") and known_model:
-        raise ValueError(
-            f"--model {script.model} does not fit {'text' if is_text else 'image'} data "
-            f"({'bert' if is_text else 'cnn or resnet'})."
-        )
+    num_classes, names, is_text = _check_data(train, script, known_model)
     labels = train.select_columns(["labels"]).with_format("numpy")[:]["labels"]
     forget_index = forget_indices(labels, classes, script.forget_samples, config.seed)
 
@@ -537,25 +521,11 @@ def main(argv: list[str] | None = None) -> dict:
         }
     ]
     original_acc_ft = rows[0]["acc_ft"]
-    oracle_seconds = None
     for method in ([ORACLE] if script.oracle else []) + methods:
-        row = run_method(
-            method,
-            config,
-            script,
-            original,
-            tokenizer,
-            forget,
-            retain,
-            num_classes,
-            classes,
-            out / method,
-            key,
-            lambda model: evaluate(model, original_acc_ft),
-        )
-        if method == ORACLE:
-            oracle_seconds = row["seconds"]
-        rows.append(row)
+        folder = out / method
+        data = (original, tokenizer, forget, retain, num_classes, classes)
+        rows.append(run_method(method, config, script, *data, folder, key, lambda m: evaluate(m, original_acc_ft)))
+    oracle_seconds = next((row["seconds"] for row in rows if row["method"] == ORACLE), None)
     for row in rows:
         row["fraction_of_oracle_time"] = (
             row["seconds"] / oracle_seconds if oracle_seconds and row["seconds"] is not None else None
@@ -563,6 +533,34 @@ def main(argv: list[str] | None = None) -> dict:
     result = {**key, "rows": rows}
     write_json_atomic(out / RESULTS_FILE, result)
     return result
+
+
+def _check_script(script, config) -> tuple[list[str], list[int] | None, bool]:
+    """The methods, the forget classes (``None``: forget samples) and whether the model is a named architecture;
+    every setting checked before any data is read."""
+    methods = parse_methods(script.methods)
+    check_unlearn_settings(script, config)
+    if (script.forget_classes is None) == (script.forget_samples is None):
+        raise ValueError("Say what to forget: --forget_classes 0 (or 0,6) for classes, or --forget_samples N.")
+    classes = None if script.forget_classes is None else [int(c) for c in script.forget_classes.split(",")]
+    known_model = script.model in MODELS
+    if not known_model and not Path(script.model).is_dir():
+        raise ValueError(f"--model must be one of {MODELS} or a local classifier folder, got {script.model!r}.")
+    return methods, classes, known_model
+
+
+def _check_data(train, script, known_model: bool) -> tuple[int, list[str] | None, bool]:
+    """The number of classes, their names and whether the data is text; the data checked against the model."""
+    num_classes = num_classes_of(train)
+    if num_classes is None:
+        raise ValueError("The labels column is not a ClassLabel: the number of classes is unknown.")
+    is_text = "text" in train.column_names
+    if is_text != (script.model == "bert") and known_model:
+        raise ValueError(
+            f"--model {script.model} does not fit {'text' if is_text else 'image'} data "
+            f"({'bert' if is_text else 'cnn or resnet'})."
+        )
+    return num_classes, class_names_of(train), is_text
 
 
 def _tokenized(data, tokenizer, script):

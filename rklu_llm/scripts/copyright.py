@@ -50,7 +50,7 @@ from pathlib import Path
 import torch
 
 from ..config import METHODS, UnlearnConfig
-from ..eval.io import write_json_atomic
+from ..io import write_json_atomic
 from .eval_copyright import CopyrightDataArguments, CopyrightEvalArguments
 from .eval_general import GeneralEvalArguments
 

@@ -23,7 +23,7 @@ from rklu_llm import UnlearnConfig, UnlearnTrainer, load_model
 from rklu_llm.cli import parse_arguments
 from rklu_llm.data import build_unlearning_dataset
 from rklu_llm.eval.arguments import TofuEvalArguments
-from rklu_llm.eval.io import write_json_atomic
+from rklu_llm.io import write_json_atomic
 from rklu_llm.run_state import console_logging
 from rklu_llm.scripts.unlearn import TofuArguments, load_data, validate
 from rklu_llm.teacher_check import summary_line

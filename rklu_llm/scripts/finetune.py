@@ -28,7 +28,7 @@ from rklu_llm import DEFAULT_MODEL, load_model
 from rklu_llm.cli import parse_arguments
 from rklu_llm.data import FORGET_OF_RETAIN, QACollator, check_qa, load_tofu, tokenize_qa
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
-from rklu_llm.eval.io import data_fingerprint
+from rklu_llm.io import data_fingerprint
 from rklu_llm.models import check_model_source, check_output_dir, lora_config, staged_save
 from rklu_llm.run_state import (
     GuardedTrainer,

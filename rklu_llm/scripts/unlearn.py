@@ -39,9 +39,9 @@ from rklu_llm.cli import parse_arguments
 from rklu_llm.data import RETAIN_OF_FORGET, build_unlearning_dataset, check_qa, load_tofu
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
 from rklu_llm.eval.callback import SELECT_BY, TofuEvalCallback, holdout_items
-from rklu_llm.eval.io import write_json_atomic
 from rklu_llm.eval.stopping import AUC, SIGNAL, check_rule
 from rklu_llm.eval.tofu import summary_row
+from rklu_llm.io import write_json_atomic
 from rklu_llm.models import check_model_source, check_output_dir
 from rklu_llm.run_state import console_logging, run_lock
 from rklu_llm.teacher import is_augmented_dir
