@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 from conftest import SHARED_DATA, load_benchmark
@@ -38,6 +40,11 @@ def test_selection_is_the_lowest_bleu_within_the_perplexity_budget(protocol):
     # a wider budget is a flag
     assert protocol.select(runs, original_ppl=20.0, max_ppl_ratio=2.0)[0]["setting"] == "ga_lr1"
     assert protocol.select([], original_ppl=20.0) is None
+
+
+def test_frontier(protocol):
+    runs = [record("a", 5.0, 20.0), record("b", 6.0, 21.0), record("c", 1.0, 30.0), record("d", 0.5, 90.0)]
+    assert [r["setting"] for r in protocol.frontier(runs)] == ["a", "c", "d"]  # b: a has lower BLEU and perplexity
 
 
 def test_teacher_prediction_line(protocol):
@@ -213,7 +220,9 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     protocol.main([*argv, "--max_runs", "1"])
     assert sorted(p.name for p in runs.glob("*.json")) == ["rklu_lr0.001_aug1_a4.json", "ta_lr0.001.json"]
     assert (runs / "rklu_lr0.001_aug1_a4.json").stat().st_mtime_ns == stamp
-    assert (work / "settings" / "ta_lr0.001" / "augmented").is_symlink()  # shared, not rebuilt
+    link = work / "settings" / "ta_lr0.001" / "augmented"
+    assert link.is_symlink() and not Path(os.readlink(link)).is_absolute()  # shared, not rebuilt; relative
+    assert (link / "adapter_config.json").is_file() or (link / "config.json").is_file()
     capsys.readouterr()
     protocol.main([*argv, "--plan"])
     plan = capsys.readouterr().out
@@ -224,4 +233,10 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     with pytest.raises(SystemExit, match="another protocol"):
         protocol.main([*argv, "--unlearn_epochs", "2", "--max_runs", "1"])
     protocol.main([*argv, "--report_only"])
+    protocol.main([*argv, "--deadline_s", "0"])  # past its deadline at once: starts nothing new
+    assert len(list(runs.glob("*.json"))) == 2
+    # the protocol's own bounds: this original (a tiny random model) does not know the book, so nothing more runs
+    assert argv[-6] == "--min_knowledge_ratio"
+    with pytest.raises(SystemExit, match="does not know the book; raise --finetune_epochs or --finetune_lr"):
+        protocol.main([*argv[:-6], "--max_runs", "1"])
     assert len(list(runs.glob("*.json"))) == 2
