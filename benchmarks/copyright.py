@@ -14,6 +14,8 @@ prefix 200), 50 WikiText segments of 64 tokens (paper: 200), lm-eval on the firs
 fine-tune / augmented model / students, one torch thread. ``--paper`` sets the paper's sizes (a GPU run).
 Resumable: every finished stage (under ``--work_dir``) is reused, so an interrupted run continues where it stopped.
 Wall and CPU seconds of each invocation are recorded (on a shared machine the CPU time is the stable number).
+One run at one lr for every method is not a fair comparison: ``benchmarks/copyright_protocol.py`` runs the declared
+protocol (a checked original, one lr grid for all, a selection rule) through this script's ``recipe_argv``.
 """
 
 from __future__ import annotations

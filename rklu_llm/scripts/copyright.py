@@ -66,7 +66,10 @@ class BookRecipeArguments:
         default="embedded:smollm2-135m-instruct",
         metadata={"help": "The model that memorises, then unlearns, the book: hub id, local dir or embedded:<name>."},
     )
-    methods: str = field(default=",".join(DEFAULT_METHODS), metadata={"help": "Comma-separated methods to run."})
+    methods: str = field(
+        default=",".join(DEFAULT_METHODS),
+        metadata={"help": "Comma-separated methods to run; 'none': stop once the fine-tuned model is evaluated."},
+    )
     retain_text: str | None = field(
         default=None,
         metadata={
@@ -231,11 +234,12 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
     recipe, texts, evaluation, general, config = parse_arguments(ARGUMENTS, argv)
 
     # ---- every input, before any model is loaded
-    methods = [m.strip() for m in recipe.methods.split(",") if m.strip()]
+    only_original = recipe.methods.strip() == "none"  # base and fine-tuned models only (a protocol's original)
+    methods = [] if only_original else [m.strip() for m in recipe.methods.split(",") if m.strip()]
     if recipe.finetune_epochs < 0:
         raise ValueError(f"--finetune_epochs must be >= 0, got {recipe.finetune_epochs}")
     unknown = [m for m in methods if m not in METHODS]
-    if unknown or not methods:
+    if unknown or not (methods or only_original):
         raise ValueError(f"--methods: unknown {unknown or 'empty list'}; choose among {', '.join(METHODS)}.")
     root = Path(config.output_dir)
     check_output_dir(root, model_path=recipe.model)
