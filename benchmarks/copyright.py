@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rklu_llm.eval.general import resolve_tasks  # noqa: E402
-from rklu_llm.eval.io import write_json_atomic  # noqa: E402
+from rklu_llm.io import write_json_atomic  # noqa: E402
 from rklu_llm.scripts import copyright as recipe  # noqa: E402
 
 NAME = "copyright_smollm2"

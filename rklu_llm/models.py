@@ -354,7 +354,6 @@ def staged_save(trainer, output_dir: str | os.PathLike, before_publish=None) -> 
     """
     from transformers import Trainer
 
-
     check_finite_weights(trainer.accelerator.unwrap_model(trainer.model), output_dir)
 
     staging = Path(output_dir) / STAGING_DIR
