@@ -47,6 +47,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rklu_llm.eval.stopping import SIGNAL  # noqa: E402
+from rklu_llm.paths import portable_path  # noqa: E402
 
 NAME = "tofu_cpu_forget01"
 SPLIT = "forget01"
@@ -423,12 +424,23 @@ def write_report(args, bench, runs: dict, references: dict, floor: float | None)
         "references": references,
         "chosen_lr": chosen,
         "machine": machine,
-        "invocations": json.loads(invocations.read_text()) if invocations.is_file() else [],
+        "invocations": portable_invocations(invocations),
         "runs": sorted(runs),
     }
     bench.write_json_atomic(out / f"{NAME}.json", data)
     (out / f"{NAME}.md").write_text(markdown(args, bench, runs, references, floor, chosen, machine))
     plot(out, bench, runs, references, floor, chosen)
+
+
+def portable_invocations(path: Path) -> list[dict]:
+    """The benchmark's invocations on the work directory, absolute paths in their commands made portable."""
+    entries = json.loads(path.read_text()) if path.is_file() else []
+    out = []
+    for entry in entries:
+        command = entry.get("command") or ""
+        words = [portable_path(w) if w.startswith("/") else w for w in command.split()]
+        out.append({**entry, "command": " ".join(words)})
+    return out
 
 
 def markdown(args, bench, runs, references, floor, chosen, machine) -> str:

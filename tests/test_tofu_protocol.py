@@ -142,6 +142,7 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     data = json.loads((results / "tofu_cpu_forget01.json").read_text())
     assert data["runs"] == ["forget01_rklu_lr0.001_s0"] and data["grid"] == [1e-3, 1e-2]
     assert set(data["references"]) == {"original", "oracle"} and data["utility_floor"] is not None
+    assert data["invocations"] and str(tmp_path) not in json.dumps(data)  # no absolute local path in the results
     assert (results / "tofu_cpu_forget01_runs" / "forget01_rklu_lr0.001_s0.json").is_file()
     table = (results / "tofu_cpu_forget01.md").read_text()
     assert "| rklu | 0.001 | 0 |" in table and "Utility floor" in table
