@@ -266,7 +266,7 @@ def check_original(references: dict, minimum: float) -> None:
 def print_plan(args, bench, runs, floor, plan) -> None:
     bench_args = bench.parse(bench_argv(args, "rklu", args.grid, (0,)))
     costs, sources = bench.measured_costs(bench_args)
-    forget_items = 40
+    forget_items = bench.n_items(SPLIT, args.data_dir)
     total, unknown = 0.0, 0
     print(f"Protocol plan ({NAME}); utility floor: {'after the fine-tunes' if floor is None else f'{floor:.3f}'}")
     for stage, items in plan:

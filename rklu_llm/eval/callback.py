@@ -249,20 +249,8 @@ class TofuEvalCallback(TrainerCallback):
             return
         row = self.history[index]
         self.first_peak_epoch = row["epoch"]
-        for done in (self.final, self.peak) if self.per_epoch != "full" else (row,):
-            if done is not None and done["epoch"] == row["epoch"]:
-                self.first_peak = done
-                return
-        if self._first is None or self._first[0] != row["epoch"]:
-            return
-        final_weights = _trainable_state(model)
-        _load_trainable_state(model, self._first[1])
-        try:
-            result, self.first_peak = self._evaluate(model, row["epoch"], full=True)
-        finally:
-            _load_trainable_state(model, final_weights)
-        self.results.append(result)
-        self._log(self.first_peak, "first_peak/")
+        kept = self._first[1] if self._first is not None and self._first[0] == row["epoch"] else None
+        self.first_peak = self._full_row(model, row, kept, "first_peak/")
         self._first = self._previous = None
 
     def _holdout_signal(self, model) -> dict:
@@ -335,22 +323,33 @@ class TofuEvalCallback(TrainerCallback):
         row = self.history[index]
         self.selected_epoch = row["epoch"]
         signal = {k: row[k] for k in (SIGNAL, AUC)}
+        kept = self._chosen[1] if self._chosen is not None else None
+        self.selected = self._full_row(model, row, kept, "selected/", signal)
+        self._chosen = None
+
+    def _full_row(self, model, row: dict, kept: dict | None, tag: str, extra: dict | None = None) -> dict | None:
+        """``row``'s epoch fully evaluated: with per_epoch='full' the row itself, else the final / peak / first-peak
+        row of that epoch when there is one, else ``kept`` (a CPU copy of that epoch's trainable weights) evaluated
+        and logged under ``tag``; ``None`` without either. ``extra`` is added to the row returned."""
         for done in (self.final, self.peak, self.first_peak) if self.per_epoch != "full" else (row,):
             if done is not None and done["epoch"] == row["epoch"]:
-                self.selected = {**done, **signal}
-                return
-        if self._chosen is None or self._chosen[1] is None:
-            return
+                return {**done, **extra} if extra else done
+        if kept is None:
+            return None
+        evaluated = {**self._evaluate_weights(model, row["epoch"], kept), **(extra or {})}
+        self._log(evaluated, tag)
+        return evaluated
+
+    def _evaluate_weights(self, model, epoch: float, weights: dict) -> dict:
+        """A full evaluation of ``weights`` (an epoch's trainable weights), the model's own weights restored after."""
         final_weights = _trainable_state(model)
-        _load_trainable_state(model, self._chosen[1])
+        _load_trainable_state(model, weights)
         try:
-            result, selected = self._evaluate(model, row["epoch"], full=True)
+            result, row = self._evaluate(model, epoch, full=True)
         finally:
             _load_trainable_state(model, final_weights)
         self.results.append(result)
-        self.selected = {**selected, **signal}
-        self._log(self.selected, "selected/")
-        self._chosen = None
+        return row
 
     def _end_of_training(self, model) -> None:
         if self.per_epoch == "full":
@@ -372,13 +371,7 @@ class TofuEvalCallback(TrainerCallback):
             self.peak = self.final
             self._best = None
             return
-        final_weights = _trainable_state(model)
-        _load_trainable_state(model, weights)
-        try:
-            result, self.peak = self._evaluate(model, best_epoch, full=True)
-        finally:
-            _load_trainable_state(model, final_weights)
-        self.results.append(result)
+        self.peak = self._evaluate_weights(model, best_epoch, weights)
         self._log(self.peak, "peak/")
         self._best = None
 
