@@ -23,7 +23,8 @@ The protocol (written once here and used for every method alike; ``PROTOCOL`` ho
   the grid value whose first peak has the highest forget quality among those with model utility at the floor
   (``min(0.95 x original, oracle)``), else the one whose first peak keeps the most utility; the other methods run at
   the lr chosen for their family (``FAMILY``); RKL-U and the two strongest baselines by the same score then run
-  with seeds 1 and 2.
+  with seeds 1 and 2. The sweep runs every method at the grid's middle lr first, then outwards, so a sweep that
+  its deadline cuts short still compares all methods at the same lr.
 
 Resumable (finished runs are read from ``--work_dir``); ``--deadline_s`` starts nothing new past that many seconds.
 Writes ``tofu_cpu_forget01.{json,md}``, ``tofu_cpu_forget01_fq_vs_mu.png``, ``tofu_cpu_forget01_epochs.png`` and
@@ -211,10 +212,20 @@ def choose_lr_without_oracle(runs: dict, bench, method: str, grid: list[float], 
     return choose_lr(runs, bench, method, grid, floor, epoch="selected", signal=SIGNAL)
 
 
+def sweep_order(grid: list[float]) -> list[float]:
+    """The grid's middle value, then outwards (the next higher before the next lower).
+
+    The sweep runs every method at one lr before any method at the next, so a sweep cut short by its deadline still
+    compares all methods at the same lr, at the grid's centre."""
+    ordered = sorted(grid)
+    middle = (len(ordered) - 1) // 2
+    return sorted(ordered, key=lambda lr: (abs(ordered.index(lr) - middle), ordered.index(lr) < middle))
+
+
 def stages(args, bench, runs: dict, floor: float | None) -> list[tuple[str, list[tuple[str, float | None, tuple]]]]:
     """``(stage, [(method, lr or None = not chosen yet, seeds)])`` of the protocol, in order."""
     chosen = {m: choose_lr(runs, bench, m, args.grid, floor) for m in SWEPT}
-    sweep = [(m, lr, (0,)) for m in SWEPT for lr in args.grid]
+    sweep = [(m, lr, (0,)) for lr in sweep_order(args.grid) for m in SWEPT]
     family = [(m, chosen[parent], (0,)) for m, parent in FAMILY.items()]
     at_lr = {m: chosen[m] for m in SWEPT} | {m: chosen[p] for m, p in FAMILY.items()}
     strongest = strongest_baselines(runs, bench, at_lr, floor)

@@ -67,7 +67,8 @@ def test_stages_follow_the_sweep(protocol, bench):
         sweep += [run(method, 1e-4, 0.01, 0.5), run(method, 1e-3, 0.2 if method == "npo" else 0.05, 0.4)]
     runs = records(bench, *sweep)
     stages = dict(protocol.stages(args, bench, runs, floor))
-    assert [m for m, _, _ in stages["sweep"]] == [m for m in protocol.SWEPT for _ in GRID]
+    # every method at one lr before any method at the next
+    assert [(m, lr) for m, lr, _ in stages["sweep"]] == [(m, lr) for lr in GRID for m in protocol.SWEPT]
     assert all(lr == 1e-3 and seeds == (0,) for _, lr, seeds in stages["family"])  # their families' lr
     assert [m for m, _, _ in stages["family"]] == list(protocol.FAMILY)
     # the seeds stage waits for every baseline's chosen run
@@ -79,6 +80,18 @@ def test_stages_follow_the_sweep(protocol, bench):
     ]
     stages = dict(protocol.stages(args, bench, records(bench, *sweep, *family), floor))
     assert [m for m, _, _ in stages["seeds"]] == ["rklu", "dpo", "npo"]  # the two strongest baselines by the score
+
+
+@pytest.mark.parametrize(
+    "grid, order",
+    [
+        ([3e-4, 1e-3, 3e-3], [1e-3, 3e-3, 3e-4]),  # the centre, then higher, then lower
+        ([3e-3, 3e-4, 1e-3], [1e-3, 3e-3, 3e-4]),  # the order given does not matter
+        ([1e-4, 3e-4, 1e-3, 3e-3], [3e-4, 1e-3, 1e-4, 3e-3]),  # even: the lower centre, then outwards
+    ],
+)
+def test_sweep_visits_the_grid_from_its_centre(protocol, grid, order):
+    assert protocol.sweep_order(grid) == order
 
 
 def test_rule_verdict(protocol):
