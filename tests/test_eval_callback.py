@@ -337,3 +337,36 @@ def test_two_processes_evaluate_every_epoch_and_keep_the_best(
     curve = [row[FQ] for row in epochs["epochs"]]
     assert record["row"]["epoch"] == [1.0, 2.0][curve.index(max(curve))]
     assert (out / "best_forget_quality" / "model.safetensors").is_file()
+
+
+def test_holdout_rule_reuses_the_forget_scores_of_the_epochs_evaluation(
+    two_models, tiny_tokenizer, tofu_dir, monkeypatch
+):
+    """Per epoch the forget answers are scored once (by the evaluation); the rule scores only the holdout answers
+    and its KS p / AUC equal those of scoring both sets directly."""
+    import rklu_llm.eval.callback as callback_module
+    from rklu_llm.eval.scoring import score_answers
+    from rklu_llm.eval.stopping import holdout_signal
+
+    a, _, reference = two_models
+    callback = TofuEvalCallback(
+        tiny_tokenizer, "forget01", tofu_dir, reference, per_epoch="forget_quality", select_by="holdout", **EVAL
+    )
+    scored = []
+
+    def counting(model, tokenizer, questions, answers, **kwargs):
+        scored.append(list(questions))
+        return score_answers(model, tokenizer, questions, answers, **kwargs)
+
+    monkeypatch.setattr(callback_module, "score_answers", counting)
+    _epoch_end(callback, a, 1.0)
+    assert scored == [callback.holdout["holdout"]["question"]]  # the forget items were not scored again
+    direct = {}
+    for name in ("forget", "holdout"):
+        items = callback.holdout[name]
+        nll, tokens = score_answers(a, tiny_tokenizer, items["question"], items["answer"], batch_size=16)
+        direct[name] = (nll / tokens.clip(min=1)).tolist()
+    want = holdout_signal(direct["forget"], direct["holdout"])
+    row = callback.history[0]
+    assert row["holdout_ks_p"] == pytest.approx(want["holdout_ks_p"])
+    assert row["holdout_auc_loss"] == pytest.approx(want["holdout_auc_loss"])

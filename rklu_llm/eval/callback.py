@@ -9,6 +9,7 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import TrainerCallback
 
@@ -213,7 +214,7 @@ class TofuEvalCallback(TrainerCallback):
         result, row = self._evaluate(model, epoch, full=self.per_epoch == "full")
         row["train_peak_memory_bytes"] = train_peak
         if self.holdout is not None:
-            row.update(self._holdout_signal(model))
+            row.update(self._holdout_signal(model, result))
         self.history.append(row)
         self._log(row)
         if self.per_epoch == "full":
@@ -253,9 +254,17 @@ class TofuEvalCallback(TrainerCallback):
         self.first_peak = self._full_row(model, row, kept, "first_peak/")
         self._first = self._previous = None
 
-    def _holdout_signal(self, model) -> dict:
+    def _holdout_signal(self, model, result: dict) -> dict:
+        """The rule's KS p / AUC of this epoch. The forget answers' mean NLLs come from the evaluation just made
+        (its per-item answer probabilities are ``exp(-mean NLL)``) when it scored the same items; else they, and
+        always the holdout answers, are scored here."""
         losses = {}
+        scored = result.get("sets", {}).get(f"{self.forget_split}_perturbed", {}).get("items", {})
+        if scored.get("question") == self.holdout["forget"]["question"] and "answer_probability" in scored:
+            losses["forget"] = -np.log(np.asarray(scored["answer_probability"], dtype=np.float64))
         for name in ("forget", "holdout"):
+            if name in losses:
+                continue
             items = self.holdout[name]
             nll, tokens = score_answers(
                 model,
