@@ -713,11 +713,16 @@ def estimate(args, costs: dict, item: tuple, forget_items: int, augment: bool) -
     if augment:
         seconds += costs.get("augment", 0.0) * forget_items * args.augment_epochs
     epochs = math.ceil(args.unlearn_epochs)
+    # a tracked run fully evaluates its last, best and first-peak epochs, and the rule's epoch when the rule is on:
+    # distinct epochs only, so this many at most (the estimate takes the most)
+    tracked = min(epochs, 4 if args.holdout_rule else 3)
     return (
         seconds
-        + {"every_epoch": epochs * full_eval, "track_peak": epochs * fq_eval + 2 * full_eval, "final": full_eval}[
-            evaluation_mode(args, split, method)
-        ]
+        + {
+            "every_epoch": epochs * full_eval,
+            "track_peak": epochs * fq_eval + tracked * full_eval,
+            "final": full_eval,
+        }[evaluation_mode(args, split, method)]
     )
 
 

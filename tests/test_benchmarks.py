@@ -327,12 +327,16 @@ def test_plan_estimate_from_committed_numbers(bench, monkeypatch, tmp_path, tofu
     seconds, _ = bench.plan_estimates(args, bench.todo_list(args))
     # forget-quality-only evaluation, not measured: 12 s x forget pairs / all pairs = 12 x 280 / (280 + 2800 + 868)
     fq_eval = 12.0 * 280 / (280 + 2800 + 4 * 217)
-    ga = 0.02 * 40 * 10 + 10 * fq_eval + 2 * 12.0
-    rklu = 0.04 * 40 * 10 + 0.005 * 40 * 10 + 10 * fq_eval + 2 * 12.0
+    # full evaluations of a tracked run, at most: the last, the best and the first-peak epochs (no --holdout_rule)
+    ga = 0.02 * 40 * 10 + 10 * fq_eval + 3 * 12.0
+    rklu = 0.04 * 40 * 10 + 0.005 * 40 * 10 + 10 * fq_eval + 3 * 12.0
     full = 40.0 / 20000 * 4000 * 5 + 12.0
     retain99 = 40.0 / 20000 * 3960 * 5 + 12.0
     assert seconds == pytest.approx([full, retain99, ga, rklu])
     assert not math.isnan(sum(seconds))
+    args.holdout_rule = True  # the rule's epoch is evaluated in full too
+    seconds, _ = bench.plan_estimates(args, bench.todo_list(args))
+    assert seconds[2:] == pytest.approx([ga + 12.0, rklu + 12.0])
 
 
 @pytest.mark.slow
