@@ -313,6 +313,9 @@ def test_evaluate_tofu_layout_and_ranges(e2e):
     row = summary_row(result)
     assert row["model_utility"] == result["model_utility"] and row["forget01_forget_quality"] is None
     assert row["retain_probability"] == result["sets"]["retain_perturbed"]["aggregate"]["probability"]
+    for name in ("retain", "real_authors", "world_facts"):  # model utility's parts
+        for metric in ("probability", "rouge_l_recall", "truth_ratio"):
+            assert row[f"{name}_{metric}"] == result["sets"][f"{name}_perturbed"]["aggregate"][metric]
     assert row["forget01_rouge_l_recall"] == result["sets"]["forget01_perturbed"]["aggregate"]["rouge_l_recall"]
 
 

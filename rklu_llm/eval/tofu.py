@@ -746,8 +746,8 @@ def _utility(sets: dict, generate: bool) -> tuple[float | None, str | None]:
 
 def summary_row(result: Mapping) -> dict:
     """One flat table row of a TOFU result: model, item protocol, model utility, and per forget split its forget
-    quality and forget-set probability / ROUGE-L recall / truth ratio, then the retain set's probability / ROUGE-L
-    recall."""
+    quality and forget-set probability / ROUGE-L recall / truth ratio, then the same three of every utility set
+    (retain, real authors, world facts)."""
     row = {
         "model": result.get("model"),
         **({"base_model": result["base_model"]} if result.get("base_model") else {}),
@@ -762,10 +762,13 @@ def summary_row(result: Mapping) -> dict:
             row[f"{split}_probability"] = aggregate["probability"]
             row[f"{split}_rouge_l_recall"] = aggregate["rouge_l_recall"]
             row[f"{split}_truth_ratio"] = aggregate["truth_ratio"]
-    retain = result["sets"].get("retain_perturbed", {}).get("aggregate")
-    if retain is not None:
-        row["retain_probability"] = retain["probability"]
-        row["retain_rouge_l_recall"] = retain["rouge_l_recall"]
+    for name in UTILITY_SETS:  # model utility's nine parts, so a change of utility can be traced to its source
+        aggregate = result["sets"].get(name, {}).get("aggregate")
+        if aggregate is not None:
+            label = name.removesuffix("_perturbed")
+            row[f"{label}_probability"] = aggregate["probability"]
+            row[f"{label}_rouge_l_recall"] = aggregate["rouge_l_recall"]
+            row[f"{label}_truth_ratio"] = aggregate["truth_ratio"]
     return row
 
 
