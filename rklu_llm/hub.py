@@ -26,9 +26,9 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
-from .config import METHODS
+from .config import METHODS, UnlearnConfig
+from .field_tags import LORA_SHAPE, ON_CARD, tagged_fields
 from .paths import portable_path
-from .run_state import LORA_SHAPE, tagged_fields
 
 CARD_FILE = "README.md"
 #: Hub id of each embedded model (``embedded:<name>``), for the card's ``base_model``.
@@ -65,21 +65,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _SECRET = re.compile(r"hf_[A-Za-z0-9]{20,}")
 _SECRET_FLAG = re.compile(r"--?[\w-]*(token|secret|password)[\w-]*", re.IGNORECASE)
 #: Fields shown for every method, then the ones each method (its entry's ``card_fields``) or setting uses.
-_COMMON_FIELDS = (
-    "learning_rate",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "weight_decay",
-    "warmup_epochs",
-    "lr_scheduler_type",
-    "max_length",
-    "seed",
-    "bf16",
-    "forget_weight",
-    "retain_mode",
-)
+_COMMON_FIELDS = tagged_fields(UnlearnConfig, ON_CARD)
 #: TOFU sets shown in the results table, with their display names.
 _TOFU_SETS = {
     "forget01_perturbed": "forget01",

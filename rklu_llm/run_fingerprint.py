@@ -11,8 +11,9 @@ from dataclasses import fields
 
 from transformers import TrainingArguments
 
+from .field_tags import NOT_IN_FINGERPRINT, tagged_fields
 from .paths import portable_path
-from .run_state import NOT_IN_FINGERPRINT, begin_run, checkpoint_problem, tagged_fields, training_settings
+from .run_state import begin_run, checkpoint_problem, training_settings
 from .teacher import augmented_fingerprint, read_marker
 
 

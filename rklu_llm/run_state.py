@@ -36,12 +36,12 @@ import time
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
-from typing import get_type_hints
 
 import torch
 from transformers import Trainer, TrainerCallback
 
 from .distributed import check_sharding_engaged, check_sharding_possible, first_non_finite
+from .field_tags import TRAINING_FIELDS
 from .io import data_fingerprint, model_fingerprint, write_json_atomic
 from .paths import portable_path
 
@@ -53,34 +53,6 @@ logger = logging.getLogger(__name__)
 RUN_RECORD = "_rklu_run.json"
 RUN_LOCK = "_rklu_run.lock"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-
-#: Tags on the type of a config field (``Annotated[int, NOT_IN_FINGERPRINT]``), read by :func:`tagged_fields`.
-NOT_IN_FINGERPRINT = "not in the run fingerprint"  # a setting that does not change the result
-LORA_SHAPE = "LoRA adapter shape"  # rank, alpha, dropout, target modules of the student and augmented adapters
-
-#: `TrainingArguments` fields that change what a run produces (the rest: logging, saving, evaluation, output).
-TRAINING_FIELDS = (
-    "learning_rate",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_grad_norm",
-    "optim",
-    "optim_args",
-    "lr_scheduler_type",
-    "lr_scheduler_kwargs",
-    "warmup_steps",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "seed",
-    "data_seed",
-    "bf16",
-    "fp16",
-    "label_smoothing_factor",
-)
 
 
 class RunConflictError(RuntimeError):
@@ -142,14 +114,6 @@ def resolve_precision(args) -> None:
     )
 
 
-def tagged_fields(args, tag: str) -> tuple[str, ...]:
-    """The names of the dataclass fields of ``args`` (an instance or a class) whose type carries ``tag``
-    (``Annotated[int, tag]``), in declaration order: the lists of settings (left out of the run fingerprint, the
-    LoRA shape) are read from the fields themselves, never kept by hand."""
-    hints = get_type_hints(args if isinstance(args, type) else type(args), include_extras=True)
-    return tuple(spec.name for spec in fields(args) if tag in getattr(hints.get(spec.name), "__metadata__", ()))
-
-
 def is_secret_field(name: str, value) -> bool:
     """A string field whose name mentions a token (``hub_token``, ...): never written anywhere."""
     return "token" in name and isinstance(value, str)
@@ -175,7 +139,8 @@ def _plain(value):
 
 
 def training_settings(args) -> dict:
-    """The :data:`TRAINING_FIELDS` of ``args`` plus the number of processes (the global batch depends on it)."""
+    """The :data:`~rklu_llm.field_tags.TRAINING_FIELDS` of ``args`` plus the number of processes (the global batch
+    depends on it)."""
     settings = {name: _plain(getattr(args, name, None)) for name in TRAINING_FIELDS}
     settings["world_size"] = args.world_size
     return settings
