@@ -172,6 +172,19 @@ class FrozenModels:
         finally:
             student.peft_config[AUGMENTED_ADAPTER] = hidden
 
+    @classmethod
+    @contextlib.contextmanager
+    def out_of_saves(cls, trainer):
+        """Every save of ``trainer``'s model within leaves out the frozen models riding on it
+        (:meth:`hidden_from_saves` of the trainer's ``frozen``); a trainer without frozen models saves as it is. The
+        trainer's own saves and the evaluation callback's best checkpoints go through here."""
+        frozen = getattr(trainer, "frozen", None)
+        if not isinstance(frozen, cls):
+            yield
+            return
+        with frozen.hidden_from_saves(trainer.accelerator.unwrap_model(trainer.model)):
+            yield
+
     def restore_student_adapter(self, student, checkpoint: str) -> None:
         """After a resume: with a second adapter on the student, some transformers 5.x releases restore only the
         adapters saved in sub-folders; load the trained adapter from the checkpoint's top level explicitly."""

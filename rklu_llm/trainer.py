@@ -327,7 +327,7 @@ class UnlearnTrainer(Trainer):
         lock; with ``keep_augmented=False`` it then deletes the augmented model this run built.
         """
         output_dir = output_dir or self.args.output_dir
-        with self.frozen.hidden_from_saves(self.accelerator.unwrap_model(self.model)):
+        with FrozenModels.out_of_saves(self):
             if _internal_call:  # checkpoints: the Trainer's own layout
                 super().save_model(output_dir, _internal_call=True)
                 if self.is_world_process_zero():
