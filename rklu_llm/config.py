@@ -12,6 +12,7 @@ from typing import Annotated
 
 from .field_tags import LORA_SHAPE, NOT_IN_FINGERPRINT, ON_CARD, TaggedTrainingArguments
 from .methods import METHODS, Method
+from .models import check_output_dir, path_overlap
 from .run_state import check_training_arguments, without_secrets
 
 RETAIN_MODES = ("none", "rt", "kl")
@@ -263,8 +264,6 @@ class UnlearnConfig(TaggedTrainingArguments):
         return without_secrets(self.__dict__)
 
     def _check_augmented_location(self) -> None:
-        from .models import check_output_dir, path_overlap
-
         if self.augmented_model_path is not None:
             check_output_dir(self.output_dir, augmented_path=self.augmented_model_path)
         if self.augmented_dir is not None:

@@ -38,8 +38,12 @@ from enum import Enum
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from safetensors import safe_open
 from transformers import Trainer, TrainerCallback
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
+from . import __version__
 from .distributed import check_sharding_engaged, check_sharding_possible, first_non_finite
 from .field_tags import TRAINING_FIELDS
 from .io import data_fingerprint, model_fingerprint, write_json_atomic
@@ -103,8 +107,6 @@ def resolve_precision(args) -> None:
     "Your setup doesn't support bf16/gpu". With ``use_cpu=True`` the request stands (bf16 autocast on the CPU)."""
     if not (args.bf16 or args.bf16_full_eval) or args.use_cpu:
         return
-    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
-
     if is_torch_bf16_gpu_available() or is_torch_xla_available():
         return
     args.bf16 = args.bf16_full_eval = False
@@ -400,8 +402,6 @@ def clear_previous_run(output_dir: str | os.PathLike) -> None:
 
 def write_run_record(output_dir: str | os.PathLike, kind: str, fingerprint: dict, status: str, **extra) -> None:
     """Write the run record atomically (main process only)."""
-    from . import __version__
-
     write_json_atomic(
         Path(output_dir) / RUN_RECORD,
         {"kind": kind, "status": status, "rklu_llm_version": __version__, **extra, "fingerprint": fingerprint},
@@ -434,8 +434,6 @@ def begin_run(args, kind: str, fingerprint: dict, resume: bool = True) -> str | 
     Raises:
         RunConflictError: another run holds the lock, or the folder holds another run.
     """
-    from accelerate import PartialState
-
     main = args.process_index == 0
     if main:
         acquire_run_lock(args.output_dir)
@@ -480,8 +478,6 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     weights = [path / n for n in _MODEL_FILES if (path / n).is_file()]
     if not weights and not (path / "latest").is_file():
         return "it holds no model weights"
-    from safetensors import safe_open
-
     for file in weights:
         if file.name.endswith(".index.json"):
             try:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from peft import get_peft_model
 from transformers import AutoConfig, TrainingArguments
 
 from .data.qa import QACollator
@@ -171,8 +172,6 @@ def build_augmented_model(
             )
         logger.warning("--overwrite_output_dir: rebuilding the augmented model in %s", portable_path(output_dir))
         shutil.rmtree(output_dir)
-    from peft import get_peft_model
-
     augmented, _ = copy_model(model)
     for parameter in augmented.parameters():
         parameter.requires_grad_(True)
