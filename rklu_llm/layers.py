@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "field_tags",
             "item_counts",
             "layers",
+            "lazy",
             "eval.metrics",
             "eval.io",
         ),
