@@ -14,7 +14,16 @@ logits (:func:`classifier_logits`).
 from __future__ import annotations
 
 import torch
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from torch import nn
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+    ResNetConfig,
+    ResNetForImageClassification,
+)
 
 #: batch keys that are not model inputs
 TARGET_KEYS = ("labels", "index", "random_labels")
@@ -29,8 +38,6 @@ def _inner(model: nn.Module) -> nn.Module:
 
 def takes_keywords(model: nn.Module) -> bool:
     """True for `transformers` / PEFT models (keyword inputs), False for plain modules."""
-    from transformers import PreTrainedModel
-
     inner = _inner(model)
     return isinstance(inner, PreTrainedModel) or hasattr(inner, "peft_config")
 
@@ -103,8 +110,6 @@ class SmallCNN(nn.Module):
 def small_resnet(num_classes: int, num_channels: int = 1, class_names=None):
     """A small `transformers` ``ResNetForImageClassification`` (basic blocks, widths 16/32/64, one block per stage;
     about 0.2M parameters) from a ``ResNetConfig``: the `transformers` image-classification path."""
-    from transformers import ResNetConfig, ResNetForImageClassification
-
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     config = ResNetConfig(
         num_channels=num_channels,
@@ -138,8 +143,6 @@ def small_text_classifier(
     SmolLM2-135M as a sequence classifier would also work (``AutoModelForSequenceClassification`` on its weights),
     but training it and its retrain oracle on thousands of passages is hours on a CPU; this one trains in minutes.
     """
-    from transformers import BertConfig, BertForSequenceClassification
-
     names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
     config = BertConfig(
         vocab_size=len(tokenizer),
@@ -161,9 +164,6 @@ def small_text_classifier(
 def train_text_tokenizer(texts, vocab_size: int = 8000):
     """A lower-cased WordPiece tokenizer trained on ``texts`` (offline, seconds), as a `PreTrainedTokenizerFast`
     that adds ``[CLS] ... [SEP]`` and pads with ``[PAD]``."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -189,8 +189,6 @@ def reinitialize(model: nn.Module, seed: int = 0) -> nn.Module:
     Raises:
         ValueError: a plain module holds parameters that no ``reset_parameters()`` covers.
     """
-    from transformers import PreTrainedModel
-
     inner = _inner(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -191,7 +191,7 @@ MODEL_KINDS = {"lm": "language models", "classifier": "classifiers", "both": "la
 def print_methods() -> None:
     """One line per method of :data:`rklu_llm.config.METHODS`: its forget loss and what a run needs besides the
     forget set."""
-    from .config import METHODS
+    from .config import METHODS  # lazy, as above: the config imports torch and transformers
 
     width = max(len(name) for name in METHODS) + 1
     for name, spec in METHODS.items():

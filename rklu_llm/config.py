@@ -10,26 +10,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from transformers import TrainingArguments
-
+from .field_tags import LORA_SHAPE, NOT_IN_FINGERPRINT, ON_CARD, TaggedTrainingArguments
 from .methods import METHODS, Method
-from .run_state import LORA_SHAPE, NOT_IN_FINGERPRINT, check_training_arguments, without_secrets
+from .models import check_output_dir, path_overlap
+from .run_state import check_training_arguments, without_secrets
 
 RETAIN_MODES = ("none", "rt", "kl")
 DIVERGENCES = ("reverse", "forward")
 
 
 @dataclass
-class UnlearnConfig(TrainingArguments):
+class UnlearnConfig(TaggedTrainingArguments):
     """Configuration of an unlearning run (the math of each method: its entry in :mod:`rklu_llm.methods`).
 
     Defaults follow the RKL-U paper (AdamW, lr 1e-5, weight decay 0.01, linear warm-up over the first epoch then
     linear decay, 5 epochs, teacher alpha 8, 10 augmentation epochs).
 
     What a field is for, besides its ``help``, is a tag on its type (``Annotated[int, NOT_IN_FINGERPRINT]``, which
-    HfArgumentParser ignores), read by :func:`rklu_llm.run_state.tagged_fields` instead of lists kept by hand:
+    HfArgumentParser ignores), read by :func:`rklu_llm.field_tags.tagged_fields` instead of lists kept by hand:
     ``NOT_IN_FINGERPRINT`` for a setting that does not change the result (left out of the run fingerprint),
-    ``LORA_SHAPE`` for the LoRA adapters' shape (the model card, the augmented model's fingerprint).
+    ``LORA_SHAPE`` for the LoRA adapters' shape (the model card, the augmented model's fingerprint), ``ON_CARD`` for
+    the settings every model card shows. The inherited TrainingArguments fields carry theirs in
+    :class:`~rklu_llm.field_tags.TaggedTrainingArguments`.
     """
 
     # --- method -----------------------------------------------------------------------------------------------
@@ -73,9 +75,9 @@ class UnlearnConfig(TrainingArguments):
     teacher_check_max_new_tokens: Annotated[int, NOT_IN_FINGERPRINT] = field(
         default=32, metadata={"help": "The longest greedy continuation of the teacher check, in tokens."}
     )
-    forget_weight: float = field(default=1.0, metadata={"help": "Weight of the forget loss."})
+    forget_weight: Annotated[float, ON_CARD] = field(default=1.0, metadata={"help": "Weight of the forget loss."})
     # --- retain term ------------------------------------------------------------------------------------------
-    retain_mode: str | None = field(
+    retain_mode: Annotated[str | None, ON_CARD] = field(
         default=None,
         metadata={
             "help": "Retain term: 'none'; 'rt' = NLL on the retain set; 'kl' = forward KL(p_original || p_student) "
@@ -160,8 +162,8 @@ class UnlearnConfig(TrainingArguments):
         default=True, metadata={"help": "Set dropout to 0 in the student (frozen models never use dropout)."}
     )
     # --- data -------------------------------------------------------------------------------------------------
-    max_length: int = field(default=512, metadata={"help": "Maximum tokens of prompt + answer."})
-    warmup_epochs: float | None = field(
+    max_length: Annotated[int, ON_CARD] = field(default=512, metadata={"help": "Maximum tokens of prompt + answer."})
+    warmup_epochs: Annotated[float | None, ON_CARD] = field(
         default=1.0,
         metadata={
             "help": "Linear warm-up length in epochs (turned into a warm-up ratio of num_train_epochs) unless "
@@ -262,8 +264,6 @@ class UnlearnConfig(TrainingArguments):
         return without_secrets(self.__dict__)
 
     def _check_augmented_location(self) -> None:
-        from .models import check_output_dir, path_overlap
-
         if self.augmented_model_path is not None:
             check_output_dir(self.output_dir, augmented_path=self.augmented_model_path)
         if self.augmented_dir is not None:

@@ -43,6 +43,7 @@ import datasets
 import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
+from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
@@ -339,8 +340,6 @@ def _common(args: DemoArguments, work_dir: str, name: str) -> dict:
 
 def teach(model, tokenizer, rows: Dataset, args: DemoArguments, work_dir: str):
     """LoRA fine-tune on ``rows`` (every person), merged into the weights."""
-    from peft import get_peft_model
-
     set_seed(args.seed)
     model = get_peft_model(
         model, lora_config(args.lora_r, args.lora_alpha, target_modules=lora_targets(model, args.lora_layers))

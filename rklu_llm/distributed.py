@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 import torch
+from accelerate.utils import DistributedType
 
 
 class ShardingNotEngaged(RuntimeError):
@@ -71,8 +72,6 @@ def check_sharding_engaged(trainer) -> None:
     Raises:
         ShardingNotEngaged: it did not (e.g. a single process that accelerate runs as ``DistributedType.NO``).
     """
-    from accelerate.utils import DistributedType
-
     kind = sharding_requested(trainer.args)
     if kind is None:
         return
@@ -83,6 +82,8 @@ def check_sharding_engaged(trainer) -> None:
 
 def is_sharded(model: torch.nn.Module) -> bool:
     """Whether any parameter is a ``DTensor`` (FSDP 2's sharded parameters)."""
+    # torch.distributed's submodules are imported where used: some torch builds lack them, and only runs that may
+    # be sharded call these functions
     from torch.distributed.tensor import DTensor
 
     return any(isinstance(p, DTensor) for p in model.parameters())

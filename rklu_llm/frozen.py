@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import extract_model_from_parallel
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from .classifiers import classifier_logits
@@ -44,8 +45,6 @@ def freeze(model: torch.nn.Module, dtype: torch.dtype | None) -> torch.nn.Module
 
 
 def is_peft(model) -> bool:
-    from peft import PeftModel
-
     return isinstance(model, PeftModel)
 
 
@@ -89,8 +88,6 @@ class FrozenModels:
 
     def load_augmented(self, path: str | Path, student) -> None:
         """Load the augmented model from ``path`` (a full model or a LoRA adapter) beside ``student`` (unwrapped)."""
-        from peft import PeftModel
-
         if not is_adapter_dir(path):
             loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(student.parameters()).dtype)
             self.augmented = freeze(loaded, self.dtype)
@@ -112,7 +109,7 @@ class FrozenModels:
             model = getattr(self, name)
             if model is None:
                 continue
-            if trainer.is_deepspeed_enabled:
+            if trainer.is_deepspeed_enabled:  # trl is slow to import and serves DeepSpeed / FSDP runs only
                 from trl.models.utils import prepare_deepspeed
 
                 model = prepare_deepspeed(model, trainer.accelerator)
@@ -171,6 +168,19 @@ class FrozenModels:
             yield
         finally:
             student.peft_config[AUGMENTED_ADAPTER] = hidden
+
+    @classmethod
+    @contextlib.contextmanager
+    def out_of_saves(cls, trainer):
+        """Every save of ``trainer``'s model within leaves out the frozen models riding on it
+        (:meth:`hidden_from_saves` of the trainer's ``frozen``); a trainer without frozen models saves as it is. The
+        trainer's own saves and the evaluation callback's best checkpoints go through here."""
+        frozen = getattr(trainer, "frozen", None)
+        if not isinstance(frozen, cls):
+            yield
+            return
+        with frozen.hidden_from_saves(trainer.accelerator.unwrap_model(trainer.model)):
+            yield
 
     def restore_student_adapter(self, student, checkpoint: str) -> None:
         """After a resume: with a second adapter on the student, some transformers 5.x releases restore only the

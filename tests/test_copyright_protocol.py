@@ -124,8 +124,10 @@ def test_the_settings_of_the_protocol(protocol, tmp_path):
 )
 def test_bad_input_is_refused_before_any_model_is_loaded(protocol, tmp_path, monkeypatch, extra, message):
     from rklu_llm import models
+    from rklu_llm.scripts import copyright as recipe
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(recipe, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))  # imported at its top
     monkeypatch.setattr(protocol, "load_bench", lambda: pytest.fail("the benchmark was loaded"))
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n")
@@ -137,8 +139,10 @@ def test_bad_input_is_refused_before_any_model_is_loaded(protocol, tmp_path, mon
 
 def test_plan_estimates_without_running(protocol, tmp_path, capsys, monkeypatch):
     from rklu_llm import models
+    from rklu_llm.scripts import copyright as recipe
 
     monkeypatch.setattr(models, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(recipe, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))  # imported at its top
     work, results = str(tmp_path / "w"), str(tmp_path / "r")
     protocol.main(
         ["--data_root", str(SHARED_DATA), "--work_dir", work, "--results_dir", results, "--lrs", "1e-4,1e-3", "--plan"]

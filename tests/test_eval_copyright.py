@@ -274,6 +274,7 @@ def test_the_book_recipe_refuses_bad_input_before_loading_a_model(tmp_path, tiny
         raise AssertionError("a model was loaded before the inputs were checked")
 
     monkeypatch.setattr(models, "load_model", no_model)
+    monkeypatch.setattr(recipe, "load_model", no_model)  # the recipe imports it at its top
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         recipe.main(recipe_argv(tiny_model_dir, tmp_path / "out", *extra))
     assert not (tmp_path / "out").exists()

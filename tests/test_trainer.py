@@ -303,3 +303,20 @@ def test_saving_a_lora_student_leaves_the_augmented_adapter_out(tmp_path, tiny_t
     leaked = [p for p in out.rglob("*") if "augmented" in p.name or "augmented" in p.parent.name]
     assert not leaked, leaked
     assert "augmented" in trainer.accelerator.unwrap_model(trainer.model).peft_config
+
+
+def test_the_evaluation_callbacks_best_checkpoint_leaves_the_augmented_adapter_out(tmp_path, tiny_tokenizer, qa):
+    """The best checkpoint TofuEvalCallback saves goes through the same FrozenModels as the trainer's own saves."""
+    from rklu_llm.eval.callback import BEST_FILE, TofuEvalCallback
+
+    trainer = make_trainer(
+        tmp_path, tiny_tokenizer, qa, "rklu", use_lora=True, augment_lora=True, max_steps=1, save_strategy="no"
+    )
+    trainer.train()
+    best = tmp_path / "best"
+    callback = TofuEvalCallback(tiny_tokenizer, "forget01", reference={}, trainer=trainer, best_dir=best)
+    callback._maybe_save_best({"forget01_forget_quality": 0.5, "epoch": 1.0}, trainer.state)
+    assert (best / "adapter_config.json").is_file() and (best / BEST_FILE).is_file()
+    leaked = [p for p in best.rglob("*") if "augmented" in p.name or "augmented" in p.parent.name]
+    assert not leaked, leaked
+    assert "augmented" in trainer.accelerator.unwrap_model(trainer.model).peft_config

@@ -34,6 +34,7 @@ from datasets import ClassLabel, Dataset, Features, Value, load_dataset
 from datasets.features.features import Array3D, Array3DExtensionType
 from datasets.table import InMemoryTable
 
+from ..offline import hub_advice, hub_problem, offline_variables
 from .tofu import DataUnavailableError
 
 FASHION_MNIST_ENV = "RKLU_FASHION_MNIST_DIR"
@@ -317,7 +318,7 @@ def load_digits_dataset(split: str = "train", test_fraction: float = 0.25, seed:
 
     The train/test split is a seeded stratified ``train_test_split`` (``test_fraction`` of each class in test).
     """
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn is slow to import: only the digits data set needs it
     from sklearn.model_selection import train_test_split
 
     if split not in ("train", "test"):
@@ -420,8 +421,6 @@ def load_classification_dataset(
         label_column: the integer label column.
         **load_kwargs: passed to `datasets.load_dataset` (``name=``, ``data_dir=``, ...).
     """
-    from ..offline import hub_advice, hub_problem, offline_variables
-
     path = Path(name_or_path).expanduser()
     suffix = path.suffix.lstrip(".")
     problem = None if path.exists() else hub_problem()

@@ -18,6 +18,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..io import data_fingerprint
 from ..losses import IGNORE_INDEX
+from .refusals import REFUSALS
 
 PLAIN_TEMPLATE = "Question: {question}\nAnswer:"
 
@@ -108,8 +109,6 @@ def tokenize_qa(
 def load_refusals(path: str | None = None) -> list[str]:
     """Refusal answers for dpo/idk: one per non-empty line of ``path``, or the built-in list."""
     if path is None:
-        from .refusals import REFUSALS
-
         return list(REFUSALS)
     if not os.path.isfile(path):
         what = "is a folder" if os.path.isdir(path) else "does not exist"

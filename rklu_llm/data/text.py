@@ -35,10 +35,15 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from datasets import Dataset
+from datasets import Dataset, load_dataset
+from transformers import AutoConfig
 
 from ..losses import IGNORE_INDEX
+from ..models import adapter_base, resolve_model_path
+from ..offline import hub_advice, hub_problem, offline_variables
+from ..paths import portable_path
 from .qa import ForgetRetainDataset
+from .tofu import DataUnavailableError
 
 #: The paper's forget set: 400 chunks of 512 tokens, the first 200 of each the prompt of the continuation test.
 PAPER_CHUNK_TOKENS = 512
@@ -48,8 +53,6 @@ PAPER_PREFIX_TOKENS = 200
 
 def describe_source(source) -> str:
     """A short, portable name of a text source for results and messages (never an absolute path)."""
-    from ..paths import portable_path
-
     if isinstance(source, (str, os.PathLike)):
         return portable_path(source)
     if isinstance(source, Dataset):
@@ -208,10 +211,6 @@ def model_context_length(model_or_path) -> int | None:
     if config is None and hasattr(model_or_path, "to_dict"):
         config = model_or_path
     if config is None:
-        from transformers import AutoConfig
-
-        from ..models import adapter_base, resolve_model_path
-
         path = resolve_model_path(str(model_or_path))
         config = AutoConfig.from_pretrained(adapter_base(path) or path)
     for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
@@ -299,8 +298,6 @@ def resolve_wikitext_file(data_dir: str | os.PathLike | None = None) -> Path | N
         DataUnavailableError: the given path does not exist or the folder lacks the file (the message says both ways
             out).
     """
-    from .tofu import DataUnavailableError
-
     chosen = data_dir if data_dir is not None else os.environ.get(WIKITEXT_DIR_ENV)
     if not chosen:
         return None
@@ -325,14 +322,10 @@ def load_wikitext(data_dir: str | os.PathLike | None = None) -> tuple[list[str],
     Raises:
         DataUnavailableError: no local copy and the hub cannot be reached.
     """
-    from .tofu import DataUnavailableError
-
     local = resolve_wikitext_file(data_dir)
     if local is not None:
         return read_documents(local), describe_source(local)
     path, config, split = WIKITEXT_HUB
-    from ..offline import hub_advice, hub_problem, offline_variables
-
     problem = hub_problem()
     if problem is not None and not offline_variables():
         raise DataUnavailableError(
@@ -340,8 +333,6 @@ def load_wikitext(data_dir: str | os.PathLike | None = None) -> tuple[list[str],
             f"<folder with {WIKITEXT_FILE}> (data_dir=... in Python) or set ${WIKITEXT_DIR_ENV}, {hub_advice(problem)}."
         )
     try:
-        from datasets import load_dataset
-
         rows = load_dataset(path, config, split=split)["text"]
     except Exception as exc:  # offline, unreachable, missing: one way out for the user
         raise DataUnavailableError(

@@ -6,6 +6,22 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from ..data.tofu import RETAIN_OF_FORGET
+from ..hub import update_model_card
+from ..models import load_model
+from .audit import resolve_parts
+from .tofu import (
+    RESULT_FILE,
+    UTILITY_SETS,
+    evaluate_tofu,
+    load_eval_set,
+    reference_truth_ratios,
+    summary_row,
+    yardstick_table,
+)
+
 
 @dataclass
 class TofuEvalArguments:
@@ -78,8 +94,6 @@ class TofuEvalArguments:
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 (got {value}).")
         if self.audit is not None:
-            from .audit import resolve_parts
-
             resolve_parts(self.audit)  # unknown parts fail at parse time
         if self.min_model_utility is not None and not self.best_checkpoint:
             raise ValueError("--min_model_utility is the floor of --best_checkpoint: pass both.")
@@ -93,9 +107,6 @@ class TofuEvalArguments:
         Raises:
             ValueError, FileNotFoundError, DataUnavailableError: the message names the input and what to do.
         """
-        from ..data.tofu import RETAIN_OF_FORGET
-        from .tofu import UTILITY_SETS, load_eval_set
-
         unknown = [split for split in forget_splits if split not in RETAIN_OF_FORGET]
         if unknown:
             raise ValueError(f"Unknown forget split(s) {unknown}; choose among {sorted(RETAIN_OF_FORGET)}.")
@@ -145,9 +156,6 @@ def check_reference(reference, forget_splits) -> None:
     Raises:
         FileNotFoundError, ValueError: the message names the file and how to make the right one.
     """
-    from ..data.tofu import RETAIN_OF_FORGET
-    from .tofu import RESULT_FILE, reference_truth_ratios
-
     path = Path(reference).expanduser()
     make = ", ".join(f"finetune_tofu.py --split {RETAIN_OF_FORGET[s]}" for s in forget_splits if s in RETAIN_OF_FORGET)
     if not path.exists():
@@ -179,12 +187,6 @@ def evaluate_saved(
     """Load the model a recipe saved (on the GPU when there is one), evaluate it on TOFU, store ``tofu_eval.json``
     beside it, add the results to its model card and print the summary row, then the same columns of the original
     (``original``: its folder or ``tofu_eval.json``, when it has one) and the oracle (``reference``) beside it."""
-    import torch
-
-    from ..hub import update_model_card  # the card of the saved model gains the results
-    from ..models import load_model
-    from .tofu import evaluate_tofu, summary_row, yardstick_table
-
     model, tokenizer = load_model(str(model_dir))
     if torch.cuda.is_available():
         model.to("cuda")

@@ -85,6 +85,7 @@ from ..io import (
     to_builtin,
 )
 from ..losses import token_nll
+from ..models import load_model
 from ..paths import portable_path
 from . import open_unlearning
 from .metrics import (
@@ -304,7 +305,7 @@ def relearn_attack(
 
 
 def _round_trip(weight: torch.Tensor, bits: int) -> torch.Tensor:
-    import bitsandbytes.functional as bnbf
+    import bitsandbytes.functional as bnbf  # the optional `audit` extra: only the quantization probe needs it
 
     if bits == 8:
         codes, scales, _ = bnbf.int8_vectorwise_quant(weight)
@@ -722,8 +723,6 @@ def _delta(after: Mapping, before: Mapping) -> dict:
 
 
 def _relearn(model, tokenizer, forget, cache, audit: AuditSettings) -> dict:
-    from ..models import load_model
-
     forget_split, original_path, oracle_path = audit.forget_split, audit.relearn_original, audit.relearn_oracle
     steps, learning_rate, batch_size = audit.relearn_steps, audit.relearn_learning_rate, audit.relearn_batch_size
     max_items, scoring = audit.max_items, audit.scoring
@@ -817,7 +816,7 @@ def _relearn(model, tokenizer, forget, cache, audit: AuditSettings) -> dict:
 
 
 def _quantization(model, tokenizer, forget, cache, audit: AuditSettings) -> dict:
-    import bitsandbytes
+    import bitsandbytes  # the optional `audit` extra
 
     forget_split, bits_list, max_items, scoring = (
         audit.forget_split,

@@ -4,7 +4,6 @@ reports it) next to the final one; under every launcher (single process, DDP, FS
 from __future__ import annotations
 
 import math
-import shutil
 import time
 import warnings
 from pathlib import Path
@@ -14,7 +13,7 @@ import torch
 from transformers import TrainerCallback
 
 from ..data import HOLDOUT_OF_FORGET, load_tofu
-from ..frozen import AUGMENTED_ADAPTER
+from ..frozen import FrozenModels
 from ..io import write_json_atomic
 from ..models import staged_save
 from .scoring import score_answers
@@ -285,7 +284,7 @@ class TofuEvalCallback(TrainerCallback):
             self._chosen = (row["epoch"], keep)
             if self.best_dir is not None:
                 record = {"row": row, "rule": self.rule(), "global_step": state.global_step}
-                staged_save(self.trainer, self.best_dir, lambda staging: _publishable(staging, record, SELECTED_FILE))
+                self._save_best(record, SELECTED_FILE)
                 self.best_epoch = row["epoch"]
         if self.stop_early and index is not None and self.history[index][SIGNAL] >= self.holdout_min_p:
             control.should_training_stop = True
@@ -310,9 +309,16 @@ class TofuEvalCallback(TrainerCallback):
         if self._best_saved is not None and fq <= self._best_saved:
             return
         record = {"row": row, "min_model_utility": self.min_model_utility, "global_step": state.global_step}
-        # every rank takes part (sharded weights are gathered); the main process writes, through a staging folder
-        staged_save(self.trainer, self.best_dir, lambda staging: _publishable(staging, record))
+        self._save_best(record, BEST_FILE)
         self._best_saved, self.best_epoch = fq, row["epoch"]
+
+    def _save_best(self, record: dict, name: str) -> None:
+        """The trainer's model into ``best_dir`` with ``record`` beside it as ``name``. Every rank takes part (sharded
+        weights are gathered); the main process writes, through a staging folder. The frozen models a student may
+        carry (the augmented adapter: the forget set's knowledge, amplified) are left out by
+        :meth:`~rklu_llm.frozen.FrozenModels.out_of_saves`, as in every save of the trainer."""
+        with FrozenModels.out_of_saves(self.trainer):
+            staged_save(self.trainer, self.best_dir, lambda staging: write_json_atomic(staging / name, record))
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         if model is None or not self.history:
@@ -383,13 +389,6 @@ class TofuEvalCallback(TrainerCallback):
         self.peak = self._evaluate_weights(model, best_epoch, weights)
         self._log(self.peak, "peak/")
         self._best = None
-
-
-def _publishable(staging: Path, record: dict, name: str = BEST_FILE) -> None:
-    """Finish a best checkpoint before it is moved into place: its row beside the weights, and without the augmented
-    adapter a LoRA student may carry (the forget set's knowledge, amplified, never travels with an unlearned model)."""
-    shutil.rmtree(staging / AUGMENTED_ADAPTER, ignore_errors=True)
-    write_json_atomic(staging / name, record)
 
 
 def holdout_items(forget_split: str, holdout_split: str | None, data_dir, max_items: int | None) -> dict:

@@ -114,7 +114,7 @@ def svc_mia(member, nonmember, target) -> float | None:
     Returns:
         The mean prediction on ``target`` in ``[0, 1]``; ``None`` when ``target`` is empty.
     """
-    from sklearn.svm import SVC
+    from sklearn.svm import SVC  # scikit-learn is slow to import: only the membership attacks need it
 
     if len(target) == 0:
         return None
@@ -142,9 +142,9 @@ def attack_accuracy(member, nonmember, attack: str, seed: int = 0, folds: int = 
     Returns:
         The mean balanced accuracy over the folds in ``[0, 1]``; ``None`` when a side has fewer than 2 samples.
     """
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression  # lazy: see svc_mia
     from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.svm import SVC
+    from sklearn.svm import SVC  # scikit-learn is slow to import: only the membership attacks need it
 
     if attack not in ("svc", "lr"):
         raise ValueError(f"attack must be 'svc' or 'lr', got {attack!r}.")

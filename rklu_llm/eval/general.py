@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from ..data.tofu import DataUnavailableError
 from ..io import Evaluation
+from ..offline import hub_advice, hub_problem
 from ..paths import portable_path
 from ..tasks import DATA_DIR_ENV, PAPER_TASKS, TASKS, TASKS_DIR, data_file
 from .scoring import eval_mode
@@ -99,8 +100,6 @@ def resolve_data(tasks: Sequence[str], data_dir: str | os.PathLike | None = None
     """
     chosen = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
     if not chosen:
-        from ..offline import hub_advice, hub_problem
-
         problem = hub_problem()
         if problem is not None:  # lm-eval reads the hub for each task: a missing folder fails here, in seconds
             raise DataUnavailableError(
@@ -188,7 +187,7 @@ def evaluate_general(
     files = resolve_data(names, data_dir)
     root = data_dir if data_dir is not None else os.environ.get(DATA_DIR_ENV)
 
-    import lm_eval
+    import lm_eval  # the optional `lm-eval` extra (lm-eval-harness): imported only to run it
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import math
 import string
+import zlib
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -168,6 +169,8 @@ def forget_quality(tr_unlearned, tr_reference) -> float:
 
 @functools.cache
 def _rouge_l_scorer():
+    # rouge_score (it loads nltk), sacrebleu and scikit-learn are slow to import and each serves a few metrics only:
+    # they are imported where used
     from rouge_score import rouge_scorer
 
     return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
@@ -318,8 +321,6 @@ def zlib_score(mean_nll: float, text: str) -> float:
         mean_nll: the answer's mean token negative log-likelihood (the LOSS score).
         text: the answer text.
     """
-    import zlib
-
     return float(mean_nll) / len(zlib.compress(text.encode("utf-8")))
 
 

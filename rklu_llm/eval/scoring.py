@@ -18,12 +18,14 @@ pad token equal to EOS cannot hide a real EOS.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
+from transformers import GenerationConfig
 
 from ..data.qa import encode_answer, encode_prompt, join_prompt_answer, pad_examples
 from ..losses import IGNORE_INDEX, answer_positions
@@ -258,8 +260,6 @@ def _score_shared_prefix(model, examples: Sequence[dict], pad_id: int, batch_siz
 
 def accepts_argument(model, name: str) -> bool:
     """Whether ``model``'s forward (the wrapped model's, for PEFT) takes the keyword ``name``."""
-    import inspect
-
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
         return name in inspect.signature(base.forward).parameters
@@ -324,8 +324,6 @@ def qa_examples(tokenizer, questions: Sequence[str], answers: Sequence[str], max
 
 def greedy_generation_config(model, tokenizer, max_new_tokens: int, num_beams: int = 1, num_return_sequences: int = 1):
     """Plain greedy (or beam) decoding, none of the model's sampling / penalty defaults, stopping at any EOS id."""
-    from transformers import GenerationConfig
-
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     model_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for token in [model_eos] if isinstance(model_eos, int) else list(model_eos or []):

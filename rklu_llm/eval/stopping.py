@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.stats import ks_2samp
 
 from .metrics import membership_auc
 
@@ -34,8 +35,6 @@ def holdout_signal(forget_loss: Sequence[float], holdout_loss: Sequence[float]) 
     Raises:
         ValueError: either sample is empty.
     """
-    from scipy.stats import ks_2samp
-
     forget = np.asarray(forget_loss, dtype=np.float64)
     holdout = np.asarray(holdout_loss, dtype=np.float64)
     if forget.size == 0 or holdout.size == 0:

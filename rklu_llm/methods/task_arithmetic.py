@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from ..models import copy_model
@@ -15,8 +16,6 @@ from .entry import Method
 def edit(student, augmented_dir: Path, config) -> dict:
     """Edit ``student`` (unwrapped) in place away from the augmented model in ``augmented_dir`` (full weights, or a
     LoRA adapter merged into a copy of the student); returns the metrics to log."""
-    from peft import PeftModel
-
     if is_adapter_dir(augmented_dir):
         augmented = PeftModel.from_pretrained(copy_model(student)[0], augmented_dir).merge_and_unload()
     else:

@@ -33,7 +33,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from transformers import TrainingArguments
+from safetensors.torch import load_file, save_file
+from transformers import (
+    AutoConfig,
+    AutoModelForImageClassification,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    TrainingArguments,
+)
 
 from rklu_llm import METHODS, UnlearnConfig, UnlearnTrainer
 from rklu_llm.classifiers import SmallCNN, small_resnet, small_text_classifier, train_text_tokenizer
@@ -283,8 +290,6 @@ def build_model(script, kind: str, num_classes: int, class_names, sample_shape, 
 def save_classifier(model, tokenizer, folder: Path, info: dict) -> None:
     """Save a classifier into ``folder`` through a staging folder (transformers: ``save_pretrained``; the small CNN:
     ``model.safetensors`` + its constructor arguments in ``classifier_model.json``)."""
-    from safetensors.torch import save_file
-
     staging = folder.parent / f".{folder.name}.staging"
     staging.mkdir(parents=True, exist_ok=True)
     if hasattr(model, "save_pretrained"):
@@ -299,14 +304,9 @@ def save_classifier(model, tokenizer, folder: Path, info: dict) -> None:
 
 def load_classifier(folder: Path):
     """``(model, tokenizer or None, info)`` saved by :func:`save_classifier`, or a transformers classifier folder."""
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
-
     info = json.loads((folder / INFO_FILE).read_text()) if (folder / INFO_FILE).is_file() else {}
     tokenizer = None
     if (folder / "tokenizer.json").is_file():
-        from transformers import AutoTokenizer
-
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if info.get("kind") == "cnn":
         model = SmallCNN(*info["cnn_args"])

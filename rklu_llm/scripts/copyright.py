@@ -40,6 +40,7 @@ folder above; ``--method`` is not used: ``--methods`` lists the runs). Pairing f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import json
 import math
@@ -48,9 +49,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from peft import get_peft_model
+from transformers import TrainingArguments
 
+from ..cli import parse_arguments
 from ..config import METHODS, UnlearnConfig
+from ..data import load_refusals
+from ..data.qa import QACollator
+from ..data.text import build_text_unlearning_dataset, chunk_examples
+from ..eval.copyright import evaluate_copyright, summary_row
+from ..eval.general import evaluate_general
 from ..io import write_json_atomic
+from ..models import check_output_dir, load_model, load_tokenizer, lora_config, staged_save
+from ..run_state import GuardedTrainer
+from ..teacher import build_augmented_model
+from ..trainer import UnlearnTrainer
 from .eval_copyright import CopyrightDataArguments, CopyrightEvalArguments
 from .eval_general import GeneralEvalArguments
 
@@ -140,19 +153,11 @@ def method_config(config: UnlearnConfig, method: str, output_dir: Path, augmente
 
 def finetune(model_name: str, recipe: BookRecipeArguments, config: UnlearnConfig, forget, out: Path) -> dict:
     """NLL fine-tuning on every token of the book's chunks; the model (full weights) is saved into ``out``."""
-    from transformers import TrainingArguments
-
-    from ..data.qa import QACollator
-    from ..models import load_model, lora_config, staged_save
-    from ..run_state import GuardedTrainer
-
     metrics_file = out / "train_metrics.json"
     if metrics_file.is_file():
         return json.loads(metrics_file.read_text())
     model, tokenizer = load_model(model_name)
     if recipe.finetune_lora:
-        from peft import get_peft_model
-
         model = get_peft_model(model, lora_config(config.lora_r, config.lora_alpha, 0.0, config.lora_target_modules))
     args = TrainingArguments(
         output_dir=str(out / ".trainer"),
@@ -206,9 +211,6 @@ def evaluate(
     model, tokenizer, data, evaluation: CopyrightEvalArguments, general: GeneralEvalArguments, out: Path
 ) -> dict:
     """Copyright scores and lm-eval accuracy of one model, written into ``out``; returns the flat row."""
-    from ..eval.copyright import evaluate_copyright, summary_row
-    from ..eval.general import evaluate_general
-
     start = time.perf_counter()
     if torch.cuda.is_available():
         model.to("cuda")
@@ -222,70 +224,70 @@ def evaluate(
     return row
 
 
-def main(argv: list[str] | None = None, on_stage=None) -> dict:
-    """Run the recipe (see the module docstring); ``on_stage(name)`` is called after every finished stage."""
-    from ..cli import parse_arguments
-    from ..data import load_refusals
-    from ..data.text import build_text_unlearning_dataset, chunk_examples
-    from ..models import check_output_dir, load_model, load_tokenizer
-    from ..teacher import build_augmented_model
-    from ..trainer import UnlearnTrainer
+class BookRun:
+    """One run of the recipe: its arguments and every input, checked before any model is loaded (``__init__``), and
+    its stages, each finished one kept in ``<output_dir>/<stage>/run.json`` and added to the results table."""
 
-    recipe, texts, evaluation, general, config = parse_arguments(ARGUMENTS, argv)
+    def __init__(self, recipe, texts, evaluation, general, config, on_stage=None):
+        self.recipe, self.texts, self.evaluation, self.general, self.config = recipe, texts, evaluation, general, config
+        self.on_stage = on_stage
+        self.only_original = recipe.methods.strip() == "none"  # base and fine-tuned models only (a protocol's original)
+        self.methods = [] if self.only_original else [m.strip() for m in recipe.methods.split(",") if m.strip()]
+        if recipe.finetune_epochs < 0:
+            raise ValueError(f"--finetune_epochs must be >= 0, got {recipe.finetune_epochs}")
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown or not (self.methods or self.only_original):
+            raise ValueError(f"--methods: unknown {unknown or 'empty list'}; choose among {', '.join(METHODS)}.")
+        self.root = Path(config.output_dir)
+        check_output_dir(self.root, model_path=recipe.model)
+        texts.forget_text = texts.forget_text or DEFAULT_FORGET
+        texts.control_text = texts.control_text or DEFAULT_CONTROL
+        self.forget_path = texts.resolve(texts.forget_text, "forget_text")
+        self.retain_path = None
+        with_retain = [m for m in self.methods if retain_mode(m, config) != "none"]
+        if with_retain:
+            if recipe.retain_text is None:
+                raise ValueError(
+                    "gd (and --retain_mode rt/kl) needs a retain corpus: pass --retain_text (another novel, "
+                    "e.g. emma.txt), or leave gd out of --methods."
+                )
+            self.retain_path = texts.resolve(recipe.retain_text, "retain_text")
+        general.check_data()
+        needs_refusals = any(METHODS[m].needs_refusals for m in self.methods)
+        self.refusals = load_refusals(config.refusal_file) if needs_refusals else None
+        self.tokenizer = load_tokenizer(recipe.model)
+        self.data = texts.prepare(self.tokenizer, recipe.model)  # chunks, control, WikiText; the config's context
+        if self.retain_path is not None:
+            self.dataset(with_retain[0])  # a retain text too short for one chunk fails now
+        self.chunks = chunk_examples(self.data.sets["forget"], texts.prefix_tokens)
+        # --finetune_epochs 0: the model already knows the book; it is unlearned as given, evaluated under finetuned/
+        self.finetuned = self.root / "finetuned" if recipe.finetune_epochs > 0 else Path(recipe.model)
+        self.augmented, self.augment_seconds = None, 0.0
+        self.rows = {}
 
-    # ---- every input, before any model is loaded
-    only_original = recipe.methods.strip() == "none"  # base and fine-tuned models only (a protocol's original)
-    methods = [] if only_original else [m.strip() for m in recipe.methods.split(",") if m.strip()]
-    if recipe.finetune_epochs < 0:
-        raise ValueError(f"--finetune_epochs must be >= 0, got {recipe.finetune_epochs}")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown or not (methods or only_original):
-        raise ValueError(f"--methods: unknown {unknown or 'empty list'}; choose among {', '.join(METHODS)}.")
-    root = Path(config.output_dir)
-    check_output_dir(root, model_path=recipe.model)
-    texts.forget_text = texts.forget_text or DEFAULT_FORGET
-    texts.control_text = texts.control_text or DEFAULT_CONTROL
-    forget_path = texts.resolve(texts.forget_text, "forget_text")
-    retain_path = None
-    with_retain = [m for m in methods if retain_mode(m, config) != "none"]
-    if with_retain:
-        if recipe.retain_text is None:
-            raise ValueError(
-                "gd (and --retain_mode rt/kl) needs a retain corpus: pass --retain_text (another novel, "
-                "e.g. emma.txt), or leave gd out of --methods."
-            )
-        retain_path = texts.resolve(recipe.retain_text, "retain_text")
-    general.check_data()
-    refusals = load_refusals(config.refusal_file) if any(METHODS[m].needs_refusals for m in methods) else None
-    tokenizer = load_tokenizer(recipe.model)
-    data = texts.prepare(tokenizer, recipe.model)  # chunks, control, WikiText; the context length from the config
-
-    def dataset(method: str):
+    def dataset(self, method: str):
         """The forget set of ``method``: the book's chunks, with retain chunks / refusals when it uses them."""
-        needs_retain = retain_mode(method, config) != "none"
+        needs_retain = retain_mode(method, self.config) != "none"
         return build_text_unlearning_dataset(
-            tokenizer,
-            forget_path,
-            retain_path if needs_retain else None,
-            refusals if METHODS[method].needs_refusals else None,
-            chunk_tokens=texts.chunk_tokens,
-            num_chunks=texts.num_chunks,
-            retain_chunks=recipe.retain_chunks,
-            prefix_tokens=texts.prefix_tokens,
+            self.tokenizer,
+            self.forget_path,
+            self.retain_path if needs_retain else None,
+            self.refusals if METHODS[method].needs_refusals else None,
+            chunk_tokens=self.texts.chunk_tokens,
+            num_chunks=self.texts.num_chunks,
+            retain_chunks=self.recipe.retain_chunks,
+            prefix_tokens=self.texts.prefix_tokens,
             mask_prefix=METHODS[method].masks_text_prefix,
-            text_column=texts.text_column,
-            seed=config.seed,
+            text_column=self.texts.text_column,
+            seed=self.config.seed,
         )
 
-    if retain_path is not None:
-        dataset(with_retain[0])  # a retain text too short for one chunk fails now
-    chunks = chunk_examples(data.sets["forget"], texts.prefix_tokens)
-    rows = {}
-
-    def record(name: str, row: dict) -> None:
-        rows[name] = row
+    def record(self, name: str, row: dict) -> None:
+        """Add ``row`` to the results table (rewritten whole), print it and report the finished stage."""
+        self.rows[name] = row
+        data, general = self.data, self.general
         write_json_atomic(
-            root / RESULTS_FILE,
+            self.root / RESULTS_FILE,
             {
                 "forget": data.sources["forget"],
                 "control": data.sources["control"],
@@ -295,8 +297,8 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
                 "prefix_tokens": data.prefix_tokens,
                 "general_tasks": None if general.skip_general else general.task_names,
                 "general_limit": general.general_limit,
-                "methods": methods,
-                "rows": list(rows.values()),
+                "methods": self.methods,
+                "rows": list(self.rows.values()),
             },
         )
         shown = {
@@ -305,98 +307,89 @@ def main(argv: list[str] | None = None, on_stage=None) -> dict:
             if not k.endswith("_acc") or k == "general_average_acc"
         }
         print(f"[copyright] {name}: {json.dumps(shown)}", flush=True)
-        if on_stage is not None:
-            on_stage(name)
+        if self.on_stage is not None:
+            self.on_stage(name)
 
-    def stage(name: str, compute) -> dict:
+    def stage(self, name: str, compute) -> dict:
         """A finished stage's row from its run.json, else ``compute()``'s, stored."""
-        path = root / name / "run.json"
+        path = self.root / name / "run.json"
         if path.is_file():
             row = json.loads(path.read_text())
         else:
             row = {"name": name, **compute()}
             write_json_atomic(path, row)
-        record(name, row)
+        self.record(name, row)
         return row
 
-    # ---- 1. the untouched model
-    if recipe.evaluate_base:
+    def evaluate(self, model, name: str) -> dict:
+        return evaluate(model, self.tokenizer, self.data, self.evaluation, self.general, self.root / name)
 
-        def base():
-            model, _ = load_model(recipe.model)
-            return {
-                "method": "base (never saw the book)",
-                "seconds": None,
-                **evaluate(model, tokenizer, data, evaluation, general, root / "base"),
-            }
+    def base(self) -> dict:
+        """1. The untouched model."""
+        model, _ = load_model(self.recipe.model)
+        return {"method": "base (never saw the book)", "seconds": None, **self.evaluate(model, "base")}
 
-        stage("base", base)
-
-    # ---- 2. fine-tune until the model reproduces the book
-    # (--finetune_epochs 0: the model already knows the book; it is unlearned as given, evaluated under finetuned/)
-    finetuned = root / "finetuned" if recipe.finetune_epochs > 0 else Path(recipe.model)
-
-    def memorise():
-        seconds = 0.0
+    def memorise(self) -> dict:
+        """2. Fine-tuned until the model reproduces the book (or the given model, with --finetune_epochs 0)."""
+        recipe, seconds = self.recipe, 0.0
         if recipe.finetune_epochs > 0:
-            seconds = finetune(recipe.model, recipe, config, chunks, finetuned)["train_seconds"]
-        model, _ = load_model(str(finetuned))
+            seconds = finetune(recipe.model, recipe, self.config, self.chunks, self.finetuned)["train_seconds"]
+        model, _ = load_model(str(self.finetuned))
         return {
             "method": "fine-tuned on the book" if recipe.finetune_epochs > 0 else "given model (no fine-tune)",
             "seconds": seconds,
-            **evaluate(model, tokenizer, data, evaluation, general, root / "finetuned"),
+            **self.evaluate(model, "finetuned"),
         }
 
-    stage("finetuned", memorise)
-
-    # ---- 3. the augmented model (rklu, fklu, ta), built once
-    augmented, augment_seconds = None, 0.0
-    if any(METHODS[m].needs_augmented for m in methods):
-        augmented = root / "augmented"
-        timing = root / "augmented.json"
+    def build_augmented(self) -> None:
+        """3. The augmented model (rklu, fklu, ta), built once; its seconds are kept in augmented.json."""
+        if not any(METHODS[m].needs_augmented for m in self.methods):
+            return
+        self.augmented = self.root / "augmented"
+        timing = self.root / "augmented.json"
         if not timing.is_file():
-            model, _ = load_model(str(finetuned))
+            model, _ = load_model(str(self.finetuned))
             start = time.perf_counter()
-            build_augmented_model(
-                model, tokenizer, chunks, method_config(config, "rklu", root / ".augment", None), augmented
-            )
+            config = method_config(self.config, "rklu", self.root / ".augment", None)
+            build_augmented_model(model, self.tokenizer, self.chunks, config, self.augmented)
             write_json_atomic(timing, {"seconds": time.perf_counter() - start})
             del model
-        augment_seconds = json.loads(timing.read_text())["seconds"]
+        self.augment_seconds = json.loads(timing.read_text())["seconds"]
 
-    # ---- 4. unlearn with each method, evaluate
-    for method in methods:
+    def unlearn(self, method: str) -> dict:
+        """4. ``method`` unlearns the fine-tuned model, evaluated."""
+        out = self.root / method
+        model, _ = load_model(str(self.finetuned))
+        if torch.cuda.is_available():
+            model.to("cuda")
+        cfg = method_config(self.config, method, out, self.augmented)
+        trainer = UnlearnTrainer(
+            model=model,
+            args=cfg,
+            train_dataset=self.dataset(method),
+            processing_class=self.tokenizer,
+            dataset_name=f"text:{self.data.sources['forget']}",
+        )
+        start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=True)  # a killed method continues from its newest checkpoint
+        seconds = time.perf_counter() - start + (self.augment_seconds if METHODS[method].needs_augmented else 0.0)
+        if self.recipe.save_models:
+            trainer.save_model()
+        unlearned = trainer.accelerator.unwrap_model(trainer.model)
+        del trainer
+        row = {"method": method, "retain_mode": cfg.retain_mode, "seconds": seconds, **self.evaluate(unlearned, method)}
+        del unlearned, model
+        gc.collect()
+        return row
 
-        def unlearn(method=method):
-            out = root / method
-            model, _ = load_model(str(finetuned))
-            if torch.cuda.is_available():
-                model.to("cuda")
-            cfg = method_config(config, method, out, augmented)
-            trainer = UnlearnTrainer(
-                model=model,
-                args=cfg,
-                train_dataset=dataset(method),
-                processing_class=tokenizer,
-                dataset_name=f"text:{data.sources['forget']}",
-            )
-            start = time.perf_counter()
-            trainer.train(resume_from_checkpoint=True)  # a killed method continues from its newest checkpoint
-            seconds = time.perf_counter() - start + (augment_seconds if METHODS[method].needs_augmented else 0.0)
-            if recipe.save_models:
-                trainer.save_model()
-            unlearned = trainer.accelerator.unwrap_model(trainer.model)
-            del trainer
-            row = {
-                "method": method,
-                "retain_mode": cfg.retain_mode,
-                "seconds": seconds,
-                **evaluate(unlearned, tokenizer, data, evaluation, general, out),
-            }
-            del unlearned, model
-            gc.collect()
-            return row
 
-        stage(method, unlearn)
-
-    return {"rows": list(rows.values())}
+def main(argv: list[str] | None = None, on_stage=None) -> dict:
+    """Run the recipe (see the module docstring); ``on_stage(name)`` is called after every finished stage."""
+    run = BookRun(*parse_arguments(ARGUMENTS, argv), on_stage=on_stage)
+    if run.recipe.evaluate_base:
+        run.stage("base", run.base)
+    run.stage("finetuned", run.memorise)
+    run.build_augmented()
+    for method in run.methods:
+        run.stage(method, functools.partial(run.unlearn, method))
+    return {"rows": list(run.rows.values())}

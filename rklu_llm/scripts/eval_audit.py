@@ -20,9 +20,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from rklu_llm.cli import parse_arguments
 from rklu_llm.data import RETAIN_OF_FORGET
 from rklu_llm.eval.arguments import TofuEvalArguments
+from rklu_llm.eval.audit import DEFAULT_PARTS, audit_summary_row, check_audit, evaluate_audit
+from rklu_llm.eval.open_unlearning import write_open_unlearning
+from rklu_llm.eval.tofu import RESULT_FILE, load_tofu_eval
+from rklu_llm.models import load_model
 
 
 @dataclass
@@ -48,13 +54,6 @@ def audit_saved(
 ) -> dict:
     """Check the audit settings, load the model (on the GPU when there is one), audit it, store ``audit_eval.json`` in
     ``output_dir`` (default ``model_path``), optionally the open-unlearning files, and print the summary row."""
-    import torch
-
-    from rklu_llm.eval.audit import DEFAULT_PARTS, audit_summary_row, check_audit, evaluate_audit
-    from rklu_llm.eval.open_unlearning import write_open_unlearning
-    from rklu_llm.eval.tofu import RESULT_FILE, load_tofu_eval
-    from rklu_llm.models import load_model
-
     kwargs = evaluation.audit_kwargs()
     kwargs["parts"] = kwargs["parts"] or ",".join(DEFAULT_PARTS)
     check_audit(forget_split, data_dir=data_dir, **kwargs)  # every check that needs no model, before loading one

@@ -17,8 +17,12 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
+from ..cli import parse_arguments
 from ..data.text import PAPER_CHUNK_TOKENS, PAPER_PREFIX_TOKENS, check_chunk_fits
-from ..eval.copyright import PAPER_NUM_SEGMENTS, CopyrightData, prepare_copyright_data
+from ..eval.copyright import PAPER_NUM_SEGMENTS, CopyrightData, evaluate_copyright, prepare_copyright_data, summary_row
+from ..models import check_model_source, load_model, load_tokenizer
 
 BOOKS_DIR_ENV = "RKLU_BOOKS_DIR"
 
@@ -131,12 +135,6 @@ ARGUMENTS = (EvaluatedModelArguments, CopyrightDataArguments, CopyrightEvalArgum
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import torch
-
-    from ..cli import parse_arguments
-    from ..eval.copyright import evaluate_copyright, summary_row
-    from ..models import check_model_source, load_model, load_tokenizer
-
     target, texts, evaluation = parse_arguments(ARGUMENTS, argv)
     check_model_source(target.model)  # a missing local model is named before anything is read
     data = texts.prepare(load_tokenizer(target.model), target.model)  # every input checked; no weights loaded yet

@@ -17,6 +17,11 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import torch
+
+from ..cli import parse_arguments
+from ..eval.general import evaluate_general, resolve_data, resolve_tasks
+from ..models import check_model_source, load_model
 from ..tasks import PAPER_TASKS
 from .eval_copyright import EvaluatedModelArguments
 
@@ -42,8 +47,6 @@ class GeneralEvalArguments:
     skip_general: bool = field(default=False, metadata={"help": "Skip the lm-eval evaluation (book recipe)."})
 
     def __post_init__(self):
-        from ..eval.general import resolve_tasks
-
         self.task_names = resolve_tasks(self.general_tasks)
         if self.general_limit is not None and self.general_limit < 1:
             raise ValueError(f"--general_limit must be >= 1 (items per task), got {self.general_limit}")
@@ -52,8 +55,6 @@ class GeneralEvalArguments:
 
     def check_data(self) -> None:
         """Fail now when a task's data file is missing (or the hub is offline without a data folder)."""
-        from ..eval.general import resolve_data
-
         if not self.skip_general:
             resolve_data(self.task_names, self.general_data_dir)
 
@@ -72,12 +73,6 @@ ARGUMENTS = (EvaluatedModelArguments, GeneralEvalArguments)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import torch
-
-    from ..cli import parse_arguments
-    from ..eval.general import evaluate_general
-    from ..models import check_model_source, load_model
-
     target, general = parse_arguments(ARGUMENTS, argv)
     general.skip_general = False
     general.check_data()

@@ -22,6 +22,7 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from peft import get_peft_model
 from transformers import TrainingArguments
 
 from rklu_llm import DEFAULT_MODEL, load_model
@@ -135,8 +136,6 @@ def main(argv: list[str] | None = None) -> dict | None:
         model, tokenizer = load_model(script.model)
         base_model = model_identity(model)
         if script.use_lora:
-            from peft import get_peft_model
-
             model = get_peft_model(model, lora_config(script.lora_r, script.lora_alpha))
         train_set = tokenize_qa(data, tokenizer, script.max_length).select_columns(["input_ids", "labels"])
         fingerprint = {

@@ -38,12 +38,15 @@ from rklu_llm import DEFAULT_MODEL, UnlearnConfig, UnlearnTrainer, load_model, l
 from rklu_llm.cli import parse_arguments
 from rklu_llm.data import RETAIN_OF_FORGET, build_unlearning_dataset, check_qa, load_tofu
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
+from rklu_llm.eval.audit import check_audit
 from rklu_llm.eval.callback import SELECT_BY, TofuEvalCallback, holdout_items
+from rklu_llm.eval.open_unlearning import write_open_unlearning
 from rklu_llm.eval.stopping import AUC, SIGNAL, check_rule
 from rklu_llm.eval.tofu import summary_row
 from rklu_llm.io import write_json_atomic
 from rklu_llm.models import check_model_source, check_output_dir
 from rklu_llm.run_state import console_logging, run_lock
+from rklu_llm.scripts.eval_audit import audit_saved
 from rklu_llm.teacher import is_augmented_dir
 
 logger = logging.getLogger(__name__)
@@ -166,8 +169,6 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
     forget, retain, refusals = load_data(script, config)
     evaluation.check_inputs((script.forget_split,), script.data_dir, script.retain_eval)
     if evaluation.audit:  # validate() refused --audit with --skip_eval
-        from rklu_llm.eval.audit import check_audit
-
         check_audit(script.forget_split, data_dir=script.data_dir, **evaluation.audit_kwargs())
     if script.select_epoch_by == "holdout":  # the holdout authors, read before any model is loaded
         holdout_items(script.forget_split, None, script.data_dir, evaluation.eval_max_items)
@@ -222,12 +223,8 @@ def main(default_split: str = "forget10", argv: list[str] | None = None) -> dict
         if epochs is not None:
             write_epochs(Path(config.output_dir), epochs, result)
         if evaluation.audit:  # audit_eval.json beside tofu_eval.json (and open-unlearning's files when asked)
-            from rklu_llm.scripts.eval_audit import audit_saved
-
             audit_saved(config.output_dir, evaluation, script.forget_split, script.data_dir, tofu_result=result)
         elif evaluation.open_unlearning_export:
-            from rklu_llm.eval.open_unlearning import write_open_unlearning
-
             write_open_unlearning(config.output_dir, result, None, script.forget_split)
         return result
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import datasets
+
 DATA_DIR_ENV = "RKLU_GENERAL_DIR"
 
 #: task -> (local folder, split, hub dataset, hub config)
@@ -47,8 +49,6 @@ def data_file(task: str, data_dir: str | os.PathLike) -> Path:
 
 def load(rklu_task: str, data_dir: str | None = None, **metadata):
     """The ``DatasetDict`` of one task: local JSON Lines when a data folder is known, else the hub."""
-    import datasets
-
     folder, split, hub_path, hub_name = TASKS[rklu_task]
     data_dir = data_dir or os.environ.get(DATA_DIR_ENV)
     if data_dir:
@@ -66,8 +66,8 @@ def load(rklu_task: str, data_dir: str | None = None, **metadata):
     return datasets.load_dataset(hub_path, hub_name)
 
 
-# Prompt helpers: lm-eval's own functions (imported when a task uses them), named here so that the YAMLs can refer
-# to them relative to this folder.
+# Prompt helpers: lm-eval's own functions (imported when a task uses them: lm-eval is an optional extra), named
+# here so that the YAMLs can refer to them relative to this folder.
 def hellaswag_process_docs(dataset):
     from lm_eval.tasks.hellaswag.utils import process_docs
 
