@@ -502,11 +502,15 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
         "",
         "FQ = forget quality (KS p-value of the 40 forget items' truth ratios against the oracle's), MU = model "
         "utility. *first peak* = the paper's epoch, *best* = the highest FQ (the oracle's choice), *last* = epoch 10, "
-        "*rule* = the oracle-free rule's epoch. Teacher: the RKL-U teacher check's verdict (rklu_llm.teacher_check).",
+        "*rule* = the oracle-free rule's epoch, with its forget-vs-holdout KS p (below 0.05: the rule never fired "
+        "and kept the epoch of highest p). Teacher: the RKL-U teacher check's verdict (rklu_llm.teacher_check) and "
+        "the share of forget-set positions whose teacher top-1 is still the true token. Seconds: the augmentation "
+        "(built once per lr and seed), then the unlearning run's training, its evaluations and its wall time (the "
+        "augmentation not included).",
         "",
         "| method | lr | seed | first peak: epoch, FQ, MU | best: epoch, FQ, MU | last: FQ, MU | rule: epoch, FQ, "
-        "MU | teacher | train s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "MU | rule p | teacher | augment s | train s | eval s | wall s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in sorted(runs, key=lambda n: (runs[n]["method"], runs[n]["retain_mode"], runs[n]["lr"], runs[n]["seed"])):
         run = runs[name]
@@ -516,10 +520,16 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
             epoch = "" if which == "final" else f"{row['epoch']:g}, " if row.get("epoch") is not None else ""
             cells.append(f"{epoch}{_fmt(row.get(FQ), 'fq')}, {_fmt(row.get(MU))}" if row else "n/a")
         check = run.get("teacher_check") or {}
+        teacher = check.get("verdict", "")
+        if check.get("teacher_top1_true") is not None:
+            teacher += f" ({check['teacher_top1_true']:.0%} true)"
         method = run["method"] + ("" if run["retain_mode"] == "none" else f":{run['retain_mode']}")
+        seconds = [
+            _fmt(run.get(k), ".0f") for k in ("augment_seconds", "train_seconds", "eval_seconds", "wall_seconds")
+        ]
         lines.append(
-            f"| {method} | {run['lr']:g} | {run['seed']} | {' | '.join(cells)} | {check.get('verdict', '')} | "
-            f"{run['wall_seconds']:.0f} |"
+            f"| {method} | {run['lr']:g} | {run['seed']} | {' | '.join(cells)} | "
+            f"{_fmt(_row(run, 'selected').get(SIGNAL), '.2g')} | {teacher} | {' | '.join(seconds)} |"
         )
     if chosen and floor is not None:
         lines += [
