@@ -756,19 +756,14 @@ def summary_row(result: Mapping) -> dict:
     }
     for split, entry in result.get("forget", {}).items():
         row[f"{split}_forget_quality"] = entry.get("forget_quality")
-    for split in result.get("settings", {}).get("forget_splits", []):
-        aggregate = result["sets"].get(f"{split}_perturbed", {}).get("aggregate")
-        if aggregate is not None:
-            row[f"{split}_probability"] = aggregate["probability"]
-            row[f"{split}_rouge_l_recall"] = aggregate["rouge_l_recall"]
-            row[f"{split}_truth_ratio"] = aggregate["truth_ratio"]
-    for name in UTILITY_SETS:  # model utility's nine parts, so a change of utility can be traced to its source
+    # the forget sets, then model utility's nine parts (so a change of utility can be traced to its source)
+    names = [f"{split}_perturbed" for split in result.get("settings", {}).get("forget_splits", [])] + list(UTILITY_SETS)
+    for name in names:
         aggregate = result["sets"].get(name, {}).get("aggregate")
         if aggregate is not None:
             label = name.removesuffix("_perturbed")
-            row[f"{label}_probability"] = aggregate["probability"]
-            row[f"{label}_rouge_l_recall"] = aggregate["rouge_l_recall"]
-            row[f"{label}_truth_ratio"] = aggregate["truth_ratio"]
+            for metric in ("probability", "rouge_l_recall", "truth_ratio"):
+                row[f"{label}_{metric}"] = aggregate[metric]
     return row
 
 
