@@ -219,7 +219,8 @@ def sweep_order(grid: list[float]) -> list[float]:
     compares all methods at the same lr, at the grid's centre."""
     ordered = sorted(grid)
     middle = (len(ordered) - 1) // 2
-    return sorted(ordered, key=lambda lr: (abs(ordered.index(lr) - middle), ordered.index(lr) < middle))
+    outwards = sorted(range(len(ordered)), key=lambda i: (abs(i - middle), i < middle))
+    return [ordered[i] for i in outwards]
 
 
 def stages(args, bench, runs: dict, floor: float | None) -> list[tuple[str, list[tuple[str, float | None, tuple]]]]:
