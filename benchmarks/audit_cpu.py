@@ -1,6 +1,6 @@
 """RKL-U on TOFU forget01 on a CPU, followed epoch by epoch by TofuEvalCallback, then audited (rklu_llm.eval.audit).
 
-    python benchmarks/audit_cpu.py --data_dir ../shared/data/tofu --work_dir runs/audit_cpu \
+    python benchmarks/audit_cpu.py --data_dir data/tofu --work_dir runs/audit_cpu \
         --results_dir benchmarks/results
 
 A machine without a GPU cannot fine-tune on all of TOFU, so everything is small and LoRA:

@@ -1,6 +1,6 @@
 """Try the recipes with bad or unlucky inputs, as a new user would, and tabulate what happens.
 
-    python benchmarks/bad_inputs.py --data_dir ../shared/data/tofu --work_dir /tmp/bad_inputs \
+    python benchmarks/bad_inputs.py --data_dir data/tofu --work_dir /tmp/bad_inputs \
         --output benchmarks/results/bad_inputs.md
 
 Every case runs ``recipes/tofu_forget10.py`` or ``recipes/finetune_tofu.py`` as a user would (a subprocess, a tiny

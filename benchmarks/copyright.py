@@ -1,6 +1,6 @@
 """Copyright unlearning on SmolLM2-135M-Instruct: memorise Pride and Prejudice, unlearn it with every method, compare.
 
-    python benchmarks/copyright.py --data_root ../shared/data --work_dir /tmp/copyright_bench \
+    python benchmarks/copyright.py --data_root data --work_dir /tmp/copyright_bench \
         --results_dir benchmarks/results
 
 Runs ``recipes/copyright_book.py`` (``rklu_llm.scripts.copyright``) in this process: the untouched model, the

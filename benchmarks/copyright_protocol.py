@@ -1,8 +1,8 @@
 """Copyright unlearning under a declared protocol: every method tuned alike, the original checked first.
 
-    python benchmarks/copyright_protocol.py --data_root ../shared/data --work_dir runs/copyright --plan
-    python benchmarks/copyright_protocol.py --data_root ../shared/data --work_dir runs/copyright --deadline_s 36000
-    python benchmarks/copyright_protocol.py --data_root ../shared/data --work_dir runs/copyright --report_only
+    python benchmarks/copyright_protocol.py --data_root data --work_dir runs/copyright --plan
+    python benchmarks/copyright_protocol.py --data_root data --work_dir runs/copyright --deadline_s 36000
+    python benchmarks/copyright_protocol.py --data_root data --work_dir runs/copyright --report_only
 
 The protocol (written once here, echoed in the results; the fixed part is ``protocol_settings()``, stored in the work
 directory, which then refuses any other):
@@ -713,7 +713,7 @@ def write_report(args, plan, records: dict, base: dict | None, original: dict | 
 
 def markdown(args, plan, records, base, original, result, machine) -> str:
     command = (
-        "python benchmarks/copyright_protocol.py --data_root ../shared/data --work_dir <work dir> "
+        "python benchmarks/copyright_protocol.py --data_root data --work_dir <work dir> "
         f"--lrs {','.join(f'{v:g}' for v in args.grid)}"
     )
     lines = [

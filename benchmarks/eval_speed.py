@@ -1,7 +1,7 @@
 """Old vs new evaluation paths on the same inputs, timed in one run: greedy generation of TOFU answers and the
 likelihood pass of a TOFU set, with the outputs compared.
 
-    python benchmarks/eval_speed.py --data_dir ../shared/data/tofu                  # CPU: eval_speed_cpu.{json,md}
+    python benchmarks/eval_speed.py --data_dir data/tofu                  # CPU: eval_speed_cpu.{json,md}
     python benchmarks/eval_speed.py --data_dir <tofu> --device cuda --name eval_speed_gpu --prompts 1024 \\
         --score_items 400 --old_batch_size 16 --new_batch_size 1024 --variants static --full_eval
 
@@ -312,7 +312,7 @@ def write_markdown(path: Path, args, device: str, command: str, generation: dict
             "",
             "GPU target, not measured here: a full TOFU evaluation of SmolLM2-135M (forget10 and the utility "
             "sets, every item, 200 new tokens) in <= 4 s. Command: `python benchmarks/eval_speed.py "
-            "--data_dir ../shared/data/tofu --device cuda --name eval_speed_gpu --prompts 400 --score_items "
+            "--data_dir data/tofu --device cuda --name eval_speed_gpu --prompts 400 --score_items "
             "400 --new_batch_size 1024 --variants static --full_eval` (add `--bf16` to evaluate in "
             "bfloat16).",
         ]

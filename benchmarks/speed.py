@@ -2,9 +2,9 @@
 whole RKL-U run (augmentation + distillation) against retraining the retain90 oracle, with the augmentation length
 as a knob and its effect on forget quality, all in one run.
 
-    python benchmarks/speed.py --data_dir ../shared/data/tofu --model /root/bench/models/full --end_to_end \\
+    python benchmarks/speed.py --data_dir data/tofu --model /root/bench/models/full --end_to_end \\
         --augment_epochs 1,2,5,10
-    python benchmarks/speed.py --cpu --data_dir ../shared/data/tofu --model <tiny model> --configs ga,npo \\
+    python benchmarks/speed.py --cpu --data_dir data/tofu --model <tiny model> --configs ga,npo \\
         --steps 2 --warmup 1 --train_max_items 32 --end_to_end --augment_epochs 1 --unlearn_epochs 1 \\
         --finetune_epochs 1 --results_dir /tmp/speed                                   # CPU smoke test, not a result
 

@@ -1,8 +1,8 @@
 """The TOFU benchmark on the embedded SmolLM2-135M-Instruct: every LLM method, forget01/05/10, a learning-rate grid,
 seeds, one command (or several of at most ``--deadline_s`` seconds each).
 
-    python benchmarks/tofu.py --data_dir ../shared/data/tofu --work_dir /root/bench --plan          # what would run
-    python benchmarks/tofu.py --data_dir ../shared/data/tofu --work_dir /root/bench --splits forget10 \\
+    python benchmarks/tofu.py --data_dir data/tofu --work_dir /root/bench --plan          # what would run
+    python benchmarks/tofu.py --data_dir data/tofu --work_dir /root/bench --splits forget10 \\
         --unlearn_lrs 1e-5,2e-5,5e-5,1e-4 --deadline_s 540                                        # repeat until done
     python benchmarks/tofu.py ... --methods rklu,npo:rt --unlearn_lrs 2e-5 --seeds 0,1,2             # chosen lr, seeds
 

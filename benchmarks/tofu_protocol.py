@@ -15,8 +15,10 @@ The protocol (written once here and used for every method alike; ``PROTOCOL`` ho
 - **unlearning**: LoRA students, batch 32 (the paper's), 10 epochs, forget quality after every epoch; RKL-U and
   FKL-U with the paper's augmentation (a LoRA adapter trained 10 epochs on the forget set at the run's own
   unlearning lr) and alpha 8; no retain data unless the method is named ``:rt``;
-- **selection** (declared before any run): each run's *first peak* (the first epoch whose forget quality the next
-  epoch does not exceed: the paper's choice), its *best* epoch and its *last* are fully evaluated, and the epoch
+- **selection** (declared before any run): each run's *first peak* (the paper's choice: the first epoch after which
+  forget quality next falls, equal values skipped; the last plateau's first epoch if it never falls; until run 3 a
+  plateau also ended the rise, see ``current_first_peak``), its *best* epoch and its *last* are fully evaluated, and
+  the epoch
   the oracle-free rule keeps (``rklu_llm.eval.stopping``: the first epoch whose forget and holdout answer NLLs are
   indistinguishable, KS p >= 0.05);
 - **learning rates**: ``SWEPT`` methods over the same grid (``--lrs``, at least two values), seed 0; a method's lr is
@@ -47,7 +49,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from rklu_llm.eval.stopping import SIGNAL  # noqa: E402
+from rklu_llm.eval.stopping import SIGNAL, first_peak  # noqa: E402
 from rklu_llm.paths import portable_path  # noqa: E402
 
 NAME = "tofu_cpu_forget01"
@@ -162,7 +164,22 @@ def bench_argv(args, methods: str, lrs: list[float], seeds) -> list[str]:
 
 def records(work_dir) -> dict[str, dict]:
     runs = Path(work_dir) / "runs"
-    return {p.stem: json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))} if runs.is_dir() else {}
+    found = {p.stem: json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))} if runs.is_dir() else {}
+    return {name: current_first_peak(run) for name, run in found.items()}
+
+
+def current_first_peak(run: dict) -> dict:
+    """``run`` with its first peak by the current definition (``stopping.first_peak``) over its per-epoch forget
+    quality. Records made before the definition skipped plateaus name another epoch; that epoch's full evaluation is
+    then taken from the run's best / last / rule rows, else its per-epoch row stands in (forget quality, no utility).
+    """
+    epochs = run.get("epochs") or []
+    index = first_peak([row.get(FQ) for row in epochs])
+    if index is None or (run.get("first_peak") or {}).get("epoch") == epochs[index]["epoch"]:
+        return run
+    epoch = epochs[index]["epoch"]
+    full = [run[k] for k in ("peak", "final", "selected") if (run.get(k) or {}).get("epoch") == epoch]
+    return {**run, "first_peak": full[0] if full else epochs[index], "first_peak_epoch": epoch}
 
 
 def key(method: str) -> tuple[str, str]:

@@ -24,6 +24,7 @@ import re
 import runpy
 import shlex
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -321,3 +322,18 @@ def test_every_document_is_read_and_no_command_names_a_local_absolute_path():
     assert len(COMMANDS) > 50
     for where, command in COMMANDS:
         assert "../shared" not in command and not re.search(r"(^|\s)/(root|tmp|home|work)/", command), where
+
+
+def test_the_project_stands_alone():
+    """No tracked code, document or result of the project names the workspace's shared folder (only the tests and
+    CI, which read their data from it, may): a clone must not depend on a folder beside it."""
+    shared = "../" + "shared"
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    named = [
+        name
+        for name in tracked
+        if name.split("/")[0] not in ("tests", ".ci")
+        and (REPO / name).is_file()
+        and shared in (REPO / name).read_text(errors="ignore")
+    ]
+    assert not named, named

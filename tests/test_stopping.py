@@ -46,7 +46,9 @@ def test_rule_settings_are_checked(min_p, floor, message):
     "values,want",
     [
         ([0.01, 0.03, 0.02, 0.5, 0.9], 1),  # the first peak, not the highest value
-        ([0.01, 0.03, 0.03, 0.5], 1),  # a plateau ends the rise
+        ([0.01, 0.03, 0.03, 0.5], 3),  # a plateau followed by a rise is not a peak
+        ([0.01, 0.03, 0.03, 0.02, 0.5], 1),  # a plateau followed by a fall is: its first epoch
+        ([0.1, 0.1, 0.3, 0.3, 0.3], 2),  # rising through plateaus to the end: the last plateau's first epoch
         ([0.01, 0.02, 0.4], 2),  # only rising: the last epoch
         ([0.3, 0.1, 0.2], 0),  # falling from the start: the first epoch
         ([None, 0.02, None, 0.01], 1),  # epochs without a value are skipped

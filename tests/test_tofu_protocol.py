@@ -94,6 +94,20 @@ def test_sweep_visits_the_grid_from_its_centre(protocol, grid, order):
     assert protocol.sweep_order(grid) == order
 
 
+def test_records_made_before_the_plateau_rule_get_the_current_first_peak(protocol):
+    """A record whose stored first peak ended at a plateau (epoch 2) gets the current one: forget quality rose again
+    and next fell after epoch 4, whose full row is the record's best; a record already right is left as it is."""
+    epochs = [{"epoch": float(e), FQ: fq} for e, fq in enumerate([0.01, 0.03, 0.03, 0.2, 0.1], start=1)]
+    best = {"epoch": 4.0, FQ: 0.2, MU: 0.3}
+    old = {"epochs": epochs, "first_peak": {"epoch": 2.0, FQ: 0.03, MU: 0.5}, "peak": best, "final": {"epoch": 5.0}}
+    new = protocol.current_first_peak(old)
+    assert new["first_peak"] is best and new["first_peak_epoch"] == 4.0
+    assert old["first_peak"]["epoch"] == 2.0  # the record itself is not touched
+    assert protocol.current_first_peak(new) is new
+    no_full_row = protocol.current_first_peak({**old, "peak": {"epoch": 3.0}})
+    assert no_full_row["first_peak"] is epochs[3]  # forget quality only: no utility to show
+
+
 def test_rule_verdict(protocol):
     near = run("rklu", 1e-3, 0.01, 0.5, epoch=3.0, rule_epoch=4.0, rule_fq=0.001, rule_mu=0.1)
     far_but_good = run("rklu", 1e-3, 0.01, 0.5, epoch=3.0, rule_epoch=6.0, rule_fq=0.1, rule_mu=0.5)

@@ -68,7 +68,8 @@ class TofuEvalCallback(TrainerCallback):
 
     ``track_first_peak`` (with ``per_epoch="forget_quality"``; always with ``"full"``): ``first_peak`` /
     ``first_peak_epoch`` hold the epoch where forget quality first peaks (:func:`~rklu_llm.eval.stopping.first_peak`,
-    the RKL-U paper's selection), fully evaluated; the weights of one earlier epoch are kept until it is known.
+    the RKL-U paper's selection; a plateau counts only when forget quality falls after it), fully evaluated; one
+    copy of the weights of the first peak so far is kept until the end.
     """
 
     def __init__(
@@ -156,8 +157,7 @@ class TofuEvalCallback(TrainerCallback):
         self.track_first_peak = track_first_peak
         self.first_peak: dict | None = None
         self.first_peak_epoch: float | None = None
-        self._previous: tuple[float, dict] | None = None  # the last epoch's weights, until the first peak is known
-        self._first: tuple[float, dict] | None = None  # (epoch, CPU copy of its weights) of the first peak
+        self._first: tuple[float, dict] | None = None  # (epoch, CPU copy of its weights) of the first peak so far
 
     def _fq(self, row: dict) -> float | None:
         return row.get(f"{self.forget_split}_forget_quality")
@@ -232,14 +232,11 @@ class TofuEvalCallback(TrainerCallback):
             torch.cuda.reset_peak_memory_stats()
 
     def _follow_first_peak(self, model, epoch: float) -> None:
-        """Keep the weights of the epoch before this one until the first peak of forget quality is known."""
-        if self._first is not None:
-            return
+        """Keep the weights of the first peak so far: this epoch's when it is the new candidate (a new high before
+        forget quality first goes down); once it has gone down, the candidate never changes again."""
         index = first_peak([self._fq(row) for row in self.history])
-        if index is not None and index == len(self.history) - 2 and self._previous is not None:
-            self._first, self._previous = self._previous, None  # the previous epoch was the first peak
-            return
-        self._previous = (epoch, _trainable_state(model))
+        if index is not None and index == len(self.history) - 1:
+            self._first = (epoch, _trainable_state(model))
 
     def _evaluate_first_peak(self, model) -> None:
         """The first peak of forget quality, fully evaluated: the row already there (per_epoch='full', or the final
@@ -251,7 +248,7 @@ class TofuEvalCallback(TrainerCallback):
         self.first_peak_epoch = row["epoch"]
         kept = self._first[1] if self._first is not None and self._first[0] == row["epoch"] else None
         self.first_peak = self._full_row(model, row, kept, "first_peak/")
-        self._first = self._previous = None
+        self._first = None
 
     def _holdout_signal(self, model, result: dict) -> dict:
         """The rule's KS p / AUC of this epoch. The forget answers' mean NLLs come from the evaluation just made

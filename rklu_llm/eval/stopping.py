@@ -80,11 +80,17 @@ def select_epoch(
 def first_peak(values: Sequence[float | None]) -> int | None:
     """Index of the first peak of per-epoch ``values`` (the RKL-U paper's epoch: where forget quality first peaks).
 
-    The first measured epoch whose value the next measured epoch does not exceed; the last measured epoch when the
-    values only rise; ``None`` when nothing was measured (``None`` entries are skipped).
+    The first measured epoch after which the values next go down, epochs with an equal value skipped: a plateau is
+    not a peak unless the values fall after it, and then its first epoch is the peak (forget quality is a KS p-value
+    over a few dozen items, so equal values in a row are common). The start of the last plateau when the values
+    never go down; ``None`` when nothing was measured (``None`` entries are skipped).
     """
-    measured = [i for i, v in enumerate(values) if v is not None]
-    for here, after in zip(measured, measured[1:]):
-        if values[after] <= values[here]:
-            return here
-    return measured[-1] if measured else None
+    peak = None
+    for i, value in enumerate(values):
+        if value is None:
+            continue
+        if peak is None or value > values[peak]:
+            peak = i
+        elif value < values[peak]:
+            return peak
+    return peak
