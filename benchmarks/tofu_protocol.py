@@ -26,7 +26,7 @@ The protocol (written once here and used for every method alike; ``PROTOCOL`` ho
   (``min(0.95 x original, oracle)``), else the one whose first peak keeps the most utility; the other methods run at
   the lr chosen for their family (``FAMILY``); RKL-U and the two strongest baselines by the same score then run
   with seeds 1 and 2. The sweep runs every method at the grid's middle lr first, then outwards, so a sweep that
-  its deadline cuts short still compares all methods at the same lr.
+  its deadline cuts short still compares all methods at the same lr (the next lower lr before the next higher).
 
 Resumable (finished runs are read from ``--work_dir``); ``--deadline_s`` starts nothing new past that many seconds.
 Writes ``tofu_cpu_forget01.{json,md}``, ``tofu_cpu_forget01_fq_vs_mu.png``, ``tofu_cpu_forget01_epochs.png`` and
@@ -230,13 +230,14 @@ def choose_lr_without_oracle(runs: dict, bench, method: str, grid: list[float], 
 
 
 def sweep_order(grid: list[float]) -> list[float]:
-    """The grid's middle value, then outwards (the next higher before the next lower).
+    """The grid's middle value, then outwards (the next lower before the next higher).
 
     The sweep runs every method at one lr before any method at the next, so a sweep cut short by its deadline still
-    compares all methods at the same lr, at the grid's centre."""
+    compares all methods at the same lr, at the grid's centre. Lower first: this grid is already 30-300x the paper's
+    lrs (a CPU-sized budget), and at its centre the first runs had lost utility (run records 1-3)."""
     ordered = sorted(grid)
     middle = (len(ordered) - 1) // 2
-    outwards = sorted(range(len(ordered)), key=lambda i: (abs(i - middle), i < middle))
+    outwards = sorted(range(len(ordered)), key=lambda i: (abs(i - middle), i > middle))
     return [ordered[i] for i in outwards]
 
 
@@ -523,11 +524,11 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
         "*rule* = the oracle-free rule's epoch, with its forget-vs-holdout KS p (below 0.05: the rule never fired "
         "and kept the epoch of highest p). Teacher: the RKL-U teacher check's verdict (rklu_llm.teacher_check) and "
         "the share of forget-set positions whose teacher top-1 is still the true token. Seconds: the augmentation "
-        "(built once per lr and seed), then the unlearning run's training, its evaluations and its wall time (the "
-        "augmentation not included).",
+        "(built once per lr and seed), the unlearning run's training, its evaluations (every per-epoch and full "
+        "one) and the three together.",
         "",
         "| method | lr | seed | first peak: epoch, FQ, MU | best: epoch, FQ, MU | last: FQ, MU | rule: epoch, FQ, "
-        "MU | rule p | teacher | augment s | train s | eval s | wall s |",
+        "MU | rule p | teacher | augment s | train s | eval s | total s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in sorted(runs, key=lambda n: (runs[n]["method"], runs[n]["retain_mode"], runs[n]["lr"], runs[n]["seed"])):
@@ -542,9 +543,8 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
         if check.get("teacher_top1_true") is not None:
             teacher += f" ({check['teacher_top1_true']:.0%} true)"
         method = run["method"] + ("" if run["retain_mode"] == "none" else f":{run['retain_mode']}")
-        seconds = [
-            _fmt(run.get(k), ".0f") for k in ("augment_seconds", "train_seconds", "eval_seconds", "wall_seconds")
-        ]
+        parts = [run.get(k) or 0.0 for k in ("augment_seconds", "train_seconds", "eval_seconds")]
+        seconds = [_fmt(value, ".0f") for value in (*parts, sum(parts))]
         lines.append(
             f"| {method} | {run['lr']:g} | {run['seed']} | {' | '.join(cells)} | "
             f"{_fmt(_row(run, 'selected').get(SIGNAL), '.2g')} | {teacher} | {' | '.join(seconds)} |"

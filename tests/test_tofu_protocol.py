@@ -85,9 +85,9 @@ def test_stages_follow_the_sweep(protocol, bench):
 @pytest.mark.parametrize(
     "grid, order",
     [
-        ([3e-4, 1e-3, 3e-3], [1e-3, 3e-3, 3e-4]),  # the centre, then higher, then lower
-        ([3e-3, 3e-4, 1e-3], [1e-3, 3e-3, 3e-4]),  # the order given does not matter
-        ([1e-4, 3e-4, 1e-3, 3e-3], [3e-4, 1e-3, 1e-4, 3e-3]),  # even: the lower centre, then outwards
+        ([3e-4, 1e-3, 3e-3], [1e-3, 3e-4, 3e-3]),  # the centre, then lower, then higher
+        ([3e-3, 3e-4, 1e-3], [1e-3, 3e-4, 3e-3]),  # the order given does not matter
+        ([1e-4, 3e-4, 1e-3, 3e-3], [3e-4, 1e-4, 1e-3, 3e-3]),  # even: the lower centre, then outwards
     ],
 )
 def test_sweep_visits_the_grid_from_its_centre(protocol, grid, order):
