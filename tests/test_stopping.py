@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from rklu_llm.data import DataUnavailableError
-from rklu_llm.eval.stopping import SIGNAL, first_peak, holdout_signal, select_epoch
+from rklu_llm.eval.stopping import FORGET_NLL, HOLDOUT_NLL, SIGNAL, first_peak, holdout_signal, select_epoch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -69,6 +69,7 @@ def test_signal_by_hand():
     # every holdout item scores higher than every forget item: AUC 1
     apart = holdout_signal([0.1, 0.2, 0.3, 0.4, 0.5], [1.1, 1.2, 1.3, 1.4, 1.5])
     assert apart[SIGNAL] == pytest.approx(2 / 252) and apart["holdout_auc_loss"] == 1.0
+    assert apart[FORGET_NLL] == pytest.approx(0.3) and apart[HOLDOUT_NLL] == pytest.approx(1.3)  # the two means
     with pytest.raises(ValueError, match="at least one"):
         holdout_signal([], [1.0])
 

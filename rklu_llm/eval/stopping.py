@@ -27,10 +27,14 @@ from .metrics import membership_auc
 
 SIGNAL = "holdout_ks_p"
 AUC = "holdout_auc_loss"
+#: the mean per-item answer NLL of each sample, kept with the signal: the holdout items' own loss shows when the model
+#: got worse at answering *any* such question (a broken model makes forget and holdout alike by failing both)
+FORGET_NLL, HOLDOUT_NLL = "holdout_rule_forget_nll", "holdout_rule_holdout_nll"
 
 
 def holdout_signal(forget_loss: Sequence[float], holdout_loss: Sequence[float]) -> dict[str, float]:
-    """``{holdout_ks_p, holdout_auc_loss}`` of per-item mean answer NLLs of the forget and the holdout items.
+    """``{holdout_ks_p, holdout_auc_loss}`` of per-item mean answer NLLs of the forget and the holdout items, and
+    the mean of each sample (``FORGET_NLL``, ``HOLDOUT_NLL``).
 
     Raises:
         ValueError: either sample is empty.
@@ -39,7 +43,12 @@ def holdout_signal(forget_loss: Sequence[float], holdout_loss: Sequence[float]) 
     holdout = np.asarray(holdout_loss, dtype=np.float64)
     if forget.size == 0 or holdout.size == 0:
         raise ValueError("The holdout signal needs at least one forget and one holdout item.")
-    return {SIGNAL: float(ks_2samp(forget, holdout).pvalue), AUC: membership_auc(forget, holdout)}
+    return {
+        SIGNAL: float(ks_2samp(forget, holdout).pvalue),
+        AUC: membership_auc(forget, holdout),
+        FORGET_NLL: float(forget.mean()),
+        HOLDOUT_NLL: float(holdout.mean()),
+    }
 
 
 def check_rule(min_p: float, min_model_utility: float | None) -> None:
