@@ -77,6 +77,30 @@ def score(before: dict, after: dict) -> dict:
     return row
 
 
+def write_results(out: Path, rows: list[dict]) -> None:
+    """Append ``rows`` to ``out/demo_settings.json`` and write the table of all rows to ``out/demo_settings.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "demo_settings.json"
+    old = json.loads(path.read_text()) if path.is_file() else []
+    path.write_text(json.dumps(old + rows, indent=1) + "\n")
+    lines = [
+        "| source | teach | settings | rise (mean) | margin (median) | teacher top-1 true | forgotten facts | "
+        "kept facts | kept unchanged | states another (forgotten's) | degenerate | meets targets | unlearn s "
+        "(CPU s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in old + rows:
+        tc = r.get("teacher_check") or {}
+        lines.append(
+            f"| {r['source']} | {r['teach'] or 'default'} | {r['settings']} | {_num(tc, 'mean_rise')} | "
+            f"{_num(tc, 'median_margin')} | {_num(tc, 'teacher_top1_true')} | {r['forgotten_facts']} | "
+            f"{', '.join(r['kept_facts'])} | {r['kept_unchanged']} | {r['states_another']} "
+            f"({r['forgotten_states_another']}) | {r['degenerate']} | {r['meets_targets']} | "
+            f"{r['unlearn_seconds']} ({r.get('unlearn_cpu_seconds', '-')}) |"
+        )
+    (out / "demo_settings.md").write_text("\n".join(lines) + "\n")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=None, help="TOFU folder (default: $RKLU_TOFU_DIR, else the hub)")
@@ -132,27 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "answers_after"}), flush=True)
         del student
     if args.results_dir:
-        out = Path(args.results_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "demo_settings.json"
-        old = json.loads(path.read_text()) if path.is_file() else []
-        path.write_text(json.dumps(old + rows, indent=1) + "\n")
-        lines = [
-            "| source | teach | settings | rise (mean) | margin (median) | teacher top-1 true | forgotten facts | "
-            "kept facts | kept unchanged | states another (forgotten's) | degenerate | meets targets | unlearn s "
-            "(CPU s) |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in old + rows:
-            tc = r.get("teacher_check") or {}
-            lines.append(
-                f"| {r['source']} | {r['teach'] or 'default'} | {r['settings']} | {_num(tc, 'mean_rise')} | "
-                f"{_num(tc, 'median_margin')} | {_num(tc, 'teacher_top1_true')} | {r['forgotten_facts']} | "
-                f"{', '.join(r['kept_facts'])} | {r['kept_unchanged']} | {r['states_another']} "
-                f"({r['forgotten_states_another']}) | {r['degenerate']} | {r['meets_targets']} | "
-                f"{r['unlearn_seconds']} ({r.get('unlearn_cpu_seconds', '-')}) |"
-            )
-        (out / "demo_settings.md").write_text("\n".join(lines) + "\n")
+        write_results(Path(args.results_dir), rows)
     print("defaults:", asdict(DemoArguments()))
 
 
