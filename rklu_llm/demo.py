@@ -151,7 +151,7 @@ class DemoArguments:
         metadata={
             "help": "RKL-U phase 1: epochs on the forgotten person, one step each (its six answers are one batch; the "
             "first step is the warmup, at learning rate 0). Measured: 4 left the teacher weak (its top-1 still the "
-            "true token at 62% of the answer positions), 12 brought that to 18%."
+            "true token at 0.62 of the answer positions), 12 brought that to 0.18."
         },
     )
     augment_learning_rate: float = field(default=2e-3, metadata={"help": "RKL-U phase 1 learning rate."})
