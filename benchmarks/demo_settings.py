@@ -5,8 +5,10 @@ and score each against the demo's targets (issue 22).
         --grid "augment_epochs=2,4;teacher_alpha=4,8;unlearn_epochs=4;unlearn_learning_rate=1.2e-3,2e-3"
     python benchmarks/demo_settings.py --profiles ...      # the generated people instead of TOFU
 
-Per setting: the forgotten person's key facts still stated, per kept person the key facts kept and the answers
-unchanged, the answers that state another person's facts, the degenerate answers, and the seconds of unlearning.
+Per setting: the teacher check of its augmented adapter (before distilling: the true token's mean logit rise, the
+original's median margin, the share of positions where the teacher's top-1 is still the true token), the forgotten
+person's key facts still stated, per kept person the key facts kept and the answers unchanged, the answers that state
+another person's facts, the degenerate answers, and the seconds (wall and CPU) of unlearning.
 A setting meets the targets when the forgotten person states 0 facts, every kept person keeps all facts with at
 least 5 of 6 answers unchanged, and no answer is degenerate. The taught model is saved in ``work_dir`` and reused.
 Appends to ``demo_settings.json`` / ``.md`` in ``results_dir``.
@@ -28,6 +30,22 @@ from datasets import concatenate_datasets
 
 from rklu_llm.demo import DemoArguments, demo_people, measure, teach, unlearn
 from rklu_llm.models import load_model
+
+#: the teacher check's numbers kept per setting (see rklu_llm.teacher_check.check_teacher)
+CHECK = (
+    "mean_rise",
+    "median_rise",
+    "median_margin",
+    "moved_fraction",
+    "original_top1_true",
+    "teacher_top1_true",
+    "teacher_true_probability",
+    "verdict",
+)
+
+
+def _num(check: dict, key: str) -> str:
+    return f"{check[key]:.2f}" if key in check else "-"
 
 
 def parse_grid(text: str) -> list[dict]:
@@ -57,6 +75,30 @@ def score(before: dict, after: dict) -> dict:
         and row["degenerate"] == 0
     )
     return row
+
+
+def write_results(out: Path, rows: list[dict]) -> None:
+    """Append ``rows`` to ``out/demo_settings.json`` and write the table of all rows to ``out/demo_settings.md``."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "demo_settings.json"
+    old = json.loads(path.read_text()) if path.is_file() else []
+    path.write_text(json.dumps(old + rows, indent=1) + "\n")
+    lines = [
+        "| source | teach | settings | rise (mean) | margin (median) | teacher top-1 true | forgotten facts | "
+        "kept facts | kept unchanged | states another (forgotten's) | degenerate | meets targets | unlearn s "
+        "(CPU s) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in old + rows:
+        tc = r.get("teacher_check") or {}
+        lines.append(
+            f"| {r['source']} | {r['teach'] or 'default'} | {r['settings']} | {_num(tc, 'mean_rise')} | "
+            f"{_num(tc, 'median_margin')} | {_num(tc, 'teacher_top1_true')} | {r['forgotten_facts']} | "
+            f"{', '.join(r['kept_facts'])} | {r['kept_unchanged']} | {r['states_another']} "
+            f"({r['forgotten_states_another']}) | {r['degenerate']} | {r['meets_targets']} | "
+            f"{r['unlearn_seconds']} ({r.get('unlearn_cpu_seconds', '-')}) |"
+        )
+    (out / "demo_settings.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,16 +137,18 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for settings in parse_grid(args.grid):
         demo_args = replace(base, **settings)
-        start = time.time()
+        start, cpu, check = time.time(), time.process_time(), {}
         with tempfile.TemporaryDirectory() as work:
-            student = unlearn(copy.deepcopy(model), tokenizer, people[names[0]], demo_args, work)
-        seconds = time.time() - start
+            student = unlearn(copy.deepcopy(model), tokenizer, people[names[0]], demo_args, work, check=check)
+        seconds, cpu = time.time() - start, time.process_time() - cpu
         after = measure(student, tokenizer, people, base.max_new_tokens, "after")
         row = {
             "source": key,
             "teach": teach_settings,
             "settings": settings,
             "unlearn_seconds": round(seconds, 1),
+            "unlearn_cpu_seconds": round(cpu, 1),
+            "teacher_check": {k: check[k] for k in CHECK},
             **score(before, after),
         }
         row["answers_after"] = {n: after[n]["answers"] for n in names}
@@ -112,24 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps({k: v for k, v in row.items() if k != "answers_after"}), flush=True)
         del student
     if args.results_dir:
-        out = Path(args.results_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "demo_settings.json"
-        old = json.loads(path.read_text()) if path.is_file() else []
-        path.write_text(json.dumps(old + rows, indent=1) + "\n")
-        lines = [
-            "| source | teach | settings | forgotten facts | kept facts | kept unchanged | states another "
-            "(forgotten's) | degenerate | meets targets | unlearn s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in old + rows:
-            lines.append(
-                f"| {r['source']} | {r['teach'] or 'default'} | {r['settings']} | {r['forgotten_facts']} | "
-                f"{', '.join(r['kept_facts'])} | {r['kept_unchanged']} | {r['states_another']} "
-                f"({r['forgotten_states_another']}) | {r['degenerate']} | {r['meets_targets']} | "
-                f"{r['unlearn_seconds']} |"
-            )
-        (out / "demo_settings.md").write_text("\n".join(lines) + "\n")
+        write_results(Path(args.results_dir), rows)
     print("defaults:", asdict(DemoArguments()))
 
 

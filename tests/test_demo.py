@@ -177,3 +177,18 @@ def test_demo_from_yaml_on_a_tiny_model_is_labelled_deterministic_and_saved(tiny
         + ["--eval_max_items", "2", "--max_new_tokens", "2"]
     )
     assert json.loads((tmp_path / "a" / "tofu_eval.json").read_text())["model"].endswith("a")
+
+
+def test_demo_yaml_holds_the_defaults():
+    """recipes/configs/demo.yaml says it holds the defaults of rklu-llm demo: every key it sets equals the field's
+    default (the settings chosen in docs/demo.md, "How the settings were chosen")."""
+    import yaml
+
+    from rklu_llm.demo import DemoArguments
+
+    values = yaml.safe_load((REPO / "recipes" / "configs" / "demo.yaml").read_text())
+    defaults = DemoArguments()
+    for key, value in values.items():
+        default = getattr(defaults, key)
+        assert default == (float(value) if isinstance(default, float) else value), key
+    assert defaults.augment_epochs == 12 and defaults.teacher_alpha == 8.0 and defaults.unlearn_epochs == 4
