@@ -18,9 +18,8 @@ The protocol (written once here and used for every method alike; ``PROTOCOL`` ho
 - **selection** (declared before any run): each run's *first peak* (the paper's choice: the first epoch after which
   forget quality next falls, equal values skipped; the last plateau's first epoch if it never falls; until run 3 a
   plateau also ended the rise, see ``current_first_peak``), its *best* epoch and its *last* are fully evaluated, and
-  the epoch
-  the oracle-free rule keeps (``rklu_llm.eval.stopping``: the first epoch whose forget and holdout answer NLLs are
-  indistinguishable, KS p >= 0.05);
+  the epoch the oracle-free rule keeps (``rklu_llm.eval.stopping``: the first epoch whose forget and holdout answer
+  NLLs are indistinguishable, KS p >= 0.05);
 - **learning rates**: ``SWEPT`` methods over the same grid (``--lrs``, at least two values), seed 0; a method's lr is
   the grid value whose first peak has the highest forget quality among those with model utility at the floor
   (``min(0.95 x original, oracle)``), else the one whose first peak keeps the most utility; the other methods run at
