@@ -40,6 +40,10 @@ CHECK = (
     "original_top1_true",
     "teacher_top1_true",
     "teacher_true_probability",
+    "original_true_probability",
+    "saturated_fraction",
+    "median_start_gradient_reverse",
+    "median_start_gradient_forward",
     "verdict",
 )
 
@@ -84,16 +88,18 @@ def write_results(out: Path, rows: list[dict]) -> None:
     old = json.loads(path.read_text()) if path.is_file() else []
     path.write_text(json.dumps(old + rows, indent=1) + "\n")
     lines = [
-        "| source | teach | settings | rise (mean) | margin (median) | teacher top-1 true | forgotten facts | "
+        "| source | teach | settings | rise (mean) | margin (median) | teacher top-1 true | original P > 0.99 | "
+        "forgotten facts | "
         "kept facts | kept unchanged | states another (forgotten's) | degenerate | meets targets | unlearn s "
         "(CPU s) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in old + rows:
         tc = r.get("teacher_check") or {}
         lines.append(
             f"| {r['source']} | {r['teach'] or 'default'} | {r['settings']} | {_num(tc, 'mean_rise')} | "
-            f"{_num(tc, 'median_margin')} | {_num(tc, 'teacher_top1_true')} | {r['forgotten_facts']} | "
+            f"{_num(tc, 'median_margin')} | {_num(tc, 'teacher_top1_true')} | {_num(tc, 'saturated_fraction')} | "
+            f"{r['forgotten_facts']} | "
             f"{', '.join(r['kept_facts'])} | {r['kept_unchanged']} | {r['states_another']} "
             f"({r['forgotten_states_another']}) | {r['degenerate']} | {r['meets_targets']} | "
             f"{r['unlearn_seconds']} ({r.get('unlearn_cpu_seconds', '-')}) |"

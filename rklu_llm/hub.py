@@ -301,6 +301,8 @@ def _method_text(config, teacher_check: Mapping | None = None) -> str:
         lines.append(f"- **Teacher check** (before distillation): {summary_line(teacher_check)}")
         if teacher_check.get("advice"):
             lines.append(f"  - **Warning:** {teacher_check['advice']}")
+        if teacher_check.get("saturation_note"):
+            lines.append(f"  - **Note:** {teacher_check['saturation_note']}")
     if config.retain_mode == "none":
         lines.append("- **Retain term:** none (no retain data used)")
     else:

@@ -9,13 +9,22 @@ forget set's answer (or continuation) tokens:
 
 - the logit rise of the true token, ``l_a[y] - l_o[y]`` (mean and median), and the original's margin (median);
 - how often the true token is the top-1 of the original and of the teacher, and the teacher's mean probability of it;
+- how fast distillation can start: the original's probability of the true token, the share of positions where it is
+  above ``SATURATED_PROBABILITY`` (0.99), and the norm of the loss's gradient with respect to the student's logits at
+  the first step (the student is the original then), for the reverse KL (RKL-U) and the forward KL (FKL-U). The
+  reverse KL's gradient at a position is ``p_o * (log p_o - log p_t - KL)``: where the original is nearly certain of
+  the true token it shrinks with ``1 - p_o(y)`` however far the teacher is (at ``p_o(y)`` 0.999 it is about a
+  hundredth of its size at 0.9), while the forward KL's ``p_o - p_t`` does not shrink;
 - optionally, on a sample of items, the teacher's own greedy continuation of each prompt (decoded from the teacher
   logits, one token at a time) scored against the true continuation (sentence BLEU, ROUGE-L recall), beside the
   original's greedy continuation scored the same way.
 
 Verdict: ``weak`` when the teacher's top-1 is still the true token at more than ``max_top1`` of the positions (default
-0.5), else ``ok``. :class:`~rklu_llm.UnlearnTrainer` runs it before distillation (``teacher_check``), logs it,
-stores it in the run record and the model card; ``rklu-llm diagnose`` runs phase 1 and the check alone.
+0.5), else ``ok``. Separately, ``saturated`` when the original is above ``SATURATED_PROBABILITY`` at more than half of
+the positions: then a good teacher is not enough, reverse-KL distillation starts slowly there (``saturation_note``
+says so, with what to change). :class:`~rklu_llm.UnlearnTrainer` runs the check before distillation
+(``teacher_check``), logs it, stores it in the run record and the model card; ``rklu-llm diagnose`` runs phase 1 and
+the check alone.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ from .losses import IGNORE_INDEX, logit_subtraction_teacher
 LogitsOf = Callable[[str, dict], torch.Tensor]
 
 WEAK, OK = "weak", "ok"
+#: the original's true-token probability above which a position counts as saturated (see the module docstring)
+SATURATED_PROBABILITY = 0.99
 
 
 @torch.no_grad()
@@ -50,7 +61,11 @@ def teacher_token_stats(
     Returns:
         ``(N,)`` float32 tensors over the ``N`` counted targets ``y``: ``rise`` = ``l_a[y] - l_o[y]``; ``margin`` =
         ``l_o[y] - max_{v != y} l_o[v]``; ``original_top1`` / ``teacher_top1`` = 1.0 where ``y`` is that model's
-        argmax (ties count as top-1); ``teacher_probability`` = ``softmax(l_t)[y]``.
+        argmax (ties count as top-1); ``teacher_probability`` = ``softmax(l_t)[y]``; ``original_probability`` =
+        ``softmax(l_o)[y]``; ``start_gradient_reverse`` / ``start_gradient_forward``: the L2 norm over the vocabulary
+        of the gradient of ``KL(p_s || p_t)`` / ``KL(p_t || p_s)`` with respect to the student's logits at
+        ``p_s = p_o`` (the first step of distillation): ``p_o * (log p_o - log p_t - KL(p_o || p_t))`` and
+        ``p_o - p_t``.
     """
     targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
@@ -61,12 +76,18 @@ def teacher_token_stats(
     true_orig = orig.gather(1, y).squeeze(1)
     best_other = orig.scatter(1, y, float("-inf")).max(dim=1).values
     true_teacher = teacher.gather(1, y).squeeze(1)
+    log_p_o, log_p_t = torch.log_softmax(orig, dim=1), torch.log_softmax(teacher, dim=1)
+    p_o, p_t = log_p_o.exp(), log_p_t.exp()
+    reverse_kl = (p_o * (log_p_o - log_p_t)).sum(dim=1, keepdim=True)
     return {
         "rise": aug.gather(1, y).squeeze(1) - true_orig,
         "margin": true_orig - best_other,
         "original_top1": (true_orig >= orig.max(dim=1).values).float(),
         "teacher_top1": (true_teacher >= teacher.max(dim=1).values).float(),
-        "teacher_probability": torch.softmax(teacher, dim=1).gather(1, y).squeeze(1),
+        "teacher_probability": p_t.gather(1, y).squeeze(1),
+        "original_probability": p_o.gather(1, y).squeeze(1),
+        "start_gradient_reverse": (p_o * (log_p_o - log_p_t - reverse_kl)).norm(dim=1),
+        "start_gradient_forward": (p_o - p_t).norm(dim=1),
     }
 
 
@@ -189,6 +210,10 @@ def check_teacher(
         "original_top1_true": float(values["original_top1"].mean()),
         "teacher_top1_true": float(values["teacher_top1"].mean()),
         "teacher_true_probability": float(values["teacher_probability"].mean()),
+        "original_true_probability": float(values["original_probability"].mean()),
+        "saturated_fraction": float((values["original_probability"] > SATURATED_PROBABILITY).float().mean()),
+        "median_start_gradient_reverse": float(values["start_gradient_reverse"].median()),
+        "median_start_gradient_forward": float(values["start_gradient_forward"].median()),
         "max_top1": max_top1,
     }
     result["continuation"] = (
@@ -201,6 +226,8 @@ def check_teacher(
     weak = result["teacher_top1_true"] > max_top1
     result["verdict"] = WEAK if weak else OK
     result["advice"] = advice(result) if weak else ""
+    result["saturated"] = result["saturated_fraction"] > 0.5
+    result["saturation_note"] = saturation_note(result) if result["saturated"] else ""
     return result
 
 
@@ -217,6 +244,21 @@ def advice(result: dict) -> str:
     )
 
 
+def saturation_note(result: dict) -> str:
+    """What a saturated original means for distillation, with the numbers that say why."""
+    return (
+        f"The original gives the true token a probability above {SATURATED_PROBABILITY:g} at "
+        f"{result['saturated_fraction']:.0%} of the forget set's positions (mean "
+        f"{result['original_true_probability']:.3f}). "
+        "Reverse-KL distillation (RKL-U) starts slowly there whatever the teacher: its gradient at a position shrinks "
+        f"with 1 - p (median norm at the first step {result['median_start_gradient_reverse']:.3g}, against "
+        f"{result['median_start_gradient_forward']:.3g} for the forward KL of FKL-U). Expect to need more distillation "
+        "steps or a higher learning rate than for a model that is less sure of the forget set, and check the retained "
+        "knowledge after them (larger changes also reach what should be kept); divergence='forward' (FKL-U) does not "
+        "slow down."
+    )
+
+
 def summary_line(result: dict) -> str:
     """One line for logs and printouts."""
     line = (
@@ -225,6 +267,11 @@ def summary_line(result: dict) -> str:
         f"{result['original_top1_true']:.0%}, threshold {result['max_top1']:.0%}); true-token logit rise median "
         f"{result['median_rise']:+.2f} vs original margin median {result['median_margin']:.2f}"
     )
+    if "saturated_fraction" in result:  # a record written before this statistic existed has none
+        line += (
+            f"; original true-token probability > {SATURATED_PROBABILITY:g} at {result['saturated_fraction']:.0%} of "
+            "positions"
+        )
     cont = result.get("continuation")
     if cont:
         line += (

@@ -229,6 +229,8 @@ class UnlearnTrainer(Trainer):
             logger.warning("%s\n%s", line, result["advice"])
         else:
             logger.info(line)
+        if result["saturated"]:
+            logger.warning(result["saturation_note"])
         if self.is_world_process_zero():
             update_run_record(self.args.output_dir, teacher_check=result)
         return result

@@ -396,3 +396,30 @@ def test_speed_benchmark_smoke_on_the_cpu(tmp_path, tiny_model_dir, tofu_dir):
         assert run["ratio"] == pytest.approx(run["rklu_forget10_seconds"] / e2e["retrain_retain90_seconds"])
         assert 0 <= run["forget_quality"] <= 1
     assert "| 2 |" in (tmp_path / "speed_smollm2.md").read_text()
+
+
+def test_demo_settings_table_shows_saturation_and_old_rows_without_it(tmp_path):
+    """A row written before the check reported saturation shows "-" in that column; a new row shows its share."""
+    demo_settings = load_benchmark("demo_settings")
+    row = {
+        "source": "tofu",
+        "teach": {},
+        "settings": {},
+        "forgotten_facts": "4/8",
+        "kept_facts": ["9/9"],
+        "kept_unchanged": [6],
+        "states_another": 0,
+        "forgotten_states_another": 0,
+        "degenerate": 0,
+        "meets_targets": False,
+        "unlearn_seconds": 1.0,
+    }
+    old = {**row, "teacher_check": {"teacher_top1_true": 0.18}}
+    demo_settings.write_results(tmp_path, [old])
+    new = {**row, "teacher_check": {"teacher_top1_true": 0.24, "saturated_fraction": 0.63}}
+    demo_settings.write_results(tmp_path, [new])
+    lines = (tmp_path / "demo_settings.md").read_text().splitlines()
+    assert "original P > 0.99" in lines[0] and len(lines) == 4
+    assert lines[2].split(" | ")[5:7] == ["0.18", "-"]
+    assert lines[3].split(" | ")[5:7] == ["0.24", "0.63"]
+    assert len(json.loads((tmp_path / "demo_settings.json").read_text())) == 2

@@ -15,6 +15,7 @@ from conftest import build_tiny_model, tiny_config
 
 from rklu_llm import UnlearnTrainer, build_unlearning_dataset, cli, load_tofu
 from rklu_llm.data.qa import QACollator
+from rklu_llm.losses import forward_kl, logit_subtraction_teacher, reverse_kl
 from rklu_llm.run_state import RUN_RECORD
 from rklu_llm.teacher_check import check_teacher, teacher_token_stats
 
@@ -43,6 +44,46 @@ def test_token_stats_by_hand():
     e = math.e
     want = torch.tensor([1 / (2 + e), math.exp(2.6) / (2 + math.exp(2.6))])
     torch.testing.assert_close(stats["teacher_probability"], want)
+
+
+def test_start_gradients_by_hand_and_by_autograd():
+    """Position 1 of hand_logits: l_o = [0, 0, 3], l_t = [0, 0, 2.6]. With a = e^3 + 2 and b = e^2.6 + 2,
+    p_o = [1, 1, e^3] / a and p_t = [1, 1, e^2.6] / b, so p_o(2) = e^3 / a; the forward-KL gradient p_o - p_t is
+    [1/a - 1/b, 1/a - 1/b, e^3/a - e^2.6/b]. Both gradients must also equal autograd's on the library's own losses
+    (rklu_llm.losses.reverse_kl / forward_kl) with the student's logits at the original's."""
+    orig, aug, labels = hand_logits()
+    stats = teacher_token_stats(orig, aug, labels, alpha=2.0)
+    a, b = math.exp(3) + 2, math.exp(2.6) + 2
+    assert stats["original_probability"][1].item() == pytest.approx(math.exp(3) / a)
+    forward = [1 / a - 1 / b, 1 / a - 1 / b, math.exp(3) / a - math.exp(2.6) / b]
+    assert stats["start_gradient_forward"][1].item() == pytest.approx(math.sqrt(sum(g * g for g in forward)))
+    teacher = logit_subtraction_teacher(orig, aug, 2.0)
+    for position in (0, 1):
+        for loss, key in ((reverse_kl, "start_gradient_reverse"), (forward_kl, "start_gradient_forward")):
+            student = orig[0, position].clone().requires_grad_(True)
+            loss(student[None], teacher[0, position][None], torch.tensor([True])).backward()
+            assert stats[key][position].item() == pytest.approx(student.grad.norm().item(), rel=1e-5)
+
+
+def test_a_saturated_original_is_flagged_and_its_reverse_gradient_shrinks():
+    """One position, V = 3, true token 0 pushed to the bottom by the teacher (rise 5, alpha 4): the reverse KL's
+    start gradient shrinks with the original's certainty (about 10x per extra 9 of p_o), the forward KL's does not."""
+    labels = torch.tensor([[-100, 0]])
+
+    def stats_at(margin):
+        orig = torch.tensor([[[margin, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+        aug = orig + torch.tensor([[[5.0, 0.0, 0.0], [0.0, 0.0, 0.0]]])
+        batch = {"labels": labels}
+        result = check_teacher(lambda w, _b: orig if w == "original" else aug, [batch], alpha=4.0)
+        return result
+
+    unsure, sure = stats_at(math.log(2 * 9)), stats_at(math.log(2 * 999))  # p_o(0) = 0.9 and 0.999
+    assert unsure["original_true_probability"] == pytest.approx(0.9) and not unsure["saturated"]
+    assert sure["original_true_probability"] == pytest.approx(0.999) and sure["saturated"]
+    assert sure["saturated_fraction"] == 1.0 and "1 - p" in sure["saturation_note"] and unsure["saturation_note"] == ""
+    ratio = unsure["median_start_gradient_reverse"] / sure["median_start_gradient_reverse"]
+    assert 50 < ratio < 200  # (1 - 0.9) / (1 - 0.999) = 100, up to the log terms
+    assert sure["median_start_gradient_forward"] == pytest.approx(unsure["median_start_gradient_forward"], rel=0.2)
 
 
 def test_verdict_and_aggregates_by_hand():

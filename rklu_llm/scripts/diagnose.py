@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(summary_line(result))
         if result["advice"]:
             print(result["advice"])
+        if result["saturation_note"]:
+            print(result["saturation_note"])
         if diagnose.report is not None:
             write_json_atomic(diagnose.report, result)
             print(f"written: {diagnose.report}")
