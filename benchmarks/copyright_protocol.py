@@ -18,6 +18,10 @@ directory, which then refuses any other):
   ``sqrt(sum_t se_t^2) / n`` (lm-eval's ``acc_stderr`` per task, the tasks independent; about 1.6 points at 50%
   accuracy), and each change from the original with the standard error of the difference: a change is called
   resolved only beyond twice that (a 1-point change is not resolved at these sizes, and the table says so).
+  lm-eval is most of an evaluation's cost and the selection rule below does not read it, so by default
+  (``--general_at selected``) it runs on the base model, the original and each method's *selected* setting only (once
+  every setting of that method in the grid has finished; a grid that grows may select, and evaluate, another one);
+  ``--general_at every`` runs it on every setting.
 - **original**: the model fine-tuned on the forget chunks (NLL on every token; LoRA, ``--finetune_epochs`` 3 at
   ``--finetune_lr`` 3e-4, batch ``--batch_size``). It must *know* the book without having memorised it, which is
   **checked before any unlearning**: forget continuation BLEU at least ``MIN_KNOWLEDGE_RATIO`` (2) x the control
@@ -37,7 +41,8 @@ directory, which then refuses any other):
   every setting it passes ends at or below.
 
 Each setting runs the book recipe (``rklu_llm.scripts.copyright``, through ``benchmarks/copyright.py``'s
-``recipe_argv``) in its own folder ``<work_dir>/settings/<setting>``, with the checked original as its given model.
+``recipe_argv``) in its own folder ``<work_dir>/settings/<setting>``, with the checked original as its given model
+(under ``--general_at selected`` its unlearned model is kept there, for lm-eval should the rule select it).
 Every finished setting leaves one record, ``<results_dir>/copyright_runs/<setting>.json``; the driver skips those, so
 work stopped mid-way (``--deadline_s``: start nothing new past that many seconds; ``--max_runs``) loses at most the
 setting under way. ``--plan`` prints the settings with estimated minutes (measured costs from the work directory's
@@ -105,6 +110,8 @@ FALLBACK_S_PER_TOKEN = {
 }
 FALLBACK_AUGMENT_S_PER_TOKEN = 0.036
 FALLBACK_EVAL_S = 2400.0
+#: of which lm-eval (the guess above: ~130k tokens at 0.013 s)
+FALLBACK_GENERAL_S = 1700.0
 
 
 def load_bench():
@@ -152,6 +159,12 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--num_segments", type=int, default=200)
     p.add_argument("--general_tasks", default=DEFAULT_TASKS)
     p.add_argument("--general_limit", type=int, default=None, help="items per lm-eval task (default: all; tests)")
+    p.add_argument(
+        "--general_at",
+        choices=("selected", "every"),
+        default="selected",
+        help="lm-eval on each method's selected setting only (the rule does not read it), or on every setting",
+    )
     p.add_argument("--finetune_epochs", type=float, default=3.0, help="the original's fine-tune on the forget chunks")
     p.add_argument("--finetune_lr", type=float, default=3e-4)
     p.add_argument("--unlearn_epochs", type=float, default=5.0)
@@ -472,7 +485,12 @@ def run_setting(args, bench, recipe, setting: Setting, original: dict, plan: lis
     link_augmented(args, setting, root, plan)
     run = {"lr": setting.lr, "augment_epochs": setting.augment_epochs, "alpha": setting.alpha}
     model = str(original_dir(args) / "finetuned")
-    recipe.main(recipe_argv(args, bench, setting.method, root, model, 0, **run))
+    argv = recipe_argv(args, bench, setting.method, root, model, 0, **run)
+    if args.general_at == "selected":
+        # lm-eval later, on the selected setting (evaluate_selected), which needs the model kept (a LoRA adapter for
+        # the distilled and trained methods; ta's edited weights are a full model)
+        argv += ["--skip_general", "true", "--save_models", "true"]
+    recipe.main(argv)
     out = root / setting.method
     row = json.loads((out / "run.json").read_text())
     general = out / "general_eval.json"
@@ -488,10 +506,46 @@ def run_setting(args, bench, recipe, setting: Setting, original: dict, plan: lis
         **general_stats(json.loads(general.read_text()) if general.is_file() else None),
         "augment_seconds": json.loads(augment.read_text())["seconds"] if augment.is_file() else 0.0,
         "teacher_check": None if check_result is None else {k: v for k, v in check_result.items() if k != "advice"},
+        "general_at": args.general_at,
         "protocol": protocol,
     }
     write_json_atomic(Path(args.results_dir) / RUNS_DIR / f"{setting.name}.json", record)
     return record
+
+
+def evaluate_selected(args, plan: list[Setting], records: dict, original: dict) -> list[str]:
+    """lm-eval on each method's selected setting (``--general_at selected``) once all of the method's settings in
+    ``plan`` have finished and its choice has no lm-eval result yet; the record gains the accuracies and
+    ``general_seconds``. Returns the settings evaluated."""
+    from rklu_llm.scripts import eval_general
+
+    evaluated = []
+    for method in args.method_list:
+        mine = [r for r in records.values() if r["method"] == method]
+        if not mine or len(mine) < len([s for s in plan if s.method == method]):
+            continue
+        chosen, _ = select(mine, original["wikitext_perplexity"], args.max_ppl_ratio)
+        if chosen.get("general_average_acc") is not None:
+            continue
+        out = Path(args.work_dir) / "settings" / chosen["setting"] / method
+        print(f"=== copyright protocol: lm-eval on {method}'s selected setting {chosen['setting']}", flush=True)
+        argv = [
+            "--model",
+            str(out),
+            "--output_dir",
+            str(out),
+            "--general_data_dir",
+            str(Path(args.data_root) / "general"),
+        ]
+        argv += ["--general_tasks", args.general_tasks, "--general_batch_size", str(args.eval_batch_size)]
+        if args.general_limit is not None:
+            argv += ["--general_limit", str(args.general_limit)]
+        start = time.perf_counter()
+        result = eval_general.main(argv)
+        record = chosen | general_stats(result) | {"general_seconds": time.perf_counter() - start}
+        write_json_atomic(Path(args.results_dir) / RUNS_DIR / f"{chosen['setting']}.json", record)
+        evaluated.append(chosen["setting"])
+    return evaluated
 
 
 def check_protocol(args, protocol: dict) -> None:
@@ -543,7 +597,12 @@ def main(argv=None) -> None:
         started_runs += 1
         print(f"=== copyright protocol: {setting.name} ({time.time() - started:.0f} s)", flush=True)
         run_setting(args, bench, recipe, setting, original, plan, protocol)
+        if args.general_at == "selected":
+            evaluate_selected(args, plan, load_records(args.results_dir, protocol), original)
         write_report(args, plan, load_records(args.results_dir, protocol), base, original)
+    in_time = time.time() - started <= args.deadline_s
+    if not args.report_only and original is not None and args.general_at == "selected" and in_time:
+        evaluate_selected(args, plan, load_records(args.results_dir, protocol), original)  # a resumed run
     records = load_records(args.results_dir, protocol)
     write_report(args, plan, records, base, original)
     left = len([s for s in plan if s.name not in records])
@@ -563,30 +622,46 @@ def measured_costs(args, records: dict) -> dict:
     """Seconds per trained token by method, seconds per augmentation token, seconds per evaluation: the work
     directory's finished settings (and the original's evaluation) where measured, else the ``FALLBACK_*`` values."""
     per_token: dict[str, list[float]] = {}
-    augment, evals = [], []
+    augment, evals, generals = [], [], []
     for r in records.values():
         if r.get("seconds") is not None:
             train = max(0.0, r["seconds"] - (r.get("augment_seconds") or 0.0))
             per_token.setdefault(r["method"], []).append(train / trained_tokens(args))
         if r.get("augment_seconds") and r.get("augment_epochs"):
             augment.append(r["augment_seconds"] / (r["augment_epochs"] * args.num_chunks * args.chunk_tokens))
-        if r.get("eval_seconds") is not None:
+        # a setting evaluated without lm-eval (general_at "selected") measures the rest of an evaluation
+        if r.get("eval_seconds") is not None and (r.get("general_at") == "selected") == (args.general_at == "selected"):
             evals.append(r["eval_seconds"])
+        if r.get("general_seconds") is not None:
+            generals.append(r["general_seconds"])
     _, original = reference_rows(args)
-    if original is not None and original.get("eval_seconds") is not None:
+    if original is not None and original.get("eval_seconds") is not None and args.general_at == "every":
         evals.append(original["eval_seconds"])
     costs = {
         "s_per_token": {m: statistics.mean(v) for m, v in per_token.items()},
         "augment_s_per_token": statistics.mean(augment) if augment else None,
         "eval_s": statistics.mean(evals) if evals else None,
+        "general_s": statistics.mean(generals) if generals else None,
     }
-    costs["measured"] = sorted(costs["s_per_token"]) + (["augment"] if augment else []) + (["eval"] if evals else [])
+    costs["measured"] = (
+        sorted(costs["s_per_token"])
+        + (["augment"] if augment else [])
+        + (["eval"] if evals else [])
+        + (["lm-eval"] if generals else [])
+    )
     return costs
+
+
+def eval_estimate(args, costs: dict) -> float:
+    """One setting's evaluation: measured, else the fallback (without lm-eval under ``--general_at selected``)."""
+    if costs["eval_s"] is not None:
+        return costs["eval_s"]
+    return FALLBACK_EVAL_S - (FALLBACK_GENERAL_S if args.general_at == "selected" else 0.0)
 
 
 def estimate(args, setting: Setting, costs: dict, augmented_done: set) -> float:
     rate = costs["s_per_token"].get(setting.method, FALLBACK_S_PER_TOKEN[setting.method])
-    seconds = rate * trained_tokens(args) + (costs["eval_s"] or FALLBACK_EVAL_S)
+    seconds = rate * trained_tokens(args) + eval_estimate(args, costs)
     if setting.augment_key is not None and setting.augment_key not in augmented_done:
         augment_rate = costs["augment_s_per_token"] or FALLBACK_AUGMENT_S_PER_TOKEN
         seconds += augment_rate * setting.augment_epochs * args.num_chunks * args.chunk_tokens
@@ -601,9 +676,13 @@ def print_plan(args, plan: list[Setting], records: dict) -> None:
     _, original = reference_rows(args)
     total = 0.0
     print(f"Copyright protocol plan ({NAME}); work dir {args.work_dir}")
+    general_s = costs["general_s"] or FALLBACK_GENERAL_S
     if original is None:
+        full_eval = costs["eval_s"] or FALLBACK_EVAL_S  # with lm-eval, which the base and the original always get
+        if costs["eval_s"] is not None and args.general_at == "selected":
+            full_eval = costs["eval_s"] + general_s
         seconds = FALLBACK_AUGMENT_S_PER_TOKEN * args.finetune_epochs * args.num_chunks * args.chunk_tokens + 2 * (
-            costs["eval_s"] or FALLBACK_EVAL_S
+            full_eval
         )
         total += seconds
         print(f"  original: fine-tune + base and original evaluated: ~{seconds / 60:.0f} min, then checked")
@@ -616,6 +695,16 @@ def print_plan(args, plan: list[Setting], records: dict) -> None:
         seconds = estimate(args, setting, costs, augmented_done)
         total += seconds
         print(f"  {setting.name:<32} ~{seconds / 60:.0f} min")
+    if args.general_at == "selected":
+        for method in args.method_list:
+            done = any(
+                r["method"] == method and r.get("general_average_acc") is not None and r.get("general_at") == "selected"
+                for r in records.values()
+            )
+            if not done:
+                total += general_s
+            label = f"lm-eval: {method}, selected"
+            print(f"  {label:<32} " + ("done" if done else f"~{general_s / 60:.0f} min"))
     left = len([s for s in plan if s.name not in records])
     print(f"{left} of {len(plan)} settings left; estimated {total / 60:.0f} min ({total / 3600:.1f} h) in all")
     print(

@@ -209,7 +209,8 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     rklu = json.loads((runs / "rklu_lr0.001_aug1_a4.json").read_text())
     assert rklu["teacher_check"]["verdict"] in ("weak", "ok") and rklu["alpha"] == 4.0
     assert rklu["augment_seconds"] > 0 and rklu["seconds"] >= rklu["augment_seconds"]
-    assert set(rklu["general_tasks"]) == {"copa"} and rklu["general_average_stderr"] is not None
+    # lm-eval waits for the method's selected setting (general_at "selected", the default)
+    assert rklu["general_at"] == "selected" and rklu["general_tasks"] == {} and rklu["general_average_acc"] is None
     data = json.loads((results / "copyright_smollm2.json").read_text())
     assert data["settings_finished"] == ["rklu_lr0.001_aug1_a4"] and len(data["settings_planned"]) == 6
     assert data["selected"]["rklu"]["setting"] == "rklu_lr0.001_aug1_a4"
@@ -232,6 +233,7 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     plan = capsys.readouterr().out
     assert "original: done" in plan and "ta_lr0.001" in plan and "4 of 6 settings left" in plan
     assert "measured here for rklu, ta, augment, eval" in plan
+    assert "lm-eval: rklu, selected" in plan and "lm-eval: ga, selected" in plan
 
     # another protocol in the same work dir is refused; report_only runs nothing
     with pytest.raises(SystemExit, match="another protocol"):
@@ -244,3 +246,17 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     with pytest.raises(SystemExit, match="does not know the book; raise --finetune_epochs or --finetune_lr"):
         protocol.main([*argv[:-6], "--max_runs", "1"])
     assert len(list(runs.glob("*.json"))) == 2
+
+    # every ta setting finished: lm-eval runs on ta's selected setting, and only there
+    protocol.main([*argv, "--methods", "ta", "--no-teacher_check", "--max_runs", "1"])
+    ta = {p.stem: json.loads(p.read_text()) for p in runs.glob("ta_*.json")}
+    assert sorted(ta) == ["ta_lr0.001", "ta_lr0.01"]
+    chosen = json.loads((results / "copyright_smollm2.json").read_text())["selected"]["ta"]["setting"]
+    assert set(ta[chosen]["general_tasks"]) == {"copa"} and ta[chosen]["general_average_stderr"] is not None
+    assert ta[chosen]["general_seconds"] > 0
+    assert all(ta[name]["general_average_acc"] is None for name in ta if name != chosen)
+    assert json.loads((runs / "rklu_lr0.001_aug1_a4.json").read_text())["general_average_acc"] is None
+    capsys.readouterr()
+    protocol.main([*argv, "--methods", "ta", "--no-teacher_check", "--plan"])
+    plan = capsys.readouterr().out
+    assert "lm-eval: ta, selected" in plan and "measured here for" in plan and "lm-eval" in plan.split("measured")[-1]
