@@ -254,8 +254,7 @@ def saturation_note(result: dict) -> str:
         f"with 1 - p (median norm at the first step {result['median_start_gradient_reverse']:.3g}, against "
         f"{result['median_start_gradient_forward']:.3g} for the forward KL of FKL-U). Expect to need more distillation "
         "steps or a higher learning rate than for a model that is less sure of the forget set, and check the retained "
-        "knowledge after them (larger changes also reach what should be kept); divergence='forward' (FKL-U) does not "
-        "slow down."
+        "knowledge after them: larger changes also reach what should be kept."
     )
 
 
