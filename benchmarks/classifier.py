@@ -332,14 +332,19 @@ def per_class_table(records: dict, prefix: str, methods) -> dict:
     return out
 
 
+def mean_sd(values) -> dict | None:
+    """``{mean, std}`` (sample standard deviation; 0 for one value) of the values that are not None; None if none."""
+    array = np.array([v for v in values if v is not None], dtype=float)
+    if not len(array):
+        return None
+    return {"mean": float(array.mean()), "std": float(array.std(ddof=1)) if len(array) > 1 else 0.0}
+
+
 def summarise(entries: list[dict]) -> dict:
     """Mean and sample standard deviation over every (class, seed) of one method; the worst class by its mean gap."""
 
     def stats(key):
-        values = np.array([e[key] for e in entries if e.get(key) is not None], dtype=float)
-        if not len(values):
-            return None
-        return {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+        return mean_sd([e.get(key) for e in entries])
 
     by_class: dict[int, list[float]] = {}
     for e in entries:
@@ -381,7 +386,7 @@ def report(args) -> None:
     summary = {m: summarise(e) for m, e in {**main, **{k: v for k, v in base.items() if k in BASELINES}}.items()}
     tune = tune_choice(records["tune_s0_class0"]) if "tune_s0_class0" in records else {}
     regime = regime_table(records, main)
-    multi = {n: r for n, r in records.items() if n.startswith("multi_")}
+    multi = multi_table(records)
     machine = (
         f"{platform.machine()} CPU, 1 torch thread per run on a shared 2-core machine, torch {torch.__version__}, "
         f"transformers {transformers.__version__}"
@@ -393,7 +398,8 @@ def report(args) -> None:
         "single_class_runs": {**main, **base},
         "tuning": tune,
         "regime": regime,
-        "multi": {n: {"scenario": r["scenario"], "rows": r["rows"], "command": r["command"]} for n, r in multi.items()},
+        "multi": multi,
+        "multi_runs": {n: r["rows"] for n, r in records.items() if n.startswith("multi_")},
         "commands": {n: r["command"] for n, r in records.items()},
     }
     results = Path(args.results_dir)
@@ -407,36 +413,87 @@ def report(args) -> None:
 
 
 def regime_table(records: dict, main: dict) -> dict:
-    """``{K: {method: {gap_rt mean/std, acc_ft mean, groups}}}``; K = 10 from the main stage (seed 0 jobs)."""
-    out: dict[str, dict] = {}
+    """``{K: {method: {runs, seeds, gap_rt mean/std, worst group, acc_ft mean}}}`` over every regime record (groups x
+    seeds); K = 10 from the main stage's jobs of the same seeds. The worst group is the lowest mean gap over seeds."""
+    entries: dict[str, dict[str, list]] = {}
     for name, record in records.items():
         if not name.startswith("regime_k"):
             continue
-        k = name.split("_")[1][1:]
+        k, seed = name.split("_")[1][1:], int(name.split("_s")[1].split("_")[0])
+        group = record["scenario"]["forget_classes"][0]
         rows = _rows_by_method(record)
         oracle = rows.get("retrain")
         for method in REGIME_METHODS:
             if method in rows and oracle:
-                out.setdefault(k, {}).setdefault(method, []).append(
-                    {"gap_rt": rows[method]["acc_rt"] - oracle["acc_rt"], "acc_ft": rows[method]["acc_ft"]}
+                entries.setdefault(k, {}).setdefault(method, []).append(
+                    {
+                        "group": group,
+                        "seed": seed,
+                        "gap_rt": rows[method]["acc_rt"] - oracle["acc_rt"],
+                        "acc_ft": rows[method]["acc_ft"],
+                    }
                 )
+    seeds = {e["seed"] for methods in entries.values() for v in methods.values() for e in v} or {0}
     for method in REGIME_METHODS:
         for e in main.get(method, []):
-            if e["seed"] == 0:
-                out.setdefault("10", {}).setdefault(method, []).append({"gap_rt": e["gap_rt"], "acc_ft": e["acc_ft"]})
-    return {
-        k: {
-            m: {
+            if e["seed"] in seeds:
+                entries.setdefault("10", {}).setdefault(method, []).append(
+                    {"group": e["class"], "seed": e["seed"], "gap_rt": e["gap_rt"], "acc_ft": e["acc_ft"]}
+                )
+    out = {}
+    for k, methods in sorted(entries.items(), key=lambda kv: int(kv[0])):
+        out[k] = {}
+        for m, v in methods.items():
+            by_group: dict[int, list[float]] = {}
+            for e in v:
+                by_group.setdefault(e["group"], []).append(e["gap_rt"])
+            gaps = mean_sd([e["gap_rt"] for e in v])
+            out[k][m] = {
                 "runs": len(v),
-                "gap_rt_mean": float(np.mean([e["gap_rt"] for e in v])),
-                "gap_rt_min": float(np.min([e["gap_rt"] for e in v])),
+                "groups": len(by_group),
+                "seeds": sorted({e["seed"] for e in v}),
+                "gap_rt_mean": gaps["mean"],
+                "gap_rt_std": gaps["std"],
+                "gap_rt_min": min(float(np.mean(g)) for g in by_group.values()),
                 "acc_ft_mean": float(np.mean([e["acc_ft"] for e in v])),
                 "redistributed_share_per_class": 1.0 / (int(k) - 1),
             }
-            for m, v in methods.items()
+    return out
+
+
+def multi_table(records: dict) -> dict:
+    """``{scenario: {scenario, seeds, methods: {method: {metric: {mean, std}}}}}`` over the records
+    ``multi_s<seed>_<scenario>``: every method's metrics, its Acc_rt gap to the oracle of the same job and its time
+    ratio, mean and spread over the seeds."""
+    grouped: dict[str, list[tuple[int, dict]]] = {}
+    for name, record in records.items():
+        if name.startswith("multi_s"):
+            seed, _, scenario = name[len("multi_s") :].partition("_")
+            grouped.setdefault(scenario, []).append((int(seed), record))
+    out = {}
+    for scenario, runs in sorted(grouped.items()):
+        per_method: dict[str, list[dict]] = {}
+        for _, record in runs:
+            oracle = _rows_by_method(record).get("retrain")
+            for row in record["rows"]:
+                per_method.setdefault(row["method"], []).append(
+                    {
+                        **{k: row.get(k) for k in (*PERCENT, "mia_svc_confidence_attack_acc")},
+                        "gap_rt": row["acc_rt"] - oracle["acc_rt"] if oracle else None,
+                        "time_ratio": row["seconds"] / oracle["seconds"]
+                        if oracle and row["method"] != "original" and row.get("seconds")
+                        else None,
+                    }
+                )
+        out[scenario] = {
+            "scenario": {k: v for k, v in runs[0][1]["scenario"].items() if k != "class_names"},
+            "seeds": sorted(seed for seed, _ in runs),
+            "methods": {
+                m: {"runs": len(v), **{key: mean_sd([e[key] for e in v]) for key in v[0]}}
+                for m, v in per_method.items()
+            },
         }
-        for k, methods in sorted(out.items(), key=lambda kv: int(kv[0]))
-    }
+    return out
 
 
 def plot(path: Path, summary: dict, regime: dict, names: list[str]) -> None:
@@ -575,12 +632,13 @@ def markdown(summary, tune, regime, multi, records, names, machine) -> list[str]
             "## Redistribute's regime: the number of classes",
             "",
             "Fashion-MNIST with merged labels (K = 2: clothes | shoes and bags; K = 5: T-shirt+Shirt | Pullover+Coat "
-            "| Trouser+Dress | footwear | Bag), a new original and oracle per K and forgotten group, seed 0; K = 10 "
-            "from the single-class jobs (seed 0). Redistribute adds p_y / (K - 1) to every other class; mask "
-            "renormalises the original's other probabilities. At K = 2 the two targets are the same.",
+            "| Trouser+Dress | footwear | Bag), a new original and oracle per K, seed and forgotten group; K = 10 from "
+            "the single-class jobs of the same seeds. Redistribute adds p_y / (K - 1) to every other class; mask "
+            "renormalises the original's other probabilities. At K = 2 the two targets are the same. Gap: mean ± sd "
+            "over groups x seeds; worst: the group with the lowest mean gap over seeds.",
             "",
-            "| K | share added per class | groups | mask@0.001@1 gap (mean / worst) | "
-            "redistribute gap (mean / worst) | Acc_ft mask@0.001@1 / redistribute |",
+            "| K | share added per class | groups x seeds | mask@0.001@1 gap (mean ± sd / worst) | "
+            "redistribute gap (mean ± sd / worst) | Acc_ft mask@0.001@1 / redistribute |",
             "|---|---|---|---|---|---|",
         ]
         for k, m in regime.items():
@@ -589,40 +647,43 @@ def markdown(summary, tune, regime, multi, records, names, machine) -> list[str]
             if not (r and a):
                 continue
             lines.append(
-                f"| {k} | {100 * r['redistributed_share_per_class']:.0f}% of p_y | {a['runs']} | "
-                f"{100 * a['gap_rt_mean']:+.2f} / {100 * a['gap_rt_min']:+.2f} | "
-                f"{100 * r['gap_rt_mean']:+.2f} / {100 * r['gap_rt_min']:+.2f} | "
+                f"| {k} | {100 * r['redistributed_share_per_class']:.0f}% of p_y | {a['groups']} x {len(a['seeds'])} | "
+                f"{100 * a['gap_rt_mean']:+.2f} ± {100 * a['gap_rt_std']:.2f} / {100 * a['gap_rt_min']:+.2f} | "
+                f"{100 * r['gap_rt_mean']:+.2f} ± {100 * r['gap_rt_std']:.2f} / {100 * r['gap_rt_min']:+.2f} | "
                 f"{_pct(a['acc_ft_mean'])} / {_pct(r['acc_ft_mean'])} |"
             )
         lines.append("")
     if multi:
-        lines += ["## Several classes and random samples (seed 0)", ""]
-        for name, record in sorted(multi.items()):
-            sc = record["scenario"]
+        lines += [
+            "## Several classes and random samples",
+            "",
+            "Mean ± sd over the seeds (each seed its own original, trained once and shared with the single-class jobs, "
+            "and its own oracle); gap = Acc_rt - the same job's oracle's. With random samples there is no forget "
+            "class, so Acc_ft is empty and the oracle's Acc_f (about its test accuracy) is the target for Acc_f.",
+            "",
+        ]
+        for entry in multi.values():
+            sc = entry["scenario"]
             what = (
                 f"classes {sc['forget_classes']}"
                 if sc["forget_classes"] is not None
                 else f"{sc['forget_samples']} random samples"
             )
             lines += [
-                f"### {name}: forget {what} (forget set {sc['forget_size']})",
+                f"### Forget {what} (forget set {sc['forget_size']}; seeds {', '.join(map(str, entry['seeds']))})",
                 "",
-                "| method | Acc_f | Acc_r | Acc_ft | Acc_rt | Acc_test | MIA | attack acc | time ratio |",
-                "|---|---|---|---|---|---|---|---|---|",
+                "| method | Acc_f | Acc_r | Acc_ft | Acc_rt | gap to oracle | Acc_test | MIA | attack acc | "
+                "time ratio |",
+                "|---|---|---|---|---|---|---|---|---|---|",
             ]
-            oracle = _rows_by_method(record).get("retrain")
-            for row in record["rows"]:
-                ratio = (
-                    f"{row['seconds'] / oracle['seconds']:.3f}"
-                    if oracle and row["method"] != "original" and row.get("seconds")
-                    else "–"
-                )
+            for method, m in entry["methods"].items():
+                gap = "–" if method == "retrain" or m["gap_rt"] is None else _pm(m["gap_rt"], digits=2)
                 lines.append(
-                    f"| {row['method']} | {_pct(row['acc_f'])} | {_pct(row['acc_r'])} | {_pct(row['acc_ft'])} | "
-                    f"{_pct(row['acc_rt'])} | {_pct(row['acc_test'])} | {_pct(row['mia_svc_confidence'])} | "
-                    f"{_pct(row.get('mia_svc_confidence_attack_acc'))} | {ratio} |"
+                    f"| {method} | {_pm(m['acc_f'])} | {_pm(m['acc_r'])} | {_pm(m['acc_ft'])} | {_pm(m['acc_rt'])} | "
+                    f"{gap} | {_pm(m['acc_test'])} | {_pm(m['mia_svc_confidence'])} | "
+                    f"{_pm(m['mia_svc_confidence_attack_acc'])} | {_pm(m['time_ratio'], 1.0, 3)} |"
                 )
-            lines += ["", f"    {record['command']}", ""]
+            lines.append("")
     lines += ["## Commands", "", "Each job's exact command (the benchmark runs them in one process each stage):", ""]
     lines += [f"- `{n}`: `{r['command']}`" for n, r in sorted(records.items())]
     return lines

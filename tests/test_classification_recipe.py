@@ -139,3 +139,45 @@ def test_method_lists():
 
     assert parse_methods("all,mask@3e-4") == [*CLASSIFIER_METHODS, "mask@3e-4"]
     assert parse_methods(" mask , ga ") == ["mask", "ga"] and "retrain" not in CLASSIFIER_METHODS
+
+
+def _record(scenario: dict, rows: dict[str, tuple[float, float]]) -> dict:
+    """A benchmark record with the given (acc_rt, seconds) per method; every other metric equal to acc_rt."""
+    keys = ("acc_f", "acc_r", "acc_ft", "acc_test", "h_mean", "mia_svc_confidence", "mia_entropy_lr")
+    return {
+        "scenario": scenario,
+        "rows": [
+            {"method": m, "acc_rt": rt, "seconds": sec, **dict.fromkeys(keys, rt), "mia_svc_confidence_attack_acc": 0.5}
+            for m, (rt, sec) in rows.items()
+        ],
+    }
+
+
+def test_multi_and_regime_tables_aggregate_over_seeds():
+    """Hand-computed: gaps to each job's own oracle, sample sd over seeds, the worst group by its mean over seeds."""
+    benchmark = load_classifier_benchmark()
+    scenario = {"forget_classes": [0, 1], "forget_samples": None, "forget_size": 12, "class_names": ["a"]}
+    records = {
+        "multi_s0_class2": _record(scenario, {"original": (0.9, 10.0), "retrain": (0.9, 10.0), "mask": (0.8, 1.0)}),
+        "multi_s1_class2": _record(scenario, {"original": (0.9, 10.0), "retrain": (0.8, 20.0), "mask": (0.8, 4.0)}),
+    }
+    multi = benchmark.multi_table(records)["class2"]
+    assert multi["seeds"] == [0, 1] and "class_names" not in multi["scenario"]
+    mask = multi["methods"]["mask"]
+    assert mask["gap_rt"]["mean"] == pytest.approx(-0.05) and mask["gap_rt"]["std"] == pytest.approx(0.1 / 2**0.5)
+    assert mask["time_ratio"]["mean"] == pytest.approx(0.15)  # 1/10 and 4/20
+    assert multi["methods"]["original"]["time_ratio"] is None
+    short = benchmark.SHORT_MASK
+    regime = {
+        f"regime_k2_s{seed}_group{g}": _record(
+            {"forget_classes": [g]}, {"retrain": (0.9, 1.0), short: (0.9 - gap, 1.0), "redistribute": (0.9, 1.0)}
+        )
+        for seed, g, gap in [(0, 0, 0.02), (1, 0, 0.04), (0, 1, 0.0), (1, 1, 0.02)]
+    }
+    main = {short: [{"class": 3, "seed": 1, "gap_rt": -0.1, "acc_ft": 0.0}, {"class": 3, "seed": 5, "gap_rt": -9.0}]}
+    table = benchmark.regime_table(regime, main)
+    k2 = table["2"][short]
+    assert (k2["groups"], k2["seeds"], k2["runs"]) == (2, [0, 1], 4)
+    assert k2["gap_rt_mean"] == pytest.approx(-0.02) and k2["gap_rt_min"] == pytest.approx(-0.03)
+    assert table["10"][short]["gap_rt_mean"] == pytest.approx(-0.1)  # seed 5 is not a regime seed
+    assert table["2"]["redistribute"]["redistributed_share_per_class"] == 1.0
