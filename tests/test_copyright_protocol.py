@@ -260,3 +260,13 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     protocol.main([*argv, "--methods", "ta", "--no-teacher_check", "--plan"])
     plan = capsys.readouterr().out
     assert "lm-eval: ta, selected" in plan and "measured here for" in plan and "lm-eval" in plan.split("measured")[-1]
+
+    # a fresh checkout (no work dir) rebuilds the report from the committed results, the original's rows included
+    data = json.loads((results / "copyright_smollm2.json").read_text())
+    assert data["original_check"] == {"passed": True, "problems": []}
+    fresh = [a if a != str(work) else str(tmp_path / "fresh") for a in argv]
+    protocol.main([*fresh, "--report_only"])
+    again = json.loads((results / "copyright_smollm2.json").read_text())
+    assert again["references"] == data["references"] and again["settings_finished"] == data["settings_finished"]
+    assert "| original (fine-tuned on the book) |" in (results / "copyright_smollm2.md").read_text()
+    assert not (tmp_path / "fresh").exists()
