@@ -48,7 +48,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
+from rklu_llm import io as bench_io  # noqa: E402
 from rklu_llm.eval.stopping import SIGNAL, first_peak  # noqa: E402
+from rklu_llm.models import DEFAULT_MODEL  # noqa: E402
 from rklu_llm.paths import portable_path  # noqa: E402
 
 NAME = "tofu_cpu_forget01"
@@ -101,6 +103,8 @@ FAMILY = {
     "dpo": "idk",
 }
 EXTRA_SEEDS = (1, 2)
+#: a rebuilt original or oracle is the committed one when every metric of its evaluation is within this of it
+MATCH_TOLERANCE = 1e-3
 #: the original must know the forget set at least this well (mean answer probability)
 MIN_ORIGINAL_PROBABILITY = 0.9
 #: the utility floor: this fraction of the original's utility, or the oracle's when it is lower
@@ -129,6 +133,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--plan", action="store_true", help="print the stages, their runs and estimates; run nothing")
     p.add_argument("--report_only", action="store_true", help="write the results from the finished runs; run nothing")
     p.add_argument("--extra", default="", help="more benchmarks/tofu.py flags (tests: a tiny model's sizes)")
+    p.add_argument(
+        "--adopt_tolerance",
+        type=float,
+        default=MATCH_TOLERANCE,
+        help="a new work dir adopts the committed runs when its rebuilt original and oracle evaluate within this of "
+        "the committed ones on every metric (the report states the largest difference)",
+    )
     p.add_argument(
         "--min_original_probability",
         type=float,
@@ -324,6 +335,72 @@ def print_plan(args, bench, runs, floor, plan) -> None:
 METHOD_KEYS = set(SWEPT) | set(FAMILY)
 
 
+def committed_results(args) -> dict:
+    """The committed results file of this protocol (same fixed settings, model and extra flags), else ``{}``."""
+    path = Path(args.results_dir) / f"{NAME}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    same = (data.get("protocol"), data.get("model", DEFAULT_MODEL), data.get("extra", "")) == (
+        PROTOCOL,
+        args.model,
+        args.extra,
+    )
+    return data if same else {}
+
+
+def reference_differences(fresh: dict, committed: dict, tolerance: float) -> tuple[float, list[str]]:
+    """The largest difference between the rebuilt and the committed original's and oracle's evaluation metrics, and
+    every metric that differs by more than ``tolerance`` (or is missing)."""
+    largest, problems = 0.0, []
+    for label in ("original", "oracle"):
+        here, there = fresh.get(label) or {}, committed.get(label) or {}
+        for name, value in there.items():
+            if not isinstance(value, float) or name == "wall_seconds":
+                continue
+            mine = here.get(name)
+            if not isinstance(mine, float):
+                problems.append(f"{label} {name}: missing here")
+                continue
+            largest = max(largest, abs(mine - value))
+            if abs(mine - value) > tolerance:
+                problems.append(f"{label} {name}: {mine:.6g} here, {value:.6g} committed")
+    return largest, problems
+
+
+def adopt_committed_runs(args, references: dict) -> dict | None:
+    """A work directory on a new machine starts without the runs finished elsewhere. Once its original and oracle
+    are rebuilt (the same recipe and seeds) and evaluate as the committed ones did (every metric within
+    ``--adopt_tolerance``, default :data:`MATCH_TOLERANCE`), the committed run records are copied into it, with the
+    commands that made them, so the protocol goes on where it stopped. A rebuild that differs stops here: those runs
+    were made against another original. Returns ``{"adopted", "largest_difference", "tolerance"}`` (None when nothing
+    was to adopt)."""
+    data = committed_results(args)
+    mirror = Path(args.results_dir) / f"{NAME}_runs"
+    runs = Path(args.work_dir) / "runs"
+    missing = [
+        n for n in data.get("runs", []) if (mirror / f"{n}.json").is_file() and not (runs / f"{n}.json").is_file()
+    ]
+    if not missing:
+        return None
+    largest, problems = reference_differences(references, data.get("references") or {}, args.adopt_tolerance)
+    if problems:
+        raise SystemExit(
+            f"The original and oracle rebuilt in --work_dir {args.work_dir} do not evaluate as the ones the committed "
+            f"runs in {args.results_dir} were made with (tolerance {args.adopt_tolerance:g}):\n- "
+            + "\n- ".join(problems[:10])
+            + "\nThe committed runs cannot be mixed with runs against this original: give another --results_dir to "
+            "start a new series (or rebuild where the committed one was made)."
+        )
+    runs.mkdir(parents=True, exist_ok=True)
+    for name in missing:
+        shutil.copyfile(mirror / f"{name}.json", runs / f"{name}.json")
+    invocations = Path(args.work_dir) / "invocations.json"
+    here = json.loads(invocations.read_text()) if invocations.is_file() else []
+    earlier = [{**i, "machine": "earlier"} for i in data.get("invocations", []) if i not in here]
+    bench_io.write_json_atomic(invocations, earlier + here)
+    print(f"{NAME}: adopted {len(missing)} committed runs (rebuilt references within {largest:.2g} of the committed)")
+    return {"adopted": len(missing), "largest_difference": largest, "tolerance": args.adopt_tolerance}
+
+
 def main(argv=None) -> None:
     args = parse(argv)
     started = time.time()
@@ -337,9 +414,19 @@ def main(argv=None) -> None:
                 if time.time() - started > args.deadline_s:
                     break
                 bench.main([*bench_argv(args, "rklu", args.grid[:1], (0,)), "--deadline_s", "0"])
+    if not args.report_only and not args.plan and reference_summaries(args, bench).get("oracle"):
+        adopted = adopt_committed_runs(args, reference_summaries(args, bench))
+        if adopted:
+            rebuilds = committed_results(args).get("reference_rebuilds", [])
+            bench_io.write_json_atomic(Path(args.work_dir) / "rebuilds.json", rebuilds + [adopted])
     started_runs = 0
     while True:
         runs, references = records(args.work_dir), reference_summaries(args, bench)
+        if args.report_only and not references:  # a fresh checkout: the committed results
+            data = committed_results(args)
+            references = data.get("references") or {}
+            mirror = Path(args.results_dir) / f"{NAME}_runs"
+            runs = {n: current_first_peak(json.loads((mirror / f"{n}.json").read_text())) for n in data.get("runs", [])}
         check_original(references, args.min_original_probability)
         floor = utility_floor(references)
         plan = stages(args, bench, runs, floor)
@@ -453,12 +540,24 @@ def write_report(args, bench, runs: dict, references: dict, floor: float | None)
         "references": references,
         "chosen_lr": chosen,
         "machine": machine,
-        "invocations": portable_invocations(invocations),
+        "invocations": portable_invocations(invocations)
+        if invocations.is_file()
+        else committed_results(args).get("invocations", []),
         "runs": sorted(runs),
+        "model": args.model,
+        "extra": args.extra,
+        "reference_rebuilds": rebuilds(args),
     }
     bench.write_json_atomic(out / f"{NAME}.json", data)
     (out / f"{NAME}.md").write_text(markdown(args, bench, runs, references, floor, chosen, machine))
     plot(out, bench, runs, references, floor, chosen)
+
+
+def rebuilds(args) -> list[dict]:
+    """Each time the original and oracle were rebuilt on a new machine and the committed runs adopted: how many, and
+    the largest difference of the rebuilt references' metrics from the committed ones."""
+    path = Path(args.work_dir) / "rebuilds.json"
+    return json.loads(path.read_text()) if path.is_file() else committed_results(args).get("reference_rebuilds", [])
 
 
 def portable_invocations(path: Path) -> list[dict]:
@@ -502,6 +601,14 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
             f"Utility floor: {_fmt(floor)} (min of {UTILITY_FRACTION} x the original's utility and the oracle's).",
             "",
         ]
+        for rebuild in rebuilds(args):
+            lines += [
+                f"Rebuilt on a new machine: the original and oracle fine-tuned again with the same recipe and seeds "
+                f"evaluated within {rebuild['largest_difference']:.2g} of the table above on every metric (tolerance "
+                f"{rebuild.get('tolerance', MATCH_TOLERANCE):g}), so the {rebuild['adopted']} runs finished before "
+                "went on counting.",
+                "",
+            ]
     planned = [
         (method, lr, seed)
         for _, items in (stages(args, bench, runs, floor) if floor is not None else [])

@@ -43,7 +43,6 @@ import datasets
 import numpy as np
 import torch
 from datasets import Dataset, concatenate_datasets
-from peft import get_peft_model
 from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
@@ -54,7 +53,7 @@ from .data.tofu import TOFU_DIR_ENV, TOFU_HUB_ID, DataUnavailableError
 from .eval.metrics import answer_probability, rouge_l_recall
 from .eval.scoring import generate_answers, score_answers
 from .io import write_json_atomic
-from .models import DEFAULT_MODEL, load_model, lora_config
+from .models import DEFAULT_MODEL, add_lora, load_model, lora_config
 from .offline import hub_problem
 from .paths import portable_path
 from .trainer import UnlearnTrainer
@@ -347,9 +346,10 @@ def _common(args: DemoArguments, work_dir: str, name: str) -> dict:
 
 def teach(model, tokenizer, rows: Dataset, args: DemoArguments, work_dir: str):
     """LoRA fine-tune on ``rows`` (every person), merged into the weights."""
-    set_seed(args.seed)
-    model = get_peft_model(
-        model, lora_config(args.lora_r, args.lora_alpha, target_modules=lora_targets(model, args.lora_layers))
+    model = add_lora(
+        model,
+        lora_config(args.lora_r, args.lora_alpha, target_modules=lora_targets(model, args.lora_layers)),
+        args.seed,
     )
     training = TrainingArguments(
         num_train_epochs=args.teach_epochs,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 from huggingface_hub import try_to_load_from_cache
-from peft import LoraConfig, PeftModel
-from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, Trainer
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig, Trainer, set_seed
 
 from .distributed import full_state_dict, is_sharded
 from .offline import hub_advice, hub_problem
@@ -331,6 +331,17 @@ def copy_model(model, dtype: torch.dtype | None = None):
 def lora_config(r: int = 16, alpha: int = 32, dropout: float = 0.0, target_modules: str = "all-linear"):
     targets = target_modules if target_modules == "all-linear" else [m.strip() for m in target_modules.split(",")]
     return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
+
+
+def add_lora(model, config: LoraConfig, seed: int):
+    """``peft.get_peft_model(model, config)`` with the new adapter drawn after ``transformers.set_seed(seed)``.
+
+    LoRA's initial weights come from torch's global generator, which a new process seeds at random: without this the
+    same command trained a different adapter in every process (measured: a TOFU original fine-tuned twice with the same
+    arguments evaluated differently). The Trainer seeds only later, in its ``__init__``.
+    """
+    set_seed(seed)
+    return get_peft_model(model, config)
 
 
 def staged_save(trainer, output_dir: str | os.PathLike, before_publish=None) -> None:

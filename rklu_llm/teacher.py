@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import get_peft_model
 from transformers import AutoConfig, TrainingArguments
 
 from .data.qa import QACollator
 from .field_tags import AUGMENTATION_FIELDS, LORA_SHAPE, tagged_fields
-from .models import copy_model, lora_config, publish_dir
+from .models import add_lora, copy_model, lora_config, publish_dir
 from .paths import portable_path
 from .run_state import GuardedTrainer, RunConflictError, check_finite_weights, differences, training_settings
 
@@ -177,8 +176,10 @@ def build_augmented_model(
         parameter.requires_grad_(True)
     augmented.train()
     if config.augment_lora:
-        augmented = get_peft_model(
-            augmented, lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+        augmented = add_lora(
+            augmented,
+            lora_config(config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules),
+            config.seed,
         )
     staging = output_dir.parent / f".{output_dir.name}-staging"
     trainer = GuardedTrainer(

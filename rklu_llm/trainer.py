@@ -28,7 +28,6 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
-from peft import get_peft_model
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_utils import TrainOutput
 
@@ -39,7 +38,7 @@ from .frozen import FrozenModels, disable_dropout, is_peft
 from .hub import write_model_card
 from .item_counts import Counts, LoggedMetrics, count_items
 from .methods import Step
-from .models import lora_config, staged_save
+from .models import add_lora, lora_config, staged_save
 from .objective import classifier_objective, lm_objective
 from .run_fingerprint import begin_unlearning_run, run_fingerprint
 from .run_inputs import checked_inputs
@@ -114,8 +113,8 @@ class UnlearnTrainer(Trainer):
         #: the frozen original / augmented models (never created for methods that do not use them)
         self.frozen = FrozenModels(model, args.needs_reference, is_peft(model) or args.use_lora, dtype)
         if args.use_lora and not is_peft(model):
-            model = get_peft_model(
-                model, lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules)
+            model = add_lora(
+                model, lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules), args.seed
             )
         if args.disable_dropout:
             disable_dropout(model)

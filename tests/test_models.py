@@ -13,7 +13,14 @@ from transformers import ViTConfig
 
 from rklu_llm import UnlearnConfig, UnlearnTrainer, build_unlearning_dataset, load_model, load_tofu
 from rklu_llm.data import encode_answer
-from rklu_llm.models import DEFAULT_MODEL, ModelLoadError, check_output_dir, embedded_model_dir, lora_config
+from rklu_llm.models import (
+    DEFAULT_MODEL,
+    ModelLoadError,
+    add_lora,
+    check_output_dir,
+    embedded_model_dir,
+    lora_config,
+)
 
 
 def test_load_local_dir(tiny_model_dir):
@@ -123,3 +130,19 @@ def test_rklu_runs_on_the_embedded_model(tmp_path, tofu_dir, embedded):
     assert trainer.ref_model is None and trainer.aug_model is None and trainer.augmented_on == "student"
     history = [entry for entry in trainer.state.log_history if "forget/loss" in entry]
     assert history and all(entry["forget/loss"] >= 0 for entry in history)
+
+
+def test_a_lora_adapter_depends_on_its_seed_only(tiny_tokenizer):
+    """The same seed gives the same initial adapter whatever torch's global generator held before (a new process
+    seeds it at random); another seed gives another adapter."""
+    from conftest import build_tiny_model
+
+    def adapter(seed: int, noise: int) -> dict[str, torch.Tensor]:
+        torch.manual_seed(noise)  # the state an earlier computation (or a new process) left
+        torch.rand(noise + 1)
+        model = add_lora(build_tiny_model(tiny_tokenizer), lora_config(4, 8), seed)
+        return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_A" in k}
+
+    first, again, other = adapter(3, 0), adapter(3, 7), adapter(4, 0)
+    assert first and all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)

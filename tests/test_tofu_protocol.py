@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import load_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
@@ -186,3 +187,25 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     with pytest.raises(SystemExit, match="does not know the forget set"):
         protocol.main([*argv[:-2], "--min_original_probability", "1.0", "--max_runs", "1"])
     assert len(list((work / "runs").glob("*.json"))) == 2
+
+    # a new machine: a fresh work dir rebuilds the original and oracle; they evaluate as the committed ones did, so the
+    # committed runs are adopted and nothing finished is redone
+    fresh = [a if a != str(work) else str(tmp_path / "fresh") for a in argv]
+    torch.manual_seed(1234)  # whatever the global generator holds: the fine-tunes seed their adapters themselves
+    protocol.main([*fresh, "--max_runs", "0"])
+    adopted = sorted(p.name for p in (tmp_path / "fresh" / "runs").glob("*.json"))
+    assert adopted == ["forget01_ga_lr0.001_s0.json", "forget01_rklu_lr0.001_s0.json"]
+    data = json.loads((results / "tofu_cpu_forget01.json").read_text())
+    assert data["reference_rebuilds"] == [{"adopted": 2, "largest_difference": 0.0, "tolerance": 1e-3}]
+    assert len(data["invocations"]) > 2 and str(tmp_path) not in json.dumps(data)
+    assert "Rebuilt on a new machine" in (results / "tofu_cpu_forget01.md").read_text()
+    # a fresh checkout's report_only reads the committed results
+    protocol.main([*[a if a != str(work) else str(tmp_path / "empty") for a in argv], "--report_only"])
+    assert json.loads((results / "tofu_cpu_forget01.json").read_text())["runs"] == data["runs"]
+    # committed references that the rebuild does not match: the runs are not mixed
+    data["references"]["original"]["model_utility"] += 0.1
+    (results / "tofu_cpu_forget01.json").write_text(json.dumps(data))
+    other = [a if a != str(work) else str(tmp_path / "other") for a in argv]
+    with pytest.raises(SystemExit, match="do not evaluate as the ones the committed runs"):
+        protocol.main([*other, "--max_runs", "0"])
+    assert not (tmp_path / "other" / "runs").exists()

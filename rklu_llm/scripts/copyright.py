@@ -49,7 +49,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from peft import get_peft_model
 from transformers import TrainingArguments
 
 from ..cli import parse_arguments
@@ -60,7 +59,7 @@ from ..data.text import build_text_unlearning_dataset, chunk_examples
 from ..eval.copyright import evaluate_copyright, summary_row
 from ..eval.general import evaluate_general
 from ..io import write_json_atomic
-from ..models import check_output_dir, load_model, load_tokenizer, lora_config, staged_save
+from ..models import add_lora, check_output_dir, load_model, load_tokenizer, lora_config, staged_save
 from ..run_state import GuardedTrainer
 from ..teacher import build_augmented_model
 from ..trainer import UnlearnTrainer
@@ -158,7 +157,9 @@ def finetune(model_name: str, recipe: BookRecipeArguments, config: UnlearnConfig
         return json.loads(metrics_file.read_text())
     model, tokenizer = load_model(model_name)
     if recipe.finetune_lora:
-        model = get_peft_model(model, lora_config(config.lora_r, config.lora_alpha, 0.0, config.lora_target_modules))
+        model = add_lora(
+            model, lora_config(config.lora_r, config.lora_alpha, 0.0, config.lora_target_modules), config.seed
+        )
     args = TrainingArguments(
         output_dir=str(out / ".trainer"),
         num_train_epochs=recipe.finetune_epochs,

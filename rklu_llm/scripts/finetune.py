@@ -22,7 +22,6 @@ import json
 import logging
 from dataclasses import dataclass, field
 
-from peft import get_peft_model
 from transformers import TrainingArguments
 
 from rklu_llm import DEFAULT_MODEL, load_model
@@ -30,7 +29,7 @@ from rklu_llm.cli import parse_arguments
 from rklu_llm.data import FORGET_OF_RETAIN, QACollator, check_qa, load_tofu, tokenize_qa
 from rklu_llm.eval.arguments import TofuEvalArguments, evaluate_saved
 from rklu_llm.io import data_fingerprint
-from rklu_llm.models import check_model_source, check_output_dir, lora_config, staged_save
+from rklu_llm.models import add_lora, check_model_source, check_output_dir, lora_config, staged_save
 from rklu_llm.run_state import (
     GuardedTrainer,
     TrainingDiverged,
@@ -136,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         model, tokenizer = load_model(script.model)
         base_model = model_identity(model)
         if script.use_lora:
-            model = get_peft_model(model, lora_config(script.lora_r, script.lora_alpha))
+            model = add_lora(model, lora_config(script.lora_r, script.lora_alpha), training.seed)
         train_set = tokenize_qa(data, tokenizer, script.max_length).select_columns(["input_ids", "labels"])
         fingerprint = {
             "base_model": base_model,
