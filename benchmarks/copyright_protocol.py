@@ -70,7 +70,7 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from rklu_llm.io import write_json_atomic  # noqa: E402
+from rklu_llm.io import metric_differences, write_json_atomic  # noqa: E402
 
 NAME = "copyright_smollm2"
 RUNS_DIR = "copyright_runs"
@@ -182,6 +182,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max_original_ppl_ratio", type=float, default=MAX_ORIGINAL_PPL_RATIO)
     p.add_argument("--max_ppl_ratio", type=float, default=MAX_PPL_RATIO, help="the selection rule's budget")
     p.add_argument("--min_chunks", type=int, default=MIN_CHUNKS, help="the protocol's smallest forget set (tests: 1)")
+    p.add_argument(
+        "--adopt_tolerance",
+        type=float,
+        default=1e-3,
+        help="a rebuilt original (a new machine) continues the finished settings only if it evaluates within this of "
+        "the committed one on every metric",
+    )
     p.add_argument("--deadline_s", type=float, default=float("inf"), help="start no new setting after this long")
     p.add_argument("--max_runs", type=int, default=None, help="start at most this many settings")
     p.add_argument("--plan", action="store_true", help="print the settings and estimates; run nothing")
@@ -563,6 +570,31 @@ def evaluate_selected(args, plan: list[Setting], records: dict, original: dict) 
     return evaluated
 
 
+def check_rebuild(args, protocol: dict, base: dict, original: dict) -> None:
+    """A work directory on a new machine rebuilds the original (the fine-tune is seeded): the settings already
+    finished in ``--results_dir`` count only if the rebuilt base and original evaluate as the committed ones did
+    (every metric within ``--adopt_tolerance``); otherwise stop before any setting is run against another original."""
+    path = Path(args.results_dir) / f"{NAME}.json"
+    committed = json.loads(path.read_text()) if path.is_file() else {}
+    references = committed.get("references") or {}
+    if (
+        committed.get("protocol") != protocol
+        or not references.get("original")
+        or not load_records(args.results_dir, protocol)
+    ):
+        return
+    problems = []
+    for label, row in (("base", base), ("original", original)):
+        problems += metric_differences(row, references.get(label) or {}, args.adopt_tolerance, f"{label} ")[1]
+    if problems:
+        raise SystemExit(
+            f"The original rebuilt in --work_dir {args.work_dir} does not evaluate as the one the settings finished in "
+            f"{args.results_dir} were run from (tolerance {args.adopt_tolerance:g}):\n- "
+            + "\n- ".join(problems[:10])
+            + "\nThose settings cannot be mixed with settings run from this original: give another --results_dir."
+        )
+
+
 def check_protocol(args, protocol: dict) -> None:
     """A work directory holds one protocol: refuse another (a new --work_dir for a new original)."""
     path = Path(args.work_dir) / "protocol.json"
@@ -598,6 +630,7 @@ def main(argv=None) -> None:
     base, original = reference_rows(args, from_results=args.report_only)
     if not args.report_only and original is None:
         base, original = make_original(args, bench, recipe)
+        check_rebuild(args, protocol, base, original)
         # the original's numbers land in the results whatever its check says
         write_report(args, plan, load_records(args.results_dir, protocol), base, original)
     if base is not None and original is not None:

@@ -348,21 +348,14 @@ def committed_results(args) -> dict:
 
 
 def reference_differences(fresh: dict, committed: dict, tolerance: float) -> tuple[float, list[str]]:
-    """The largest difference between the rebuilt and the committed original's and oracle's evaluation metrics, and
-    every metric that differs by more than ``tolerance`` (or is missing)."""
+    """:func:`rklu_llm.io.metric_differences` of the rebuilt original's and oracle's evaluation rows from the committed
+    ones: the largest difference and each metric beyond ``tolerance``."""
     largest, problems = 0.0, []
     for label in ("original", "oracle"):
-        here, there = fresh.get(label) or {}, committed.get(label) or {}
-        for name, value in there.items():
-            if not isinstance(value, float) or name == "wall_seconds":
-                continue
-            mine = here.get(name)
-            if not isinstance(mine, float):
-                problems.append(f"{label} {name}: missing here")
-                continue
-            largest = max(largest, abs(mine - value))
-            if abs(mine - value) > tolerance:
-                problems.append(f"{label} {name}: {mine:.6g} here, {value:.6g} committed")
+        worst, lines = bench_io.metric_differences(
+            fresh.get(label) or {}, committed.get(label) or {}, tolerance, f"{label} "
+        )
+        largest, problems = max(largest, worst), problems + lines
     return largest, problems
 
 

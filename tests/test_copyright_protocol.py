@@ -270,3 +270,15 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     assert again["references"] == data["references"] and again["settings_finished"] == data["settings_finished"]
     assert "| original (fine-tuned on the book) |" in (results / "copyright_smollm2.md").read_text()
     assert not (tmp_path / "fresh").exists()
+
+    # a new machine rebuilds the original (seeded: the same one) and goes on; another original is refused
+    rebuilt = [a if a != str(work) else str(tmp_path / "rebuilt") for a in argv]
+    protocol.main([*rebuilt, "--max_runs", "0"])
+    assert (tmp_path / "rebuilt" / "original" / "finetuned" / "run.json").is_file()
+    data = json.loads((results / "copyright_smollm2.json").read_text())
+    data["references"]["original"]["wikitext_perplexity"] += 1.0
+    (results / "copyright_smollm2.json").write_text(json.dumps(data))
+    other = [a if a != str(work) else str(tmp_path / "other") for a in argv]
+    with pytest.raises(SystemExit, match="does not evaluate as the one the settings finished"):
+        protocol.main([*other, "--max_runs", "1"])
+    assert json.loads((results / "copyright_smollm2.json").read_text()) == data  # the committed results untouched

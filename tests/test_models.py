@@ -146,3 +146,13 @@ def test_a_lora_adapter_depends_on_its_seed_only(tiny_tokenizer):
     first, again, other = adapter(3, 0), adapter(3, 7), adapter(4, 0)
     assert first and all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
+def test_metric_differences_name_what_moved():
+    from rklu_llm.io import metric_differences
+
+    committed = {"ppl": 50.0, "bleu": 3.0, "eval_seconds": 10.0, "name": "x", "acc": 0.5}
+    largest, problems = metric_differences({"ppl": 50.0004, "bleu": 3.2, "eval_seconds": 99.0}, committed, 1e-3, "o ")
+    assert largest == pytest.approx(0.2)
+    assert problems == ["o bleu: 3.2 here, 3 committed", "o acc: missing here"]
+    assert metric_differences({"ppl": float("nan")}, {"ppl": 1.0}, 1e-3)[1] == ["ppl: nan here, 1 committed"]
