@@ -45,8 +45,10 @@ Each setting runs the book recipe (``rklu_llm.scripts.copyright``, through ``ben
 (under ``--general_at selected`` its unlearned model is kept there, for lm-eval should the rule select it).
 Every finished setting leaves one record, ``<results_dir>/copyright_runs/<setting>.json``; the driver skips those, so
 work stopped mid-way (``--deadline_s``: start nothing new past that many seconds; ``--max_runs``) loses at most the
-setting under way. ``--plan`` prints the settings with estimated minutes (measured costs from the work directory's
-finished settings when there are any, else ``FALLBACK_*``, measured on the committed reduced run) and runs nothing;
+setting under way. A new machine rebuilds the original in its work directory (the fine-tune is seeded) and goes on
+only if it evaluates as the committed one did (``--adopt_tolerance``). ``--plan`` prints the settings with estimated
+minutes (measured costs from the work directory's finished settings when there are any, else ``FALLBACK_*``,
+measured on the committed reduced run) and runs nothing;
 ``--report_only`` writes the results from the records. Results: ``copyright_smollm2.{json,md,png}`` in
 ``--results_dir``: a table per method at its selected setting (forget BLEU and ROUGE-L relative to the original and to
 the control, perplexity ratio, lm-eval mean +- standard error, seconds), the teacher check of every rklu / fklu setting

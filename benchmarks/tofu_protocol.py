@@ -28,6 +28,9 @@ The protocol (written once here and used for every method alike; ``PROTOCOL`` ho
   its deadline cuts short still compares all methods at the same lr (the next lower lr before the next higher).
 
 Resumable (finished runs are read from ``--work_dir``); ``--deadline_s`` starts nothing new past that many seconds.
+A work directory on a new machine rebuilds the original and the oracle (their LoRA adapters seeded, so the same
+command gives the same models) and adopts the runs committed in ``--results_dir`` when both evaluate as the committed
+ones did (``--adopt_tolerance``; the report states the largest difference); a rebuild that differs stops the driver.
 Writes ``tofu_cpu_forget01.{json,md}``, ``tofu_cpu_forget01_fq_vs_mu.png``, ``tofu_cpu_forget01_epochs.png`` and
 every finished run's record (``tofu_cpu_forget01_runs/``) to ``--results_dir``.
 """
