@@ -89,7 +89,12 @@ def test_the_original_must_know_the_book_without_having_memorised_it(protocol, t
     good = {"forget_bleu": 12.0, "control_bleu": 3.0, "wikitext_perplexity": 84.0}
     protocol.check_original(args, base, good)  # 4x the control, perplexity 1.05x: passes
     with pytest.raises(SystemExit, match="does not know the book; raise --finetune_epochs"):
-        protocol.check_original(args, base, good | {"forget_bleu": 5.0})
+        protocol.check_original(args, base, good | {"forget_bleu": 4.0})  # 1.33x the control
+    # the original measured with the defaults (5 epochs at 1e-3): 1.74x the control at 1.45x the base's perplexity
+    measured = {"forget_bleu": 4.862, "control_bleu": 2.787, "wikitext_perplexity": 73.887}
+    protocol.check_original(args, base | {"wikitext_perplexity": 50.98}, measured)
+    with pytest.raises(SystemExit, match="damaged the model"):  # 1.6x
+        protocol.check_original(args, base | {"wikitext_perplexity": 50.98}, measured | {"wikitext_perplexity": 81.6})
     with pytest.raises(SystemExit, match="memorised the book; lower --finetune_epochs"):
         protocol.check_original(args, base, good | {"forget_bleu": 99.0})
     with pytest.raises(SystemExit, match="damaged the model; lower --finetune_lr"):
