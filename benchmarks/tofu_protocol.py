@@ -394,7 +394,14 @@ def adopt_committed_runs(args, references: dict) -> dict | None:
     earlier = [{**i, "machine": "earlier"} for i in data.get("invocations", []) if i not in here]
     bench_io.write_json_atomic(invocations, earlier + here)
     print(f"{NAME}: adopted {len(missing)} committed runs (rebuilt references within {largest:.2g} of the committed)")
-    return {"adopted": len(missing), "largest_difference": largest, "tolerance": args.adopt_tolerance}
+    earlier = data.get("references") or {}
+    return {
+        "adopted": len(missing),
+        "largest_difference": largest,
+        "tolerance": args.adopt_tolerance,
+        # what the adopted runs were measured against, for the report
+        "earlier_model_utility": {label: (earlier.get(label) or {}).get(MU) for label in ("original", "oracle")},
+    }
 
 
 def main(argv=None) -> None:
@@ -598,11 +605,14 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
             "",
         ]
         for rebuild in rebuilds(args):
+            earlier = rebuild.get("earlier_model_utility") or {}
             lines += [
-                f"Rebuilt on a new machine: the original and oracle fine-tuned again with the same recipe and seeds "
-                f"evaluated within {rebuild['largest_difference']:.2g} of the table above on every metric (tolerance "
-                f"{rebuild.get('tolerance', MATCH_TOLERANCE):g}), so the {rebuild['adopted']} runs finished before "
-                "went on counting.",
+                f"Rebuilt on a new machine: the original and oracle fine-tuned again with the same recipe evaluated "
+                f"within {rebuild['largest_difference']:.2g} on every metric (tolerance "
+                f"{rebuild.get('tolerance', MATCH_TOLERANCE):g}) of those the {rebuild['adopted']} runs finished "
+                "before were measured against (their model utility: original "
+                f"{_fmt(earlier.get('original'))}, oracle {_fmt(earlier.get('oracle'))}), so those runs went on "
+                "counting; the table above and the utility floor are the rebuilt models'.",
                 "",
             ]
     planned = [
