@@ -6,8 +6,9 @@
 Runs ``recipes/copyright_book.py`` (``rklu_llm.scripts.copyright``) in this process: the untouched model, the
 fine-tune on the book's chunks, then rklu / ga / gd / npo / dpo / idk / ta / fklu, each evaluated on continuation
 BLEU / ROUGE-L of the book and of the never-seen control (Sense and Sensibility), WikiText perplexity and the mean
-lm-eval accuracy over the paper's seven tasks. Writes ``copyright_smollm2.json``, ``copyright_smollm2.md`` and
-``copyright_smollm2.png`` into ``--results_dir``.
+lm-eval accuracy over the paper's seven tasks. Writes ``copyright_smollm2_reduced.{json,md,png}`` into
+``--results_dir`` (one model at one lr per method: not a tuned comparison; ``benchmarks/copyright_protocol.py`` is
+the protocol, ``copyright_smollm2.*``).
 
 The defaults are a reduced CPU run (no GPU here): 16 chunks of 64 tokens with a 32-token prefix (paper: 400 x 512,
 prefix 200), 50 WikiText segments of 64 tokens (paper: 200), lm-eval on the first 10 items of each task, LoRA
@@ -37,7 +38,7 @@ from rklu_llm.eval.general import resolve_tasks  # noqa: E402
 from rklu_llm.io import write_json_atomic  # noqa: E402
 from rklu_llm.scripts import copyright as recipe  # noqa: E402
 
-NAME = "copyright_smollm2"
+NAME = "copyright_smollm2_reduced"
 STAGES = ("base", "finetuned")
 
 
