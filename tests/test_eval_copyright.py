@@ -325,7 +325,7 @@ def test_copyright_benchmark_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir
     monkeypatch.chdir(tmp_path)
     runpy.run_path(str(script), run_name="__main__")
 
-    data = json.loads((results / "copyright_smollm2.json").read_text())
+    data = json.loads((results / "copyright_smollm2_reduced.json").read_text())
     rows = {row["name"]: row for row in data["rows"]}
     assert list(rows) == ["base", "finetuned", "rklu", "gd", "dpo"]
     for row in rows.values():
@@ -333,14 +333,14 @@ def test_copyright_benchmark_end_to_end_on_a_tiny_model(tmp_path, tiny_model_dir
         assert row["wikitext_perplexity"] > 1 and 0 <= row["general_average_acc"] <= 1
     assert rows["gd"]["retain_mode"] == "rt" and rows["rklu"]["seconds"] > 0
     assert (work / "runs" / "augmented.json").is_file()
-    table = (results / "copyright_smollm2.md").read_text()
+    table = (results / "copyright_smollm2_reduced.md").read_text()
     assert "benchmarks/copyright.py --data_root" in table and table.count("\n| ") == 6  # header + 5 rows
-    assert (results / "copyright_smollm2.png").stat().st_size > 10_000
+    assert (results / "copyright_smollm2_reduced.png").stat().st_size > 10_000
     for name in rows:  # every evaluation written beside its stage, portable
         assert str(tmp_path) not in (work / "runs" / name / "copyright_eval.json").read_text()
 
     stamps = {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/run.json")}
     runpy.run_path(str(script), run_name="__main__")
     assert {p: p.stat().st_mtime_ns for p in (work / "runs").glob("*/run.json")} == stamps
-    invocations = json.loads((results / "copyright_smollm2.json").read_text())["invocations"]
+    invocations = json.loads((results / "copyright_smollm2_reduced.json").read_text())["invocations"]
     assert len(invocations) == 2 and all(i["finished"] for i in invocations)
