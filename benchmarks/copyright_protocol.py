@@ -471,10 +471,9 @@ def reference_rows(args, from_results: bool = False) -> tuple[dict | None, dict 
     in a fresh checkout) from the committed results file when the work directory has none and that file's protocol
     is this one."""
     if from_results and not (original_dir(args) / "finetuned" / "run.json").is_file():
-        path = Path(args.results_dir) / f"{NAME}.json"
-        data = json.loads(path.read_text()) if path.is_file() else {}
-        if data.get("protocol") == protocol_settings(args) and data.get("references"):
-            return data["references"].get("base"), data["references"].get("original")
+        references = committed_references(args, protocol_settings(args))
+        if references:
+            return references.get("base"), references.get("original")
     rows = []
     for name in ("base", "finetuned"):
         path = original_dir(args) / name / "run.json"
@@ -577,18 +576,20 @@ def evaluate_selected(args, plan: list[Setting], records: dict, original: dict) 
     return evaluated
 
 
+def committed_references(args, protocol: dict) -> dict:
+    """``{"base", "original"}`` rows of the results file in ``--results_dir`` when it was made under ``protocol``,
+    else ``{}``."""
+    path = Path(args.results_dir) / f"{NAME}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    return (data.get("references") or {}) if data.get("protocol") == protocol else {}
+
+
 def check_rebuild(args, protocol: dict, base: dict, original: dict) -> None:
     """A work directory on a new machine rebuilds the original (the fine-tune is seeded): the settings already
     finished in ``--results_dir`` count only if the rebuilt base and original evaluate as the committed ones did
     (every metric within ``--adopt_tolerance``); otherwise stop before any setting is run against another original."""
-    path = Path(args.results_dir) / f"{NAME}.json"
-    committed = json.loads(path.read_text()) if path.is_file() else {}
-    references = committed.get("references") or {}
-    if (
-        committed.get("protocol") != protocol
-        or not references.get("original")
-        or not load_records(args.results_dir, protocol)
-    ):
+    references = committed_references(args, protocol)
+    if not references.get("original") or not load_records(args.results_dir, protocol):
         return
     problems = []
     for label, row in (("base", base), ("original", original)):
@@ -828,6 +829,7 @@ def write_report(args, plan, records: dict, base: dict | None, original: dict | 
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = summary(args, plan, records, base, original)
+    problems = original_problems(args, base, original) if base and original else None
     machine = {
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
@@ -846,12 +848,7 @@ def write_report(args, plan, records: dict, base: dict | None, original: dict | 
         },
         "grids": {"lrs": args.grid, "augment_epochs": args.augment_grid, "alphas": args.alpha_grid},
         "references": {"base": base, "original": original},
-        "original_check": None
-        if not (base and original)
-        else {
-            "passed": not original_problems(args, base, original),
-            "problems": original_problems(args, base, original),
-        },
+        "original_check": None if problems is None else {"passed": not problems, "problems": problems},
         "settings_planned": [s.name for s in plan],
         "settings_finished": sorted(records),
         **result,

@@ -420,11 +420,11 @@ def main(argv=None) -> None:
                 if time.time() - started > args.deadline_s:
                     break
                 bench.main([*bench_argv(args, "rklu", args.grid[:1], (0,)), "--deadline_s", "0"])
-    if not args.report_only and not args.plan and reference_summaries(args, bench).get("oracle"):
-        adopted = adopt_committed_runs(args, reference_summaries(args, bench))
+    rebuilt = {} if args.report_only or args.plan else reference_summaries(args, bench)
+    if rebuilt.get("oracle"):
+        adopted = adopt_committed_runs(args, rebuilt)
         if adopted:
-            rebuilds = committed_results(args).get("reference_rebuilds", [])
-            bench_io.write_json_atomic(Path(args.work_dir) / "rebuilds.json", rebuilds + [adopted])
+            bench_io.write_json_atomic(Path(args.work_dir) / "rebuilds.json", rebuilds(args) + [adopted])
     started_runs = 0
     while True:
         runs, references = records(args.work_dir), reference_summaries(args, bench)
