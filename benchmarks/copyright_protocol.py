@@ -77,7 +77,7 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from rklu_llm.io import metric_differences, write_json_atomic  # noqa: E402
+from rklu_llm.io import REBUILD_TOLERANCE, metric_differences, write_json_atomic  # noqa: E402
 
 NAME = "copyright_smollm2"
 RUNS_DIR = "copyright_runs"
@@ -192,7 +192,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--adopt_tolerance",
         type=float,
-        default=1e-3,
+        default=REBUILD_TOLERANCE,
         help="a rebuilt original (a new machine) continues the finished settings only if it evaluates within this of "
         "the committed one on every metric",
     )
@@ -591,9 +591,8 @@ def check_rebuild(args, protocol: dict, base: dict, original: dict) -> None:
     references = committed_references(args, protocol)
     if not references.get("original") or not load_records(args.results_dir, protocol):
         return
-    problems = []
-    for label, row in (("base", base), ("original", original)):
-        problems += metric_differences(row, references.get(label) or {}, args.adopt_tolerance, f"{label} ")[1]
+    committed = {label: references.get(label) or {} for label in ("base", "original")}
+    problems = metric_differences({"base": base, "original": original}, committed, args.adopt_tolerance)[1]
     if problems:
         raise SystemExit(
             f"The original rebuilt in --work_dir {args.work_dir} does not evaluate as the one the settings finished in "

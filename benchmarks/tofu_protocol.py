@@ -109,8 +109,6 @@ EXTRA_SEEDS = (1, 2)
 #: the sweep's grid (series 2); series 1 swept {3e-4, 1e-3, 3e-3}, and at 1e-3 every method's first peak was below
 #: the utility floor (rklu and ga at 3e-4 too), so the grid moved one step down: 3e-3 could only have been worse
 DEFAULT_LRS = "1e-4,3e-4,1e-3"
-#: a rebuilt original or oracle is the committed one when every metric of its evaluation is within this of it
-MATCH_TOLERANCE = 1e-3
 #: the original must know the forget set at least this well (mean answer probability)
 MIN_ORIGINAL_PROBABILITY = 0.9
 #: the utility floor: this fraction of the original's utility, or the oracle's when it is lower
@@ -142,7 +140,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--adopt_tolerance",
         type=float,
-        default=MATCH_TOLERANCE,
+        default=bench_io.REBUILD_TOLERANCE,
         help="a new work dir adopts the committed runs when its rebuilt original and oracle evaluate within this of "
         "the committed ones on every metric (the report states the largest difference)",
     )
@@ -353,25 +351,13 @@ def committed_results(args) -> dict:
     return data if same else {}
 
 
-def reference_differences(fresh: dict, committed: dict, tolerance: float) -> tuple[float, list[str]]:
-    """:func:`rklu_llm.io.metric_differences` of the rebuilt original's and oracle's evaluation rows from the committed
-    ones: the largest difference and each metric beyond ``tolerance``."""
-    largest, problems = 0.0, []
-    for label in ("original", "oracle"):
-        worst, lines = bench_io.metric_differences(
-            fresh.get(label) or {}, committed.get(label) or {}, tolerance, f"{label} "
-        )
-        largest, problems = max(largest, worst), problems + lines
-    return largest, problems
-
-
 def adopt_committed_runs(args, references: dict) -> dict | None:
     """A work directory on a new machine starts without the runs finished elsewhere. Once its original and oracle
     are rebuilt (the same recipe and seeds) and evaluate as the committed ones did (every metric within
-    ``--adopt_tolerance``, default :data:`MATCH_TOLERANCE`), the committed run records are copied into it, with the
-    commands that made them, so the protocol goes on where it stopped. A rebuild that differs stops here: those runs
-    were made against another original. Returns ``{"adopted", "largest_difference", "tolerance"}`` (None when nothing
-    was to adopt)."""
+    ``--adopt_tolerance``, default :data:`rklu_llm.io.REBUILD_TOLERANCE`), the committed run records are copied into
+    it, with the commands that made them, so the protocol goes on where it stopped. A rebuild that differs stops
+    here: those runs were made against another original. Returns ``{"adopted", "largest_difference", "tolerance"}``
+    (None when nothing was to adopt)."""
     data = committed_results(args)
     mirror = Path(args.results_dir) / f"{NAME}_runs"
     runs = Path(args.work_dir) / "runs"
@@ -380,7 +366,8 @@ def adopt_committed_runs(args, references: dict) -> dict | None:
     ]
     if not missing:
         return None
-    largest, problems = reference_differences(references, data.get("references") or {}, args.adopt_tolerance)
+    committed = {label: (data.get("references") or {}).get(label) or {} for label in ("original", "oracle")}
+    largest, problems = bench_io.metric_differences(references, committed, args.adopt_tolerance)
     if problems:
         raise SystemExit(
             f"The original and oracle rebuilt in --work_dir {args.work_dir} do not evaluate as the ones the committed "
@@ -612,7 +599,8 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
             lines += [
                 f"Rebuilt on a new machine: the original and oracle fine-tuned again with the same recipe evaluated "
                 f"within {rebuild['largest_difference']:.2g} on every metric (tolerance "
-                f"{rebuild.get('tolerance', MATCH_TOLERANCE):g}) of those the {rebuild['adopted']} runs finished "
+                f"{rebuild.get('tolerance', bench_io.REBUILD_TOLERANCE):g}) of those the {rebuild['adopted']} runs "
+                "finished "
                 "before were measured against (their model utility: original "
                 f"{_fmt(earlier.get('original'))}, oracle {_fmt(earlier.get('oracle'))}), so those runs went on "
                 "counting; the table above and the utility floor are the rebuilt models'.",

@@ -34,6 +34,7 @@ __all__ = [
     "evaluated_model",
     "Evaluation",
     "metric_differences",
+    "REBUILD_TOLERANCE",
 ]
 
 logger = logging.getLogger(__name__)
@@ -73,23 +74,29 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
         raise
 
 
-def metric_differences(here: dict, there: dict, tolerance: float, label: str = "") -> tuple[float, list[str]]:
-    """How far the numbers of one evaluation row (``here``) are from another's (``there``): the largest absolute
-    difference over ``there``'s float metrics (timings, keys ending in ``seconds``, left out), and a line for each
-    metric that differs by more than ``tolerance`` or that ``here`` lacks. Used to tell a rebuilt model from the one a
-    committed result was measured on."""
+#: a rebuilt model is the one a committed result was measured on when every metric of its evaluation is within this
+REBUILD_TOLERANCE = 1e-3
+
+
+def metric_differences(here: dict, there: dict, tolerance: float) -> tuple[float, list[str]]:
+    """How far labelled evaluation rows (``here``, e.g. ``{"original": row, "oracle": row}``) are from others
+    (``there``, the same labels): the largest absolute difference over ``there``'s float metrics (timings, keys
+    ending in ``seconds``, left out), and a line for each metric that differs by more than ``tolerance`` or that
+    ``here`` lacks. Used to tell a rebuilt model from the one a committed result was measured on."""
     largest, problems = 0.0, []
-    for name, value in there.items():
-        if not isinstance(value, float) or name.endswith("seconds"):
-            continue
-        mine = here.get(name)
-        if not isinstance(mine, (int, float)) or isinstance(mine, bool):
-            problems.append(f"{label}{name}: missing here")
-            continue
-        difference = abs(mine - value)
-        largest = max(largest, difference)
-        if not difference <= tolerance:  # a NaN differs
-            problems.append(f"{label}{name}: {mine:.6g} here, {value:.6g} committed")
+    for label, row in there.items():
+        mine_row = here.get(label) or {}
+        for name, value in (row or {}).items():
+            if not isinstance(value, float) or name.endswith("seconds"):
+                continue
+            mine = mine_row.get(name)
+            if not isinstance(mine, (int, float)) or isinstance(mine, bool):
+                problems.append(f"{label} {name}: missing here")
+                continue
+            difference = abs(mine - value)
+            largest = max(largest, difference)
+            if not difference <= tolerance:  # a NaN differs
+                problems.append(f"{label} {name}: {mine:.6g} here, {value:.6g} committed")
     return largest, problems
 
 

@@ -151,8 +151,12 @@ def test_a_lora_adapter_depends_on_its_seed_only(tiny_tokenizer):
 def test_metric_differences_name_what_moved():
     from rklu_llm.io import metric_differences
 
-    committed = {"ppl": 50.0, "bleu": 3.0, "eval_seconds": 10.0, "name": "x", "acc": 0.5}
-    largest, problems = metric_differences({"ppl": 50.0004, "bleu": 3.2, "eval_seconds": 99.0}, committed, 1e-3, "o ")
+    committed = {"o": {"ppl": 50.0, "bleu": 3.0, "eval_seconds": 10.0, "name": "x", "acc": 0.5}, "b": {"ppl": 2.0}}
+    here = {"o": {"ppl": 50.0004, "bleu": 3.2, "eval_seconds": 99.0}, "b": {"ppl": 2.0}, "extra": {"ppl": 9.0}}
+    largest, problems = metric_differences(here, committed, 1e-3)
     assert largest == pytest.approx(0.2)
     assert problems == ["o bleu: 3.2 here, 3 committed", "o acc: missing here"]
-    assert metric_differences({"ppl": float("nan")}, {"ppl": 1.0}, 1e-3)[1] == ["ppl: nan here, 1 committed"]
+    assert metric_differences({"o": {"ppl": float("nan")}}, {"o": {"ppl": 1.0}}, 1e-3)[1] == [
+        "o ppl: nan here, 1 committed"
+    ]
+    assert metric_differences({}, {"b": {"ppl": 2.0}}, 1e-3)[1] == ["b ppl: missing here"]
