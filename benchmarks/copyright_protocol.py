@@ -47,7 +47,9 @@ directory, which then refuses any other):
 
 Each setting runs the book recipe (``rklu_llm.scripts.copyright``, through ``benchmarks/copyright.py``'s
 ``recipe_argv``) in its own folder ``<work_dir>/settings/<setting>``, with the checked original as its given model
-(under ``--general_at selected`` its unlearned model is kept there, for lm-eval should the rule select it).
+(under ``--general_at selected`` its unlearned model is kept there, for lm-eval should the rule select it); rklu and
+fklu keep the frozen models' logits of every chunk in memory after the first epoch (``--cache_frozen_answers``, a speed
+setting: later epochs skip two forward passes per step).
 Every finished setting leaves one record, ``<results_dir>/copyright_runs/<setting>.json``; the driver skips those, so
 work stopped mid-way (``--deadline_s``: start nothing new past that many seconds; ``--max_runs``) loses at most the
 setting under way. A new machine rebuilds the original in its work directory (the fine-tune is seeded) and goes on
@@ -200,6 +202,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--max_runs", type=int, default=None, help="start at most this many settings")
     p.add_argument("--plan", action="store_true", help="print the settings and estimates; run nothing")
     p.add_argument("--report_only", action="store_true", help="write the results from the records; run nothing")
+    p.add_argument(
+        "--cache_frozen_answers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rklu / fklu: keep the original's and augmented model's logits of every chunk in memory after the first "
+        "epoch (about 1.6 GB each for 64 chunks of 128 tokens; a speed setting, not part of the protocol)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads on a CPU (default: torch's)")
     args = p.parse_args(argv)
     check(args)
@@ -449,6 +458,7 @@ def recipe_argv(args, bench, method: str, root: Path, model: str, finetune_epoch
     argv += ["--output_dir", str(root), "--augment_learning_rate", str(lr)]
     argv += ["--finetune_learning_rate", str(args.finetune_lr)]
     argv += ["--teacher_check", "true" if args.teacher_check else "false"]
+    argv += ["--cache_frozen_answers", "true" if args.cache_frozen_answers else "false"]
     if method != "none":  # a setting: the base model was evaluated with the original
         argv += ["--evaluate_base", "false"]
     return argv

@@ -59,6 +59,15 @@ def _active_adapter(peft_model, name: str):
         peft_model.set_adapter(previous)
 
 
+def item_key(batch: dict, mask: torch.Tensor, row: int) -> bytes:
+    """What identifies one item's answer logits: its tokens (padding left out) and its answer positions counted from
+    its first token, so the same item keys alike whatever it was batched and padded with."""
+    valid = batch["attention_mask"][row].bool()
+    start = int(valid.nonzero()[0, 0]) if valid.any() else 0
+    positions = mask[row].nonzero().flatten() - start
+    return batch["input_ids"][row][valid].cpu().numpy().tobytes() + b"|" + positions.cpu().numpy().tobytes()
+
+
 class FrozenModels:
     """The frozen original and augmented models of one run.
 
@@ -67,10 +76,21 @@ class FrozenModels:
         needs_original: whether the method (or the retain KL term) reads the original.
         student_is_lora: the student trains through LoRA (then the original is its base, adapters disabled).
         dtype: the frozen models' dtype (bf16 / fp16 runs), or None to keep the student's.
+        cache_answers: keep every item's answer logits (:meth:`answer_logits`) in CPU memory once computed, keyed by
+            the item's tokens and answer positions, so that later epochs skip the frozen forward passes.
     """
 
-    def __init__(self, student, needs_original: bool, student_is_lora: bool, dtype: torch.dtype | None):
+    def __init__(
+        self,
+        student,
+        needs_original: bool,
+        student_is_lora: bool,
+        dtype: torch.dtype | None,
+        cache_answers: bool = False,
+    ):
         self.dtype = dtype
+        #: ``{"original" | "augmented": {item key: (n, V) answer logits}}`` under ``cache_answers``, else None
+        self.answer_cache: dict[str, dict[bytes, torch.Tensor]] | None = {} if cache_answers else None
         #: the frozen original copy (None: not needed, or the LoRA student's base serves)
         self.original = None
         #: how the original was made: "path" (loaded from the model's path), "deepcopy", "adapter-disabled"
@@ -148,8 +168,17 @@ class FrozenModels:
 
     def answer_logits(self, which: str, student, batch: dict, mask: torch.Tensor) -> torch.Tensor:
         """``(N, V)``: :meth:`logits` at the ``N`` answer positions ``mask`` (``(B, T-1)``, from
-        :func:`rklu_llm.losses.answer_positions`) selects, each predicting the next token."""
-        return self.logits(which, student, batch)[:, :-1][mask]
+        :func:`rklu_llm.losses.answer_positions`) selects, each predicting the next token. With ``cache_answers`` a
+        batch whose every item was seen before is answered from the cache, without a forward pass."""
+        if self.answer_cache is None:
+            return self.logits(which, student, batch)[:, :-1][mask]
+        cache = self.answer_cache.setdefault(which, {})
+        keys = [item_key(batch, mask, row) for row in range(mask.shape[0])]
+        if not all(key in cache for key in keys):
+            logits = self.logits(which, student, batch)[:, :-1]
+            for row, key in enumerate(keys):
+                cache[key] = logits[row][mask[row]].cpu()  # boolean indexing copies: the batch's logits are freed
+        return torch.cat([cache[key] for key in keys]).to(mask.device)
 
     @torch.no_grad()
     def class_logits(self, batch: dict) -> torch.Tensor:

@@ -111,7 +111,9 @@ class UnlearnTrainer(Trainer):
             )
         dtype = torch.bfloat16 if args.bf16 else (torch.float16 if args.fp16 else None)
         #: the frozen original / augmented models (never created for methods that do not use them)
-        self.frozen = FrozenModels(model, args.needs_reference, is_peft(model) or args.use_lora, dtype)
+        self.frozen = FrozenModels(
+            model, args.needs_reference, is_peft(model) or args.use_lora, dtype, args.cache_frozen_answers
+        )
         if args.use_lora and not is_peft(model):
             model = add_lora(
                 model, lora_config(args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_target_modules), args.seed

@@ -320,3 +320,85 @@ def test_the_evaluation_callbacks_best_checkpoint_leaves_the_augmented_adapter_o
     leaked = [p for p in best.rglob("*") if "augmented" in p.name or "augmented" in p.parent.name]
     assert not leaked, leaked
     assert "augmented" in trainer.accelerator.unwrap_model(trainer.model).peft_config
+
+
+def test_cached_frozen_answers_train_as_the_uncached_and_skip_the_forward_passes(
+    tmp_path, tiny_tokenizer, qa, monkeypatch
+):
+    """cache_frozen_answers: 3 epochs of rklu with the retain KL term end where the uncached run ends (float rounding
+    apart), and after the first epoch the forget items' frozen forward passes are skipped."""
+    from rklu_llm.frozen import FrozenModels
+
+    calls = []
+    real = FrozenModels.logits
+
+    def counted(self, which, student, batch):
+        calls.append((which, batch["input_ids"].shape[0]))
+        return real(self, which, student, batch)
+
+    monkeypatch.setattr(FrozenModels, "logits", counted)
+    states = {}
+    for cache in (False, True):
+        calls.clear()
+        trainer = make_trainer(
+            tmp_path / str(cache),
+            tiny_tokenizer,
+            qa,
+            "rklu",
+            "kl",
+            use_lora=True,
+            augment_lora=True,
+            max_steps=6,  # 8 forget items in batches of 4: 3 epochs
+            save_strategy="no",
+            teacher_check=False,
+            cache_frozen_answers=cache,
+        )
+        trainer.train()
+        states[cache] = trainable_state(trainer)
+        augmented_calls = sum(1 for which, _ in calls if which == "augmented")
+        if cache:
+            assert augmented_calls == 2  # the first epoch's two batches, then the cache
+            assert len(trainer.frozen.answer_cache["augmented"]) == 8
+            assert len(trainer.frozen.answer_cache["original"]) >= 8 + 8  # forget items and the retain items seen
+        else:
+            assert augmented_calls == 6 and trainer.frozen.answer_cache is None
+    assert states[True].keys() == states[False].keys()
+    for name in states[False]:
+        torch.testing.assert_close(states[True][name], states[False][name], rtol=1e-4, atol=1e-5)
+
+
+def test_an_items_cached_answers_do_not_depend_on_its_batch(tmp_path, tiny_tokenizer, qa):
+    """The cache keys an item by its tokens and answer positions: batched with a longer item (so padded) it is found
+    again alone, and the logits stored for it equal those of its own forward pass."""
+    from rklu_llm.losses import answer_positions
+
+    trainer = make_trainer(tmp_path, tiny_tokenizer, qa, "rklu", cache_frozen_answers=True, teacher_check=False)
+    trainer.setup_frozen_models()
+    collate = UnlearnCollator(tiny_tokenizer.pad_token_id)
+    items = [trainer.train_dataset[i]["forget"] for i in range(len(trainer.train_dataset))]
+    items = sorted(items, key=lambda item: len(item["input_ids"]))
+    short, long = items[0], items[-1]
+    assert len(short["input_ids"]) < len(long["input_ids"])
+    model = trainer.model
+
+    def answers(batch):
+        _, mask = answer_positions(torch.zeros(*batch["input_ids"].shape, 1), batch["labels"])
+        return trainer.frozen.answer_logits("original", model, batch, mask), mask
+
+    together, mask = answers(collate([{"forget": short}, {"forget": long}])["forget"])
+    cache = trainer.frozen.answer_cache["original"]
+    assert len(cache) == 2
+    alone_batch = collate([{"forget": short}])["forget"]
+    alone, alone_mask = answers(alone_batch)
+    assert len(cache) == 2  # found, not recomputed
+    trainer.frozen.answer_cache = None
+    fresh, _ = answers(alone_batch)
+    assert together.shape[0] == int(mask.sum()) and alone.shape[0] == int(alone_mask.sum())
+    torch.testing.assert_close(alone, together[: alone.shape[0]], rtol=0, atol=0)  # the cached copy
+    torch.testing.assert_close(alone, fresh, rtol=1e-5, atol=1e-5)  # padded or not, the same logits
+
+
+def test_cached_frozen_answers_need_one_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(UnlearnConfig, "world_size", property(lambda self: 2))
+    with pytest.raises(ValueError, match="cache_frozen_answers works in one process"):
+        tiny_config(tmp_path / "out", "rklu", cache_frozen_answers=True)
