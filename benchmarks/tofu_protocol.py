@@ -30,7 +30,8 @@ The protocol (written once here and used for every method alike; ``PROTOCOL`` ho
 Resumable (finished runs are read from ``--work_dir``); ``--deadline_s`` starts nothing new past that many seconds.
 A work directory on a new machine rebuilds the original and the oracle (their LoRA adapters seeded, so the same
 command gives the same models) and adopts the runs committed in ``--results_dir`` when both evaluate as the committed
-ones did (``--adopt_tolerance``; the report states the largest difference); a rebuild that differs stops the driver.
+ones did (``--adopt_tolerance``; the report states the largest difference); a rebuild that differs stops the driver
+(before any run had finished there is nothing to adopt, and the report only states how closely the rebuild matched).
 Writes ``tofu_cpu_forget01.{json,md}``, ``tofu_cpu_forget01_fq_vs_mu.png``, ``tofu_cpu_forget01_epochs.png`` and
 every finished run's record (``tofu_cpu_forget01_runs/``) to ``--results_dir``.
 """
@@ -351,23 +352,33 @@ def committed_results(args) -> dict:
     return data if same else {}
 
 
-def adopt_committed_runs(args, references: dict) -> dict | None:
+def adopt_committed_runs(args, references: dict, rebuilt_now: bool = False) -> dict | None:
     """A work directory on a new machine starts without the runs finished elsewhere. Once its original and oracle
     are rebuilt (the same recipe and seeds) and evaluate as the committed ones did (every metric within
     ``--adopt_tolerance``, default :data:`rklu_llm.io.REBUILD_TOLERANCE`), the committed run records are copied into
     it, with the commands that made them, so the protocol goes on where it stopped. A rebuild that differs stops
     here: those runs were made against another original. Returns ``{"adopted", "largest_difference", "tolerance"}``
-    (None when nothing was to adopt)."""
+    (None when nothing was to adopt). ``rebuilt_now`` (the original and oracle were fine-tuned by this invocation)
+    with committed references but no runs to adopt: the comparison is returned all the same (``adopted`` 0), so the
+    report says how closely the rebuild matched, and nothing stops: no run was measured against the earlier models."""
     data = committed_results(args)
     mirror = Path(args.results_dir) / f"{NAME}_runs"
     runs = Path(args.work_dir) / "runs"
     missing = [
         n for n in data.get("runs", []) if (mirror / f"{n}.json").is_file() and not (runs / f"{n}.json").is_file()
     ]
-    if not missing:
-        return None
-    committed = {label: (data.get("references") or {}).get(label) or {} for label in ("original", "oracle")}
+    earlier = data.get("references") or {}
+    committed = {label: earlier.get(label) or {} for label in ("original", "oracle")}
     largest, problems = bench_io.metric_differences(references, committed, args.adopt_tolerance)
+    found = {
+        "largest_difference": largest,
+        "tolerance": args.adopt_tolerance,
+        "beyond_tolerance": len(problems),
+        # what the committed runs (if any) were measured against, for the report
+        "earlier_model_utility": {label: committed[label].get(MU) for label in ("original", "oracle")},
+    }
+    if not missing:
+        return {"adopted": 0, **found} if rebuilt_now and all(committed.values()) else None
     if problems:
         raise SystemExit(
             f"The original and oracle rebuilt in --work_dir {args.work_dir} do not evaluate as the ones the committed "
@@ -384,14 +395,7 @@ def adopt_committed_runs(args, references: dict) -> dict | None:
     earlier = [{**i, "machine": "earlier"} for i in data.get("invocations", []) if i not in here]
     bench_io.write_json_atomic(invocations, earlier + here)
     print(f"{NAME}: adopted {len(missing)} committed runs (rebuilt references within {largest:.2g} of the committed)")
-    earlier = data.get("references") or {}
-    return {
-        "adopted": len(missing),
-        "largest_difference": largest,
-        "tolerance": args.adopt_tolerance,
-        # what the adopted runs were measured against, for the report
-        "earlier_model_utility": {label: (earlier.get(label) or {}).get(MU) for label in ("original", "oracle")},
-    }
+    return {"adopted": len(missing), **found}
 
 
 def main(argv=None) -> None:
@@ -401,15 +405,17 @@ def main(argv=None) -> None:
     unknown = [m for m in METHOD_KEYS if key(m)[0] not in bench.METHODS]
     if unknown:
         raise SystemExit(f"methods of the protocol missing from METHODS: {unknown}")
+    built_now = False
     if not args.report_only and not args.plan:  # the original and the oracle first, one benchmark command each
         for model in ("full", bench.RETAIN_OF_FORGET[SPLIT]):
             if not (Path(args.work_dir) / "models" / model / "tofu_eval.json").is_file():
                 if time.time() - started > args.deadline_s:
                     break
                 bench.main([*bench_argv(args, "rklu", args.grid[:1], (0,)), "--deadline_s", "0"])
+                built_now = True
     rebuilt = {} if args.report_only or args.plan else reference_summaries(args, bench)
     if rebuilt.get("oracle"):
-        adopted = adopt_committed_runs(args, rebuilt)
+        adopted = adopt_committed_runs(args, rebuilt, built_now)
         if adopted:
             bench_io.write_json_atomic(Path(args.work_dir) / "rebuilds.json", rebuilds(args) + [adopted])
     started_runs = 0
@@ -564,6 +570,30 @@ def portable_invocations(path: Path) -> list[dict]:
     return out
 
 
+def rebuild_line(rebuild: dict) -> str:
+    """The report's sentence on one rebuild of the original and oracle (:func:`adopt_committed_runs`)."""
+    earlier = rebuild.get("earlier_model_utility") or {}
+    tolerance = rebuild.get("tolerance", bench_io.REBUILD_TOLERANCE)
+    was = f"model utility: original {_fmt(earlier.get('original'))}, oracle {_fmt(earlier.get('oracle'))}"
+    if rebuild["adopted"]:
+        return (
+            "Rebuilt on a new machine: the original and oracle fine-tuned again with the same recipe evaluated within "
+            f"{rebuild['largest_difference']:.2g} on every metric (tolerance {tolerance:g}) of those the "
+            f"{rebuild['adopted']} runs finished before were measured against ({was}), so those runs went on counting; "
+            "the table above and the utility floor are the rebuilt models'."
+        )
+    beyond = rebuild.get("beyond_tolerance")
+    closeness = (
+        f"up to {rebuild['largest_difference']:.2g} apart ({beyond} metrics beyond the tolerance {tolerance:g})"
+        if beyond
+        else f"within {rebuild['largest_difference']:.2g} on every metric (tolerance {tolerance:g})"
+    )
+    return (
+        "Rebuilt on a new machine before any run had finished: the original and oracle fine-tuned again with the same "
+        f"recipe evaluated {closeness} of the committed ones ({was}); the table above is the rebuilt models'."
+    )
+
+
 def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
     command = f"python benchmarks/tofu_protocol.py --data_dir data/tofu --work_dir <work dir> --lrs {args.lrs}"
     lines = [
@@ -595,17 +625,7 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
             "",
         ]
         for rebuild in rebuilds(args):
-            earlier = rebuild.get("earlier_model_utility") or {}
-            lines += [
-                f"Rebuilt on a new machine: the original and oracle fine-tuned again with the same recipe evaluated "
-                f"within {rebuild['largest_difference']:.2g} on every metric (tolerance "
-                f"{rebuild.get('tolerance', bench_io.REBUILD_TOLERANCE):g}) of those the {rebuild['adopted']} runs "
-                "finished "
-                "before were measured against (their model utility: original "
-                f"{_fmt(earlier.get('original'))}, oracle {_fmt(earlier.get('oracle'))}), so those runs went on "
-                "counting; the table above and the utility floor are the rebuilt models'.",
-                "",
-            ]
+            lines += [rebuild_line(rebuild), ""]
     planned = [
         (method, lr, seed)
         for _, items in (stages(args, bench, runs, floor) if floor is not None else [])

@@ -4,6 +4,7 @@ on a tiny model that writes the results."""
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -205,9 +206,18 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     protocol.main([*[a if a != str(work) else str(tmp_path / "empty") for a in argv], "--report_only"])
     assert json.loads((results / "tofu_cpu_forget01.json").read_text())["runs"] == data["runs"]
     # committed references that the rebuild does not match: the runs are not mixed
+    committed = copy.deepcopy(data)
     data["references"]["original"]["model_utility"] += 0.1
     (results / "tofu_cpu_forget01.json").write_text(json.dumps(data))
     other = [a if a != str(work) else str(tmp_path / "other") for a in argv]
     with pytest.raises(SystemExit, match="do not evaluate as the ones the committed runs"):
         protocol.main([*other, "--max_runs", "0"])
     assert not (tmp_path / "other" / "runs").exists()
+    # a rebuild before any run had finished: nothing to adopt, and the report says how closely it matched
+    (results / "tofu_cpu_forget01.json").write_text(json.dumps({**committed, "runs": []}))
+    early = [a if a != str(work) else str(tmp_path / "early") for a in argv]
+    protocol.main([*early, "--max_runs", "0"])
+    rebuild = json.loads((tmp_path / "early" / "rebuilds.json").read_text())[-1]
+    assert (rebuild["adopted"], rebuild["largest_difference"], rebuild["beyond_tolerance"]) == (0, 0.0, 0)
+    assert not (tmp_path / "early" / "runs").exists()
+    assert "Rebuilt on a new machine before any run had finished" in (results / "tofu_cpu_forget01.md").read_text()
