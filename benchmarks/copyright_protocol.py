@@ -42,8 +42,12 @@ directory, which then refuses any other):
   the one with the lowest perplexity ratio (reported as such).
 - **teacher check**: every rklu / fklu setting runs ``rklu_llm.teacher_check`` before distilling (the trainer stores
   it in the run record); its verdict is reported beside the setting's outcome, with one line saying whether it
-  predicted the outcome: every setting it calls weak ends with forget BLEU > ``PREDICT_RATIO`` (2) x the control's,
-  every setting it passes ends at or below.
+  predicted the outcome: every setting it calls weak *kept the book* (its forget / control BLEU ratio closed at most
+  ``PREDICT_SHARE``, half, of the original's gap to the control: with this original, above 1.37), every setting it
+  passes did not. Issue 19 asked for "weak ends above 2x the control's BLEU, ok at or below", which an original at
+  1.74x the control's cannot fail for ``ok`` nor meet for ``weak``; the rule and the check's verdict (relative to the
+  original since the first rklu setting, whose teacher kept 48% top-1 true against the original's 50% and was called
+  ``ok`` by the absolute 0.5) were changed after that first setting, and the report applies both to every record.
 
 Each setting runs the book recipe (``rklu_llm.scripts.copyright``, through ``benchmarks/copyright.py``'s
 ``recipe_argv``) in its own folder ``<work_dir>/settings/<setting>``, with the checked original as its given model
@@ -80,6 +84,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 from rklu_llm.io import REBUILD_TOLERANCE, metric_differences, write_json_atomic  # noqa: E402
+from rklu_llm.teacher_check import stored_verdict  # noqa: E402
 
 NAME = "copyright_smollm2"
 RUNS_DIR = "copyright_runs"
@@ -100,8 +105,10 @@ MAX_KNOWLEDGE_RATIO = 10.0
 MAX_ORIGINAL_PPL_RATIO = 1.5
 #: the selection rule's perplexity budget: unlearned WikiText perplexity <= this x the original's
 MAX_PPL_RATIO = 1.10
-#: the teacher check predicts "forget BLEU > this x the control's" for weak, "at or below" for ok
-PREDICT_RATIO = 2.0
+#: the teacher check's prediction: a setting *kept the book* when its forget / control BLEU ratio stays above
+#: ``1 + PREDICT_SHARE x (the original's ratio - 1)``, i.e. it closed at most this share of the original's gap to the
+#: control; ``weak`` predicts kept, ``ok`` predicts not kept
+PREDICT_SHARE = 0.5
 #: costs before anything is measured here, from the committed reduced run (benchmarks/copyright.py, 2-core CPU, one
 #: torch thread, load average ~8): training seconds per trained token (rows' seconds / (5 epochs x 16 x 64 tokens);
 #: fklu: rklu's), fine-tune / augmentation seconds per token (445 s / (12 x 16 x 64)), and one evaluation (a guess:
@@ -364,27 +371,40 @@ def select(records: list[dict], original_ppl: float, max_ppl_ratio: float = MAX_
     return best, f"no setting within {max_ppl_ratio:g}x the original's perplexity: the lowest perplexity"
 
 
-def teacher_prediction(records: list[dict], factor: float = PREDICT_RATIO) -> dict:
-    """Did the teacher check predict the outcome? ``weak`` predicts forget BLEU > ``factor`` x the control's, ``ok``
-    predicts at or below. Returns the counts, the misses and one line."""
-    checked = [r for r in records if (r.get("teacher_check") or {}).get("verdict") in ("weak", "ok")]
-    misses = []
-    for r in checked:
-        weak = r["teacher_check"]["verdict"] == "weak"
-        stayed = r["forget_bleu"] > factor * r["control_bleu"]
-        if weak != stayed:
-            misses.append(r["setting"])
+def kept_threshold(original: dict, share: float = PREDICT_SHARE) -> float:
+    """The forget / control BLEU ratio above which a setting kept the book (see :data:`PREDICT_SHARE`)."""
+    return 1.0 + share * (ratio(original["forget_bleu"], original["control_bleu"]) - 1.0)
+
+
+def teacher_prediction(records: list[dict], original: dict, share: float = PREDICT_SHARE) -> dict:
+    """Did the teacher check predict the outcome? ``weak`` predicts that the setting kept the book (forget / control
+    BLEU above :func:`kept_threshold`), ``ok`` that it did not. Returns the counts, the misses and one line."""
+    threshold = kept_threshold(original, share)
+    checked = [r for r in records if stored_verdict(r.get("teacher_check")) in ("weak", "ok")]
+    misses = [
+        r["setting"]
+        for r in checked
+        if (stored_verdict(r.get("teacher_check")) == "weak")
+        != (ratio(r["forget_bleu"], r["control_bleu"]) > threshold)
+    ]
     if not checked:
         line = "Teacher check: no rklu / fklu setting has finished with a check yet."
     else:
-        verdict = "predicted" if not misses else "did NOT predict"
+        said = "predicted" if not misses else "did NOT predict"
         line = (
-            f"Teacher check {verdict} the outcome: {len(checked) - len(misses)}/{len(checked)} settings as predicted "
-            f"(weak -> forget BLEU > {factor:g}x the control's, ok -> at or below)"
+            f"Teacher check {said} the outcome: {len(checked) - len(misses)}/{len(checked)} settings as predicted "
+            f"(weak -> kept the book, forget / control BLEU above {threshold:.2f}, i.e. less than {share:.0%} of the "
+            f"original's excess over the control removed; ok -> at or below)"
             + (f"; not as predicted: {', '.join(misses)}" if misses else "")
             + "."
         )
-    return {"checked": len(checked), "as_predicted": len(checked) - len(misses), "misses": misses, "line": line}
+    return {
+        "checked": len(checked),
+        "as_predicted": len(checked) - len(misses),
+        "misses": misses,
+        "threshold": threshold,
+        "line": line,
+    }
 
 
 def general_stats(general_eval: dict | None) -> dict:
@@ -824,7 +844,8 @@ def summary(args, plan, records: dict, base: dict | None, original: dict | None)
             if chosen is not None:
                 selected[method] = {"setting": chosen[0]["setting"], "why": chosen[1], "settings_run": len(mine)}
     distilled = [r for r in records.values() if r["method"] in DISTILLED]
-    return {"selected": selected, "teacher_prediction": teacher_prediction(distilled)}
+    prediction = teacher_prediction(distilled, original) if original is not None else None
+    return {"selected": selected, "teacher_prediction": prediction}
 
 
 def protocol_text() -> str:
@@ -853,7 +874,7 @@ def write_report(args, plan, records: dict, base: dict | None, original: dict | 
             "max_knowledge_ratio": args.max_knowledge_ratio,
             "max_original_ppl_ratio": args.max_original_ppl_ratio,
             "max_ppl_ratio": args.max_ppl_ratio,
-            "predict_ratio": PREDICT_RATIO,
+            "predict_share": PREDICT_SHARE,
         },
         "grids": {"lrs": args.grid, "augment_epochs": args.augment_grid, "alphas": args.alpha_grid},
         "references": {"base": base, "original": original},
@@ -939,25 +960,29 @@ def markdown(args, plan, records, base, original, result, machine) -> str:
         "## Teacher check of every rklu / fklu setting, beside its outcome",
         "",
         "Teacher top-1 = the fraction of forget-set positions where the teacher's top token is the true one (weak "
-        "above the check's threshold); outcome = the unlearned model's forget BLEU / its control BLEU.",
+        "when it keeps more than the check's share, 0.5, of the original's; the verdict is the current rule applied to "
+        "the record's numbers); outcome = the unlearned model's forget BLEU / its control BLEU, and whether it kept "
+        "the book (above the threshold of the line below the table).",
         "",
         "| setting | verdict | teacher top-1 true | original top-1 true | median rise | median margin | "
-        f"forget / control BLEU | above {PREDICT_RATIO:g}x | PPL ratio |",
+        "forget / control BLEU | kept the book | PPL ratio |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    prediction = result["teacher_prediction"]
     for name in sorted(records):
         r = records[name]
         if r["method"] not in DISTILLED:
             continue
         tc = r.get("teacher_check") or {}
         outcome = ratio(r["forget_bleu"], r["control_bleu"])
+        kept = "n/a" if prediction is None else ("yes" if outcome > prediction["threshold"] else "no")
         lines.append(
-            f"| {name} | {tc.get('verdict', 'not run')} | {_f(tc.get('teacher_top1_true'))} | "
+            f"| {name} | {stored_verdict(tc) or 'not run'} | {_f(tc.get('teacher_top1_true'))} | "
             f"{_f(tc.get('original_top1_true'))} | {_f(tc.get('median_rise'))} | {_f(tc.get('median_margin'))} | "
-            f"{_f(outcome)} | {'yes' if outcome is not None and outcome > PREDICT_RATIO else 'no'} | "
+            f"{_f(outcome)} | {kept} | "
             f"{_f(ratio(r['wikitext_perplexity'], original['wikitext_perplexity']) if original else None, '.3f')} |"
         )
-    lines += ["", result["teacher_prediction"]["line"], "", "## Every setting", ""]
+    lines += ["", "n/a" if prediction is None else prediction["line"], "", "## Every setting", ""]
     lines += [
         "| setting | forget BLEU | control BLEU | forget R-L | PPL | lm-eval avg | train s | eval s |",
         "|---|---|---|---|---|---|---|---|",

@@ -56,6 +56,7 @@ from rklu_llm import io as bench_io  # noqa: E402
 from rklu_llm.eval.stopping import SIGNAL, first_peak  # noqa: E402
 from rklu_llm.models import DEFAULT_MODEL  # noqa: E402
 from rklu_llm.paths import portable_path  # noqa: E402
+from rklu_llm.teacher_check import stored_verdict  # noqa: E402
 
 NAME = "tofu_cpu_forget01"
 SPLIT = "forget01"
@@ -662,7 +663,7 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
             epoch = "" if which == "final" else f"{row['epoch']:g}, " if row.get("epoch") is not None else ""
             cells.append(f"{epoch}{_fmt(row.get(FQ), 'fq')}, {_fmt(row.get(MU))}" if row else "n/a")
         check = run.get("teacher_check") or {}
-        teacher = check.get("verdict", "")
+        teacher = stored_verdict(check) or ""
         if check.get("teacher_top1_true") is not None:
             teacher += f" ({check['teacher_top1_true']:.0%} true)"
         method = run["method"] + ("" if run["retain_mode"] == "none" else f":{run['retain_mode']}")

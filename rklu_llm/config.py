@@ -72,7 +72,7 @@ class UnlearnConfig(TaggedTrainingArguments):
         default=0.5,
         metadata={
             "help": "The teacher check calls the teacher weak when its top-1 is still the true token at more than "
-            "this fraction of the forget set's answer positions. In (0, 1]."
+            "this fraction of the forget-set positions where the original's top-1 is. In (0, 1]."
         },
     )
     teacher_check_samples: Annotated[int, NOT_IN_FINGERPRINT] = field(

@@ -19,10 +19,13 @@ forget set's answer (or continuation) tokens:
   logits, one token at a time) scored against the true continuation (sentence BLEU, ROUGE-L recall), beside the
   original's greedy continuation scored the same way.
 
-Verdict: ``weak`` when the teacher's top-1 is still the true token at more than ``max_top1`` of the positions (default
-0.5), else ``ok``. Separately, ``saturated`` when the original is above ``SATURATED_PROBABILITY`` at more than half of
-the positions: then a good teacher is not enough, reverse-KL distillation starts slowly there (``saturation_note``
-says so, with what to change). :class:`~rklu_llm.UnlearnTrainer` runs the check before distillation
+Verdict (:func:`verdict`): ``weak`` when the teacher's top-1 is still the true token at more than ``max_top1``
+(default 0.5) times the share of positions where the original's is, i.e. the teacher keeps more than half of the
+original's correct predictions; else ``ok``. Relative, because an original that does not predict every token of the
+forget set (a book it knows without having memorised it: top-1 true at about half the positions) would otherwise pass
+with a teacher that changed nothing. Separately, ``saturated`` when the original is above ``SATURATED_PROBABILITY``
+at more than half of the positions: then a good teacher is not enough, reverse-KL distillation starts slowly there
+(``saturation_note`` says so, with what to change). :class:`~rklu_llm.UnlearnTrainer` runs the check before distillation
 (``teacher_check``), logs it, stores it in the run record and the model card; ``rklu-llm diagnose`` runs phase 1 and
 the check alone.
 """
@@ -42,6 +45,25 @@ from .losses import IGNORE_INDEX, logit_subtraction_teacher
 LogitsOf = Callable[[str, dict], torch.Tensor]
 
 WEAK, OK = "weak", "ok"
+
+
+def verdict(teacher_top1_true: float, original_top1_true: float, max_top1: float) -> str:
+    """``weak`` when the teacher's top-1 is the true token at more than ``max_top1`` x the original's share of such
+    positions (``teacher_top1_true`` and ``original_top1_true``: fractions of the forget set's positions), else
+    ``ok``. The check's records hold all three numbers, so a report can apply the rule to them again."""
+    return WEAK if teacher_top1_true > max_top1 * original_top1_true else OK
+
+
+def stored_verdict(check: dict | None) -> str | None:
+    """The verdict of a stored check result (a run record's ``teacher_check``) by the current rule, from the numbers it
+    holds, so that records made under an earlier rule are judged alike; its stored verdict when it lacks them, None
+    when no check ran."""
+    check = check or {}
+    if check.get("teacher_top1_true") is None or check.get("original_top1_true") is None:
+        return check.get("verdict")
+    return verdict(check["teacher_top1_true"], check["original_top1_true"], check.get("max_top1", 0.5))
+
+
 #: the original's true-token probability above which a position counts as saturated (see the module docstring)
 SATURATED_PROBABILITY = 0.99
 
@@ -175,7 +197,8 @@ def check_teacher(
         logits_of: the frozen models' logits, see :data:`LogitsOf`.
         batches: the forget set, collated.
         alpha: ``teacher_alpha``.
-        max_top1: the verdict is ``weak`` above this fraction of positions where the teacher's top-1 is the true token.
+        max_top1: the verdict is ``weak`` when the teacher's top-1 is the true token at more than this fraction of
+            the original's share of such positions (:func:`verdict`).
         continuation: ``{"tokenizer", "items", "max_new_tokens"}`` to score greedy continuations too (``None``: skip).
 
     Returns:
@@ -223,8 +246,8 @@ def check_teacher(
             logits_of, continuation["tokenizer"], continuation["items"], alpha, continuation["max_new_tokens"]
         )
     )
-    weak = result["teacher_top1_true"] > max_top1
-    result["verdict"] = WEAK if weak else OK
+    result["verdict"] = verdict(result["teacher_top1_true"], result["original_top1_true"], max_top1)
+    weak = result["verdict"] == WEAK
     result["advice"] = advice(result) if weak else ""
     result["saturated"] = result["saturated_fraction"] > 0.5
     result["saturation_note"] = saturation_note(result) if result["saturated"] else ""
@@ -263,7 +286,8 @@ def summary_line(result: dict) -> str:
     line = (
         f"teacher check ({result['tokens']} forget tokens, alpha {result['alpha']:g}): {result['verdict']}; teacher "
         f"top-1 = true token at {result['teacher_top1_true']:.0%} of positions (original "
-        f"{result['original_top1_true']:.0%}, threshold {result['max_top1']:.0%}); true-token logit rise median "
+        f"{result['original_top1_true']:.0%}; weak above {result['max_top1']:.0%} of the original's); true-token logit "
+        "rise median "
         f"{result['median_rise']:+.2f} vs original margin median {result['median_margin']:.2f}"
     )
     if "saturated_fraction" in result:  # a record written before this statistic existed has none

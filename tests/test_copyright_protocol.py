@@ -48,19 +48,34 @@ def test_frontier(protocol):
 
 
 def test_teacher_prediction_line(protocol):
+    # the original at forget BLEU 9 against the control's 3 (3x): a setting kept the book above 1 + 0.5 x (3 - 1) = 2x
+    original = {"forget_bleu": 9.0, "control_bleu": 3.0}
+    assert protocol.kept_threshold(original) == pytest.approx(2.0)
     right = [
-        record("rklu_a", 9.0, 20.0, verdict="weak"),  # 9 > 2 x 3: stayed, as predicted
-        record("rklu_b", 5.0, 20.0, verdict="ok"),  # 5 <= 6: forgot, as predicted
+        record("rklu_a", 7.0, 20.0, verdict="weak"),  # 7 / 3 > 2: kept, as predicted
+        record("rklu_b", 5.0, 20.0, verdict="ok"),  # 5 / 3 <= 2: not kept, as predicted
         record("fklu_c", 1.0, 20.0),  # no check: not counted
     ]
-    result = protocol.teacher_prediction(right)
+    result = protocol.teacher_prediction(right, original)
     assert result["checked"] == 2 and result["as_predicted"] == 2 and result["misses"] == []
-    assert result["line"].startswith("Teacher check predicted the outcome: 2/2")
+    assert result["line"].startswith("Teacher check predicted the outcome: 2/2") and "above 2.00" in result["line"]
     wrong = right + [record("rklu_d", 7.0, 20.0, verdict="ok"), record("fklu_e", 2.0, 20.0, verdict="weak")]
-    result = protocol.teacher_prediction(wrong)
+    result = protocol.teacher_prediction(wrong, original)
     assert result["misses"] == ["rklu_d", "fklu_e"]
     assert "did NOT predict" in result["line"] and "2/4" in result["line"] and "rklu_d, fklu_e" in result["line"]
-    assert "no rklu / fklu setting" in protocol.teacher_prediction([])["line"]
+    assert "no rklu / fklu setting" in protocol.teacher_prediction([], original)["line"]
+
+
+def test_the_report_judges_every_record_by_the_current_verdict():
+    from rklu_llm.teacher_check import stored_verdict
+
+    """A record stores the check's numbers: one made under the earlier absolute rule ("ok" at 48% top-1 true, below
+    0.5) is judged by the relative rule (48% of an original's 50%: weak)."""
+    stored = record("rklu_x", 4.8, 20.0, verdict="ok")
+    stored["teacher_check"].update(teacher_top1_true=0.48, original_top1_true=0.50, max_top1=0.5)
+    assert stored_verdict(stored["teacher_check"]) == "weak"
+    assert stored_verdict({"verdict": "ok"}) == "ok"  # no numbers: as stored
+    assert stored_verdict(None) is None
 
 
 def test_mean_accuracy_and_its_standard_error(protocol):

@@ -102,6 +102,17 @@ def test_verdict_and_aggregates_by_hand():
     assert weak["verdict"] == "weak" and "augment_epochs" in weak["advice"] and "50%" in weak["advice"]
 
 
+def test_the_verdict_is_relative_to_the_original():
+    """A teacher that keeps the true top-1 wherever an unsure original had it (half the positions) changed nothing:
+    weak, although its top-1 is true at only half the positions; the same share against a sure original is ok."""
+    from rklu_llm.teacher_check import verdict
+
+    assert verdict(0.48, 0.50, 0.5) == "weak"  # kept 96% of the original's correct predictions
+    assert verdict(0.48, 1.00, 0.5) == "ok"
+    assert verdict(0.25, 0.50, 0.5) == "ok"  # exactly half kept: not above
+    assert verdict(0.26, 0.50, 0.5) == "weak"
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [
