@@ -59,7 +59,8 @@ work stopped mid-way (``--deadline_s``: start nothing new past that many seconds
 setting under way. A new machine rebuilds the original in its work directory (the fine-tune is seeded) and goes on
 only if it evaluates as the committed one did (``--adopt_tolerance``). ``--plan`` prints the settings with estimated
 minutes (measured costs from the work directory's finished settings when there are any, else ``FALLBACK_*``,
-measured on the committed reduced run) and runs nothing;
+measured on the committed reduced run and scaled to this machine by the methods measured here; ``training_rate``)
+and runs nothing;
 ``--report_only`` writes the results from the records. Results: ``copyright_smollm2.{json,md,png}`` in
 ``--results_dir``: a table per method at its selected setting (forget BLEU and ROUGE-L relative to the original and to
 the control, perplexity ratio, lm-eval mean +- standard error, seconds), the teacher check of every rklu / fklu setting
@@ -746,8 +747,24 @@ def eval_estimate(args, costs: dict) -> float:
     return FALLBACK_EVAL_S - (FALLBACK_GENERAL_S if args.general_at == "selected" else 0.0)
 
 
+#: methods whose training steps cost the same (the same frozen models and forward passes, another KL direction)
+SAME_COST = {"rklu": "fklu", "fklu": "rklu"}
+
+
+def training_rate(method: str, measured: dict[str, float]) -> float:
+    """Seconds per trained token of ``method``: measured here, else measured for a method of the same cost
+    (:data:`SAME_COST`), else its ``FALLBACK_S_PER_TOKEN`` scaled by how this machine compares with the reduced run's
+    (the median of measured / fallback over the training methods measured here)."""
+    if method in measured:
+        return measured[method]
+    if SAME_COST.get(method) in measured:
+        return measured[SAME_COST[method]]
+    scales = [rate / FALLBACK_S_PER_TOKEN[m] for m, rate in measured.items() if FALLBACK_S_PER_TOKEN.get(m)]
+    return FALLBACK_S_PER_TOKEN[method] * (statistics.median(scales) if scales else 1.0)
+
+
 def estimate(args, setting: Setting, costs: dict, augmented_done: set) -> float:
-    rate = costs["s_per_token"].get(setting.method, FALLBACK_S_PER_TOKEN[setting.method])
+    rate = training_rate(setting.method, costs["s_per_token"])
     seconds = rate * trained_tokens(args) + eval_estimate(args, costs)
     if setting.augment_key is not None and setting.augment_key not in augmented_done:
         augment_rate = costs["augment_s_per_token"] or FALLBACK_AUGMENT_S_PER_TOKEN
@@ -797,7 +814,8 @@ def print_plan(args, plan: list[Setting], records: dict) -> None:
     print(
         "Costs: measured here for "
         + (", ".join(costs["measured"]) or "nothing yet")
-        + "; the rest from FALLBACK_* (the committed reduced run on a 2-core CPU, one thread)."
+        + "; the rest from FALLBACK_* (the committed reduced run on a 2-core CPU, one thread), fklu from rklu and "
+        "vice versa, the others scaled by the median measured / fallback ratio of the methods measured here."
     )
 
 

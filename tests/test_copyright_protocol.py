@@ -157,6 +157,15 @@ def test_bad_input_is_refused_before_any_model_is_loaded(protocol, tmp_path, mon
     assert not (tmp_path / "w").exists()
 
 
+def test_training_rates_unmeasured_here_are_scaled_to_this_machine(protocol):
+    fallback = protocol.FALLBACK_S_PER_TOKEN
+    measured = {"ga": fallback["ga"] / 4, "rklu": fallback["rklu"] / 2, "ta": 0.5}  # ta trains nothing: no scale
+    assert protocol.training_rate("ga", measured) == measured["ga"]
+    assert protocol.training_rate("fklu", measured) == measured["rklu"]  # the same steps
+    assert protocol.training_rate("npo", measured) == pytest.approx(fallback["npo"] * (0.25 + 0.5) / 2)
+    assert protocol.training_rate("npo", {}) == fallback["npo"]
+
+
 def test_plan_estimates_without_running(protocol, tmp_path, capsys, monkeypatch):
     from rklu_llm import models
     from rklu_llm.scripts import copyright as recipe
@@ -279,7 +288,8 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     capsys.readouterr()
     protocol.main([*argv, "--methods", "ta", "--no-teacher_check", "--plan"])
     plan = capsys.readouterr().out
-    assert "lm-eval: ta, selected" in plan and "measured here for" in plan and "lm-eval" in plan.split("measured")[-1]
+    measured = plan.split("measured here for")[1].split(";")[0]
+    assert "lm-eval: ta, selected" in plan and "lm-eval" in measured
 
     # a fresh checkout (no work dir) rebuilds the report from the committed results, the original's rows included
     data = json.loads((results / "copyright_smollm2.json").read_text())
