@@ -583,15 +583,18 @@ def rebuild_line(rebuild: dict) -> str:
             f"{rebuild['adopted']} runs finished before were measured against ({was}), so those runs went on counting; "
             "the table above and the utility floor are the rebuilt models'."
         )
-    beyond = rebuild.get("beyond_tolerance")
-    closeness = (
-        f"up to {rebuild['largest_difference']:.2g} apart ({beyond} metrics beyond the tolerance {tolerance:g})"
-        if beyond
-        else f"within {rebuild['largest_difference']:.2g} on every metric (tolerance {tolerance:g})"
-    )
+    beyond, largest = rebuild.get("beyond_tolerance"), rebuild["largest_difference"]
+    if beyond:
+        closeness = (
+            f"up to {largest:.2g} apart from the committed ones ({beyond} metrics beyond the tolerance {tolerance:g}"
+        )
+    elif largest:
+        closeness = f"within {largest:.2g} of the committed ones on every metric (tolerance {tolerance:g}"
+    else:
+        closeness = "exactly as the committed ones did (every metric equal"
     return (
         "Rebuilt on a new machine before any run had finished: the original and oracle fine-tuned again with the same "
-        f"recipe evaluated {closeness} of the committed ones ({was}); the table above is the rebuilt models'."
+        f"recipe evaluated {closeness}; {was}); the table above is the rebuilt models'."
     )
 
 
