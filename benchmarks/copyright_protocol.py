@@ -381,12 +381,12 @@ def teacher_prediction(records: list[dict], original: dict, share: float = PREDI
     """Did the teacher check predict the outcome? ``weak`` predicts that the setting kept the book (forget / control
     BLEU above :func:`kept_threshold`), ``ok`` that it did not. Returns the counts, the misses and one line."""
     threshold = kept_threshold(original, share)
-    checked = [r for r in records if stored_verdict(r.get("teacher_check")) in ("weak", "ok")]
+    verdicts = {r["setting"]: stored_verdict(r.get("teacher_check")) for r in records}
+    checked = [r for r in records if verdicts[r["setting"]] in ("weak", "ok")]
     misses = [
         r["setting"]
         for r in checked
-        if (stored_verdict(r.get("teacher_check")) == "weak")
-        != (ratio(r["forget_bleu"], r["control_bleu"]) > threshold)
+        if (verdicts[r["setting"]] == "weak") != (ratio(r["forget_bleu"], r["control_bleu"]) > threshold)
     ]
     if not checked:
         line = "Teacher check: no rklu / fklu setting has finished with a check yet."

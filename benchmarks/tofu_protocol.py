@@ -585,16 +585,15 @@ def rebuild_line(rebuild: dict) -> str:
         )
     beyond, largest = rebuild.get("beyond_tolerance"), rebuild["largest_difference"]
     if beyond:
-        closeness = (
-            f"up to {largest:.2g} apart from the committed ones ({beyond} metrics beyond the tolerance {tolerance:g}"
-        )
+        closeness = f"up to {largest:.2g} apart from the committed ones"
+        detail = f"{beyond} metrics beyond the tolerance {tolerance:g}"
     elif largest:
-        closeness = f"within {largest:.2g} of the committed ones on every metric (tolerance {tolerance:g}"
+        closeness, detail = f"within {largest:.2g} of the committed ones on every metric", f"tolerance {tolerance:g}"
     else:
-        closeness = "exactly as the committed ones did (every metric equal"
+        closeness, detail = "exactly as the committed ones did", "every metric equal"
     return (
         "Rebuilt on a new machine before any run had finished: the original and oracle fine-tuned again with the same "
-        f"recipe evaluated {closeness}; {was}); the table above is the rebuilt models'."
+        f"recipe evaluated {closeness} ({detail}; {was}); the table above is the rebuilt models'."
     )
 
 
