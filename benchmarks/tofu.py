@@ -209,6 +209,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--cpu", action="store_true", help="no GPU: fp32, use_cpu")
     p.add_argument("--lora", action="store_true", help="LoRA fine-tunes (merged) and LoRA students (e.g. on a CPU)")
     p.add_argument("--augment_lora", action="store_true", help="the augmented model as a LoRA adapter on the original")
+    p.add_argument(
+        "--cache_frozen_answers",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="keep the frozen models' answer logits of every forget item in memory after the first epoch "
+        "(UnlearnConfig.cache_frozen_answers: one process only; a speed option, not part of the protocol)",
+    )
     args = p.parse_args(argv)
     args.splits = [s for s in args.splits.split(",") if s]
     args.plan_runs = parse_methods(args.methods)
@@ -416,6 +423,7 @@ def unlearning_config(
         seed=seed,
         use_lora=args.lora and METHODS[method].trains,
         augment_lora=args.augment_lora,
+        cache_frozen_answers=args.cache_frozen_answers,
     )
 
 
@@ -586,6 +594,7 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         "train_seconds": train_seconds,
         "augment_seconds": augment_seconds,
         "wall_seconds": train_seconds + augment_seconds,
+        "cache_frozen_answers": args.cache_frozen_answers,
         "peak_memory_gib": max(peaks) / 2**30 if peaks else None,
         "eval_seconds": callback.eval_seconds,
         "evaluation": evaluation,

@@ -28,6 +28,10 @@ The protocol (written once here and used for every method alike; ``PROTOCOL`` ho
   its deadline cuts short still compares all methods at the same lr (the next lower lr before the next higher).
 
 Resumable (finished runs are read from ``--work_dir``); ``--deadline_s`` starts nothing new past that many seconds.
+Not part of the protocol: ``--cache_frozen_answers`` (on by default for the runs started after the first three)
+keeps the frozen models' answer logits in memory after a run's first epoch, so the teacher methods' later epochs
+skip two forward passes; the logits equal the recomputed ones up to float rounding, and each run's record says
+whether the cache was on (a record without the field ran without it).
 A work directory on a new machine rebuilds the original and the oracle (their LoRA adapters seeded, so the same
 command gives the same models) and adopts the runs committed in ``--results_dir`` when both evaluate as the committed
 ones did (``--adopt_tolerance``; the report states the largest difference); a rebuild that differs stops the driver
@@ -140,6 +144,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--report_only", action="store_true", help="write the results from the finished runs; run nothing")
     p.add_argument("--extra", default="", help="more benchmarks/tofu.py flags (tests: a tiny model's sizes)")
     p.add_argument(
+        "--cache_frozen_answers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rklu, fklu, token_mask, token_redistribute: keep the frozen models' answer logits in memory after the "
+        "first epoch (a speed option, not part of the protocol; each run's record says whether it was on)",
+    )
+    p.add_argument(
         "--adopt_tolerance",
         type=float,
         default=bench_io.REBUILD_TOLERANCE,
@@ -170,6 +181,7 @@ def parse(argv=None) -> argparse.Namespace:
 
 def bench_argv(args, methods: str, lrs: list[float], seeds) -> list[str]:
     argv = ["--data_dir", args.data_dir, "--work_dir", args.work_dir, "--model", args.model, *PROTOCOL]
+    argv += ["--cache_frozen_answers" if args.cache_frozen_answers else "--no-cache_frozen_answers"]
     argv += args.extra.split()
     return (
         argv

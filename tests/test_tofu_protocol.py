@@ -140,6 +140,15 @@ def test_missing_data_is_refused(protocol, tmp_path):
         protocol.main(["--data_dir", str(tmp_path / "nothing"), "--work_dir", str(tmp_path / "w")])
 
 
+@pytest.mark.parametrize("flag,cached", [([], True), (["--no-cache_frozen_answers"], False)])
+def test_frozen_answer_cache_reaches_every_runs_config(protocol, bench, tofu_dir, tmp_path, flag, cached):
+    # on by default (a speed option outside the protocol), off on request; the run's UnlearnConfig gets it
+    args = protocol.parse(["--data_dir", str(tofu_dir), "--work_dir", str(tmp_path), *flag])
+    argv = protocol.bench_argv(args, "rklu", [1e-3], (0,))
+    config = bench.unlearning_config(bench.parse(argv), tmp_path / "run", "rklu", "none", None, 1e-3, 0)
+    assert config.cache_frozen_answers is cached
+
+
 @pytest.mark.slow
 def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, tofu_dir, tmp_path):
     work, results = tmp_path / "work", tmp_path / "results"
@@ -168,6 +177,7 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     assert (work / "models" / "retain99" / "tofu_eval.json").is_file()
     finished = sorted(p.name for p in (work / "runs").glob("*.json"))
     assert finished == ["forget01_rklu_lr0.001_s0.json"]
+    assert json.loads((work / "runs" / finished[0]).read_text())["cache_frozen_answers"] is True
     data = json.loads((results / "tofu_cpu_forget01.json").read_text())
     assert data["runs"] == ["forget01_rklu_lr0.001_s0"] and data["grid"] == [1e-3, 1e-2]
     assert set(data["references"]) == {"original", "oracle"} and data["utility_floor"] is not None
@@ -181,9 +191,10 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
         assert (results / f"tofu_cpu_forget01_{plot}.png").stat().st_size > 0
     # a second pass resumes: the finished run is not redone, the next one in the plan runs (every method at the
     # grid's centre before any method at another lr: ga at 1e-3)
-    protocol.main([*argv, "--max_runs", "1"])
+    protocol.main([*argv, "--max_runs", "1", "--no-cache_frozen_answers"])  # a speed option: the work dir accepts it
     finished = sorted(p.name for p in (work / "runs").glob("*.json"))
     assert finished == ["forget01_ga_lr0.001_s0.json", "forget01_rklu_lr0.001_s0.json"]
+    assert json.loads((work / "runs" / finished[0]).read_text())["cache_frozen_answers"] is False
     # an original that does not know the forget set stops the protocol, before any run
     with pytest.raises(SystemExit, match="does not know the forget set"):
         protocol.main([*argv[:-2], "--min_original_probability", "1.0", "--max_runs", "1"])
