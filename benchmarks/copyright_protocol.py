@@ -955,8 +955,8 @@ def markdown(args, plan, records, base, original, result, machine) -> str:
         "continuation of each chunk's prompt; *vs original* = the unlearned model's score / the original's; *vs "
         "control* = its forget score / its own control score (1 = the level of a never-seen book). PPL ratio = "
         "WikiText perplexity / the original's. lm-eval: mean accuracy ± its standard error; change from the original "
-        "± the standard error of the difference. Seconds: training (with the augmentation for rklu / fklu / ta) and "
-        "evaluation.",
+        "± the standard error of the difference. Seconds: training (with the augmentation for rklu / fklu / ta, its "
+        "build time counted in full in every setting that shares it) and evaluation.",
         "",
         "| method | selected setting | why | forget BLEU | BLEU vs original | BLEU vs control | R-L vs original | "
         "R-L vs control | PPL ratio | lm-eval avg | change (points) | train s | eval s |",
