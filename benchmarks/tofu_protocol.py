@@ -28,7 +28,7 @@ The protocol (written once here and used for every method alike; ``PROTOCOL`` ho
   its deadline cuts short still compares all methods at the same lr (the next lower lr before the next higher).
 
 Resumable (finished runs are read from ``--work_dir``); ``--deadline_s`` starts nothing new past that many seconds.
-Not part of the protocol: ``--cache_frozen_answers`` (on by default for the runs started after the first three)
+Not part of the protocol: ``--cache_frozen_answers`` (on by default for the runs started after the first four)
 keeps the frozen models' answer logits in memory after a run's first epoch, so the teacher methods' later epochs
 skip two forward passes; the logits equal the recomputed ones up to float rounding, and each run's record says
 whether the cache was on (a record without the field ran without it).
