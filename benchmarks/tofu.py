@@ -72,7 +72,7 @@ from rklu_llm.data import (  # noqa: E402
 from rklu_llm.eval.audit import audit_summary_row, check_audit, evaluate_audit, resolve_parts  # noqa: E402
 from rklu_llm.eval.callback import TofuEvalCallback  # noqa: E402
 from rklu_llm.eval.tofu import PROTOCOLS, UTILITY_SETS, compare_to_reference, load_tofu_eval, summary_row  # noqa: E402
-from rklu_llm.io import write_json_atomic  # noqa: E402
+from rklu_llm.io import waiting_lock, write_json_atomic  # noqa: E402
 from rklu_llm.paths import portable_path  # noqa: E402
 from rklu_llm.teacher import build_augmented_model, is_augmented_dir  # noqa: E402
 
@@ -444,17 +444,16 @@ def augmented_model(args, split: str, seed: int, lr: float, original, tokenizer)
     seconds it took."""
     out = Path(args.work_dir) / "augmented" / augmented_name(args, split, seed, lr)
     timing = out.with_name(f"{out.name}.json")
-    if timing.is_file() and is_augmented_dir(out):
-        return out, json.loads(timing.read_text())["seconds"]
-    forget = tokenize_qa(load_tofu(split, args.data), tokenizer, 512)
-    config = unlearning_config(args, out.parent / f".{out.name}-config", "rklu", "none", None, lr, seed)
-    start = time.perf_counter()
-    build_augmented_model(original, tokenizer, forget, config, out)
-    seconds = time.perf_counter() - start
-    write_json_atomic(
-        timing,
-        {"seconds": seconds, "forget_items": len(forget), "epochs": args.augment_epochs, "lr": augment_lr(args, lr)},
-    )
+    with waiting_lock(out):  # another driver on this work dir may be building it (tofu_protocol.py --methods)
+        if timing.is_file() and is_augmented_dir(out):
+            return out, json.loads(timing.read_text())["seconds"]
+        forget = tokenize_qa(load_tofu(split, args.data), tokenizer, 512)
+        config = unlearning_config(args, out.parent / f".{out.name}-config", "rklu", "none", None, lr, seed)
+        start = time.perf_counter()
+        build_augmented_model(original, tokenizer, forget, config, out)
+        seconds = time.perf_counter() - start
+        record = {"seconds": seconds, "forget_items": len(forget), "epochs": args.augment_epochs}
+        write_json_atomic(timing, {**record, "lr": augment_lr(args, lr)})
     return out, seconds
 
 
@@ -909,6 +908,11 @@ def this_invocation(started: float, argv) -> dict:
 
 
 def write_outputs(args, started: float, argv=None) -> None:
+    with waiting_lock(Path(args.work_dir) / "outputs"):  # drivers sharing the work dir write one at a time
+        _write_outputs(args, started, argv)
+
+
+def _write_outputs(args, started: float, argv=None) -> None:
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     refs = reference_rows(args)
@@ -1250,9 +1254,9 @@ def main(argv=None) -> None:
         write_outputs(args, started, argv)
         seconds, _ = plan_estimates(args, todo)  # the costs just measured refine the rest
     write_outputs(args, started, argv)
-    write_json_atomic(
-        Path(args.work_dir) / "invocations.json", previous_invocations(args) + [this_invocation(started, argv)]
-    )
+    invocations = Path(args.work_dir) / "invocations.json"
+    with waiting_lock(invocations):  # several drivers may share the work dir (tofu_protocol.py --methods)
+        write_json_atomic(invocations, previous_invocations(args) + [this_invocation(started, argv)])
     print(f"done in {time.time() - started:.0f} s")
 
 

@@ -144,6 +144,13 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--report_only", action="store_true", help="write the results from the finished runs; run nothing")
     p.add_argument("--extra", default="", help="more benchmarks/tofu.py flags (tests: a tiny model's sizes)")
     p.add_argument(
+        "--methods",
+        default=None,
+        help="run only these of the protocol's methods (comma-separated, default all); drivers given disjoint lists "
+        "share one --work_dir, one per core (each holds about 10 GiB on the CPU); the plan, the stages and the report "
+        "still cover every method",
+    )
+    p.add_argument(
         "--cache_frozen_answers",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -176,6 +183,15 @@ def parse(argv=None) -> argparse.Namespace:
         raise SystemExit(f"--lrs {args.lrs}: learning rates must be positive")
     if not Path(args.data_dir).is_dir():
         raise SystemExit(f"--data_dir {args.data_dir}: no such folder (a local TOFU copy, see the README's Data)")
+    args.method_set = METHOD_KEYS
+    if args.methods is not None:
+        args.method_set = {m.strip() for m in args.methods.split(",") if m.strip()}
+        unknown = sorted(args.method_set - METHOD_KEYS)
+        if unknown or not args.method_set:
+            raise SystemExit(
+                f"--methods {args.methods}: unknown {', '.join(unknown) or '(empty list)'}; the protocol's methods: "
+                f"{', '.join(sorted(METHOD_KEYS))}"
+            )
     return args
 
 
@@ -282,6 +298,20 @@ def stages(args, bench, runs: dict, floor: float | None) -> list[tuple[str, list
     return [("sweep", sweep), ("family", family), ("seeds", seeds)]
 
 
+def ready_runs(plan, runs: dict, bench, methods) -> tuple[list[tuple], list[tuple]]:
+    """``(mine, others)``: the plan's unfinished runs whose lr is known, as ``(method, lr, seed)`` in plan order,
+    split into those of ``methods`` (this driver's ``--methods``) and those left to other drivers."""
+    ready = [
+        (method, lr, seed)
+        for _, items in plan
+        for method, lr, seeds in items
+        if lr is not None and method in METHOD_KEYS
+        for seed in seeds
+        if run_of(runs, bench, method, lr, seed) is None
+    ]
+    return [r for r in ready if r[0] in methods], [r for r in ready if r[0] not in methods]
+
+
 def strongest_baselines(runs: dict, bench, at_lr: dict, floor: float | None) -> list[str]:
     """The two baselines whose seed-0 run at their chosen lr scores highest; ``[]`` until all have finished."""
     baselines = [m for m in at_lr if m != "rklu"]
@@ -342,7 +372,8 @@ def print_plan(args, bench, runs, floor, plan) -> None:
                 unknown += seconds is None
                 when = "lr after the sweep" if lr is None else f"lr {lr:g}"
                 est = "?" if seconds is None else f"{seconds / 60:.0f} min"
-                print(f"    {method:<20} {when} seed {seed}: {est}")
+                other = "" if method in args.method_set else " (another driver: not in --methods)"
+                print(f"    {method:<20} {when} seed {seed}: {est}{other}")
     print(f"Estimated CPU minutes left for the runs: {total / 60:.0f}" + (f" (+{unknown} unknown)" if unknown else ""))
     print(
         "Costs from: " + ("; ".join(sources) or "nothing measured yet") + " (work_dir = measured here, H100 = the "
@@ -421,11 +452,13 @@ def main(argv=None) -> None:
     built_now = False
     if not args.report_only and not args.plan:  # the original and the oracle first, one benchmark command each
         for model in ("full", bench.RETAIN_OF_FORGET[SPLIT]):
-            if not (Path(args.work_dir) / "models" / model / "tofu_eval.json").is_file():
-                if time.time() - started > args.deadline_s:
-                    break
-                bench.main([*bench_argv(args, "rklu", args.grid[:1], (0,)), "--deadline_s", "0"])
-                built_now = True
+            target = Path(args.work_dir) / "models" / model
+            with bench_io.waiting_lock(target):  # a second driver (--methods) waits for the first to build it
+                if not (target / "tofu_eval.json").is_file():
+                    if time.time() - started > args.deadline_s:
+                        break
+                    bench.main([*bench_argv(args, "rklu", args.grid[:1], (0,)), "--deadline_s", "0"])
+                    built_now = True
     rebuilt = {} if args.report_only or args.plan else reference_summaries(args, bench)
     if rebuilt.get("oracle"):
         adopted = adopt_committed_runs(args, rebuilt, built_now)
@@ -445,14 +478,7 @@ def main(argv=None) -> None:
         if args.plan:
             print_plan(args, bench, runs, floor, plan)
             return
-        pending = [
-            (method, lr, seed)
-            for _, items in plan
-            for method, lr, seeds in items
-            if lr is not None and method in METHOD_KEYS
-            for seed in seeds
-            if run_of(runs, bench, method, lr, seed) is None
-        ]
+        pending, others = ready_runs(plan, runs, bench, args.method_set)
         left = args.deadline_s - (time.time() - started)
         if (
             args.report_only
@@ -473,6 +499,7 @@ def main(argv=None) -> None:
     print(
         f"{NAME}: {len(runs)} runs finished"
         + (f"; {len(waiting)} runs wait for earlier stages" if waiting else "")
+        + (f"; {len(others)} ready runs left to other drivers (not in --methods)" if others else "")
         + f"; results in {args.results_dir}"
     )
 
@@ -522,6 +549,11 @@ def rule_verdict(run: dict, floor: float) -> bool | None:
 
 
 def write_report(args, bench, runs: dict, references: dict, floor: float | None) -> None:
+    with bench_io.waiting_lock(Path(args.work_dir) / "report"):  # drivers sharing a work dir (--methods) take turns
+        _write_report(args, bench, runs, references, floor)
+
+
+def _write_report(args, bench, runs: dict, references: dict, floor: float | None) -> None:
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     mirror = out / f"{NAME}_runs"

@@ -10,6 +10,7 @@ change the numbers; an entry written for other weights, data or settings is reco
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -27,6 +28,7 @@ from .paths import portable_path
 __all__ = [
     "to_builtin",
     "write_json_atomic",
+    "waiting_lock",
     "data_fingerprint",
     "model_fingerprint",
     "MetricCache",
@@ -72,6 +74,23 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+@contextlib.contextmanager
+def waiting_lock(path: str | os.PathLike):
+    """Hold an exclusive lock on ``<path>.lock`` for the block, waiting while another process holds it.
+
+    For read-modify-write updates and one-time builds that several processes sharing a folder may reach together
+    (``fcntl.flock``: the kernel drops the lock of a process that dies, so a killed holder never blocks the others).
+    The lock file stays behind, empty."""
+    lock = Path(f"{path}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 #: a rebuilt model is the one a committed result was measured on when every metric of its evaluation is within this

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import multiprocessing
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -80,6 +83,22 @@ TINY_RUN = dict(
     seed=0,
     disable_tqdm=True,
 )
+
+
+@contextlib.contextmanager
+def held_elsewhere(hold, *args):
+    """Run ``hold(*args, ready)`` in a forked process (it sets the event ``ready`` once it holds what it holds, then
+    sleeps); yields the process once ready and kills it with SIGKILL when the block ends."""
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    holder = context.Process(target=hold, args=(*args, ready), daemon=True)
+    holder.start()
+    try:
+        assert ready.wait(60)
+        yield holder
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
 
 
 def tiny_config(output_dir, method: str, **overrides):

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
+import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import held_elsewhere
 
 from rklu_llm.eval.scoring import generate_continuations, qa_examples, score_examples
-from rklu_llm.io import MetricCache, write_json_atomic
+from rklu_llm.io import MetricCache, waiting_lock, write_json_atomic
 from rklu_llm.paths import portable_path
 
 
@@ -84,3 +87,25 @@ def test_write_json_atomic_leaves_no_partial_file(tmp_path):
         write_json_atomic(target, {"a": object()})
     assert json.loads(target.read_text()) == {"a": 1.5}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def _hold_waiting_lock(path, ready):
+    with waiting_lock(path):
+        ready.set()
+        time.sleep(120)
+
+
+def test_waiting_lock_excludes_other_processes_until_its_holder_dies(tmp_path):
+    # drivers sharing a work dir serialise read-modify-write updates through it; a killed holder blocks nobody
+    target = tmp_path / "shared" / "invocations.json"
+    with (
+        held_elsewhere(_hold_waiting_lock, target),
+        open(f"{target}.lock", "a") as handle,
+        pytest.raises(BlockingIOError),
+    ):
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held by the other process
+    with waiting_lock(target):  # the kernel dropped the dead holder's lock
+        write_json_atomic(target, {"n": 1})
+    with open(f"{target}.lock", "a") as handle:  # and this block released its own
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert json.loads(target.read_text()) == {"n": 1}

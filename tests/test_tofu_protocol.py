@@ -84,6 +84,28 @@ def test_stages_follow_the_sweep(protocol, bench):
     assert [m for m, _, _ in stages["seeds"]] == ["rklu", "dpo", "npo"]  # the two strongest baselines by the score
 
 
+def test_drivers_split_the_ready_runs_by_methods(protocol, bench):
+    # two drivers on one work dir (--methods): each takes its own methods' ready runs, in plan order, and counts
+    # the rest as another driver's; runs whose lr waits for the sweep are nobody's yet
+    args = protocol.parse(["--data_dir", str(REPO), "--work_dir", "w", "--lrs", "1e-4,1e-3"])
+    done = records(bench, run("rklu", 1e-4, 0.01, 0.5), run("ga", 1e-4, 0.01, 0.5))
+    plan = protocol.stages(args, bench, done, 0.3)
+    mine, others = protocol.ready_runs(plan, done, bench, {"rklu", "ta", "fklu"})
+    assert mine == [("ta", 1e-4, 0), ("rklu", 1e-3, 0), ("ta", 1e-3, 0)]
+    assert others == [(m, lr, 0) for lr in GRID for m in ("ga", "npo", "idk") if (m, lr) != ("ga", 1e-4)]
+    everything, nobody = protocol.ready_runs(plan, done, bench, protocol.METHOD_KEYS)
+    assert nobody == [] and sorted(everything) == sorted(mine + others)
+
+
+def test_unknown_methods_are_refused_before_any_work(protocol, tofu_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(protocol, "load_bench", lambda: pytest.fail("the benchmark was loaded"))
+    with pytest.raises(SystemExit, match="unknown gd; the protocol's methods: .*gd:rt"):
+        protocol.main(["--data_dir", str(tofu_dir), "--work_dir", str(tmp_path / "w"), "--methods", "rklu,gd"])
+    with pytest.raises(SystemExit, match="empty list"):
+        protocol.main(["--data_dir", str(tofu_dir), "--work_dir", str(tmp_path / "w"), "--methods", ","])
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.parametrize(
     "grid, order",
     [

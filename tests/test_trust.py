@@ -8,16 +8,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import multiprocessing
-import os
-import signal
 import time
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import build_tiny_model, tiny_config
+from conftest import build_tiny_model, held_elsewhere, tiny_config
 from datasets import Dataset
 from peft import get_peft_model
 from transformers import AutoModelForCausalLM
@@ -452,17 +449,11 @@ def _hold_lock(output_dir, ready):
 
 def test_second_run_into_a_locked_folder_is_refused(tmp_path, tiny_tokenizer, qa, caplog):
     out = tmp_path / "out"
-    context = multiprocessing.get_context("fork")
-    ready = context.Event()
-    holder = context.Process(target=_hold_lock, args=(out, ready), daemon=True)
-    holder.start()
-    try:
-        assert ready.wait(60)
-        with pytest.raises(RunConflictError, match=f"in use by another run \\(pid {holder.pid}"):
-            trainer_for(tmp_path, tiny_tokenizer, qa).train()
-    finally:
-        os.kill(holder.pid, signal.SIGKILL)
-        holder.join()
+    with (
+        held_elsewhere(_hold_lock, out) as holder,
+        pytest.raises(RunConflictError, match=f"in use by another run \\(pid {holder.pid}"),
+    ):
+        trainer_for(tmp_path, tiny_tokenizer, qa).train()
     with caplog.at_level(logging.WARNING, logger="rklu_llm"):  # the dead holder's lock is taken over
         lock = acquire_run_lock(out)
     assert f"left by pid {holder.pid}" in caplog.text
