@@ -147,8 +147,8 @@ def parse(argv=None) -> argparse.Namespace:
         "--methods",
         default=None,
         help="run only these of the protocol's methods (comma-separated, default all); drivers given disjoint lists "
-        "share one --work_dir, one per core (each holds about 10 GiB on the CPU); the plan, the stages and the report "
-        "still cover every method",
+        "share one --work_dir, one per core (memory permitting: one driver peaked at 15 GiB here); the plan, the "
+        "stages and the report still cover every method",
     )
     p.add_argument(
         "--cache_frozen_answers",
