@@ -126,8 +126,8 @@ class DemoArguments:
         default=2,
         metadata={
             "help": "CPU threads, fixed rather than the machine's count (results depend on the summation order). Two: "
-            "the demo's time target is an idle 2-core machine, where 2 threads printed exactly the numbers of 1 in "
-            "about 60% of its time; on a busy shared machine use 1 (threads waiting for each other cost more)."
+            "the demo's time target is an idle 2-core machine, where 2 threads printed exactly the numbers of 1, about "
+            "1.7 times faster; on a busy shared machine use 1 (threads waiting for each other cost more)."
         },
     )
     seed: int = field(default=0, metadata={"help": "Seed of every phase."})
