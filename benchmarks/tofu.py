@@ -48,6 +48,7 @@ import functools
 import gc
 import json
 import math
+import resource
 import shutil
 import statistics
 import sys
@@ -510,12 +511,19 @@ def reference_audits(args, split: str) -> Path | None:
     return oracle
 
 
+def peak_rss_gib() -> float:
+    """This process's resident-memory high-water mark so far (Linux ``ru_maxrss``, KiB), in GiB: with the value at a
+    run's start, it says whether the run raised the peak of a driver that runs one run after another."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: int) -> dict:
     name = run_name(split, method, retain_mode, lr, seed)
     record = Path(args.work_dir) / "runs" / f"{name}.json"
     if record.is_file():
         return json.loads(record.read_text())
     work = Path(args.work_dir)
+    rss_at_start = peak_rss_gib()
     reference = work / "models" / RETAIN_OF_FORGET[split] / "tofu_eval.json"
     audit_reference = reference_audits(args, split)
     model, tokenizer = load_model(str(work / "models" / "full"))
@@ -595,6 +603,8 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         "wall_seconds": train_seconds + augment_seconds,
         "cache_frozen_answers": args.cache_frozen_answers,
         "peak_memory_gib": max(peaks) / 2**30 if peaks else None,
+        # the process's resident-memory high-water mark before and after this run (the audit below not included)
+        "process_peak_rss_gib": {"at_start": rss_at_start, "after_evaluation": peak_rss_gib()},
         "eval_seconds": callback.eval_seconds,
         "evaluation": evaluation,
         "full_eval_seconds": [r["eval_seconds"] for r in full_rows if r is not None],

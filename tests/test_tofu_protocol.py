@@ -199,7 +199,10 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     assert (work / "models" / "retain99" / "tofu_eval.json").is_file()
     finished = sorted(p.name for p in (work / "runs").glob("*.json"))
     assert finished == ["forget01_rklu_lr0.001_s0.json"]
-    assert json.loads((work / "runs" / finished[0]).read_text())["cache_frozen_answers"] is True
+    record = json.loads((work / "runs" / finished[0]).read_text())
+    assert record["cache_frozen_answers"] is True
+    rss = record["process_peak_rss_gib"]  # a high-water mark: it never falls
+    assert 0 < rss["at_start"] <= rss["after_evaluation"]
     data = json.loads((results / "tofu_cpu_forget01.json").read_text())
     assert data["runs"] == ["forget01_rklu_lr0.001_s0"] and data["grid"] == [1e-3, 1e-2]
     assert set(data["references"]) == {"original", "oracle"} and data["utility_floor"] is not None
