@@ -856,7 +856,9 @@ def _acc_change(row: dict, original: dict) -> str:
 def summary(args, plan, records: dict, base: dict | None, original: dict | None) -> dict:
     selected = {}
     if original is not None:
-        for method in args.method_list:
+        # every method with a finished setting, not only this driver's --methods: drivers share the report
+        ran = {r["method"] for r in records.values()}
+        for method in [m for m in METHODS if m in ran or m in args.method_list]:
             mine = [r for r in records.values() if r["method"] == method]
             chosen = select(mine, original["wikitext_perplexity"], args.max_ppl_ratio)
             if chosen is not None:
