@@ -453,8 +453,15 @@ def augmented_model(args, split: str, seed: int, lr: float, original, tokenizer)
         start = time.perf_counter()
         build_augmented_model(original, tokenizer, forget, config, out)
         seconds = time.perf_counter() - start
-        record = {"seconds": seconds, "forget_items": len(forget), "epochs": args.augment_epochs}
-        write_json_atomic(timing, {**record, "lr": augment_lr(args, lr)})
+        write_json_atomic(
+            timing,
+            {
+                "seconds": seconds,
+                "forget_items": len(forget),
+                "epochs": args.augment_epochs,
+                "lr": augment_lr(args, lr),
+            },
+        )
     return out, seconds
 
 
