@@ -82,10 +82,15 @@ def score(before: dict, after: dict) -> dict:
 
 
 def write_results(out: Path, rows: list[dict]) -> None:
-    """Append ``rows`` to ``out/demo_settings.json`` and write the table of all rows to ``out/demo_settings.md``."""
+    """Append ``rows`` to ``out/demo_settings.json`` and write the table of all rows to ``out/demo_settings.md``.
+
+    A row equal to one already in the file (the same record, timings included) is not appended again, so results
+    copied back from a worktree whose file already held them do not double the table.
+    """
     out.mkdir(parents=True, exist_ok=True)
     path = out / "demo_settings.json"
     old = json.loads(path.read_text()) if path.is_file() else []
+    rows = [r for r in json.loads(json.dumps(rows)) if r not in old]
     path.write_text(json.dumps(old + rows, indent=1) + "\n")
     lines = [
         "| source | teach | settings | rise (mean) | margin (median) | teacher top-1 true | original P > 0.99 | "

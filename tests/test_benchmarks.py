@@ -423,3 +423,6 @@ def test_demo_settings_table_shows_saturation_and_old_rows_without_it(tmp_path):
     assert lines[2].split(" | ")[5:7] == ["0.18", "-"]
     assert lines[3].split(" | ")[5:7] == ["0.24", "0.63"]
     assert len(json.loads((tmp_path / "demo_settings.json").read_text())) == 2
+    demo_settings.write_results(tmp_path, [old, new, {**new, "unlearn_seconds": 2.0}])
+    assert len(json.loads((tmp_path / "demo_settings.json").read_text())) == 3
+    assert len((tmp_path / "demo_settings.md").read_text().splitlines()) == 5
