@@ -48,6 +48,10 @@ CHECK = (
 )
 
 
+#: teaching settings already named in the taught model's folder
+TEACH_NAMED = ("teach_epochs", "teach_learning_rate")
+
+
 def _num(check: dict, key: str) -> str:
     return f"{check[key]:.2f}" if key in check else "-"
 
@@ -128,7 +132,10 @@ def main(argv: list[str] | None = None) -> None:
     people, source = demo_people(base.data_dir, base.profiles, base.seed)
     names = list(people)
     key = "profiles" if source.startswith("generated") else "tofu"
-    taught_dir = Path(args.work_dir) / f"taught_{key}_{base.teach_epochs}_{base.teach_learning_rate:g}"
+    # one folder per teaching: epochs, lr, then the other --teach settings (the first folders had only the two)
+    teaching = [f"{base.teach_epochs}", f"{base.teach_learning_rate:g}"]
+    teaching += [f"{name}{value}" for name, value in teach_settings.items() if name not in TEACH_NAMED]
+    taught_dir = Path(args.work_dir) / "_".join([f"taught_{key}", *teaching])
     start = time.time()
     if (taught_dir / "config.json").is_file():
         model, tokenizer = load_model(str(taught_dir))

@@ -139,6 +139,13 @@ class DemoArguments:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha of every adapter."})
     teach_epochs: int = field(default=12, metadata={"help": "Epochs of the teaching fine-tune (every person)."})
     teach_learning_rate: float = field(default=3e-3, metadata={"help": "Learning rate of the teaching fine-tune."})
+    teach_label_smoothing: float = field(
+        default=0.0,
+        metadata={
+            "help": "Label smoothing of the teaching fine-tune (0 to 1): a taught model that keeps some probability "
+            "off its answers' tokens, as a fine-tuned TOFU model does, instead of one saturated above 0.99."
+        },
+    )
     teach_batch_size: int = field(
         default=8,
         metadata={
@@ -176,6 +183,8 @@ class DemoArguments:
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.teach_label_smoothing < 1:
+            raise ValueError(f"teach_label_smoothing must be in [0, 1), got {self.teach_label_smoothing}")
         for name in ("teach_learning_rate", "augment_learning_rate", "unlearn_learning_rate"):
             if not 0 < getattr(self, name) < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {getattr(self, name)}")
@@ -356,6 +365,7 @@ def teach(model, tokenizer, rows: Dataset, args: DemoArguments, work_dir: str):
         num_train_epochs=args.teach_epochs,
         learning_rate=args.teach_learning_rate,
         per_device_train_batch_size=min(args.teach_batch_size, len(rows)),
+        label_smoothing_factor=args.teach_label_smoothing,
         weight_decay=0.0,
         **_common(args, work_dir, "teach"),
     )
