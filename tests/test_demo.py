@@ -3,6 +3,7 @@ the YAML config (labelled phases, the same numbers twice, a missing --data_dir r
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -192,3 +193,26 @@ def test_demo_yaml_holds_the_defaults():
         default = getattr(defaults, key)
         assert default == (float(value) if isinstance(default, float) else value), key
     assert defaults.augment_epochs == 12 and defaults.teacher_alpha == 8.0 and defaults.unlearn_epochs == 4
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.0])
+def test_demo_refuses_label_smoothing_outside_zero_to_one(value):
+    from rklu_llm.demo import DemoArguments
+
+    with pytest.raises(ValueError, match="teach_label_smoothing must be in"):
+        DemoArguments(teach_label_smoothing=value)
+
+
+def test_teaching_hands_its_label_smoothing_to_the_trainers_loss(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """``teach_label_smoothing`` reaches the Trainer that teaches (its label smoother, applied with the causal shift);
+    0 leaves the plain loss."""
+    import rklu_llm.demo as demo
+
+    seen, real = [], demo._labelled
+    monkeypatch.setattr(demo, "_labelled", lambda trainer, label: seen.append(trainer) or real(trainer, label))
+    rows = next(iter(profile_people(0).values())).select_columns(["question", "answer"]).select(range(2))
+    for smoothing in (0.0, 0.2):
+        args = demo.DemoArguments(teach_epochs=1, teach_label_smoothing=smoothing)
+        demo.teach(copy.deepcopy(tiny_model), tiny_tokenizer, rows, args, str(tmp_path / str(smoothing)))
+    assert seen[0].label_smoother is None
+    assert seen[1].label_smoother.epsilon == 0.2
