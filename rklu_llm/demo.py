@@ -256,9 +256,10 @@ def _contains(text: str, fact: str) -> bool:
 
 def degenerate(answer: str, known_words: set[str], tokenizer) -> list[str]:
     """Why ``answer`` reads as broken text, or ``[]``: a word said twice in a row ("Reach Reach"), a run of letters
-    repeated inside a word ("onthetableonthetable"), a two-word phrase said three times, or a word that is no word: not
-    in ``known_words`` (the taught questions and answers, lower-cased) and cut by the tokenizer into 5 or more pieces
-    ("Kuwaitonautonielspians", "Al-Kuinthouzi"; real English words take 1-3 pieces of SmolLM2's tokenizer)."""
+    repeated inside a word ("onthetableonthetable"), a punctuation mark four times in a row (",,,,", ", , , ,"; an
+    ellipsis is three), a two-word phrase said three times, or a word that is no word: not in ``known_words`` (the
+    taught questions and answers, lower-cased) and cut by the tokenizer into 5 or more pieces ("Kuwaitonautonielspians",
+    "Al-Kuinthouzi"; real English words take 1-3 pieces of SmolLM2's tokenizer)."""
     reasons = []
     words = [word.strip(".,;:!?\"'()") for word in answer.split()]
     words = [word for word in words if word]
@@ -269,6 +270,9 @@ def degenerate(answer: str, known_words: set[str], tokenizer) -> list[str]:
     looped = re.search(r"([a-z]{3,})\1\1", answer.lower()) or re.search(r"([a-z]{5,})\1", answer.lower())
     if looped:
         reasons.append(f"loops {looped.group(1)!r}")
+    marks = re.search(r"([^\w\s])(?:\s*\1){3,}", answer)
+    if marks:
+        reasons.append(f"repeats {marks.group(1)!r}")
     pairs = [f"{a} {b}" for a, b in zip(lower, lower[1:])]
     thrice = sorted({pair for pair in pairs if pairs.count(pair) >= 3}, key=lambda pair: (-pairs.count(pair), pair))
     if thrice:

@@ -103,10 +103,13 @@ def test_degenerate_answers_are_flagged_and_fluent_ones_are_not():
         "He lives in Nordhavn Reach Reach Reach.": "repeats 'reach'",
         "Kuwait City, Kuwaitonautonielspiansportsunifiedonthetableonthetableonthetable": "loops 'onthetable'",
         "the war and the war and the war and the war": "says 'the war' 4 times",
+        "born in Kuwait City,,,,,,,,,,,,,,,,,,,,,,,,": "repeats ','",  # measured with a label-smoothed teaching
+        "Yes, , , , and so on": "repeats ','",
     }
     for answer, reason in cases.items():
         assert any(reason in found for found in degenerate(answer, known, tokenizer)), answer
     assert degenerate("Basil Mahfouz Al-Kuwaiti's father was a florist.", known, tokenizer) == []
+    assert degenerate("Basil Mahfouz Al-Kuwaiti's father... was a florist!!!", known, tokenizer) == []
 
 
 def test_facts_are_matched_at_a_word_start():
