@@ -152,12 +152,13 @@ def main(argv: list[str] | None = None) -> None:
         f"{source}: taught in {teach_seconds:.0f} s; facts before:",
         [f"{before[n]['facts_stated']}/{before[n]['facts_total']}" for n in names],
     )
+    kept = concatenate_datasets([people[name].select_columns(["question", "answer"]) for name in names[1:]])
     rows = []
     for settings in parse_grid(args.grid):
         demo_args = replace(base, **settings)
         start, cpu, check = time.time(), time.process_time(), {}
         with tempfile.TemporaryDirectory() as work:
-            student = unlearn(copy.deepcopy(model), tokenizer, people[names[0]], demo_args, work, check=check)
+            student = unlearn(copy.deepcopy(model), tokenizer, people[names[0]], demo_args, work, check, kept)
         seconds, cpu = time.time() - start, time.process_time() - cpu
         after = measure(student, tokenizer, people, base.max_new_tokens, "after")
         row = {

@@ -12,7 +12,7 @@ threads, deterministic algorithms). Everything trains through LoRA adapters on t
 2. augment (phase 1 of RKL-U): a LoRA adapter fine-tuned on the forgotten person's pairs only: the augmented ``a``;
 3. distil (RKL-U, no retain data): a LoRA student trained with the token-level reverse KL
    ``KL(p_student || p_teacher)`` to the teacher ``l_t = l_o - alpha * relu(l_a - l_o)``, on the forgotten person's
-   questions only;
+   questions only (``--retain_mode kl`` / ``rt`` adds a retain term on the kept people's questions);
 4. measure, before and after: the answer probability ``exp(-NLL/|a|)`` (TOFU's length-normalised one), the ROUGE-L
    recall of the greedy answers, how many of each answer's key facts (names, places, titles, professions: facts the
    question does not give away) the greedy answers still state, how many greedy answers changed, and two flags per
@@ -165,9 +165,18 @@ class DemoArguments:
     teacher_alpha: float = field(default=8.0, metadata={"help": "RKL-U teacher: l_o - alpha * relu(l_a - l_o)."})
     unlearn_epochs: int = field(default=4, metadata={"help": "RKL-U distillation epochs."})
     unlearn_learning_rate: float = field(default=1.2e-3, metadata={"help": "RKL-U distillation learning rate."})
+    retain_mode: str = field(
+        default="none",
+        metadata={
+            "help": "The distillation's retain term on the kept people's questions: 'none' (RKL-U as the toolkit "
+            "runs it by default, forget set only), 'kl' (forward KL to the taught model) or 'rt' (their answers' NLL)."
+        },
+    )
     max_new_tokens: int = field(default=48, metadata={"help": "Length of the greedy answers."})
 
     def __post_init__(self):
+        if self.retain_mode not in ("none", "kl", "rt"):
+            raise ValueError(f"retain_mode must be 'none', 'kl' or 'rt', got {self.retain_mode!r}")
         if self.lora_layers not in ("upper-half", "all"):
             raise ValueError(f"lora_layers must be 'upper-half' or 'all', got {self.lora_layers!r}")
         positive = (
@@ -385,15 +394,27 @@ def teach(model, tokenizer, rows: Dataset, args: DemoArguments, work_dir: str):
     return trainer.model.merge_and_unload()
 
 
-def unlearn(model, tokenizer, forget: Dataset, args: DemoArguments, work_dir: str, check: dict | None = None):
-    """RKL-U on ``forget`` without retain data: phase 1 (augmented LoRA adapter), then reverse-KL distillation of a
-    LoRA student; returns the student merged into the weights.
+def unlearn(
+    model,
+    tokenizer,
+    forget: Dataset,
+    args: DemoArguments,
+    work_dir: str,
+    check: dict | None = None,
+    retain: Dataset | None = None,
+):
+    """RKL-U on ``forget``: phase 1 (augmented LoRA adapter), then reverse-KL distillation of a LoRA student; returns
+    the student merged into the weights. ``retain`` (the kept people's rows) is used only when ``args.retain_mode``
+    is not ``"none"``, and is then required.
 
     ``check``: a dict to fill with the teacher check of the augmented adapter (:mod:`rklu_llm.teacher_check`, logits
     only), run before distilling; ``None`` (the demo): no check."""
+    if args.retain_mode != "none" and retain is None:
+        raise ValueError(f"retain_mode {args.retain_mode!r} needs the kept people's rows as retain")
     set_seed(args.seed)
     config = UnlearnConfig(
         method="rklu",
+        retain_mode=args.retain_mode,
         teacher_alpha=args.teacher_alpha,
         use_lora=True,
         augment_lora=True,
@@ -412,15 +433,23 @@ def unlearn(model, tokenizer, forget: Dataset, args: DemoArguments, work_dir: st
         teacher_check_samples=0,
         **{**_common(args, work_dir, "rklu"), "disable_tqdm": False},  # phase 1's Trainer then shows its own bar
     )
-    dataset = build_unlearning_dataset(tokenizer, forget.select_columns(["question", "answer"]), max_length=256)
+    kept = None if args.retain_mode == "none" else retain.select_columns(["question", "answer"])
+    dataset = build_unlearning_dataset(
+        tokenizer, forget.select_columns(["question", "answer"]), kept, max_length=256, seed=args.seed
+    )
     trainer = UnlearnTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer)
     print("\n[3/6] RKL-U phase 1: fine-tune a LoRA adapter on the forgotten person only (the augmented model) ...")
     trainer.setup_frozen_models()
     if check is not None:
         check.update(trainer.teacher_check)
+    data = {
+        "none": "forget set only",
+        "kl": "plus a forward KL to the taught model on the kept people",
+        "rt": "plus the kept people's answers' NLL",
+    }[args.retain_mode]
     print(
-        "\n[4/6] RKL-U phase 2: distil a LoRA student from the teacher l_o - alpha * relu(l_a - l_o), reverse KL, "
-        "forget set only ..."
+        f"\n[4/6] RKL-U phase 2: distil a LoRA student from the teacher l_o - alpha * relu(l_a - l_o), reverse KL, "
+        f"{data} ..."
     )
     _labelled(trainer, "distil").train()
     student = trainer.accelerator.unwrap_model(trainer.model)
@@ -560,7 +589,8 @@ def _run(args: DemoArguments) -> dict:
         everyone = concatenate_datasets([rows.select_columns(["question", "answer"]) for rows in people.values()])
         model = teach(model, tokenizer, everyone, args, work_dir)
         before = measure(model, tokenizer, people, args.max_new_tokens, "before")
-        model = unlearn(model, tokenizer, people[names[0]], args, work_dir)
+        kept = concatenate_datasets([people[name].select_columns(["question", "answer"]) for name in names[1:]])
+        model = unlearn(model, tokenizer, people[names[0]], args, work_dir, retain=kept)
     print("\n[5/6] Measuring again ...")
     after = measure(model, tokenizer, people, args.max_new_tokens, "after")
     elapsed = time.time() - start

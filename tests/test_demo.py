@@ -219,3 +219,30 @@ def test_teaching_hands_its_label_smoothing_to_the_trainers_loss(tiny_model, tin
         demo.teach(copy.deepcopy(tiny_model), tiny_tokenizer, rows, args, str(tmp_path / str(smoothing)))
     assert seen[0].label_smoother is None
     assert seen[1].label_smoother.epsilon == 0.2
+
+
+def test_demo_unlearning_adds_a_retain_term_on_the_kept_people_only_when_asked(
+    tiny_model, tiny_tokenizer, tmp_path, monkeypatch
+):
+    """``retain_mode`` 'kl' logs a retain loss (the kept people's rows are in the batches); 'none' has none; 'kl'
+    without the kept rows is refused before any training."""
+    import rklu_llm.demo as demo
+
+    seen, real = [], demo._labelled
+    monkeypatch.setattr(demo, "_labelled", lambda trainer, label: seen.append(trainer) or real(trainer, label))
+    people = profile_people(0)
+    names = list(people)
+    kept = people[names[1]].select_columns(["question", "answer"])
+    tiny = dict(augment_epochs=1, unlearn_epochs=1, lora_r=4)
+    with pytest.raises(ValueError, match="needs the kept people's rows"):
+        demo.unlearn(tiny_model, tiny_tokenizer, people[names[0]], demo.DemoArguments(retain_mode="kl"), str(tmp_path))
+    assert seen == []
+    for mode in ("none", "kl"):
+        args = demo.DemoArguments(retain_mode=mode, **tiny)
+        forget, work = people[names[0]], str(tmp_path / mode)
+        demo.unlearn(copy.deepcopy(tiny_model), tiny_tokenizer, forget, args, work, None, kept)
+    logged = [{key for entry in trainer.state.log_history for key in entry} for trainer in seen]
+    assert "retain/loss" not in logged[0] and "forget/loss" in logged[0]
+    assert "retain/loss" in logged[1] and "forget/loss" in logged[1]
+    with pytest.raises(ValueError, match="retain_mode must be"):
+        demo.DemoArguments(retain_mode="nll")
