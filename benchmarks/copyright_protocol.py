@@ -853,12 +853,17 @@ def _acc_change(row: dict, original: dict) -> str:
     return f"{diff:+.1f} ± {se:.1f} ({'resolved' if abs(diff) > 2 * se else 'not resolved'})"
 
 
+def reported_methods(args, records: dict) -> list[str]:
+    """The methods the report covers: every method with a finished setting and this driver's ``--methods`` (drivers
+    limited to some methods share one report)."""
+    ran = {r["method"] for r in records.values()}
+    return [m for m in METHODS if m in ran or m in args.method_list]
+
+
 def summary(args, plan, records: dict, base: dict | None, original: dict | None) -> dict:
     selected = {}
     if original is not None:
-        # every method with a finished setting, not only this driver's --methods: drivers share the report
-        ran = {r["method"] for r in records.values()}
-        for method in [m for m in METHODS if m in ran or m in args.method_list]:
+        for method in reported_methods(args, records):
             mine = [r for r in records.values() if r["method"] == method]
             chosen = select(mine, original["wikitext_perplexity"], args.max_ppl_ratio)
             if chosen is not None:
@@ -876,6 +881,8 @@ def protocol_text() -> str:
 
 
 def write_report(args, plan, records: dict, base: dict | None, original: dict | None) -> None:
+    # the settings of every reported method, not only this driver's plan ("27 of 6 settings finished" otherwise)
+    plan = settings(argparse.Namespace(**{**vars(args), "method_list": reported_methods(args, records)}))
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = summary(args, plan, records, base, original)

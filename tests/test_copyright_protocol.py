@@ -282,6 +282,7 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     assert sorted(ta) == ["ta_lr0.001", "ta_lr0.01"]
     selected = json.loads((results / "copyright_smollm2.json").read_text())["selected"]
     assert set(selected) == {"rklu", "ta"}  # a driver limited to ta still reports rklu's finished setting
+    assert "3 of 4 settings finished" in (results / "copyright_smollm2.md").read_text()  # rklu's and ta's settings
     chosen = selected["ta"]["setting"]
     assert set(ta[chosen]["general_tasks"]) == {"copa"} and ta[chosen]["general_average_stderr"] is not None
     assert ta[chosen]["general_seconds"] > 0
