@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .cli import parse_arguments
-from .config import UnlearnConfig
+from .config import RETAIN_MODES, UnlearnConfig
 from .data import QACollator, build_unlearning_dataset, fictitious_profiles, load_tofu, tokenize_qa
 from .data.tofu import TOFU_DIR_ENV, TOFU_HUB_ID, DataUnavailableError
 from .eval.metrics import answer_probability, rouge_l_recall
@@ -175,8 +175,8 @@ class DemoArguments:
     max_new_tokens: int = field(default=48, metadata={"help": "Length of the greedy answers."})
 
     def __post_init__(self):
-        if self.retain_mode not in ("none", "kl", "rt"):
-            raise ValueError(f"retain_mode must be 'none', 'kl' or 'rt', got {self.retain_mode!r}")
+        if self.retain_mode not in RETAIN_MODES:
+            raise ValueError(f"retain_mode must be one of {RETAIN_MODES}, got {self.retain_mode!r}")
         if self.lora_layers not in ("upper-half", "all"):
             raise ValueError(f"lora_layers must be 'upper-half' or 'all', got {self.lora_layers!r}")
         positive = (
