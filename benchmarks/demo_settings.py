@@ -26,9 +26,8 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
-from datasets import concatenate_datasets
 
-from rklu_llm.demo import DemoArguments, demo_people, measure, teach, unlearn
+from rklu_llm.demo import DemoArguments, demo_people, measure, qa_rows, teach, unlearn
 from rklu_llm.models import load_model
 
 #: the teacher check's numbers kept per setting (see rklu_llm.teacher_check.check_teacher)
@@ -141,9 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         model, tokenizer = load_model(str(taught_dir))
     else:
         model, tokenizer = load_model(base.model)
-        everyone = concatenate_datasets([rows.select_columns(["question", "answer"]) for rows in people.values()])
         with tempfile.TemporaryDirectory() as work:
-            model = teach(model, tokenizer, everyone, base, work)
+            model = teach(model, tokenizer, qa_rows(people, names), base, work)
         model.save_pretrained(taught_dir)
         tokenizer.save_pretrained(taught_dir)
     teach_seconds = time.time() - start
@@ -152,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{source}: taught in {teach_seconds:.0f} s; facts before:",
         [f"{before[n]['facts_stated']}/{before[n]['facts_total']}" for n in names],
     )
-    kept = concatenate_datasets([people[name].select_columns(["question", "answer"]) for name in names[1:]])
+    kept = qa_rows(people, names[1:])
     rows = []
     for settings in parse_grid(args.grid):
         demo_args = replace(base, **settings)

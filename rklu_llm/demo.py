@@ -257,6 +257,12 @@ def demo_people(data_dir: str | None = None, profiles: bool = False, seed: int =
     return tofu_people(rows), f"TOFU {TOFU_CONFIG} from {where}"
 
 
+def qa_rows(people: dict[str, Dataset], names: list[str]) -> Dataset:
+    """The ``question`` / ``answer`` rows of the people ``names``, one after another: everyone's for the teaching, the
+    kept people's for a retain term."""
+    return concatenate_datasets([people[name].select_columns(["question", "answer"]) for name in names])
+
+
 def _contains(text: str, fact: str) -> bool:
     """``fact`` in ``text``, case-insensitive, starting at a word boundary ("Islam" is in "Islamic", "art" is not in
     "start")."""
@@ -586,11 +592,9 @@ def _run(args: DemoArguments) -> dict:
     model, tokenizer = load_model(args.model)
     with tempfile.TemporaryDirectory(prefix="rklu-demo-") as work_dir:
         print(f"\n[2/6] Teaching the model all {len(names)} people (LoRA fine-tune, merged into the weights) ...")
-        everyone = concatenate_datasets([rows.select_columns(["question", "answer"]) for rows in people.values()])
-        model = teach(model, tokenizer, everyone, args, work_dir)
+        model = teach(model, tokenizer, qa_rows(people, names), args, work_dir)
         before = measure(model, tokenizer, people, args.max_new_tokens, "before")
-        kept = concatenate_datasets([people[name].select_columns(["question", "answer"]) for name in names[1:]])
-        model = unlearn(model, tokenizer, people[names[0]], args, work_dir, retain=kept)
+        model = unlearn(model, tokenizer, people[names[0]], args, work_dir, retain=qa_rows(people, names[1:]))
     print("\n[5/6] Measuring again ...")
     after = measure(model, tokenizer, people, args.max_new_tokens, "after")
     elapsed = time.time() - start
