@@ -670,7 +670,7 @@ def main(argv=None) -> None:
         base, original = make_original(args, bench, recipe)
         check_rebuild(args, protocol, base, original)
         # the original's numbers land in the results whatever its check says
-        write_report(args, plan, load_records(args.results_dir, protocol), base, original)
+        write_report(args, load_records(args.results_dir, protocol), base, original)
     if base is not None and original is not None:
         check_original(args, base, original)  # before any unlearning
     started_runs = 0
@@ -687,12 +687,12 @@ def main(argv=None) -> None:
         run_setting(args, bench, recipe, setting, original, plan, protocol)
         if args.general_at == "selected":
             evaluate_selected(args, plan, load_records(args.results_dir, protocol), original)
-        write_report(args, plan, load_records(args.results_dir, protocol), base, original)
+        write_report(args, load_records(args.results_dir, protocol), base, original)
     in_time = time.time() - started <= args.deadline_s
     if not args.report_only and original is not None and args.general_at == "selected" and in_time:
         evaluate_selected(args, plan, load_records(args.results_dir, protocol), original)  # a resumed run
     records = load_records(args.results_dir, protocol)
-    write_report(args, plan, records, base, original)
+    write_report(args, records, base, original)
     left = len([s for s in plan if s.name not in records])
     print(f"{NAME}: {len(records)} settings finished, {left} left; results in {args.results_dir}")
 
@@ -860,7 +860,7 @@ def reported_methods(args, records: dict) -> list[str]:
     return [m for m in METHODS if m in ran or m in args.method_list]
 
 
-def summary(args, plan, records: dict, base: dict | None, original: dict | None) -> dict:
+def summary(args, records: dict, base: dict | None, original: dict | None) -> dict:
     selected = {}
     if original is not None:
         for method in reported_methods(args, records):
@@ -880,12 +880,13 @@ def protocol_text() -> str:
     return doc[start : doc.index("Each setting runs")].strip()
 
 
-def write_report(args, plan, records: dict, base: dict | None, original: dict | None) -> None:
-    # the settings of every reported method, not only this driver's plan ("27 of 6 settings finished" otherwise)
+def write_report(args, records: dict, base: dict | None, original: dict | None) -> None:
+    """The results files from ``records``. Their plan is the settings of every reported method, not only this driver's
+    ``--methods`` (drivers limited to some methods share one report)."""
     plan = settings(argparse.Namespace(**{**vars(args), "method_list": reported_methods(args, records)}))
     out = Path(args.results_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = summary(args, plan, records, base, original)
+    result = summary(args, records, base, original)
     problems = original_problems(args, base, original) if base and original else None
     machine = {
         "platform": platform.platform(),
