@@ -57,7 +57,9 @@ setting: later epochs skip two forward passes per step).
 Every finished setting leaves one record, ``<results_dir>/copyright_runs/<setting>.json``; the driver skips those, so
 work stopped mid-way (``--deadline_s``: start nothing new past that many seconds; ``--max_runs``) loses at most the
 setting under way. A new machine rebuilds the original in its work directory (the fine-tune is seeded) and goes on
-only if it evaluates as the committed one did (``--adopt_tolerance``). ``--plan`` prints the settings with estimated
+only if it evaluates as the committed one did (``--adopt_tolerance``); a selected setting whose model is not in the
+work directory (its record adopted from another machine's) is run again before lm-eval and measured only if it
+evaluates as its record did. ``--plan`` prints the settings with estimated
 minutes (measured costs from the work directory's finished settings when there are any, else ``FALLBACK_*``,
 measured on the committed reduced run and scaled to this machine by the methods measured here; ``training_rate``)
 and runs nothing;
@@ -533,8 +535,10 @@ def link_augmented(args, setting: Setting, root: Path, plan: list[Setting]) -> N
             return
 
 
-def run_setting(args, bench, recipe, setting: Setting, original: dict, plan: list[Setting], protocol: dict) -> dict:
-    """One setting through the recipe, from the checked original; its record written under the results."""
+def run_setting(
+    args, bench, recipe, setting: Setting, original: dict, plan: list[Setting], protocol: dict, write: bool = True
+) -> dict:
+    """One setting through the recipe, from the checked original; its record written under the results (``write``)."""
     from rklu_llm.run_state import read_run_record
 
     root = Path(args.work_dir) / "settings" / setting.name
@@ -568,14 +572,46 @@ def run_setting(args, bench, recipe, setting: Setting, original: dict, plan: lis
         "general_at": args.general_at,
         "protocol": protocol,
     }
-    write_json_atomic(Path(args.results_dir) / RUNS_DIR / f"{setting.name}.json", record)
+    if write:
+        write_json_atomic(Path(args.results_dir) / RUNS_DIR / f"{setting.name}.json", record)
     return record
 
 
-def evaluate_selected(args, plan: list[Setting], records: dict, original: dict) -> list[str]:
+def saved_model(folder: Path) -> bool:
+    """Whether ``folder`` holds a saved model: a full one (``config.json``) or a LoRA adapter."""
+    return (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
+
+
+def rebuild_selected(args, bench, recipe, chosen: dict, original: dict, plan: list[Setting], protocol: dict) -> bool:
+    """Run the selected setting again when its unlearned model is not in the work directory (a record adopted from
+    another machine's work), so that lm-eval measures the model the record describes: the rebuild (seeded) counts
+    only if it evaluates as the record did (every metric within ``--adopt_tolerance``). Returns whether the model is
+    there and is that one; the record itself is never rewritten here."""
+    out = Path(args.work_dir) / "settings" / chosen["setting"] / chosen["method"]
+    if saved_model(out):
+        return True
+    setting = next(s for s in plan if s.name == chosen["setting"])
+    print(f"=== copyright protocol: {setting.name}'s model is not in {args.work_dir}; running it again", flush=True)
+    shutil.rmtree(out, ignore_errors=True)  # a partial folder: the recipe redoes the stage
+    rebuilt = run_setting(args, bench, recipe, setting, original, plan, protocol, write=False)
+    problems = metric_differences({"rebuilt": rebuilt}, {"rebuilt": chosen}, args.adopt_tolerance)[1]
+    if problems:
+        print(
+            f"=== copyright protocol: {setting.name} run again here does not evaluate as its record (tolerance "
+            f"{args.adopt_tolerance:g}), so lm-eval is not run on it:\n- " + "\n- ".join(problems[:10]),
+            flush=True,
+        )
+        return False
+    return True
+
+
+def evaluate_selected(
+    args, bench, recipe, plan: list[Setting], records: dict, original: dict, protocol: dict
+) -> list[str]:
     """lm-eval on each method's selected setting (``--general_at selected``) once all of the method's settings in
-    ``plan`` have finished and its choice has no lm-eval result yet; the record gains the accuracies and
-    ``general_seconds``. Returns the settings evaluated."""
+    ``plan`` have finished and its choice has no lm-eval result yet (its model rebuilt first when the work directory
+    lacks it: ``rebuild_selected``); the record gains the accuracies and ``general_seconds``. Returns the settings
+    evaluated."""
     from rklu_llm.scripts import eval_general
 
     evaluated = []
@@ -585,6 +621,8 @@ def evaluate_selected(args, plan: list[Setting], records: dict, original: dict) 
             continue
         chosen, _ = select(mine, original["wikitext_perplexity"], args.max_ppl_ratio)
         if chosen.get("general_average_acc") is not None:
+            continue
+        if not rebuild_selected(args, bench, recipe, chosen, original, plan, protocol):
             continue
         out = Path(args.work_dir) / "settings" / chosen["setting"] / method
         print(f"=== copyright protocol: lm-eval on {method}'s selected setting {chosen['setting']}", flush=True)
@@ -686,11 +724,13 @@ def main(argv=None) -> None:
         print(f"=== copyright protocol: {setting.name} ({time.time() - started:.0f} s)", flush=True)
         run_setting(args, bench, recipe, setting, original, plan, protocol)
         if args.general_at == "selected":
-            evaluate_selected(args, plan, load_records(args.results_dir, protocol), original)
+            evaluate_selected(args, bench, recipe, plan, load_records(args.results_dir, protocol), original, protocol)
         write_report(args, load_records(args.results_dir, protocol), base, original)
     in_time = time.time() - started <= args.deadline_s
     if not args.report_only and original is not None and args.general_at == "selected" and in_time:
-        evaluate_selected(args, plan, load_records(args.results_dir, protocol), original)  # a resumed run
+        evaluate_selected(
+            args, bench, recipe, plan, load_records(args.results_dir, protocol), original, protocol
+        )  # a resumed run
     records = load_records(args.results_dir, protocol)
     write_report(args, records, base, original)
     left = len([s for s in plan if s.name not in records])

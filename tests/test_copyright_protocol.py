@@ -29,6 +29,10 @@ def record(setting, forget_bleu, ppl, control_bleu=3.0, verdict=None, method=Non
     }
 
 
+def general_stats_none(protocol):
+    return protocol.general_stats(None)
+
+
 def test_selection_is_the_lowest_bleu_within_the_perplexity_budget(protocol):
     # original perplexity 20: budget 1.10 x 20 = 22
     runs = [record("ga_lr1", 1.0, 40.0), record("ga_lr2", 4.0, 21.9), record("ga_lr3", 6.0, 20.5)]
@@ -293,6 +297,30 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     plan = capsys.readouterr().out
     measured = plan.split("measured here for")[1].split(";")[0]
     assert "lm-eval: ta, selected" in plan and "lm-eval" in measured
+
+    # a record adopted from another machine's work dir has no model here: the selected setting is run again before
+    # lm-eval, and measured only if the rebuild evaluates as its record did
+    import shutil
+
+    general_keys = ("general_average_acc", "general_average_stderr", "general_tasks", "general_seconds")
+    adopted = {k: v for k, v in ta[chosen].items() if k not in general_keys} | general_stats_none(protocol)
+    shutil.rmtree(work / "settings" / chosen / "ta")
+    (runs / f"{chosen}.json").write_text(json.dumps(adopted))
+    capsys.readouterr()
+    protocol.main([*argv, "--methods", "ta", "--no-teacher_check"])
+    assert f"{chosen}'s model is not in" in capsys.readouterr().out
+    assert (work / "settings" / chosen / "ta" / "config.json").is_file()
+    measured = json.loads((runs / f"{chosen}.json").read_text())
+    assert measured["general_average_acc"] == ta[chosen]["general_average_acc"]  # the same model, the same items
+    assert measured["forget_bleu"] == ta[chosen]["forget_bleu"]  # the record kept, not replaced by the rebuild's
+    # a rebuild that evaluates otherwise is not measured, and its record is left as it was
+    shutil.rmtree(work / "settings" / chosen / "ta")
+    other_record = adopted | {"control_bleu": adopted["control_bleu"] + 1.0}  # not read by the selection
+    (runs / f"{chosen}.json").write_text(json.dumps(other_record))
+    protocol.main([*argv, "--methods", "ta", "--no-teacher_check"])
+    assert "does not evaluate as its record" in capsys.readouterr().out
+    assert json.loads((runs / f"{chosen}.json").read_text()) == other_record
+    (runs / f"{chosen}.json").write_text(json.dumps(ta[chosen]))
 
     # a fresh checkout (no work dir) rebuilds the report from the committed results, the original's rows included
     data = json.loads((results / "copyright_smollm2.json").read_text())
