@@ -307,6 +307,8 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     shutil.rmtree(work / "settings" / chosen / "ta")
     (runs / f"{chosen}.json").write_text(json.dumps(adopted))
     capsys.readouterr()
+    protocol.main([*argv, "--methods", "ta", "--no-teacher_check", "--plan"])
+    assert "lm-eval: ta, selected" in (plan := capsys.readouterr().out) and "its model run again first" in plan
     protocol.main([*argv, "--methods", "ta", "--no-teacher_check"])
     assert f"{chosen}'s model is not in" in capsys.readouterr().out
     assert (work / "settings" / chosen / "ta" / "config.json").is_file()
