@@ -24,7 +24,9 @@ The protocol (written once here and used for every method alike; ``PROTOCOL`` ho
   the grid value whose first peak has the highest forget quality among those with model utility at the floor
   (``min(0.95 x original, oracle)``), else the one whose first peak keeps the most utility; the other methods run at
   the lr chosen for their family (``FAMILY``); RKL-U and the two strongest baselines by the same score then run
-  with seeds 1 and 2. The sweep runs every method at the grid's middle lr first, then outwards, so a sweep that
+  with seeds 1 and 2, the seed-1 runs evaluating model utility after every epoch as well (``CURVES``: the per-epoch
+  utility curves; about twice a run's time on one core; the other runs fully evaluate only the epochs above). The
+  sweep runs every method at the grid's middle lr first, then outwards, so a sweep that
   its deadline cuts short still compares all methods at the same lr (the next lower lr before the next higher).
 
 Resumable (finished runs are read from ``--work_dir``); ``--deadline_s`` starts nothing new past that many seconds.
@@ -112,6 +114,11 @@ FAMILY = {
     "dpo": "idk",
 }
 EXTRA_SEEDS = (1, 2)
+#: the seeds stage's seed-1 runs evaluate model utility after every epoch too (the per-epoch utility curves of RKL-U
+#: and the two strongest baselines; it overrides PROTOCOL's "--every_epoch none" and changes what is measured, not the
+#: training); one seed, for the cost: about twice a run's time on one core
+CURVES_SEED = 1
+CURVES = ["--every_epoch", SPLIT]
 #: the sweep's grid (series 2); series 1 swept {3e-4, 1e-3, 3e-3}, and at 1e-3 every method's first peak was below
 #: the utility floor (rklu and ga at 3e-4 too), so the grid moved one step down: 3e-3 could only have been worse
 DEFAULT_LRS = "1e-4,3e-4,1e-3"
@@ -196,8 +203,12 @@ def parse(argv=None) -> argparse.Namespace:
 
 
 def bench_argv(args, methods: str, lrs: list[float], seeds) -> list[str]:
+    """``benchmarks/tofu.py``'s flags for these runs: the protocol's, and for seed ``CURVES_SEED``'s runs a full
+    evaluation after every epoch (``CURVES``) instead of forget quality alone."""
     argv = ["--data_dir", args.data_dir, "--work_dir", args.work_dir, "--model", args.model, *PROTOCOL]
     argv += ["--cache_frozen_answers" if args.cache_frozen_answers else "--no-cache_frozen_answers"]
+    if CURVES_SEED in seeds:
+        argv += CURVES
     argv += args.extra.split()
     return (
         argv
@@ -353,6 +364,7 @@ def check_original(references: dict, minimum: float) -> None:
 
 def print_plan(args, bench, runs, floor, plan) -> None:
     bench_args = bench.parse(bench_argv(args, "rklu", args.grid, (0,)))
+    curve_args = bench.parse(bench_argv(args, "rklu", args.grid, (CURVES_SEED,)))
     costs, sources = bench.measured_costs(bench_args)
     forget_items = bench.n_items(SPLIT, args.data_dir)
     total, unknown = 0.0, 0
@@ -367,12 +379,14 @@ def print_plan(args, bench, runs, floor, plan) -> None:
                     continue
                 name, retain = key(method) if method in METHOD_KEYS else ("rklu", "none")
                 item = ("unlearn", SPLIT, name, retain, lr or args.grid[len(args.grid) // 2], seed)
-                seconds = bench.estimate(bench_args, costs, item, forget_items, bench.METHODS[name].needs_augmented)
+                run_args = curve_args if seed == CURVES_SEED else bench_args  # utility every epoch: dearer
+                seconds = bench.estimate(run_args, costs, item, forget_items, bench.METHODS[name].needs_augmented)
                 total += seconds or 0.0
                 unknown += seconds is None
                 when = "lr after the sweep" if lr is None else f"lr {lr:g}"
                 est = "?" if seconds is None else f"{seconds / 60:.0f} min"
-                other = "" if method in args.method_set else " (another driver: not in --methods)"
+                mine = method in args.method_set or method not in METHOD_KEYS  # a placeholder is nobody's yet
+                other = "" if mine else " (another driver: not in --methods)"
                 print(f"    {method:<20} {when} seed {seed}: {est}{other}")
     print(f"Estimated CPU minutes left for the runs: {total / 60:.0f}" + (f" (+{unknown} unknown)" if unknown else ""))
     print(
@@ -805,14 +819,17 @@ def plot(out: Path, bench, runs, references, floor, chosen) -> None:
         epochs = [row["epoch"] for row in run["epochs"]]
         label = f"{method} lr {chosen[method]:g}"
         line = axes[0].plot(epochs, [max(row.get(FQ) or 1e-6, 1e-6) for row in run["epochs"]], marker="o", label=label)
-        axes[0].plot(
-            epochs, [row.get("holdout_ks_p") for row in run["epochs"]], linestyle=":", color=line[0].get_color()
-        )
+        color = line[0].get_color()
+        axes[0].plot(epochs, [row.get("holdout_ks_p") for row in run["epochs"]], linestyle=":", color=color)
         evaluated = sorted({(r["epoch"], r[MU]) for w, _ in EPOCHS if (r := run.get(w)) and r.get(MU) is not None})
-        axes[1].plot([e for e, _ in evaluated], [m for _, m in evaluated], marker="s", label=label)
+        axes[1].plot([e for e, _ in evaluated], [m for _, m in evaluated], marker="s", label=label, color=color)
+        curves = run_of(runs, bench, method, chosen[method], CURVES_SEED) or {}  # utility after every epoch
+        curve = [(row["epoch"], row[MU]) for row in curves.get("epochs") or [] if row.get(MU) is not None]
+        if curve:
+            axes[1].plot(*zip(*curve), linestyle="--", linewidth=1, color=color, label=f"{label} seed {CURVES_SEED}")
     axes[0].axhline(0.05, color="grey", linestyle="--")
     axes[0].set(yscale="log", xlabel="epoch", ylabel="forget quality (solid), holdout KS p (dotted)")
-    axes[1].set(xlabel="epoch", ylabel="model utility (fully evaluated epochs)")
+    axes[1].set(xlabel="epoch", ylabel="model utility (seed 0: fully evaluated epochs; dashed: every epoch)")
     if floor is not None:
         axes[1].axhline(floor, color="grey", linestyle=":")
     for ax in axes:

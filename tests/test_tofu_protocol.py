@@ -171,6 +171,18 @@ def test_frozen_answer_cache_reaches_every_runs_config(protocol, bench, tofu_dir
     assert config.cache_frozen_answers is cached
 
 
+def test_the_seed_1_runs_measure_utility_after_every_epoch(protocol, bench, tofu_dir, tmp_path):
+    # runs follow forget quality every epoch and fully evaluate four epochs; the seed-1 runs of the seeds stage (the
+    # per-epoch utility curves) fully evaluate every epoch, the rest of the protocol unchanged
+    args = protocol.parse(["--data_dir", str(tofu_dir), "--work_dir", str(tmp_path)])
+    modes = {}
+    for seed in (0, *protocol.EXTRA_SEEDS):
+        parsed = bench.parse(protocol.bench_argv(args, "rklu", [1e-3], (seed,)))
+        modes[seed] = bench.evaluation_mode(parsed, "forget01", "rklu")
+        assert parsed.unlearn_epochs == 10 and parsed.teacher_alpha == 8 and parsed.holdout_rule
+    assert modes == {0: "track_peak", 1: "every_epoch", 2: "track_peak"} and protocol.CURVES_SEED == 1
+
+
 @pytest.mark.slow
 def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, tofu_dir, tmp_path):
     work, results = tmp_path / "work", tmp_path / "results"
