@@ -171,6 +171,13 @@ def parse(argv=None) -> argparse.Namespace:
         "next to the oracle's peak",
     )
     p.add_argument("--holdout_min_p", type=float, default=0.05, help="the holdout rule's threshold")
+    p.add_argument(
+        "--holdout_floor",
+        type=float,
+        default=None,
+        help="the holdout rule's model-utility floor (in [0, 1]): it keeps only epochs at or above it; needs the "
+        "utility of every epoch, so it applies to the --every_epoch splits (the others' rule has no floor)",
+    )
     p.add_argument("--finetune_lr", type=float, default=2e-4)
     p.add_argument("--finetune_epochs", type=float, default=5)
     p.add_argument("--unlearn_epochs", type=float, default=10)
@@ -247,6 +254,8 @@ def parse(argv=None) -> argparse.Namespace:
         problems.append("--retain_subset N needs N >= 1 and exactly one split (--splits forget01)")
     if args.utility_retain_items is not None and (args.retain_subset is None or args.utility_retain_items < 1):
         problems.append("--utility_retain_items N needs N >= 1 and --retain_subset (the items the original learned)")
+    if args.holdout_floor is not None and not (args.holdout_rule and 0 <= args.holdout_floor <= 1):
+        problems.append("--holdout_floor needs --holdout_rule and a utility in [0, 1]")
     if not args.cpu and not args.plan and not torch.cuda.is_available():
         problems.append("no GPU is visible: pass --cpu (e.g. for the mini-run) or run on a GPU machine")
     if problems:
@@ -473,6 +482,24 @@ def evaluation_mode(args, split: str, method: str) -> str:
     return "final"
 
 
+def evaluation_callback(args, tokenizer, split: str, reference, evaluation: str, eval_kwargs: dict):
+    """The run's ``TofuEvalCallback`` for its ``evaluation_mode``: forget quality every epoch (``track_peak``) or a
+    full evaluation (``every_epoch``; ``final``: called once after training); with ``--holdout_rule`` it also keeps the
+    oracle-free rule's epoch, at ``--holdout_floor`` where the utility of every epoch is known."""
+    return TofuEvalCallback(
+        tokenizer,
+        split,
+        args.data,
+        reference,
+        per_epoch="forget_quality" if evaluation == "track_peak" else "full",
+        select_by="holdout" if args.holdout_rule and evaluation != "final" else "forget_quality",
+        holdout_min_p=args.holdout_min_p,
+        min_model_utility=args.holdout_floor if evaluation == "every_epoch" else None,
+        track_first_peak=True,
+        **eval_kwargs,
+    )
+
+
 #: audit parts the benchmark runs on each model (the relearning attack and quantization are separate studies)
 AUDIT_PARTS = ("membership", "extraction", "leak")
 
@@ -552,17 +579,7 @@ def unlearn(args, split: str, method: str, retain_mode: str, lr: float, seed: in
         protocol=args.protocol,
     )
     evaluation = evaluation_mode(args, split, method)
-    callback = TofuEvalCallback(
-        tokenizer,
-        split,
-        args.data,
-        reference,
-        per_epoch="forget_quality" if evaluation == "track_peak" else "full",
-        select_by="holdout" if args.holdout_rule and evaluation != "final" else "forget_quality",
-        holdout_min_p=args.holdout_min_p,
-        track_first_peak=True,
-        **eval_kwargs,
-    )
+    callback = evaluation_callback(args, tokenizer, split, reference, evaluation, eval_kwargs)
     config = unlearning_config(args, work / "runs" / name, method, retain_mode, augmented, lr, seed)
     trainer = UnlearnTrainer(
         model=model,

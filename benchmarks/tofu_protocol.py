@@ -25,7 +25,8 @@ The protocol (written once here and used for every method alike; ``PROTOCOL`` ho
   (``min(0.95 x original, oracle)``), else the one whose first peak keeps the most utility; the other methods run at
   the lr chosen for their family (``FAMILY``); RKL-U and the two strongest baselines by the same score then run
   with seeds 1 and 2, the seed-1 runs evaluating model utility after every epoch as well (``CURVES``: the per-epoch
-  utility curves; about twice a run's time on one core; the other runs fully evaluate only the epochs above). The
+  utility curves; about twice a run's time on one core; the other runs fully evaluate only the epochs above), so that
+  there the oracle-free rule also keeps only epochs at the utility floor (elsewhere it sees no utility). The
   sweep runs every method at the grid's middle lr first, then outwards, so a sweep that
   its deadline cuts short still compares all methods at the same lr (the next lower lr before the next higher).
 
@@ -202,13 +203,14 @@ def parse(argv=None) -> argparse.Namespace:
     return args
 
 
-def bench_argv(args, methods: str, lrs: list[float], seeds) -> list[str]:
+def bench_argv(args, methods: str, lrs: list[float], seeds, floor: float | None = None) -> list[str]:
     """``benchmarks/tofu.py``'s flags for these runs: the protocol's, and for seed ``CURVES_SEED``'s runs a full
-    evaluation after every epoch (``CURVES``) instead of forget quality alone."""
+    evaluation after every epoch (``CURVES``) instead of forget quality alone, where the oracle-free rule then keeps
+    only epochs whose utility is at ``floor`` (the utility floor)."""
     argv = ["--data_dir", args.data_dir, "--work_dir", args.work_dir, "--model", args.model, *PROTOCOL]
     argv += ["--cache_frozen_answers" if args.cache_frozen_answers else "--no-cache_frozen_answers"]
     if CURVES_SEED in seeds:
-        argv += CURVES
+        argv += CURVES + ([] if floor is None else ["--holdout_floor", f"{floor:.6g}"])
     argv += args.extra.split()
     return (
         argv
@@ -504,7 +506,7 @@ def main(argv=None) -> None:
         started_runs += 1
         method, lr, seed = pending[0]
         print(f"=== protocol: {method} lr {lr:g} seed {seed} ({time.time() - started:.0f} s)", flush=True)
-        bench.main([*bench_argv(args, method, [lr], (seed,)), "--deadline_s", f"{max(left, 1):.0f}"])
+        bench.main([*bench_argv(args, method, [lr], (seed,), floor), "--deadline_s", f"{max(left, 1):.0f}"])
         write_report(args, bench, records(args.work_dir), references, floor)
         if run_of(records(args.work_dir), bench, method, lr, seed) is None:
             break  # the benchmark stopped at its deadline

@@ -175,12 +175,35 @@ def test_the_seed_1_runs_measure_utility_after_every_epoch(protocol, bench, tofu
     # runs follow forget quality every epoch and fully evaluate four epochs; the seed-1 runs of the seeds stage (the
     # per-epoch utility curves) fully evaluate every epoch, the rest of the protocol unchanged
     args = protocol.parse(["--data_dir", str(tofu_dir), "--work_dir", str(tmp_path)])
-    modes = {}
+    modes, floors = {}, {}
     for seed in (0, *protocol.EXTRA_SEEDS):
-        parsed = bench.parse(protocol.bench_argv(args, "rklu", [1e-3], (seed,)))
-        modes[seed] = bench.evaluation_mode(parsed, "forget01", "rklu")
+        parsed = bench.parse(protocol.bench_argv(args, "rklu", [1e-3], (seed,), 0.258))
+        modes[seed], floors[seed] = bench.evaluation_mode(parsed, "forget01", "rklu"), parsed.holdout_floor
         assert parsed.unlearn_epochs == 10 and parsed.teacher_alpha == 8 and parsed.holdout_rule
     assert modes == {0: "track_peak", 1: "every_epoch", 2: "track_peak"} and protocol.CURVES_SEED == 1
+    assert floors == {0: None, 1: 0.258, 2: None}  # the rule's utility floor where utility is known every epoch
+
+
+def test_the_rule_floor_reaches_the_callback_only_where_utility_is_known_every_epoch(
+    protocol, bench, tofu_dir, tmp_path
+):
+    args = protocol.parse(["--data_dir", str(tofu_dir), "--work_dir", str(tmp_path)])
+    floors = {}
+    for seed in (0, 1):
+        parsed = bench.parse(protocol.bench_argv(args, "rklu", [1e-3], (seed,), 0.258))
+        parsed.data = str(tofu_dir)
+        mode = bench.evaluation_mode(parsed, "forget01", "rklu")
+        callback = bench.evaluation_callback(parsed, None, "forget01", None, mode, {"max_items": 4})
+        floors[mode] = (callback.per_epoch, callback.select_by, callback._holdout_floor)
+    assert floors == {"track_peak": ("forget_quality", "holdout", None), "every_epoch": ("full", "holdout", 0.258)}
+
+
+def test_the_benchmarks_rule_floor_is_checked(bench):
+    base = ["--data_dir", "d", "--work_dir", "w", "--cpu"]
+    assert bench.parse([*base, "--holdout_rule", "--holdout_floor", "0.3"]).holdout_floor == 0.3
+    for bad in (["--holdout_floor", "0.3"], ["--holdout_rule", "--holdout_floor", "1.5"]):
+        with pytest.raises(SystemExit, match="--holdout_floor needs --holdout_rule"):
+            bench.parse([*base, *bad])
 
 
 @pytest.mark.slow
