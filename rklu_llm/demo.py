@@ -47,7 +47,7 @@ from tqdm.auto import tqdm
 from transformers import PrinterCallback, ProgressCallback, Trainer, TrainerCallback, TrainingArguments, set_seed
 
 from .cli import parse_arguments
-from .config import RETAIN_MODES, UnlearnConfig
+from .config import DIVERGENCES, RETAIN_MODES, UnlearnConfig
 from .data import QACollator, build_unlearning_dataset, fictitious_profiles, load_tofu, tokenize_qa
 from .data.tofu import TOFU_DIR_ENV, TOFU_HUB_ID, DataUnavailableError
 from .eval.metrics import answer_probability, rouge_l_recall
@@ -172,11 +172,20 @@ class DemoArguments:
             "runs it by default, forget set only), 'kl' (forward KL to the taught model) or 'rt' (their answers' NLL)."
         },
     )
+    divergence: str = field(
+        default="reverse",
+        metadata={
+            "help": "The distillation's KL: 'reverse' (RKL-U, KL(student || teacher)) or 'forward' (FKL-U, the "
+            "paper's variant, KL(teacher || student), whose gradient does not shrink where the model is sure)."
+        },
+    )
     max_new_tokens: int = field(default=48, metadata={"help": "Length of the greedy answers."})
 
     def __post_init__(self):
         if self.retain_mode not in RETAIN_MODES:
             raise ValueError(f"retain_mode must be one of {RETAIN_MODES}, got {self.retain_mode!r}")
+        if self.divergence not in DIVERGENCES:
+            raise ValueError(f"divergence must be one of {DIVERGENCES}, got {self.divergence!r}")
         if self.lora_layers not in ("upper-half", "all"):
             raise ValueError(f"lora_layers must be 'upper-half' or 'all', got {self.lora_layers!r}")
         positive = (
@@ -420,6 +429,7 @@ def unlearn(
     set_seed(args.seed)
     config = UnlearnConfig(
         method="rklu",
+        divergence=args.divergence,
         retain_mode=args.retain_mode,
         teacher_alpha=args.teacher_alpha,
         use_lora=True,
@@ -454,8 +464,8 @@ def unlearn(
         "rt": "plus the kept people's answers' NLL",
     }[args.retain_mode]
     print(
-        f"\n[4/6] RKL-U phase 2: distil a LoRA student from the teacher l_o - alpha * relu(l_a - l_o), reverse KL, "
-        f"{data} ..."
+        f"\n[4/6] RKL-U phase 2: distil a LoRA student from the teacher l_o - alpha * relu(l_a - l_o), "
+        f"{args.divergence} KL, {data} ..."
     )
     _labelled(trainer, "distil").train()
     student = trainer.accelerator.unwrap_model(trainer.model)

@@ -246,3 +246,21 @@ def test_demo_unlearning_adds_a_retain_term_on_the_kept_people_only_when_asked(
     assert "retain/loss" in logged[1] and "forget/loss" in logged[1]
     with pytest.raises(ValueError, match="retain_mode must be"):
         demo.DemoArguments(retain_mode="nll")
+
+
+def test_demo_distillation_divergence_reaches_the_unlearning_config(tiny_model, tiny_tokenizer, tmp_path, monkeypatch):
+    """``divergence`` 'forward' distils with FKL-U's KL(teacher || student); the default is RKL-U's reverse KL; an
+    unknown one is refused when the arguments are made."""
+    import rklu_llm.demo as demo
+
+    seen, real = [], demo._labelled
+    monkeypatch.setattr(demo, "_labelled", lambda trainer, label: seen.append(trainer) or real(trainer, label))
+    people = profile_people(0)
+    forget = people[next(iter(people))]
+    for divergence in ("reverse", "forward"):
+        args = demo.DemoArguments(divergence=divergence, augment_epochs=1, unlearn_epochs=1, lora_r=4)
+        demo.unlearn(copy.deepcopy(tiny_model), tiny_tokenizer, forget, args, str(tmp_path / divergence))
+    assert [trainer.args.divergence for trainer in seen] == ["reverse", "forward"]
+    assert demo.DemoArguments().divergence == "reverse"
+    with pytest.raises(ValueError, match="divergence must be one of"):
+        demo.DemoArguments(divergence="js")
