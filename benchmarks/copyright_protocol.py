@@ -594,7 +594,13 @@ def rebuild_selected(args, bench, recipe, chosen: dict, original: dict, plan: li
     print(f"=== copyright protocol: {setting.name}'s model is not in {args.work_dir}; running it again", flush=True)
     shutil.rmtree(out, ignore_errors=True)  # a partial folder: the recipe redoes the stage
     rebuilt = run_setting(args, bench, recipe, setting, original, plan, protocol, write=False)
-    problems = metric_differences({"rebuilt": rebuilt}, {"rebuilt": chosen}, args.adopt_tolerance)[1]
+    largest, problems = metric_differences({"rebuilt": rebuilt}, {"rebuilt": chosen}, args.adopt_tolerance)
+    if not problems:
+        print(
+            f"=== copyright protocol: {setting.name} run again evaluates as its record (largest difference "
+            f"{largest:.2g})",
+            flush=True,
+        )
     if problems:
         print(
             f"=== copyright protocol: {setting.name} run again here does not evaluate as its record (tolerance "
