@@ -977,6 +977,39 @@ def write_report(args, records: dict, base: dict | None, original: dict | None) 
     plot(out / f"{NAME}.png", records, original, chosen, args.max_ppl_ratio)
 
 
+#: the compact table's heading in the report (the README quotes the table under it; tests/test_readme.py checks that)
+COMPACT_HEADING = "## In short: each method at its selected setting"
+
+
+def _setting_text(record: dict) -> str:
+    text = f"lr {record['lr']:g}"
+    if record["method"] in ("rklu", "fklu"):
+        epochs = record["augment_epochs"]
+        text += f", {epochs:g} aug. epoch{'' if epochs == 1 else 's'}, alpha {record['alpha']:g}"
+    return text
+
+
+def compact_table(plan: list[Setting], records: dict, original: dict, selected: dict) -> list[str]:
+    """Each method's selected setting in one line: its settings finished of those planned, forget BLEU, forget /
+    control BLEU, perplexity / the original's, lm-eval and its change from the original."""
+    lines = [
+        "| method | selected setting (finished of planned) | forget BLEU | forget / control BLEU | PPL / original's "
+        "| lm-eval mean ± SE | change from original |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, chosen in selected.items():
+        r = records[chosen["setting"]]
+        planned = len([s for s in plan if s.method == method])
+        outside = "" if "lowest perplexity" not in chosen["why"] else " (none within the budget: lowest perplexity)"
+        lines.append(
+            f"| {method} | {_setting_text(r)} ({chosen['settings_run']} of {planned}){outside} | "
+            f"{_f(r['forget_bleu'])} | {_f(ratio(r['forget_bleu'], r['control_bleu']))} | "
+            f"{_f(ratio(r['wikitext_perplexity'], original['wikitext_perplexity']), '.3f')} | "
+            f"{_acc(r).replace('n/a', 'not yet')} | {_acc_change(r, original).replace('n/a', 'not yet')} |"
+        )
+    return lines
+
+
 def markdown(args, plan, records, base, original, result, machine) -> str:
     command = (
         "python benchmarks/copyright_protocol.py --data_root data --work_dir <work dir> "
@@ -1016,6 +1049,8 @@ def markdown(args, plan, records, base, original, result, machine) -> str:
             f"{_f(ratio(original['wikitext_perplexity'], base['wikitext_perplexity']))}x the base's (required <= "
             f"{args.max_original_ppl_ratio:g}): {verdict}",
         ]
+    if original and result["selected"]:
+        lines += ["", COMPACT_HEADING, "", *compact_table(plan, records, original, result["selected"])]
     lines += [
         "",
         "## Each method at its selected setting",

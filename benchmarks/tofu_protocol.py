@@ -564,6 +564,50 @@ def rule_verdict(run: dict, floor: float) -> bool | None:
     return near or ((rule.get(FQ) or 0.0) >= 0.05 and (rule.get(MU) or 0.0) >= floor)
 
 
+#: the order of the methods in the compact table
+TABLE_ORDER = ("rklu", "fklu", "token_mask", "token_redistribute", "ga", "gd", "npo", "dpo", "idk", "ta")
+#: the compact table's heading in the report (the README quotes the table under it; tests/test_readme.py checks that)
+COMPACT_HEADING = "## In short: every run's first peak, last epoch and oracle-free rule"
+
+
+def compact_table(runs: dict) -> list[str]:
+    """Every run in one line: the teacher check, the first peak, the last epoch, the oracle-free rule's epoch (with its
+    KS p, and whether it fired) and the minutes (a shared augmented model counted with each run that uses it)."""
+    lines = [
+        "| method | lr | seed | teacher check (top-1 true) | first peak: epoch, FQ, MU | last: FQ, MU "
+        "| oracle-free rule: epoch, FQ, MU (KS p) | min |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def order(name: str) -> tuple:
+        run = runs[name]
+        rank = TABLE_ORDER.index(run["method"]) if run["method"] in TABLE_ORDER else len(TABLE_ORDER)
+        return rank, run["method"], run["retain_mode"], run["lr"], run["seed"]
+
+    for name in sorted(runs, key=order):
+        run = runs[name]
+        first, last, rule = _row(run, "first_peak"), _row(run, "final"), _row(run, "selected")
+        check = run.get("teacher_check") or {}
+        teacher = stored_verdict(check) or "–"
+        if check.get("teacher_top1_true") is not None:
+            teacher += f" ({check['teacher_top1_true']:.0%} true)"
+        p = rule.get(SIGNAL)
+        rule_cell = "n/a"
+        if rule:
+            fired = ", fired" if p is not None and p >= 0.05 else ""
+            rule_cell = (
+                f"{rule['epoch']:g}, {_fmt(rule.get(FQ), 'fq')}, {_fmt(rule.get(MU))} (p {_fmt(p, '.2g')}{fired})"
+            )
+        minutes = sum(run.get(k) or 0.0 for k in ("augment_seconds", "train_seconds", "eval_seconds")) / 60
+        method = run["method"] + ("" if run["retain_mode"] == "none" else f":{run['retain_mode']}")
+        lines.append(
+            f"| {method} | {run['lr']:g} | {run['seed']} | {teacher} | "
+            f"{_fmt(first.get('epoch'), 'g')}, {_fmt(first.get(FQ), 'fq')}, {_fmt(first.get(MU))} | "
+            f"{_fmt(last.get(FQ), 'fq')}, {_fmt(last.get(MU))} | {rule_cell} | {minutes:.0f} |"
+        )
+    return lines
+
+
 def write_report(args, bench, runs: dict, references: dict, floor: float | None) -> None:
     with bench_io.waiting_lock(Path(args.work_dir) / "report"):  # drivers sharing a work dir (--methods) take turns
         _write_report(args, bench, runs, references, floor)
@@ -702,6 +746,10 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
         + ". Item counts per evaluation: "
         + ", ".join(f"{name} {count}" for name, count in item_counts(references))
         + ".",
+        "",
+        COMPACT_HEADING,
+        "",
+        *compact_table(runs),
         "",
         "## Every run (seed 0 unless said): the fully evaluated epochs",
         "",

@@ -251,6 +251,8 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     table = (results / "copyright_smollm2.md").read_text()
     assert "## Protocol" in table and "lowest forget BLEU" in table and "| rklu_lr0.001_aug1_a4 |" in table
     assert "Teacher check" in table
+    compact = table.split(protocol.COMPACT_HEADING)[1].split("\n## ")[0]  # the README's table: one line per method
+    assert "| rklu | lr 0.001, 1 aug. epoch, alpha 4 (1 of 2) |" in compact
     assert (results / "copyright_smollm2.png").stat().st_size > 0
 
     # a second pass resumes: nothing redone, the next setting (ta, on rklu's augmented model) runs

@@ -51,3 +51,32 @@ def test_readme_python_snippet_runs(tmp_path, monkeypatch, tiny_model_dir, tofu_
     assert "'probability':" in printed and "model_utility" in printed
     assert re.search(r"^evaluated .*runs/rklu_forget01$", printed, re.MULTILINE)  # the unlearned model ...
     assert re.search(r"^original +\d", printed, re.MULTILINE)  # ... and its yardstick, the model before unlearning
+
+
+RESULTS = README.parent / "benchmarks" / "results"
+
+
+def table_under(text: str, heading: str) -> list[str]:
+    """The markdown table that follows ``heading`` in ``text`` (its lines, header included)."""
+    lines = text.split("\n")
+    start = lines.index(heading) + 1
+    while not lines[start].startswith("|"):
+        start += 1
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    return lines[start:end]
+
+
+@pytest.mark.parametrize(
+    "report,heading",
+    [
+        ("tofu_cpu_forget01.md", "## In short: every run's first peak, last epoch and oracle-free rule"),
+        ("copyright_smollm2.md", "## In short: each method at its selected setting"),
+    ],
+)
+def test_the_readme_quotes_the_committed_results_table(report, heading):
+    """A results table the README quotes is the committed report's, line for line (no number drifts)."""
+    table = table_under((RESULTS / report).read_text(), heading)
+    assert len(table) > 2, f"{report} has no rows under {heading!r}"
+    assert "\n".join(table) in README.read_text(), f"README.md's copy of {report}'s table differs from the report"

@@ -245,6 +245,8 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
     assert (results / "tofu_cpu_forget01_runs" / "forget01_rklu_lr0.001_s0.json").is_file()
     table = (results / "tofu_cpu_forget01.md").read_text()
     assert "| rklu | 0.001 | 0 |" in table and "Utility floor" in table
+    compact = table.split(protocol.COMPACT_HEADING)[1].split("\n## ")[0]  # the README's table: one line per run
+    assert "| rklu | 0.001 | 0 |" in compact and compact.count("\n| rklu ") == 1
     assert "Progress: 1 of the protocol's 22 runs finished (12 wait for the lrs the sweep chooses)" in table
     assert "forget01 8, retain 6," in table  # the item counts scored (--eval_max_items 8, 6 utility retain items)
     for plot in ("fq_vs_mu", "epochs"):
