@@ -554,7 +554,7 @@ def run_setting(
         # the distilled and trained methods; ta's edited weights are a full model)
         argv += ["--skip_general", "true", "--save_models", "true"]
     recipe.main(argv)
-    out = root / setting.method
+    out = unlearned_dir(args, setting.name, setting.method)
     row = json.loads((out / "run.json").read_text())
     general = out / "general_eval.json"
     check_result = (read_run_record(out) or {}).get("teacher_check")
@@ -582,12 +582,25 @@ def saved_model(folder: Path) -> bool:
     return (folder / "config.json").is_file() or (folder / "adapter_config.json").is_file()
 
 
+def unlearned_dir(args, setting: str, method: str) -> Path:
+    """Where ``run_setting`` leaves the setting's unlearned model."""
+    return Path(args.work_dir) / "settings" / setting / method
+
+
+def final_choice(args, method: str, plan: list[Setting], records: dict, original: dict) -> dict | None:
+    """``method``'s selected record once every one of its settings in ``plan`` has finished, else ``None``."""
+    mine = [r for r in records.values() if r["method"] == method]
+    if not mine or len(mine) < len([s for s in plan if s.method == method]):
+        return None
+    return select(mine, original["wikitext_perplexity"], args.max_ppl_ratio)[0]
+
+
 def rebuild_selected(args, bench, recipe, chosen: dict, original: dict, plan: list[Setting], protocol: dict) -> bool:
     """Run the selected setting again when its unlearned model is not in the work directory (a record adopted from
     another machine's work), so that lm-eval measures the model the record describes: the rebuild (seeded) counts
     only if it evaluates as the record did (every metric within ``--adopt_tolerance``). Returns whether the model is
     there and is that one; the record itself is never rewritten here."""
-    out = Path(args.work_dir) / "settings" / chosen["setting"] / chosen["method"]
+    out = unlearned_dir(args, chosen["setting"], chosen["method"])
     if saved_model(out):
         return True
     setting = next(s for s in plan if s.name == chosen["setting"])
@@ -595,12 +608,6 @@ def rebuild_selected(args, bench, recipe, chosen: dict, original: dict, plan: li
     shutil.rmtree(out, ignore_errors=True)  # a partial folder: the recipe redoes the stage
     rebuilt = run_setting(args, bench, recipe, setting, original, plan, protocol, write=False)
     largest, problems = metric_differences({"rebuilt": rebuilt}, {"rebuilt": chosen}, args.adopt_tolerance)
-    if not problems:
-        print(
-            f"=== copyright protocol: {setting.name} run again evaluates as its record (largest difference "
-            f"{largest:.2g})",
-            flush=True,
-        )
     if problems:
         print(
             f"=== copyright protocol: {setting.name} run again here does not evaluate as its record (tolerance "
@@ -608,6 +615,10 @@ def rebuild_selected(args, bench, recipe, chosen: dict, original: dict, plan: li
             flush=True,
         )
         return False
+    print(
+        f"=== copyright protocol: {setting.name} run again evaluates as its record (largest difference {largest:.2g})",
+        flush=True,
+    )
     return True
 
 
@@ -622,15 +633,12 @@ def evaluate_selected(
 
     evaluated = []
     for method in args.method_list:
-        mine = [r for r in records.values() if r["method"] == method]
-        if not mine or len(mine) < len([s for s in plan if s.method == method]):
-            continue
-        chosen, _ = select(mine, original["wikitext_perplexity"], args.max_ppl_ratio)
-        if chosen.get("general_average_acc") is not None:
+        chosen = final_choice(args, method, plan, records, original)
+        if chosen is None or chosen.get("general_average_acc") is not None:
             continue
         if not rebuild_selected(args, bench, recipe, chosen, original, plan, protocol):
             continue
-        out = Path(args.work_dir) / "settings" / chosen["setting"] / method
+        out = unlearned_dir(args, chosen["setting"], method)
         print(f"=== copyright protocol: lm-eval on {method}'s selected setting {chosen['setting']}", flush=True)
         argv = [
             "--model",
@@ -822,11 +830,8 @@ def estimate(args, setting: Setting, costs: dict, augmented_done: set) -> float:
 def rebuild_seconds(args, method: str, plan: list[Setting], records: dict, original: dict | None) -> float:
     """The measured cost of running ``method``'s selected setting again before its lm-eval (``rebuild_selected``):
     its record's seconds when every setting of the method has finished and the work dir lacks its model, else 0."""
-    mine = [r for r in records.values() if r["method"] == method]
-    if original is None or not mine or len(mine) < len([s for s in plan if s.method == method]):
-        return 0.0
-    chosen, _ = select(mine, original["wikitext_perplexity"], args.max_ppl_ratio)
-    if saved_model(Path(args.work_dir) / "settings" / chosen["setting"] / method):
+    chosen = None if original is None else final_choice(args, method, plan, records, original)
+    if chosen is None or saved_model(unlearned_dir(args, chosen["setting"], method)):
         return 0.0
     return (chosen.get("seconds") or 0.0) + (chosen.get("eval_seconds") or 0.0)
 

@@ -537,6 +537,23 @@ def _fmt(value, spec=".3f") -> str:
     return format(value, spec)
 
 
+def _teacher(run: dict, missing: str = "") -> str:
+    """The run's teacher-check verdict and its teacher's top-1-true share (``missing`` for a run without a check)."""
+    check = run.get("teacher_check") or {}
+    text = stored_verdict(check) or missing
+    if check.get("teacher_top1_true") is not None:
+        text += f" ({check['teacher_top1_true']:.0%} true)"
+    return text
+
+
+def _method(run: dict) -> str:
+    return run["method"] + ("" if run["retain_mode"] == "none" else f":{run['retain_mode']}")
+
+
+#: a run's seconds, in the order the report gives them (their sum is the run's cost)
+SECONDS = ("augment_seconds", "train_seconds", "eval_seconds")
+
+
 def _mean_sd(values: list, spec=".3f") -> str:
     values = [v for v in values if v is not None]
     if not values:
@@ -587,10 +604,6 @@ def compact_table(runs: dict) -> list[str]:
     for name in sorted(runs, key=order):
         run = runs[name]
         first, last, rule = _row(run, "first_peak"), _row(run, "final"), _row(run, "selected")
-        check = run.get("teacher_check") or {}
-        teacher = stored_verdict(check) or "–"
-        if check.get("teacher_top1_true") is not None:
-            teacher += f" ({check['teacher_top1_true']:.0%} true)"
         p = rule.get(SIGNAL)
         rule_cell = "n/a"
         if rule:
@@ -598,10 +611,9 @@ def compact_table(runs: dict) -> list[str]:
             rule_cell = (
                 f"{rule['epoch']:g}, {_fmt(rule.get(FQ), 'fq')}, {_fmt(rule.get(MU))} (p {_fmt(p, '.2g')}{fired})"
             )
-        minutes = sum(run.get(k) or 0.0 for k in ("augment_seconds", "train_seconds", "eval_seconds")) / 60
-        method = run["method"] + ("" if run["retain_mode"] == "none" else f":{run['retain_mode']}")
+        minutes = sum(run.get(k) or 0.0 for k in SECONDS) / 60
         lines.append(
-            f"| {method} | {run['lr']:g} | {run['seed']} | {teacher} | "
+            f"| {_method(run)} | {run['lr']:g} | {run['seed']} | {_teacher(run, '–')} | "
             f"{_fmt(first.get('epoch'), 'g')}, {_fmt(first.get(FQ), 'fq')}, {_fmt(first.get(MU))} | "
             f"{_fmt(last.get(FQ), 'fq')}, {_fmt(last.get(MU))} | {rule_cell} | {minutes:.0f} |"
         )
@@ -772,16 +784,11 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
             row = _row(run, which)
             epoch = "" if which == "final" else f"{row['epoch']:g}, " if row.get("epoch") is not None else ""
             cells.append(f"{epoch}{_fmt(row.get(FQ), 'fq')}, {_fmt(row.get(MU))}" if row else "n/a")
-        check = run.get("teacher_check") or {}
-        teacher = stored_verdict(check) or ""
-        if check.get("teacher_top1_true") is not None:
-            teacher += f" ({check['teacher_top1_true']:.0%} true)"
-        method = run["method"] + ("" if run["retain_mode"] == "none" else f":{run['retain_mode']}")
-        parts = [run.get(k) or 0.0 for k in ("augment_seconds", "train_seconds", "eval_seconds")]
+        parts = [run.get(k) or 0.0 for k in SECONDS]
         seconds = [_fmt(value, ".0f") for value in (*parts, sum(parts))]
         lines.append(
-            f"| {method} | {run['lr']:g} | {run['seed']} | {' | '.join(cells)} | "
-            f"{_fmt(_row(run, 'selected').get(SIGNAL), '.2g')} | {teacher} | {' | '.join(seconds)} |"
+            f"| {_method(run)} | {run['lr']:g} | {run['seed']} | {' | '.join(cells)} | "
+            f"{_fmt(_row(run, 'selected').get(SIGNAL), '.2g')} | {_teacher(run)} | {' | '.join(seconds)} |"
         )
     if chosen and floor is not None:
         lines += [
@@ -836,10 +843,10 @@ def plot(out: Path, bench, runs, references, floor, chosen) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 5))
-    methods = sorted({r["method"] + ("" if r["retain_mode"] == "none" else ":rt") for r in runs.values()})
+    methods = sorted({_method(r) for r in runs.values()})
     colours = dict(zip(methods, plt.cm.tab20.colors))
     for run in runs.values():
-        method = run["method"] + ("" if run["retain_mode"] == "none" else ":rt")
+        method = _method(run)
         row = run.get("first_peak") or {}
         if row.get(FQ) is None or row.get(MU) is None:
             continue

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -27,10 +28,6 @@ def record(setting, forget_bleu, ppl, control_bleu=3.0, verdict=None, method=Non
         "wikitext_perplexity": ppl,
         "teacher_check": None if verdict is None else {"verdict": verdict},
     }
-
-
-def general_stats_none(protocol):
-    return protocol.general_stats(None)
 
 
 def test_selection_is_the_lowest_bleu_within_the_perplexity_budget(protocol):
@@ -302,10 +299,8 @@ def test_one_pass_on_a_tiny_model_resumes_and_reports(protocol, tiny_model_dir, 
 
     # a record adopted from another machine's work dir has no model here: the selected setting is run again before
     # lm-eval, and measured only if the rebuild evaluates as its record did
-    import shutil
-
     general_keys = ("general_average_acc", "general_average_stderr", "general_tasks", "general_seconds")
-    adopted = {k: v for k, v in ta[chosen].items() if k not in general_keys} | general_stats_none(protocol)
+    adopted = {k: v for k, v in ta[chosen].items() if k not in general_keys} | protocol.general_stats(None)
     shutil.rmtree(work / "settings" / chosen / "ta")
     (runs / f"{chosen}.json").write_text(json.dumps(adopted))
     capsys.readouterr()
