@@ -16,6 +16,7 @@ from conftest import TOFU_DIR, build_tiny_model, load_benchmark
 from transformers import DynamicCache
 
 from rklu_llm.data.qa import encode_prompt
+from rklu_llm.eval import scoring as scoring_module
 from rklu_llm.eval.scoring import generate_answers, generate_continuations, qa_examples, score_answers, score_examples
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +66,24 @@ def test_shared_prefix_scoring_equals_whole_examples(sharp_model, tiny_tokenizer
     nll_plain, n_plain = score_answers(sharp_model, tiny_tokenizer, questions, answers, batch_size=8, scoring="plain")
     np.testing.assert_allclose(nll_fast, nll_plain, rtol=1e-5)
     np.testing.assert_array_equal(n_fast, n_plain)
+
+
+@pytest.mark.parametrize("scoring", ["shared_prefix", "plain"])
+def test_scores_taken_a_few_positions_at_a_time_equal_all_at_once(sharp_model, tiny_tokenizer, scoring, monkeypatch):
+    """POSITION_CHUNK bounds the memory of a batch's log-softmax; the numbers must not move by a single bit."""
+    rows = _rows(3)
+    questions = [r["question"] for r in rows for _ in range(7)]
+    answers = [a for r in rows for a in (r["answer"], r["paraphrased_answer"], *r["perturbed_answer"])]
+    examples = qa_examples(tiny_tokenizer, questions, answers)
+    pad = tiny_tokenizer.pad_token_id
+    whole = score_examples(sharp_model, examples, pad, batch_size=8, token_values=True, scoring=scoring)
+    monkeypatch.setattr(scoring_module, "POSITION_CHUNK", 3)  # chunks cross rows and the prompt / answer boundary
+    chunked = score_examples(sharp_model, examples, pad, batch_size=8, token_values=True, scoring=scoring)
+    np.testing.assert_array_equal(chunked["nll_sum"], whole["nll_sum"])
+    np.testing.assert_array_equal(chunked["num_tokens"], whole["num_tokens"])
+    for key in ("token_logprob", "token_mu", "token_sigma", "token_is_argmax"):
+        for a, b in zip(chunked[key], whole[key]):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_shared_prefix_runs_each_prompt_once_per_batch(sharp_model, tiny_tokenizer, monkeypatch):

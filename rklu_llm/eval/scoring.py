@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from ..data.qa import encode_answer, encode_prompt, join_prompt_answer, pad_examples
-from ..losses import IGNORE_INDEX, answer_positions
+from ..losses import IGNORE_INDEX
 
 
 def model_device(model) -> torch.device:
@@ -86,7 +86,8 @@ def score_examples(
     """Likelihood of the counted tokens of every example.
 
     Position ``t``'s logits predict token ``t + 1``; a token counts where its label is not ``-100``. Log-probabilities
-    are taken in float32 on the counted positions only (never the whole ``(B, T, V)`` tensor).
+    are taken in float32 on the counted positions only, :data:`POSITION_CHUNK` positions at a time (never the whole
+    ``(B, T, V)`` tensor).
 
     Two ways to run the model, equal up to floating-point rounding:
 
@@ -138,41 +139,57 @@ def score_examples(
 TOKEN_VALUES = ("token_logprob", "token_mu", "token_sigma")
 
 
+#: Counted positions whose float32 log-probabilities are taken at once: bounds the ``(positions, V)`` copies of a batch
+#: (49152-token vocabulary: 200 MB each) instead of materialising them for every counted position of the batch.
+POSITION_CHUNK = 1024
+
+
 def _store(
-    out: dict, rows: Sequence[Sequence[int]], selected: torch.Tensor, targets: torch.Tensor, counts: list[int]
+    out: dict,
+    rows: Sequence[Sequence[int]],
+    logits_at,
+    targets: torch.Tensor,
+    counts: list[int],
 ) -> None:
     """Write the scores of one batch into ``out``.
+
+    Every value is computed position by position (a log-softmax over one row of logits), so taking the positions
+    :data:`POSITION_CHUNK` at a time gives the same numbers as taking them all at once, with at most that many rows of
+    ``V`` floats held.
 
     Args:
         out: :func:`score_examples`'s result being filled.
         rows: per batch row, the example indices that get its values (duplicates share one row).
-        selected: ``(M, V)`` logits at the counted positions, row by row, positions ascending.
+        logits_at: ``logits_at(start, stop)`` returns the ``(stop - start, V)`` logits at counted positions
+            ``start:stop`` (row by row, positions ascending).
         targets: ``(M,)`` the tokens those positions predict.
         counts: counted positions per row (summing to ``M``).
     """
-    log_p = F.log_softmax(selected.float(), dim=-1)
-    token_logprob = log_p.gather(-1, targets.unsqueeze(-1)).squeeze(-1).double()
-    row_of = torch.repeat_interleave(
-        torch.arange(len(rows), device=log_p.device), torch.tensor(counts, device=log_p.device)
-    )
-    nll = torch.zeros(len(rows), dtype=torch.float64, device=log_p.device).index_add_(0, row_of, -token_logprob)
-    nll = nll.cpu().numpy()
+    with_values = "token_logprob" in out
+    parts: dict[str, list[torch.Tensor]] = {}
+    for start in range(0, len(targets), POSITION_CHUNK):
+        selected = logits_at(start, start + POSITION_CHUNK)
+        target = targets[start : start + POSITION_CHUNK]
+        log_p = F.log_softmax(selected.float(), dim=-1)
+        values = {"token_logprob": log_p.gather(-1, target.unsqueeze(-1)).squeeze(-1).double()}
+        if with_values:
+            p = log_p.exp()
+            mu = (p * log_p).sum(-1)
+            values["token_mu"] = mu.double()
+            values["token_sigma"] = (p * (log_p - mu.unsqueeze(-1)).square()).sum(-1).sqrt().double()
+            values["token_is_argmax"] = selected.argmax(-1) == target
+        for key, value in values.items():
+            parts.setdefault(key, []).append(value.cpu())
+    joined = {key: torch.cat(value) for key, value in parts.items()}
+    token_logprob = joined["token_logprob"]
+    row_of = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(counts))
+    nll = torch.zeros(len(rows), dtype=torch.float64).index_add_(0, row_of, -token_logprob).numpy()
     for r, indices in enumerate(rows):
         out["nll_sum"][indices] = nll[r]
         out["num_tokens"][indices] = counts[r]
-    if "token_logprob" not in out:
+    if not with_values:
         return
-    p = log_p.exp()
-    mu = (p * log_p).sum(-1)
-    sigma = (p * (log_p - mu.unsqueeze(-1)).square()).sum(-1).sqrt()
-    values = {
-        "token_logprob": token_logprob,
-        "token_mu": mu,
-        "token_sigma": sigma,
-        "token_is_argmax": selected.argmax(-1) == targets,
-    }
-    for key, tensor in values.items():
-        tensor = tensor.cpu() if key == "token_is_argmax" else tensor.double().cpu()
+    for key, tensor in joined.items():
         for indices, part in zip(rows, tensor.split(counts)):
             for i in indices:
                 out[key][i] = part.numpy()
@@ -185,8 +202,14 @@ def _score_plain(model, examples: Sequence[dict], pad_id: int, batch_size: int, 
     for index in batches(order, batch_size, desc):
         batch = {k: v.to(device) for k, v in pad_examples([examples[i] for i in index], pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        selected, mask = answer_positions(logits, batch["labels"])  # (M, V), (B, T - 1)
-        _store(out, [[i] for i in index], selected, batch["labels"][:, 1:][mask], mask.sum(-1).tolist())
+        mask = batch["labels"][:, 1:] != IGNORE_INDEX  # (B, T - 1): position t predicts token t + 1
+        row, col = mask.nonzero(as_tuple=True)  # row-major: each row's positions in order
+
+        def logits_at(start, stop, row=row, col=col, logits=logits):
+            return logits[row[start:stop], col[start:stop]]
+
+        _store(out, [[i] for i in index], logits_at, batch["labels"][:, 1:][mask], mask.sum(-1).tolist())
+        del logits, logits_at  # freed before the next batch's forward pass, not after it
 
 
 def _split_at_first_counted(example: dict) -> tuple[tuple, tuple, tuple] | None:
@@ -235,6 +258,7 @@ def _score_shared_prefix(model, examples: Sequence[dict], pad_id: int, batch_siz
         longest = max(len(k[1]) for k in chunk)
         labels = pad_examples([{"input_ids": list(k[1]), "labels": list(k[2])} for k in chunk], pad_id)["labels"]
         labels = labels.to(device)  # (R, C)
+        cache = rest_logits = None  # (R, C - 1, V) logits: predict each continuation's tokens 2..C
         if longest > 1:  # the continuations but their last token, after their prefix's cache
             cache = first.past_key_values
             cache.reorder_cache(group_of)
@@ -251,11 +275,20 @@ def _score_shared_prefix(model, examples: Sequence[dict], pad_id: int, batch_siz
         counted = labels != IGNORE_INDEX  # (R, C)
         row, col = counted.nonzero(as_tuple=True)  # row-major: each row's positions in order
         at_first = col == 0
-        selected = first_logits.new_empty((len(row), first_logits.shape[-1]))
-        selected[at_first] = first_logits[group_of[row[at_first]]]
-        if longest > 1:
-            selected[~at_first] = rest_logits[row[~at_first], col[~at_first] - 1]
-        _store(out, [owners[k] for k in chunk], selected, labels[row, col], counted.sum(-1).tolist())
+
+        def logits_at(
+            start, stop, row=row, col=col, at_first=at_first, first=first_logits, later=rest_logits, of=group_of
+        ):
+            r, c, first_pos = row[start:stop], col[start:stop], at_first[start:stop]
+            selected = first.new_empty((len(r), first.shape[-1]))
+            selected[first_pos] = first[of[r[first_pos]]]
+            if later is not None:
+                selected[~first_pos] = later[r[~first_pos], c[~first_pos] - 1]
+            return selected
+
+        _store(out, [owners[k] for k in chunk], logits_at, labels[row, col], counted.sum(-1).tolist())
+        # freed before the next batch's forward pass, not after it: two batches' logits and caches at once otherwise
+        del first, first_logits, cache, rest_logits, logits_at
 
 
 def accepts_argument(model, name: str) -> bool:
