@@ -298,12 +298,17 @@ def sweep_order(grid: list[float]) -> list[float]:
     return [ordered[i] for i in outwards]
 
 
+def chosen_lrs(args, bench, runs: dict, floor: float | None) -> dict[str, float | None]:
+    """Every method's lr: a swept method's by :func:`choose_lr`, the others' their family's (``None``: not yet)."""
+    chosen = {m: choose_lr(runs, bench, m, args.grid, floor) for m in SWEPT}
+    return chosen | {m: chosen[parent] for m, parent in FAMILY.items()}
+
+
 def stages(args, bench, runs: dict, floor: float | None) -> list[tuple[str, list[tuple[str, float | None, tuple]]]]:
     """``(stage, [(method, lr or None = not chosen yet, seeds)])`` of the protocol, in order."""
-    chosen = {m: choose_lr(runs, bench, m, args.grid, floor) for m in SWEPT}
+    at_lr = chosen_lrs(args, bench, runs, floor)
     sweep = [(m, lr, (0,)) for lr in sweep_order(args.grid) for m in SWEPT]
-    family = [(m, chosen[parent], (0,)) for m, parent in FAMILY.items()]
-    at_lr = {m: chosen[m] for m in SWEPT} | {m: chosen[p] for m, p in FAMILY.items()}
+    family = [(m, at_lr[m], (0,)) for m in FAMILY]
     strongest = strongest_baselines(runs, bench, at_lr, floor)
     seeds = [("rklu", at_lr["rklu"], EXTRA_SEEDS)] + [(m, at_lr[m], EXTRA_SEEDS) for m in strongest]
     if len(strongest) < 2:
@@ -634,12 +639,8 @@ def _write_report(args, bench, runs: dict, references: dict, floor: float | None
         target = mirror / f"{name}.json"
         if not target.is_file():
             shutil.copyfile(Path(args.work_dir) / "runs" / f"{name}.json", target)
-    plan = stages(args, bench, runs, floor) if floor is not None else []
-    chosen = {}
-    for _, items in plan:
-        for method, lr, _ in items:
-            if method in METHOD_KEYS and lr is not None:
-                chosen[method] = lr
+    # the lrs the stages run at (a method's sweep runs at every grid lr: its choice is choose_lr's, not its last run)
+    chosen = {m: lr for m, lr in chosen_lrs(args, bench, runs, floor).items() if lr is not None}
     invocations = Path(args.work_dir) / "invocations.json"
     machine = {
         "platform": platform.platform(),

@@ -84,6 +84,33 @@ def test_stages_follow_the_sweep(protocol, bench):
     assert [m for m, _, _ in stages["seeds"]] == ["rklu", "dpo", "npo"]  # the two strongest baselines by the score
 
 
+def test_the_reported_lr_is_the_chosen_one_not_the_sweeps_last(protocol, bench, tmp_path):
+    # every swept method: 1e-4 at the floor, 1e-3 forgets more below it; the sweep runs 1e-3 last
+    args = protocol.parse(["--data_dir", str(REPO), "--work_dir", "w", "--lrs", "1e-4,1e-3"])
+    sweep = []
+    for method in protocol.SWEPT:
+        sweep += [run(method, 1e-4, 0.01, 0.5), run(method, 1e-3, 0.6, 0.1)]
+    runs = records(bench, *sweep)
+    assert protocol.sweep_order(args.grid)[-1] == 1e-3
+    chosen = protocol.chosen_lrs(args, bench, runs, 0.3)
+    assert chosen == {m: 1e-4 for m in [*protocol.SWEPT, *protocol.FAMILY]}
+    assert protocol.chosen_lrs(args, bench, runs, None) == {m: None for m in [*protocol.SWEPT, *protocol.FAMILY]}
+    # the results file and its table report that choice (they had reported each method's last sweep lr)
+    work = tmp_path / "work"
+    (work / "runs").mkdir(parents=True)
+    for name, record in runs.items():
+        record["epochs"] = [{**record["first_peak"], MU: None}]  # the per-epoch curves the plot draws
+        (work / "runs" / f"{name}.json").write_text(json.dumps(record))
+    args = protocol.parse(
+        ["--data_dir", str(REPO), "--work_dir", str(work), "--results_dir", str(tmp_path / "out"), "--lrs", "1e-4,1e-3"]
+    )
+    protocol.write_report(args, bench, runs, {}, 0.3)
+    data = json.loads((tmp_path / "out" / "tofu_cpu_forget01.json").read_text())
+    assert data["chosen_lr"] == {m: 1e-4 for m in [*protocol.SWEPT, *protocol.FAMILY]}
+    table = (tmp_path / "out" / "tofu_cpu_forget01.md").read_text().split("at its chosen lr")[1]
+    assert all(f"| {m} | 0.0001 | 1 |" in table for m in protocol.SWEPT)
+
+
 def test_drivers_split_the_ready_runs_by_methods(protocol, bench):
     # two drivers on one work dir (--methods): each takes its own methods' ready runs, in plan order, and counts
     # the rest as another driver's; runs whose lr waits for the sweep are nobody's yet
