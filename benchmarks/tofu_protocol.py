@@ -155,8 +155,9 @@ def parse(argv=None) -> argparse.Namespace:
         "--methods",
         default=None,
         help="run only these of the protocol's methods (comma-separated, default all); drivers given disjoint lists "
-        "share one --work_dir, one per core (memory permitting: one driver peaked at 15 GiB here); the plan, the "
-        "stages and the report still cover every method",
+        "share one --work_dir, one per core (memory permitting: a driver peaked at 15 GiB resident here, 10-13 GiB "
+        "with glibc's MALLOC_MMAP_THRESHOLD_=1048576 in its environment, and two of those fit in 24 GiB); the plan, "
+        "the stages and the report still cover every method",
     )
     p.add_argument(
         "--cache_frozen_answers",

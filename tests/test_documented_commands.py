@@ -74,7 +74,7 @@ def documented_commands() -> list[tuple[str, str]]:
             for line in joined.splitlines():
                 for name, value in variables.items():
                     line = line.replace(f"${{{name}}}", value).replace(f"${name}", value)
-                assignment = re.match(r"^\s*([A-Z_]+)=(.+?)\s*$", line)
+                assignment = re.match(r"^\s*([A-Z_]+)=(\$\(.*\)|\S+)\s*$", line)  # not NAME=value before a command
                 if assignment:
                     variables[assignment.group(1)] = assignment.group(2)
                 for command in re.split(r"\s&&\s", line):
@@ -283,6 +283,8 @@ def test_documented_command_runs_as_written(where, command, workdir, stops, tiny
         name, value = assignment.groups()
         assert value.startswith("data/") or name == "TASKS", f"{where}: {name}={value} is not a folder of this clone"
         return
+    while len(argv) > 1 and re.fullmatch(r"[A-Z_]+=\S+", argv[0]):  # NAME=value before a command: its environment
+        monkeypatch.setenv(*argv.pop(0).split("=", 1))
     program = argv[0]
     if program == "make":
         targets = re.findall(r"^([a-z]+):", (REPO / "Makefile").read_text(), re.MULTILINE)
