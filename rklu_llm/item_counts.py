@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 import torch
 
-from .losses import IGNORE_INDEX
+from .losses import answer_mask
 
 #: ``{group: {"tokens": n, "sequences": m}}``, the item counts of one optimizer step (see :func:`count_items`)
 Counts = dict[str, dict[str, torch.Tensor]]
@@ -25,7 +25,7 @@ def count(batch: dict, kind: str) -> torch.Tensor:
     sample is one sequence."""
     labels = batch["labels"]
     if kind == "tokens" and labels.dim() > 1:
-        return (labels[:, 1:] != IGNORE_INDEX).sum()
+        return answer_mask(labels).sum()
     return torch.tensor(labels.shape[0], device=labels.device)
 
 

@@ -33,6 +33,11 @@ def _zero_like_graph(t: torch.Tensor) -> torch.Tensor:
     return _upcast(t).sum() * 0.0
 
 
+def answer_mask(labels: torch.Tensor) -> torch.Tensor:
+    """``(B, T - 1)`` boolean: position ``t`` predicts an answer token (``labels[:, t + 1]`` is not ``-100``)."""
+    return labels[:, 1:] != IGNORE_INDEX
+
+
 def answer_positions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Shift for next-token prediction and keep the positions whose target is an answer token.
 
@@ -45,7 +50,7 @@ def answer_positions(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.
         ``labels[:, t + 1]`` is not ``-100``; ``mask`` is the ``(B, T - 1)`` boolean selection, to apply to other
         logits of the same batch (``other[:, :-1][mask]``).
     """
-    mask = labels[:, 1:] != IGNORE_INDEX
+    mask = answer_mask(labels)
     return logits[:, :-1][mask], mask
 
 
@@ -219,7 +224,7 @@ def token_nll(
     Returns:
         Scalar float32, ``0`` when no token counts.
     """
-    if not (labels[:, 1:] != IGNORE_INDEX).any():
+    if not answer_mask(labels).any():
         return _zero_like_graph(logits)
     log_probs, _ = _answer_token_log_probs(logits, labels)
     return -log_probs.sum() / (log_probs.numel() if num_items is None else num_items)

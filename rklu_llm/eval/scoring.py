@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from transformers import GenerationConfig
 
 from ..data.qa import encode_answer, encode_prompt, join_prompt_answer, pad_examples
-from ..losses import IGNORE_INDEX
+from ..losses import IGNORE_INDEX, answer_mask
 
 
 def model_device(model) -> torch.device:
@@ -202,7 +202,7 @@ def _score_plain(model, examples: Sequence[dict], pad_id: int, batch_size: int, 
     for index in batches(order, batch_size, desc):
         batch = {k: v.to(device) for k, v in pad_examples([examples[i] for i in index], pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        mask = batch["labels"][:, 1:] != IGNORE_INDEX  # (B, T - 1): position t predicts token t + 1
+        mask = answer_mask(batch["labels"])  # (B, T - 1): position t predicts token t + 1
         row, col = mask.nonzero(as_tuple=True)  # row-major: each row's positions in order
 
         def logits_at(start, stop, row=row, col=col, logits=logits):
