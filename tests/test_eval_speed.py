@@ -3,10 +3,13 @@ loop vs ``model.generate`` (dynamic and static cache), batched vs one by one; an
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +97,7 @@ def test_shared_prefix_runs_each_prompt_once_per_batch(sharp_model, tiny_tokeniz
     shapes = []
     forward = type(sharp_model).forward
 
+    @functools.wraps(forward)  # the model's signature, so that the scoring sees which keywords it takes
     def spy(self, input_ids=None, **kwargs):
         shapes.append(tuple(input_ids.shape))
         return forward(self, input_ids=input_ids, **kwargs)
@@ -103,6 +107,36 @@ def test_shared_prefix_runs_each_prompt_once_per_batch(sharp_model, tiny_tokeniz
     prompt_lengths = [len(encode_prompt(tiny_tokenizer, r["question"])) for r in rows]
     assert [s[0] for s in shapes] == [1, 7, 1, 7]
     assert sorted(s[1] for s in shapes[::2]) == sorted(prompt_lengths)
+
+
+def test_the_cache_goes_by_the_forwards_own_keyword(sharp_model, tiny_tokenizer, monkeypatch):
+    """Newer transformers renamed ``past_key_values`` to ``cache``; once the old name is removed it would pass through
+    ``**kwargs`` unused and every continuation would be scored without its prompt."""
+    accepted = inspect.signature(type(sharp_model).forward).parameters
+    given = []
+    forward = type(sharp_model).forward
+
+    @functools.wraps(forward)
+    def spy(self, *args, **kwargs):
+        given.extend(k for k in kwargs if k in ("cache", "past_key_values"))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(sharp_model), "forward", spy)
+    rows = _rows(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        score_answers(sharp_model, tiny_tokenizer, [r["question"] for r in rows], [r["answer"] for r in rows])
+        generate_answers(sharp_model, tiny_tokenizer, [r["question"] for r in rows], max_new_tokens=4)
+    assert given and all(name in accepted for name in given)
+
+    class Older(torch.nn.Module):  # a forward from before the rename
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None, **kwargs):
+            return None
+
+    assert scoring_module.cache_argument(Older()) == "past_key_values"
+    assert scoring_module.returned_cache({"logits": 1, "past_key_values": "kv"}) == "kv"
+    with pytest.raises(ValueError, match="no key/value cache"):
+        scoring_module.returned_cache({"logits": 1})
 
 
 def test_every_greedy_decoder_gives_the_same_tokens(sharp_model, tiny_tokenizer, monkeypatch):
@@ -142,6 +176,7 @@ def test_repeated_prompts_are_generated_once(sharp_model, tiny_tokenizer, monkey
     rows_seen = []
     forward = type(sharp_model).forward
 
+    @functools.wraps(forward)
     def spy(self, input_ids=None, **kwargs):
         rows_seen.append(input_ids.shape[0])
         return forward(self, input_ids=input_ids, **kwargs)

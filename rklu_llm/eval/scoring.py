@@ -260,7 +260,7 @@ def _score_shared_prefix(model, examples: Sequence[dict], pad_id: int, batch_siz
         labels = labels.to(device)  # (R, C)
         cache = rest_logits = None  # (R, C - 1, V) logits: predict each continuation's tokens 2..C
         if longest > 1:  # the continuations but their last token, after their prefix's cache
-            cache = first.past_key_values
+            cache = returned_cache(first)
             cache.reorder_cache(group_of)
             rest = pad_examples([{"input_ids": list(k[1][:-1])} for k in chunk], pad_id)
             attention = torch.cat([prompt["attention_mask"][group_of], rest["attention_mask"].to(device)], dim=1)
@@ -269,8 +269,8 @@ def _score_shared_prefix(model, examples: Sequence[dict], pad_id: int, batch_siz
                 input_ids=rest["input_ids"].to(device),
                 attention_mask=attention,
                 position_ids=rest_positions,
-                past_key_values=cache,
                 use_cache=True,
+                **{cache_argument(model): cache},
             ).logits
         counted = labels != IGNORE_INDEX  # (R, C)
         row, col = counted.nonzero(as_tuple=True)  # row-major: each row's positions in order
@@ -298,6 +298,20 @@ def accepts_argument(model, name: str) -> bool:
         return name in inspect.signature(base.forward).parameters
     except (TypeError, ValueError):
         return False
+
+
+def cache_argument(model) -> str:
+    """The keyword ``model``'s forward takes a key/value cache by: ``cache`` in newer transformers (which deprecate
+    ``past_key_values``, and would pass the old name on unused through ``**kwargs`` once it is removed)."""
+    return "cache" if accepts_argument(model, "cache") else "past_key_values"
+
+
+def returned_cache(output):
+    """The key/value cache of a forward pass's output (``cache``, or ``past_key_values`` in older transformers)."""
+    cache = output.get("cache", output.get("past_key_values"))
+    if cache is None:
+        raise ValueError(f"{type(output).__name__} returned no key/value cache: the model must support use_cache=True")
+    return cache
 
 
 def score_answers(
@@ -478,7 +492,7 @@ def greedy_compact(
     extra = {"logits_to_keep": 1} if accepts_argument(model, "logits_to_keep") else {}
     positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, **extra)
-    cache = out.past_key_values
+    cache, cache_name = returned_cache(out), cache_argument(model)
     rows = torch.arange(input_ids.shape[0], device=input_ids.device)  # the batch row each computed row belongs to
     finished = torch.zeros_like(rows, dtype=torch.bool)
     position = positions[:, -1]
@@ -501,8 +515,8 @@ def greedy_compact(
             input_ids=token.unsqueeze(-1),
             attention_mask=attention_mask,
             position_ids=position.unsqueeze(-1),
-            past_key_values=cache,
             use_cache=True,
+            **{cache_name: cache},
         )
     return generated
 
