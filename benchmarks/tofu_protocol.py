@@ -756,7 +756,7 @@ def markdown(args, bench, runs, references, floor, chosen, machine) -> str:
     waiting = sum(lr is None for _, lr, _ in planned)
     lines += [
         f"Progress: {len(runs)} of the protocol's {len(planned) or 'n/a'} runs finished"
-        + (f" ({waiting} wait for the lrs the sweep chooses)" if waiting else "")
+        + (f" ({waiting} wait for earlier stages to name their method or lr)" if waiting else "")
         + ". Item counts per evaluation: "
         + ", ".join(f"{name} {count}" for name, count in item_counts(references))
         + ".",
