@@ -12,6 +12,7 @@ from transformers import TrainerControl, TrainerState
 
 from rklu_llm.eval.callback import TofuEvalCallback
 from rklu_llm.eval.tofu import evaluate_tofu
+from rklu_llm.io import model_name
 
 EVAL = dict(max_items=40, batch_size=16, max_new_tokens=4)
 SMALL = dict(max_items=8, batch_size=16, max_new_tokens=2)  # full evaluations of the best-checkpoint test
@@ -69,6 +70,12 @@ def test_forget_quality_mode_evaluates_peak_and_final_in_full(two_models, tiny_t
     for (name, p), q in zip(model.named_parameters(), b.parameters()):
         assert torch.equal(p, q), name
     assert len(callback.results) == 2 and callback.eval_seconds > 0
+    # every row and result names what was evaluated: the model in training at that epoch, and what it started from
+    for row in (first, second, final, peak):
+        assert row["model"] == f"in training, epoch {row['epoch']:g}"
+    for row in (first, second, final, peak, *callback.results):
+        assert row["base_model"] == model_name(model)
+    assert [r["model"] for r in callback.results] == ["in training, epoch 2", "in training, epoch 1"]
 
 
 def test_forget_quality_mode_with_the_peak_last_evaluates_once(two_models, tiny_tokenizer, tofu_dir):

@@ -180,6 +180,8 @@ class TofuEvalCallback(TrainerCallback):
             )
         seconds = time.perf_counter() - start
         self.eval_seconds += seconds
+        # what was evaluated: the model in training at this epoch, not the folder it was loaded from
+        result.update(model=f"in training, epoch {epoch:g}", base_model=result.get("base_model") or result["model"])
         return result, {"epoch": epoch, "eval_seconds": seconds, **summary_row(result)}
 
     def _log(self, row: dict, tag: str = "") -> None:
