@@ -240,6 +240,7 @@ def _score_shared_prefix(model, examples: Sequence[dict], pad_id: int, batch_siz
     ordered = [k for keys in sorted(groups.values(), key=lambda keys: -len(keys[0][1])) for k in keys]
     device = model_device(model)
     extra = {"logits_to_keep": 1} if accepts_argument(model, "logits_to_keep") else {}
+    cache_name = cache_argument(model)
     for chunk in batches(ordered, batch_size, desc):
         prefixes = list(dict.fromkeys(k[0] for k in chunk))
         group_of = torch.tensor([prefixes.index(k[0]) for k in chunk], device=device)
@@ -270,7 +271,7 @@ def _score_shared_prefix(model, examples: Sequence[dict], pad_id: int, batch_siz
                 attention_mask=attention,
                 position_ids=rest_positions,
                 use_cache=True,
-                **{cache_argument(model): cache},
+                **{cache_name: cache},
             ).logits
         counted = labels != IGNORE_INDEX  # (R, C)
         row, col = counted.nonzero(as_tuple=True)  # row-major: each row's positions in order
